@@ -1,0 +1,690 @@
+"""The LQL abstract syntax tree: one frozen dataclass per statement.
+
+Conventions (other modules rely on them):
+
+* Optional clauses default to ``None`` (flags to ``False``, condition lists to
+  ``()``); the *executor* applies the language defaults (TOP 10, BROWSE, ...),
+  so ``parse(stmt.to_lql()) == [stmt]`` holds exactly.
+* ``None`` in a path position that also accepts ``CURRENT`` means CURRENT
+  (``Compile.source``, ``Diff.b``).
+* Strings are already unescaped; ``to_lql()`` re-quotes them canonically.
+* ``line`` (keyword-only, not compared, not in ``repr``) is the 1-based line
+  where the statement starts in the parsed text, or ``None`` when built by hand.
+* ``stmt.keyword`` is the statement's result-contract name ("WALK",
+  "EXPLAIN INFER", "SHOW LAYERS", "BEGIN PATCH", ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar, Union
+
+__all__ = [
+    # helpers
+    "Range", "AllLayers", "ALL_LAYERS", "Condition", "OrderBy", "Assignment", "Nearest",
+    "FIELDS", "OPERATORS", "quote", "format_value",
+    # enums
+    "Level", "DType", "WalkMode", "Band", "Verbosity", "ChatMode", "PromptWrap", "InsertMode",
+    "Via", "Positions", "CompileTarget", "ModelFormat", "Conflict", "SelectSource",
+    # statements
+    "Statement", "Extract", "Use", "UseModel", "UseRemote", "Compile", "Diff", "Walk",
+    "Describe", "Select", "ExplainWalk", "Infer", "ExplainInfer", "Trace", "Insert", "Delete",
+    "Update", "Merge", "Rebalance", "BeginPatch", "SavePatch", "ApplyPatch", "RemovePatch",
+    "ShowPatches", "ShowRelations", "ShowLayers", "ShowFeatures", "ShowEntities", "ShowModels",
+    "Stats", "SetChat", "Pipe", "Help", "STATEMENT_TYPES",
+]
+
+#: Field names usable in SELECT lists, WHERE / ORDER BY and UPDATE ... SET.
+FIELDS: tuple[str, ...] = ("entity", "relation", "target", "layer", "feature",
+                           "confidence", "gate", "distance")
+#: Comparison operators of a :class:`Condition` (``<>`` parses as ``!=``).
+OPERATORS: tuple[str, ...] = ("=", "!=", ">", "<", ">=", "<=", "LIKE", "IN")
+
+
+# --------------------------------------------------------------------------- rendering helpers
+
+def quote(text: str) -> str:
+    """``text`` as a canonical LQL string literal: double quotes, ``\\" \\\\ \\n \\t`` escaped."""
+    return '"' + (text.replace("\\", "\\\\").replace('"', '\\"')
+                  .replace("\n", "\\n").replace("\t", "\\t")) + '"'
+
+
+def format_value(value) -> str:
+    """A condition / assignment value as LQL text (string, int, float or IN tuple)."""
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    if isinstance(value, bool):  # not an LQL value; refuse rather than print True
+        raise TypeError("LQL has no boolean literals")
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+# --------------------------------------------------------------------------- enums
+
+class _KeywordEnum(enum.Enum):
+    """An enum whose value is its LQL spelling."""
+
+    def to_lql(self) -> str:
+        return self.value
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Level(_KeywordEnum):
+    BROWSE = "BROWSE"
+    INFERENCE = "INFERENCE"
+    ALL = "ALL"
+
+
+class DType(_KeywordEnum):
+    F16 = "F16"
+    F32 = "F32"
+
+
+class WalkMode(_KeywordEnum):
+    HYBRID = "HYBRID"
+    PURE = "PURE"
+    DENSE = "DENSE"
+
+
+class Band(_KeywordEnum):
+    ALL_LAYERS = "ALL LAYERS"
+    SYNTAX = "SYNTAX"
+    KNOWLEDGE = "KNOWLEDGE"
+    OUTPUT = "OUTPUT"
+
+
+class Verbosity(_KeywordEnum):
+    BRIEF = "BRIEF"
+    VERBOSE = "VERBOSE"
+    RAW = "RAW"
+
+
+class ChatMode(_KeywordEnum):
+    """Session default set by ``SET CHAT``."""
+    AUTO = "AUTO"
+    ON = "ON"
+    OFF = "OFF"
+
+
+class PromptWrap(_KeywordEnum):
+    """Per-statement chat wrapping (``CHAT`` forces, ``RAW`` forbids)."""
+    CHAT = "CHAT"
+    RAW = "RAW"
+
+
+class InsertMode(_KeywordEnum):
+    KNN = "KNN"
+    COMPOSE = "COMPOSE"
+
+
+class Via(_KeywordEnum):
+    EMBEDDING = "EMBEDDING"
+    RESIDUAL = "RESIDUAL"
+
+
+class Positions(_KeywordEnum):
+    LAST = "LAST"
+    ALL = "ALL"
+
+
+class CompileTarget(_KeywordEnum):
+    VINDEX = "VINDEX"
+    MODEL = "MODEL"
+
+
+class ModelFormat(_KeywordEnum):
+    SAFETENSORS = "SAFETENSORS"
+    GGUF = "GGUF"
+
+
+class Conflict(_KeywordEnum):
+    LAST_WINS = "LAST_WINS"
+    HIGHEST_CONFIDENCE = "HIGHEST_CONFIDENCE"
+    FAIL = "FAIL"
+    KEEP_SOURCE = "KEEP_SOURCE"
+    KEEP_TARGET = "KEEP_TARGET"
+
+
+class SelectSource(_KeywordEnum):
+    EDGES = "EDGES"
+    FEATURES = "FEATURES"
+    ENTITIES = "ENTITIES"
+
+
+# --------------------------------------------------------------------------- helper nodes
+
+@dataclass(frozen=True)
+class Range:
+    """Layers ``start``..``end``, both inclusive (``27`` is ``Range(27, 27)``)."""
+    start: int
+    end: int
+
+    def __contains__(self, layer: int) -> bool:
+        return self.start <= layer <= self.end
+
+    def __iter__(self):
+        return iter(range(self.start, self.end + 1))
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start + 1)
+
+    def to_lql(self) -> str:
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+
+@dataclass(frozen=True)
+class AllLayers:
+    """``LAYERS ALL``: every layer of the model."""
+
+    def to_lql(self) -> str:
+        return "ALL"
+
+
+ALL_LAYERS = AllLayers()
+LayerSpec = Union[Range, AllLayers]
+Value = Union[str, int, float]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``field op value``; ``op`` in :data:`OPERATORS`; for ``IN`` the value is a tuple."""
+    field: str
+    op: str
+    value: Value | tuple[Value, ...]
+
+    def to_lql(self) -> str:
+        return f"{self.field} {self.op} {format_value(self.value)}"
+
+
+@dataclass(frozen=True)
+class OrderBy:
+    field: str
+    descending: bool = False
+
+    def to_lql(self) -> str:
+        return f"ORDER BY {self.field}" + (" DESC" if self.descending else "")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    field: str
+    value: Value
+
+    def to_lql(self) -> str:
+        return f"{self.field} = {format_value(self.value)}"
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """``NEAREST TO <entity> AT LAYER <layer>``."""
+    entity: str
+    layer: int
+
+    def to_lql(self) -> str:
+        return f"NEAREST TO {quote(self.entity)} AT LAYER {self.layer}"
+
+
+def _where(conditions: tuple[Condition, ...]) -> str | None:
+    if not conditions:
+        return None
+    return "WHERE " + " AND ".join(c.to_lql() for c in conditions)
+
+
+def _join(*parts: str | None) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _opt(prefix: str, value, render=str) -> str | None:
+    if value is None:
+        return None
+    return f"{prefix} {render(value)}" if prefix else render(value)
+
+
+def _flag(text: str, on: bool) -> str | None:
+    return text if on else None
+
+
+# --------------------------------------------------------------------------- statements
+
+@dataclass(frozen=True)
+class Statement:
+    """Base of every statement. ``line``: 1-based source line (not compared)."""
+    keyword: ClassVar[str] = ""
+    line: int | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+    def to_lql(self) -> str:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+# ---- lifecycle
+
+@dataclass(frozen=True)
+class Extract(Statement):
+    keyword: ClassVar[str] = "EXTRACT"
+    source: str
+    output: str
+    level: Level | None = None          # default BROWSE
+    layers: LayerSpec | None = None
+    dtype: DType | None = None          # default F16
+    force: bool = False
+
+    def to_lql(self) -> str:
+        return _join("EXTRACT MODEL", quote(self.source), "INTO", quote(self.output),
+                     _opt("WITH", self.level, str), _opt("LAYERS", self.layers, _lql),
+                     _opt("DTYPE", self.dtype, str), _flag("FORCE", self.force))
+
+
+@dataclass(frozen=True)
+class Use(Statement):
+    keyword: ClassVar[str] = "USE"
+    path: str
+
+    def to_lql(self) -> str:
+        return f"USE {quote(self.path)}"
+
+
+@dataclass(frozen=True)
+class UseModel(Statement):
+    keyword: ClassVar[str] = "USE MODEL"
+    source: str
+
+    def to_lql(self) -> str:
+        return f"USE MODEL {quote(self.source)}"
+
+
+@dataclass(frozen=True)
+class UseRemote(Statement):
+    keyword: ClassVar[str] = "USE REMOTE"
+    url: str
+
+    def to_lql(self) -> str:
+        return f"USE REMOTE {quote(self.url)}"
+
+
+@dataclass(frozen=True)
+class Compile(Statement):
+    """``COMPILE {CURRENT | <path>} INTO {VINDEX | MODEL} <output>``; ``source=None`` is CURRENT.
+
+    ``on_conflict`` only with VINDEX, ``format`` only with MODEL (the parser enforces it).
+    """
+    keyword: ClassVar[str] = "COMPILE"
+    source: str | None
+    target: CompileTarget
+    output: str
+    on_conflict: Conflict | None = None  # LAST_WINS | HIGHEST_CONFIDENCE | FAIL
+    format: ModelFormat | None = None    # default SAFETENSORS
+    force: bool = False
+
+    def to_lql(self) -> str:
+        src = "CURRENT" if self.source is None else quote(self.source)
+        return _join("COMPILE", src, "INTO", str(self.target), quote(self.output),
+                     _opt("ON CONFLICT", self.on_conflict, str),
+                     _opt("FORMAT", self.format, str), _flag("FORCE", self.force))
+
+
+@dataclass(frozen=True)
+class Diff(Statement):
+    """``DIFF <a> {<b> | CURRENT}``; ``b=None`` is CURRENT."""
+    keyword: ClassVar[str] = "DIFF"
+    a: str
+    b: str | None
+    layer: int | None = None
+    relation: str | None = None
+    limit: int | None = None
+    into_patch: str | None = None
+
+    def to_lql(self) -> str:
+        b = "CURRENT" if self.b is None else quote(self.b)
+        return _join("DIFF", quote(self.a), b, _opt("LAYER", self.layer),
+                     _opt("RELATION", self.relation, quote), _opt("LIMIT", self.limit),
+                     _opt("INTO PATCH", self.into_patch, quote))
+
+
+# ---- browse
+
+@dataclass(frozen=True)
+class Walk(Statement):
+    keyword: ClassVar[str] = "WALK"
+    prompt: str
+    top: int | None = None              # default 10
+    layers: LayerSpec | None = None
+    mode: WalkMode | None = None        # default HYBRID
+    compare: bool = False
+
+    def to_lql(self) -> str:
+        return _join("WALK", quote(self.prompt), _opt("TOP", self.top),
+                     _opt("LAYERS", self.layers, _lql), _opt("MODE", self.mode, str),
+                     _flag("COMPARE", self.compare))
+
+
+@dataclass(frozen=True)
+class Describe(Statement):
+    keyword: ClassVar[str] = "DESCRIBE"
+    entity: str
+    band: Band | None = None            # default KNOWLEDGE
+    layer: int | None = None            # AT LAYER n
+    relations_only: bool = False
+    verbosity: Verbosity | None = None  # default BRIEF
+    via: Via | None = None              # default EMBEDDING
+
+    def to_lql(self) -> str:
+        return _join("DESCRIBE", quote(self.entity), _opt("", self.band, str),
+                     _opt("AT LAYER", self.layer), _flag("RELATIONS ONLY", self.relations_only),
+                     _opt("", self.verbosity, str), _opt("VIA", self.via, str))
+
+
+@dataclass(frozen=True)
+class Select(Statement):
+    """``SELECT <fields | *> FROM <source> ...``; ``fields=None`` is ``*``."""
+    keyword: ClassVar[str] = "SELECT"
+    source: SelectSource
+    fields: tuple[str, ...] | None = None
+    nearest: Nearest | None = None
+    where: tuple[Condition, ...] = ()
+    order_by: OrderBy | None = None
+    limit: int | None = None
+
+    def to_lql(self) -> str:
+        cols = "*" if self.fields is None else ", ".join(self.fields)
+        return _join("SELECT", cols, "FROM", str(self.source),
+                     self.nearest.to_lql() if self.nearest else None, _where(self.where),
+                     self.order_by.to_lql() if self.order_by else None, _opt("LIMIT", self.limit))
+
+
+@dataclass(frozen=True)
+class ExplainWalk(Statement):
+    keyword: ClassVar[str] = "EXPLAIN WALK"
+    prompt: str
+    layers: LayerSpec | None = None
+    top: int | None = None
+    verbose: bool = False
+
+    def to_lql(self) -> str:
+        return _join("EXPLAIN WALK", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
+                     _opt("TOP", self.top), _flag("VERBOSE", self.verbose))
+
+
+# ---- inference
+
+@dataclass(frozen=True)
+class Infer(Statement):
+    keyword: ClassVar[str] = "INFER"
+    prompt: str
+    top: int | None = None              # default 5
+    compare: bool = False
+    wrap: PromptWrap | None = None      # None: session default (SET CHAT)
+    system: str | None = None
+    generate: int | None = None
+    verbose: bool = False
+
+    def to_lql(self) -> str:
+        return _join("INFER", quote(self.prompt), _opt("TOP", self.top),
+                     _flag("COMPARE", self.compare), _opt("", self.wrap, str),
+                     _opt("SYSTEM", self.system, quote), _opt("GENERATE", self.generate),
+                     _flag("VERBOSE", self.verbose))
+
+
+@dataclass(frozen=True)
+class ExplainInfer(Statement):
+    keyword: ClassVar[str] = "EXPLAIN INFER"
+    prompt: str
+    layers: LayerSpec | None = None
+    top: int | None = None
+    verbose: bool = False
+    with_attention: bool = False
+    wrap: PromptWrap | None = None
+    system: str | None = None
+
+    def to_lql(self) -> str:
+        return _join("EXPLAIN INFER", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
+                     _opt("TOP", self.top), _flag("VERBOSE", self.verbose),
+                     _flag("WITH ATTENTION", self.with_attention), _opt("", self.wrap, str),
+                     _opt("SYSTEM", self.system, quote))
+
+
+@dataclass(frozen=True)
+class Trace(Statement):
+    keyword: ClassVar[str] = "TRACE"
+    prompt: str
+    for_token: str | None = None
+    decompose: bool = False
+    layers: LayerSpec | None = None
+    positions: Positions | None = None  # default LAST
+    save: str | None = None
+    wrap: PromptWrap | None = None
+    system: str | None = None
+
+    def to_lql(self) -> str:
+        return _join("TRACE", quote(self.prompt), _opt("FOR", self.for_token, quote),
+                     _flag("DECOMPOSE", self.decompose), _opt("LAYERS", self.layers, _lql),
+                     _opt("POSITIONS", self.positions, str), _opt("SAVE", self.save, quote),
+                     _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote))
+
+
+# ---- mutation
+
+@dataclass(frozen=True)
+class Insert(Statement):
+    keyword: ClassVar[str] = "INSERT"
+    entity: str
+    relation: str
+    target: str
+    layer: int | None = None            # AT LAYER n; default: one below the knowledge band's top
+    confidence: float | None = None
+    alpha: float | None = None          # default 0.10
+    mode: InsertMode | None = None      # default KNN
+    prompt: str | None = None           # canonical prompt template with {entity}
+
+    def to_lql(self) -> str:
+        return _join("INSERT INTO EDGES (entity, relation, target) VALUES",
+                     f"({quote(self.entity)}, {quote(self.relation)}, {quote(self.target)})",
+                     _opt("AT LAYER", self.layer), _opt("CONFIDENCE", self.confidence, _num),
+                     _opt("ALPHA", self.alpha, _num), _opt("MODE", self.mode, str),
+                     _opt("PROMPT", self.prompt, quote))
+
+
+@dataclass(frozen=True)
+class Delete(Statement):
+    keyword: ClassVar[str] = "DELETE"
+    where: tuple[Condition, ...]
+
+    def to_lql(self) -> str:
+        return _join("DELETE FROM EDGES", _where(self.where))
+
+
+@dataclass(frozen=True)
+class Update(Statement):
+    keyword: ClassVar[str] = "UPDATE"
+    assignments: tuple[Assignment, ...]
+    where: tuple[Condition, ...]
+
+    def to_lql(self) -> str:
+        sets = ", ".join(a.to_lql() for a in self.assignments)
+        return _join("UPDATE EDGES SET", sets, _where(self.where))
+
+
+@dataclass(frozen=True)
+class Merge(Statement):
+    keyword: ClassVar[str] = "MERGE"
+    source: str
+    target: str | None = None           # None: the current vindex
+    on_conflict: Conflict | None = None  # KEEP_SOURCE | KEEP_TARGET | HIGHEST_CONFIDENCE
+
+    def to_lql(self) -> str:
+        return _join("MERGE", quote(self.source), _opt("INTO", self.target, quote),
+                     _opt("ON CONFLICT", self.on_conflict, str))
+
+
+@dataclass(frozen=True)
+class Rebalance(Statement):
+    keyword: ClassVar[str] = "REBALANCE"
+    until_converged: bool = False
+    max_iterations: int | None = None   # MAX n, default 16
+    floor: float | None = None          # default 0.30
+    ceiling: float | None = None        # default 0.90
+
+    def to_lql(self) -> str:
+        return _join("REBALANCE", _flag("UNTIL CONVERGED", self.until_converged),
+                     _opt("MAX", self.max_iterations), _opt("FLOOR", self.floor, _num),
+                     _opt("CEILING", self.ceiling, _num))
+
+
+# ---- patches
+
+@dataclass(frozen=True)
+class BeginPatch(Statement):
+    keyword: ClassVar[str] = "BEGIN PATCH"
+    path: str
+
+    def to_lql(self) -> str:
+        return f"BEGIN PATCH {quote(self.path)}"
+
+
+@dataclass(frozen=True)
+class SavePatch(Statement):
+    keyword: ClassVar[str] = "SAVE PATCH"
+    path: str | None = None
+
+    def to_lql(self) -> str:
+        return _join("SAVE PATCH", _opt("", self.path, quote))
+
+
+@dataclass(frozen=True)
+class ApplyPatch(Statement):
+    keyword: ClassVar[str] = "APPLY PATCH"
+    path: str
+    force: bool = False
+
+    def to_lql(self) -> str:
+        return _join("APPLY PATCH", quote(self.path), _flag("FORCE", self.force))
+
+
+@dataclass(frozen=True)
+class RemovePatch(Statement):
+    keyword: ClassVar[str] = "REMOVE PATCH"
+    path: str
+
+    def to_lql(self) -> str:
+        return f"REMOVE PATCH {quote(self.path)}"
+
+
+@dataclass(frozen=True)
+class ShowPatches(Statement):
+    keyword: ClassVar[str] = "SHOW PATCHES"
+
+    def to_lql(self) -> str:
+        return "SHOW PATCHES"
+
+
+# ---- introspection and session
+
+@dataclass(frozen=True)
+class ShowRelations(Statement):
+    keyword: ClassVar[str] = "SHOW RELATIONS"
+    layer: int | None = None
+    with_examples: bool = False
+    verbosity: Verbosity | None = None
+
+    def to_lql(self) -> str:
+        return _join("SHOW RELATIONS", _opt("AT LAYER", self.layer),
+                     _flag("WITH EXAMPLES", self.with_examples), _opt("", self.verbosity, str))
+
+
+@dataclass(frozen=True)
+class ShowLayers(Statement):
+    keyword: ClassVar[str] = "SHOW LAYERS"
+    layers: LayerSpec | None = None
+
+    def to_lql(self) -> str:
+        return _join("SHOW LAYERS", _opt("", self.layers, _lql))
+
+
+@dataclass(frozen=True)
+class ShowFeatures(Statement):
+    keyword: ClassVar[str] = "SHOW FEATURES"
+    layer: int
+    where: tuple[Condition, ...] = ()
+    limit: int | None = None
+
+    def to_lql(self) -> str:
+        return _join("SHOW FEATURES", str(self.layer), _where(self.where), _opt("LIMIT", self.limit))
+
+
+@dataclass(frozen=True)
+class ShowEntities(Statement):
+    keyword: ClassVar[str] = "SHOW ENTITIES"
+    layer: int | None = None
+    limit: int | None = None
+
+    def to_lql(self) -> str:
+        return _join("SHOW ENTITIES", _opt("AT LAYER", self.layer), _opt("LIMIT", self.limit))
+
+
+@dataclass(frozen=True)
+class ShowModels(Statement):
+    keyword: ClassVar[str] = "SHOW MODELS"
+
+    def to_lql(self) -> str:
+        return "SHOW MODELS"
+
+
+@dataclass(frozen=True)
+class Stats(Statement):
+    keyword: ClassVar[str] = "STATS"
+    path: str | None = None             # None: the vindex in use
+
+    def to_lql(self) -> str:
+        return "STATS" if self.path is None else f"STATS {quote(self.path)}"
+
+
+@dataclass(frozen=True)
+class SetChat(Statement):
+    keyword: ClassVar[str] = "SET CHAT"
+    mode: ChatMode
+
+    def to_lql(self) -> str:
+        return f"SET CHAT {self.mode}"
+
+
+@dataclass(frozen=True)
+class Help(Statement):
+    """``HELP [<statement words>]``; ``topic`` upper-cased, single-spaced (``"EXPLAIN INFER"``)."""
+    keyword: ClassVar[str] = "HELP"
+    topic: str | None = None
+
+    def to_lql(self) -> str:
+        return "HELP" if not self.topic else f"HELP {self.topic}"
+
+
+@dataclass(frozen=True)
+class Pipe(Statement):
+    """``left |> right``: run ``left``, then ``right`` with ``left``'s result as context."""
+    keyword: ClassVar[str] = "PIPE"
+    left: Statement
+    right: Statement
+
+    def to_lql(self) -> str:
+        return f"{self.left.to_lql()} |> {self.right.to_lql()}"
+
+
+def _lql(node) -> str:
+    return node.to_lql()
+
+
+#: Every concrete statement class, in spec order.
+STATEMENT_TYPES: tuple[type[Statement], ...] = (
+    Extract, Use, UseModel, UseRemote, Compile, Diff, Walk, Describe, Select, ExplainWalk,
+    Infer, ExplainInfer, Trace, Insert, Delete, Update, Merge, Rebalance, BeginPatch, SavePatch,
+    ApplyPatch, RemovePatch, ShowPatches, ShowRelations, ShowLayers, ShowFeatures, ShowEntities,
+    ShowModels, Stats, SetChat, Pipe, Help,
+)

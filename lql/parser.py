@@ -1,0 +1,735 @@
+"""LQL text → AST.
+
+``parse(text)`` turns a script into a list of :mod:`lql.ast` statements.
+The grammar (``grammar/lql.lark``) is parsed by a Lark LALR(1) parser with a
+contextual lexer; the AST is built *during* parsing by an inline transformer,
+so no parse tree is ever materialised. The parser is built once per process
+(and its analysis cached on disk, see :func:`_build`).
+
+Every failure is an :class:`~lql.errors.LqlSyntaxError` with a 1-based line
+and column, the source line, what was expected (named as a user reads it)
+and a did-you-mean for misspelt keywords — never a Lark exception.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+
+from . import ast
+from .errors import LqlSyntaxError
+
+__all__ = ["parse", "parse_one", "expected_at", "KEYWORDS", "STATEMENT_KEYWORDS", "FIELDS",
+           "LqlSyntaxError"]
+
+GRAMMAR_PATH = Path(__file__).parent / "grammar" / "lql.lark"
+
+#: Field names (lower case) accepted in SELECT / WHERE / ORDER BY / SET.
+FIELDS: tuple[str, ...] = ast.FIELDS
+
+#: Every LQL keyword, upper case (read from the grammar's keyword terminals).
+KEYWORDS: frozenset[str] = frozenset(
+    re.findall(r"^([A-Z][A-Z0-9_]*)\.2: /[a-z0-9_]+\\b/i$", GRAMMAR_PATH.read_text("utf-8"), re.M))
+
+#: The words a statement can start with (after ``;`` or ``|>``).
+STATEMENT_KEYWORDS: tuple[str, ...] = (
+    "APPLY", "BEGIN", "COMPILE", "DELETE", "DESCRIBE", "DIFF", "EXPLAIN", "EXTRACT", "HELP",
+    "INFER", "INSERT", "MERGE", "REBALANCE", "REMOVE", "SAVE", "SELECT", "SET", "SHOW", "STATS",
+    "TRACE", "UPDATE", "USE", "WALK")
+
+# Terminal names → what a user reads in "expected ...".
+_FRIENDLY = {
+    "STRING": "a string", "NUMBER": "a number", "LAYER_RANGE": "a layer range",
+    "NAME": "a field name", "HELP_WORD": "a statement name",
+    "_SEMI": ";", "_PIPE": "|>", "_LPAR": "(", "_RPAR": ")", "_COMMA": ",", "STAR": "*",
+    "EQ": "=", "NE": "!=", "LT": "<", "GT": ">", "LE": "<=", "GE": ">=",
+    "$END": "end of input",
+}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "n": "\n", "t": "\t"}
+_ESCAPE_RE = re.compile(r"\\(.)", re.S)
+
+
+# --------------------------------------------------------------------------- internal errors
+
+class _NodeError(Exception):
+    """Raised by the transformer; converted to LqlSyntaxError (with the source) by parse()."""
+
+    def __init__(self, message: str, token, *, expected=(), suggestion=None, at_end=False,
+                 offset: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.token = token
+        self.expected = tuple(expected)
+        self.suggestion = suggestion
+        self.at_end = at_end
+        self.offset = offset
+
+
+class _Clause:
+    """One optional clause: its slot (for at-most-once), its value, its first token."""
+    __slots__ = ("slot", "value", "token")
+
+    def __init__(self, slot: str, value, token):
+        self.slot = slot
+        self.value = value
+        self.token = token
+
+
+# --------------------------------------------------------------------------- token helpers
+
+def _string(tok) -> str:
+    """Decode a STRING token (either quote style) into its text."""
+    body = tok.value[1:-1]
+    if "\\" not in body:
+        return body
+
+    def unescape(m: re.Match) -> str:
+        ch = m.group(1)
+        try:
+            return _ESCAPES[ch]
+        except KeyError:
+            raise _NodeError(f"unknown escape \\{ch} in string (use \\\\ for a backslash)", tok,
+                             offset=1 + m.start()) from None
+
+    return _ESCAPE_RE.sub(unescape, body)
+
+
+def _int(tok, what: str = "a whole number") -> int:
+    text = tok.value
+    if not text.isdigit() or not text.isascii():
+        raise _NodeError(f"{what} must be a whole number ≥ 0, got {text}", tok,
+                         expected=("a number",))
+    return int(text)
+
+
+def _float(tok) -> float:
+    value = float(tok.value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _NodeError(f"number out of range: {tok.value}", tok)
+    return value
+
+
+def _number(tok) -> int | float:
+    """A condition value: int when written as an integer, else float."""
+    text = tok.value
+    body = text[1:] if text.startswith("-") else text
+    if body.isdigit():
+        return int(text)
+    return _float(tok)
+
+
+def _value(tok):
+    return _string(tok) if tok.type == "STRING" else _number(tok)
+
+
+def _enum(enum_cls, tok):
+    return enum_cls[tok.value.upper()]
+
+
+def _collect(clauses) -> dict:
+    """Clauses → {slot: value}, rejecting a clause given twice (error at the duplicate)."""
+    seen: dict[str, _Clause] = {}
+    for clause in clauses:
+        first = seen.get(clause.slot)
+        if first is not None:
+            new, old = clause.token.value.upper(), first.token.value.upper()
+            if new == old:
+                msg = f"duplicate {new} clause (each clause may appear at most once)"
+            else:
+                msg = f"{new} conflicts with {old} given earlier"
+            raise _NodeError(msg, clause.token)
+        seen[clause.slot] = clause
+    return {slot: c.value for slot, c in seen.items()}
+
+
+# --------------------------------------------------------------------------- transformer
+
+class _Builder:
+    """Inline LALR callbacks: rule name → AST node. Children are lists of tokens/values."""
+
+    # ---- shared clauses ----------------------------------------------------
+    def with_level(self, c):
+        return _Clause("level", _enum(ast.Level, c[1]), c[0])
+
+    def layer_spec(self, c):
+        tok = c[0]
+        if tok.type == "ALL":
+            return ast.ALL_LAYERS
+        if tok.type == "NUMBER":
+            n = _int(tok, "a layer")
+            return ast.Range(n, n)
+        lo, hi = (int(p) for p in tok.value.replace(" ", "").replace("\t", "").split("-"))
+        if lo > hi:
+            raise _NodeError(f"layer range {tok.value} runs backwards (write {hi}-{lo})", tok)
+        return ast.Range(lo, hi)
+
+    def layers(self, c):
+        return _Clause("layers", c[1], c[0])
+
+    def dtype(self, c):
+        return _Clause("dtype", _enum(ast.DType, c[1]), c[0])
+
+    def force(self, c):
+        return _Clause("force", True, c[0])
+
+    def top(self, c):
+        return _Clause("top", _int(c[1], "TOP"), c[0])
+
+    def limit(self, c):
+        return _Clause("limit", _int(c[1], "LIMIT"), c[0])
+
+    def walk_mode(self, c):
+        return _Clause("mode", _enum(ast.WalkMode, c[1]), c[0])
+
+    def compare(self, c):
+        return _Clause("compare", True, c[0])
+
+    def at_layer(self, c):
+        return _Clause("layer", _int(c[2], "a layer"), c[0])
+
+    def verbosity(self, c):
+        return _Clause("verbosity", _enum(ast.Verbosity, c[0]), c[0])
+
+    def verbose(self, c):
+        return _Clause("verbose", True, c[0])
+
+    def wrap(self, c):
+        return _Clause("wrap", _enum(ast.PromptWrap, c[0]), c[0])
+
+    def system(self, c):
+        return _Clause("system", _string(c[1]), c[0])
+
+    def field(self, c):
+        tok = c[0]
+        name = tok.value.lower()
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
+            raise _NodeError(f"unknown field {tok.value!r}", tok, expected=FIELDS,
+                             suggestion=close[0] if close else None)
+        return name
+
+    def condition(self, c):
+        name, op = c[0], c[1]
+        if op.type == "IN":
+            return ast.Condition(name, "IN", tuple(_value(t) for t in c[2:]))
+        if op.type == "LIKE":
+            return ast.Condition(name, "LIKE", _string(c[2]))
+        return ast.Condition(name, "!=" if op.type == "NE" else op.value, _value(c[2]))
+
+    def where(self, c):
+        return _Clause("where", tuple(x for x in c[1:] if isinstance(x, ast.Condition)), c[0])
+
+    # ---- lifecycle ---------------------------------------------------------
+    def extract(self, c):
+        kw = c[0]
+        strings = [t for t in c[1:4] if getattr(t, "type", None) == "STRING"]
+        rest = c[4:] if c[1].type == "MODEL" else c[3:]
+        d = _collect(rest)
+        return ast.Extract(_string(strings[0]), _string(strings[1]), level=d.get("level"),
+                           layers=d.get("layers"), dtype=d.get("dtype"),
+                           force=d.get("force", False), line=kw.line)
+
+    def use(self, c):
+        return ast.Use(_string(c[1]), line=c[0].line)
+
+    def use_model(self, c):
+        return ast.UseModel(_string(c[2]), line=c[0].line)
+
+    def use_remote(self, c):
+        return ast.UseRemote(_string(c[2]), line=c[0].line)
+
+    def compile_source(self, c):
+        return None if c[0].type == "CURRENT" else _string(c[0])
+
+    def compile_conflict(self, c):
+        return _Clause("on_conflict", _enum(ast.Conflict, c[2]), c[0])
+
+    def model_format(self, c):
+        return _Clause("format", _enum(ast.ModelFormat, c[1]), c[0])
+
+    def compile_vindex(self, c):
+        d = _collect(c[5:])
+        return ast.Compile(c[1], ast.CompileTarget.VINDEX, _string(c[4]),
+                           on_conflict=d.get("on_conflict"), force=d.get("force", False),
+                           line=c[0].line)
+
+    def compile_model(self, c):
+        d = _collect(c[5:])
+        return ast.Compile(c[1], ast.CompileTarget.MODEL, _string(c[4]), format=d.get("format"),
+                           force=d.get("force", False), line=c[0].line)
+
+    def diff_layer(self, c):
+        return _Clause("layer", _int(c[1], "a layer"), c[0])
+
+    def diff_relation(self, c):
+        return _Clause("relation", _string(c[1]), c[0])
+
+    def into_patch(self, c):
+        return _Clause("into_patch", _string(c[2]), c[0])
+
+    def diff(self, c):
+        d = _collect(c[3:])
+        b = None if c[2].type == "CURRENT" else _string(c[2])
+        return ast.Diff(_string(c[1]), b, layer=d.get("layer"), relation=d.get("relation"),
+                        limit=d.get("limit"), into_patch=d.get("into_patch"), line=c[0].line)
+
+    # ---- browse ------------------------------------------------------------
+    def walk(self, c):
+        d = _collect(c[2:])
+        return ast.Walk(_string(c[1]), top=d.get("top"), layers=d.get("layers"),
+                        mode=d.get("mode"), compare=d.get("compare", False), line=c[0].line)
+
+    def band(self, c):
+        return _Clause("band", _enum(ast.Band, c[0]) if c[0].type != "ALL" else ast.Band.ALL_LAYERS,
+                       c[0])
+
+    def relations_only(self, c):
+        return _Clause("relations_only", True, c[0])
+
+    def via(self, c):
+        return _Clause("via", _enum(ast.Via, c[1]), c[0])
+
+    def describe(self, c):
+        d = _collect(c[2:])
+        return ast.Describe(_string(c[1]), band=d.get("band"), layer=d.get("layer"),
+                            relations_only=d.get("relations_only", False),
+                            verbosity=d.get("verbosity"), via=d.get("via"), line=c[0].line)
+
+    def select_fields(self, c):
+        if len(c) == 1 and getattr(c[0], "type", None) == "STAR":
+            return None
+        return tuple(c)
+
+    def select_source(self, c):
+        return _enum(ast.SelectSource, c[0])
+
+    def nearest(self, c):
+        return _Clause("nearest", ast.Nearest(_string(c[2]), _int(c[5], "a layer")), c[0])
+
+    def order_by(self, c):
+        desc = len(c) == 4 and c[3].type == "DESC"
+        return _Clause("order_by", ast.OrderBy(c[2], desc), c[0])
+
+    def select(self, c):
+        d = _collect(c[4:])
+        return ast.Select(c[3], fields=c[1], nearest=d.get("nearest"), where=d.get("where", ()),
+                          order_by=d.get("order_by"), limit=d.get("limit"), line=c[0].line)
+
+    def explain_walk(self, c):
+        d = _collect(c[3:])
+        return ast.ExplainWalk(_string(c[2]), layers=d.get("layers"), top=d.get("top"),
+                               verbose=d.get("verbose", False), line=c[0].line)
+
+    # ---- inference ---------------------------------------------------------
+    def generate(self, c):
+        return _Clause("generate", _int(c[1], "GENERATE"), c[0])
+
+    def infer(self, c):
+        d = _collect(c[2:])
+        return ast.Infer(_string(c[1]), top=d.get("top"), compare=d.get("compare", False),
+                         wrap=d.get("wrap"), system=d.get("system"), generate=d.get("generate"),
+                         verbose=d.get("verbose", False), line=c[0].line)
+
+    def with_attention(self, c):
+        return _Clause("with_attention", True, c[0])
+
+    def explain_infer(self, c):
+        d = _collect(c[3:])
+        return ast.ExplainInfer(_string(c[2]), layers=d.get("layers"), top=d.get("top"),
+                                verbose=d.get("verbose", False),
+                                with_attention=d.get("with_attention", False),
+                                wrap=d.get("wrap"), system=d.get("system"), line=c[0].line)
+
+    def for_token(self, c):
+        return _Clause("for_token", _string(c[1]), c[0])
+
+    def decompose(self, c):
+        return _Clause("decompose", True, c[0])
+
+    def positions(self, c):
+        return _Clause("positions", _enum(ast.Positions, c[1]), c[0])
+
+    def save_to(self, c):
+        return _Clause("save", _string(c[1]), c[0])
+
+    def trace(self, c):
+        d = _collect(c[2:])
+        return ast.Trace(_string(c[1]), for_token=d.get("for_token"),
+                         decompose=d.get("decompose", False), layers=d.get("layers"),
+                         positions=d.get("positions"), save=d.get("save"), wrap=d.get("wrap"),
+                         system=d.get("system"), line=c[0].line)
+
+    # ---- mutation ----------------------------------------------------------
+    def insert_columns(self, c):
+        names = [t.value.lower() for t in c]
+        for tok, name in zip(c, names):
+            if name not in ("entity", "relation", "target") or names.count(name) > 1:
+                raise _NodeError("INSERT INTO EDGES takes the columns (entity, relation, target)"
+                                 f", got {tok.value!r}", tok,
+                                 expected=("entity", "relation", "target"))
+        return tuple(names)
+
+    def confidence(self, c):
+        return _Clause("confidence", _float(c[1]), c[0])
+
+    def alpha(self, c):
+        return _Clause("alpha", _float(c[1]), c[0])
+
+    def insert_mode(self, c):
+        return _Clause("mode", _enum(ast.InsertMode, c[1]), c[0])
+
+    def prompt(self, c):
+        return _Clause("prompt", _string(c[1]), c[0])
+
+    def insert(self, c):
+        kw = c[0]
+        i = 3
+        columns = ("entity", "relation", "target")
+        if isinstance(c[i], tuple):
+            columns = c[i]
+            i += 1
+        i += 1  # VALUES
+        values = dict(zip(columns, (_string(t) for t in c[i:i + 3])))
+        d = _collect(c[i + 3:])
+        return ast.Insert(values["entity"], values["relation"], values["target"],
+                          layer=d.get("layer"), confidence=d.get("confidence"),
+                          alpha=d.get("alpha"), mode=d.get("mode"), prompt=d.get("prompt"),
+                          line=kw.line)
+
+    def delete(self, c):
+        return ast.Delete(c[3].value, line=c[0].line)
+
+    def assignment(self, c):
+        return ast.Assignment(c[0], _value(c[2]))
+
+    def update(self, c):
+        return ast.Update(tuple(c[3:-1]), c[-1].value, line=c[0].line)
+
+    def merge_into(self, c):
+        return _Clause("target", _string(c[1]), c[0])
+
+    def merge_conflict(self, c):
+        return _Clause("on_conflict", _enum(ast.Conflict, c[2]), c[0])
+
+    def merge(self, c):
+        d = _collect(c[2:])
+        return ast.Merge(_string(c[1]), target=d.get("target"),
+                         on_conflict=d.get("on_conflict"), line=c[0].line)
+
+    def until_converged(self, c):
+        return _Clause("until_converged", True, c[0])
+
+    def max_iterations(self, c):
+        return _Clause("max_iterations", _int(c[1], "MAX"), c[0])
+
+    def floor(self, c):
+        return _Clause("floor", _float(c[1]), c[0])
+
+    def ceiling(self, c):
+        return _Clause("ceiling", _float(c[1]), c[0])
+
+    def rebalance(self, c):
+        d = _collect(c[1:])
+        return ast.Rebalance(until_converged=d.get("until_converged", False),
+                             max_iterations=d.get("max_iterations"), floor=d.get("floor"),
+                             ceiling=d.get("ceiling"), line=c[0].line)
+
+    # ---- patches -----------------------------------------------------------
+    def begin_patch(self, c):
+        return ast.BeginPatch(_string(c[2]), line=c[0].line)
+
+    def save_patch(self, c):
+        return ast.SavePatch(_string(c[2]) if len(c) > 2 else None, line=c[0].line)
+
+    def apply_patch(self, c):
+        return ast.ApplyPatch(_string(c[2]), force=len(c) > 3, line=c[0].line)
+
+    def remove_patch(self, c):
+        return ast.RemovePatch(_string(c[2]), line=c[0].line)
+
+    def show_patches(self, c):
+        return ast.ShowPatches(line=c[0].line)
+
+    # ---- introspection, session -------------------------------------------
+    def with_examples(self, c):
+        return _Clause("with_examples", True, c[0])
+
+    def show_relations(self, c):
+        d = _collect(c[2:])
+        return ast.ShowRelations(layer=d.get("layer"), with_examples=d.get("with_examples", False),
+                                 verbosity=d.get("verbosity"), line=c[0].line)
+
+    def show_layers(self, c):
+        spec = c[-1] if len(c) > 2 and not hasattr(c[-1], "type") else None
+        return ast.ShowLayers(spec, line=c[0].line)
+
+    def show_features(self, c):
+        d = _collect(c[3:])
+        return ast.ShowFeatures(_int(c[2], "a layer"), where=d.get("where", ()),
+                                limit=d.get("limit"), line=c[0].line)
+
+    def show_entities(self, c):
+        d = _collect(c[2:])
+        return ast.ShowEntities(layer=d.get("layer"), limit=d.get("limit"), line=c[0].line)
+
+    def show_models(self, c):
+        return ast.ShowModels(line=c[0].line)
+
+    def stats(self, c):
+        return ast.Stats(_string(c[1]) if len(c) > 1 else None, line=c[0].line)
+
+    def set_chat(self, c):
+        return ast.SetChat(_enum(ast.ChatMode, c[2]), line=c[0].line)
+
+    def help(self, c):
+        topic = " ".join(t.value.upper() for t in c[1:]) or None
+        return ast.Help(topic, line=c[0].line)
+
+    def pipe(self, c):
+        return ast.Pipe(c[0], c[1], line=c[0].line)
+
+    def start(self, c):
+        return c
+
+
+# --------------------------------------------------------------------------- the Lark parser
+
+_lock = threading.Lock()
+_parser = None        # Lark with the inline AST builder
+_tree_parser = None   # Lark without callbacks (for expected_at)
+
+
+def _cache_file(tag: str) -> str | None:
+    """A per-user cache file for the grammar analysis, or None when nothing is writable."""
+    try:
+        import lark
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lql"
+        base.mkdir(parents=True, exist_ok=True)
+        if not os.access(base, os.W_OK):
+            return None
+        digest = hashlib.sha256(GRAMMAR_PATH.read_bytes()).hexdigest()[:16]
+        return str(base / f"grammar-{tag}-{digest}-lark{lark.__version__}.cache")
+    except Exception:
+        return None
+
+
+def _build(transformer):
+    from lark import Lark
+    from lark.exceptions import LarkError
+
+    tag = "ast" if transformer is not None else "tree"
+    kwargs = dict(parser="lalr", lexer="contextual", start="start", maybe_placeholders=False,
+                  propagate_positions=False, transformer=transformer)
+    cache = os.environ.get("LQL_NO_GRAMMAR_CACHE") is None and _cache_file(tag)
+    text = GRAMMAR_PATH.read_text("utf-8")
+    if cache:
+        try:
+            return Lark(text, cache=cache, **kwargs)
+        except (OSError, EOFError, LarkError, ValueError, TypeError, AttributeError):
+            try:  # a corrupt or foreign cache file: drop it and build afresh
+                os.unlink(cache)
+            except OSError:
+                pass
+    return Lark(text, **kwargs)
+
+
+def _get_parser():
+    global _parser
+    if _parser is None:
+        with _lock:
+            if _parser is None:
+                _parser = _build(_Builder())
+    return _parser
+
+
+def _get_tree_parser():
+    global _tree_parser
+    if _tree_parser is None:
+        with _lock:
+            if _tree_parser is None:
+                _tree_parser = _build(None)
+    return _tree_parser
+
+
+# --------------------------------------------------------------------------- errors
+
+def _source_line(text: str, line: int) -> str:
+    lines = text.split("\n")
+    return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
+
+
+def _friendly(terminals) -> tuple[str, ...]:
+    """Terminal names → sorted user-facing names: keywords first (A-Z), then the rest."""
+    names = {_FRIENDLY.get(t, t) for t in terminals}
+    if "a layer range" in names:
+        names.discard("a number")  # a single layer is a range of one
+    keywords = sorted(n for n in names if n in KEYWORDS)
+    others = sorted(n for n in names if n not in KEYWORDS)
+    order = ["a string", "a number", "a layer range", "a field name", "a statement name", "*",
+             "(", ")", ",", "=", "!=", "<", ">", "<=", ">=", "|>", ";", "end of input"]
+    others.sort(key=lambda n: order.index(n) if n in order else -1)
+    return tuple(keywords + others)
+
+
+def _suggest(word: str, expected_keywords) -> str | None:
+    """Did-you-mean: the closest keyword valid here or any statement keyword."""
+    up = word.upper()
+    candidates = set(expected_keywords) | set(STATEMENT_KEYWORDS)
+    candidates.discard(up)
+    close = difflib.get_close_matches(up, sorted(candidates), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _describe_token(tok) -> str:
+    if tok.type == "$END":
+        return "end of input"
+    if tok.type == "STRING":
+        return f"string {tok.value}"
+    if tok.type in ("NUMBER", "LAYER_RANGE"):
+        return f"number {tok.value}"
+    return repr(tok.value) if tok.type not in KEYWORDS else f"keyword {tok.value.upper()}"
+
+
+def _syntax_error(text: str, message: str, line: int, column: int, expected=(),
+                  suggestion=None) -> LqlSyntaxError:
+    return LqlSyntaxError(message, line=line, column=column,
+                          source_line=_source_line(text, line), expected=tuple(expected),
+                          suggestion=suggestion)
+
+
+def _end_position(text: str) -> tuple[int, int]:
+    """Line/column just past the last non-blank character (where input 'ends')."""
+    stripped = text.rstrip()
+    line = stripped.count("\n") + 1
+    column = len(stripped) - (stripped.rfind("\n") + 1) + 1
+    return line, column
+
+
+def _convert(text: str, err: Exception) -> LqlSyntaxError:
+    """Any Lark / transformer exception → LqlSyntaxError."""
+    from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
+
+    if isinstance(err, VisitError):
+        err = err.orig_exc
+    if isinstance(err, _NodeError):
+        tok = err.token
+        if tok is None:
+            line, column = _end_position(text)
+        else:
+            line, column = tok.line, tok.column + err.offset
+        return _syntax_error(text, err.message, line, column, err.expected, err.suggestion)
+    if isinstance(err, UnexpectedToken):
+        tok = err.token
+        expected_terms = set(err.expected) if err.expected else set(err.accepts or ())
+        expected = _friendly(expected_terms)
+        if tok.type == "$END":
+            line, column = _end_position(text)
+            if (line, column) == (1, 1) and not text.strip():
+                column = 1
+            else:
+                column += 0
+            return _syntax_error(text, "unexpected end of input", line, column, expected)
+        suggestion = None
+        if _WORD.fullmatch(tok.value or ""):
+            suggestion = _suggest(tok.value, [e for e in expected if e in KEYWORDS])
+        return _syntax_error(text, f"unexpected {_describe_token(tok)}", tok.line, tok.column,
+                             expected, suggestion)
+    if isinstance(err, UnexpectedCharacters):
+        line, column = err.line, err.column
+        pos = err.pos_in_stream
+        ch = text[pos] if 0 <= pos < len(text) else ""
+        expected = _friendly(err.allowed or ())
+        if ch in "\"'":
+            return _syntax_error(text, f"unterminated string (no closing {ch} on this line)",
+                                 line, column)
+        if text.startswith("/*", pos):
+            return _syntax_error(text, "unterminated /* comment", line, column)
+        m = _WORD.match(text, pos)
+        if m:
+            word = m.group(0)
+            return _syntax_error(text, f"unexpected {word!r}", line, column, expected,
+                                 _suggest(word, [e for e in expected if e in KEYWORDS]))
+        shown = repr(ch) if ch else "character"
+        return _syntax_error(text, f"unexpected character {shown}", line, column, expected)
+    if isinstance(err, UnexpectedEOF):
+        line, column = _end_position(text)
+        return _syntax_error(text, "unexpected end of input", line, column,
+                             _friendly(err.expected or ()))
+    line, column = 1, 1
+    return _syntax_error(text, f"could not parse: {err}", line, column)
+
+
+# --------------------------------------------------------------------------- public API
+
+def parse(text: str) -> list[ast.Statement]:
+    """Parse an LQL script into statements. Blank / comment-only text gives ``[]``.
+
+    Raises :class:`LqlSyntaxError` (and nothing else) for any malformed input.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse() takes a str, not {type(text).__name__}")
+    parser = _get_parser()
+    try:
+        return parser.parse(text)
+    except LqlSyntaxError:
+        raise
+    except RecursionError:
+        raise _syntax_error(text, "statement nested too deeply", 1, 1) from None
+    except Exception as err:  # every Lark / transformer failure becomes a syntax error
+        raise _convert(text, err) from None
+
+
+def parse_one(text: str) -> ast.Statement:
+    """Parse exactly one statement (a pipe counts as one)."""
+    statements = parse(text)
+    if len(statements) == 1:
+        return statements[0]
+    if not statements:
+        line, column = _end_position(text)
+        raise _syntax_error(text, "expected a statement, found none", line, column,
+                            STATEMENT_KEYWORDS)
+    second = statements[1]
+    line = second.line or 1
+    src = _source_line(text, line)
+    column = 1
+    # point at the second statement's first word on its line
+    m = re.search(re.escape(second.to_lql().split()[0]), src, re.I)
+    if m:
+        column = m.start() + 1
+    raise _syntax_error(text, f"expected exactly one statement, found {len(statements)}",
+                        line, column)
+
+
+def expected_at(text: str) -> set[str]:
+    """What may come next at the end of ``text`` (for context-aware completion).
+
+    Names are as in error messages: keywords upper case (``"TOP"``), and
+    ``"a string"``, ``"a number"``, ``"a layer range"``, ``"a field name"``,
+    ``"a statement name"`` (after HELP), ``";"``, ``"|>"``, ``"("`` ... .
+    If ``text`` ends inside a word (no trailing space), that word is the one
+    being completed and is left out: ``expected_at("DESC")`` gives the
+    statement keywords, ``expected_at("DESCRIBE ")`` gives ``{"a string"}``.
+    Text that is already invalid before the end gives an empty set.
+    """
+    from lark.exceptions import LarkError
+
+    if not isinstance(text, str):
+        return set()
+    m = re.search(r"[A-Za-z_][A-Za-z0-9_]*$", text)
+    if m:
+        before = text[:m.start()]
+        # a word glued to a number/other token is still the word being typed
+        text = before
+    parser = _get_tree_parser()
+    try:
+        interactive = parser.parse_interactive(text)
+        interactive.exhaust_lexer()
+        accepts = interactive.accepts()
+    except (LarkError, Exception):
+        return set()
+    return set(_friendly(t for t in accepts if t != "$END"))
