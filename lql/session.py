@@ -1,0 +1,332 @@
+"""The session: state plus dispatch of parsed statements to their handlers.
+
+One executor serves every surface (Python, CLI, REPL), so results never
+diverge between them. The executor never prints.
+
+    >>> from lql.session import Session
+    >>> s = Session()
+    >>> s.query("SET CHAT OFF").message
+    'chat mode set to OFF ...'
+
+Return types:
+
+* ``execute(text)`` → ``list[Result]``, one per statement in order (a pipe
+  ``a |> b`` contributes both results);
+* ``execute(stmt)`` → ``Result`` (for a :class:`~lql.ast.Pipe`, the result of its
+  right-hand side; use ``execute_iter`` / ``execute(text)`` to get both);
+* ``query(text)`` → the one ``Result`` of exactly one statement;
+* ``run_file(path)`` → ``list[Result]``.
+
+Errors are raised as :class:`~lql.errors.LqlError` (the first error stops a
+script). The raised error carries ``.lql_line`` (the statement's line in the
+script), ``.lql_statement`` (its keyword) and ``.results`` (the results of the
+statements that ran before it). With ``continue_on_error=True`` an error
+becomes a ``Result.error(...)`` in the list and the script goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ExecutionError, LqlError, LqlSyntaxError, NotBuiltError
+from .result import Result
+
+__all__ = ["Session", "Cancelled", "split_statements", "is_complete"]
+
+
+class Cancelled(KeyboardInterrupt):
+    """A statement stopped by :meth:`Session.cancel` (or Ctrl-C)."""
+
+    def __init__(self, message: str = "cancelled"):
+        super().__init__(message)
+
+    def __str__(self) -> str:          # KeyboardInterrupt's str() is empty by default
+        return self.args[0] if self.args else "cancelled"
+
+
+# --------------------------------------------------------------------------- text
+# Statement splitting that respects strings and comments. Used for scripts run
+# with continue_on_error (a syntax error in one statement must not hide the
+# others) and by the REPL to decide whether the input is complete.
+
+_SCAN = re.compile(r"""
+    (?P<comment>--[^\n]*)
+  | (?P<block>/\*.*?(?:\*/|\Z))
+  | (?P<dq>"(?:[^"\\]|\\.)*(?:"|\Z))
+  | (?P<sq>'(?:[^'\\]|\\.)*(?:'|\Z))
+  | (?P<semi>;)
+""", re.VERBOSE | re.DOTALL)
+
+
+def split_statements(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets of each ``;``-terminated chunk (``;`` included).
+
+    Chunks holding only whitespace and comments are dropped.
+    """
+    chunks: list[tuple[int, int]] = []
+    start = 0
+    for m in _SCAN.finditer(text):
+        if m.lastgroup == "semi":
+            chunks.append((start, m.end()))
+            start = m.end()
+    chunks.append((start, len(text)))
+    return [(a, b) for a, b in chunks if _has_code(text[a:b])]
+
+
+def _strip_comments(text: str) -> str:
+    return _SCAN.sub(lambda m: "" if m.lastgroup in ("comment", "block") else m.group(0), text)
+
+
+def _has_code(chunk: str) -> bool:
+    return bool(_strip_comments(chunk).strip().strip(";").strip())
+
+
+def is_complete(text: str) -> bool:
+    """True when ``text`` ends with a ``;`` outside strings and comments
+    (trailing whitespace and comments allowed), or holds no code at all."""
+    last_semi = None
+    open_string = False
+    for m in _SCAN.finditer(text):
+        kind = m.lastgroup
+        if kind == "semi":
+            last_semi = m.end()
+        elif kind in ("dq", "sq"):
+            s = m.group(0)
+            open_string = len(s) < 2 or not s.endswith(s[0]) or _escaped_end(s)
+        elif kind == "block":
+            open_string = not m.group(0).endswith("*/") or len(m.group(0)) < 4
+        else:
+            open_string = False
+    if open_string:
+        return False
+    if last_semi is None:
+        return not _has_code(text)
+    return not _has_code(text[last_semi:])
+
+
+def _escaped_end(s: str) -> bool:
+    """A string token whose closing quote is really an escaped one (unterminated)."""
+    body = s[1:-1]
+    n = len(body) - len(body.rstrip("\\"))
+    return n % 2 == 1
+
+
+def _mask(prefix: str) -> str:
+    """Blank out ``prefix`` while keeping its line/column geometry."""
+    return re.sub(r"[^\n]", " ", prefix)
+
+
+def _line_of(stmt: Any, default: int | None = None) -> int | None:
+    line = getattr(stmt, "line", None)
+    return line if isinstance(line, int) else default
+
+
+def _keyword(stmt: Any) -> str:
+    kw = getattr(stmt, "keyword", None)
+    return kw if isinstance(kw, str) else type(stmt).__name__.upper()
+
+
+# --------------------------------------------------------------------------- session
+
+class Session:
+    """State of one LQL session plus the statement dispatcher."""
+
+    def __init__(self, cwd: str | os.PathLike | None = None):
+        self.cwd: Path = Path(cwd if cwd is not None else os.getcwd()).resolve()
+        self.vindex = None
+        self.model_source = None
+        try:
+            from .ast import ChatMode
+            self.chat_mode = ChatMode.AUTO
+        except ImportError:                      # pragma: no cover - parser not built
+            self.chat_mode = "AUTO"
+        self.overlay = None
+        self.last_result: Result | None = None
+        self._cancel = threading.Event()
+
+    # ------------------------------------------------------------ cancellation
+    def cancel(self) -> None:
+        """Ask the running statement to stop (handlers poll :meth:`check_cancelled`)."""
+        self._cancel.set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`Cancelled` if :meth:`cancel` was called since the statement began."""
+        if self._cancel.is_set():
+            self._cancel.clear()
+            raise Cancelled()
+
+    # ------------------------------------------------------------ paths
+    def resolve_path(self, path: str | os.PathLike) -> Path:
+        """A user-given path, relative to the session's working directory."""
+        p = Path(os.path.expanduser(os.fspath(path)))
+        return p if p.is_absolute() else self.cwd / p
+
+    # ------------------------------------------------------------ execution
+    def execute(self, what, *, continue_on_error: bool = False):
+        """``execute(text) -> list[Result]``; ``execute(stmt) -> Result``."""
+        if isinstance(what, str):
+            return list(self.execute_iter(what, continue_on_error=continue_on_error))
+        results = self._run(what, script=False)
+        return results[-1]
+
+    def query(self, text: str) -> Result:
+        """Run exactly one statement and return its result."""
+        stmts = self.parse(text)
+        if len(stmts) != 1:
+            raise ExecutionError(f"query() takes exactly one statement, got {len(stmts)}")
+        return self._run(stmts[0], script=False)[-1]
+
+    def run_file(self, path: str | os.PathLike, continue_on_error: bool = False) -> list[Result]:
+        return list(self.run_file_iter(path, continue_on_error=continue_on_error))
+
+    def run_file_iter(self, path, continue_on_error: bool = False) -> Iterator[Result]:
+        p = self.resolve_path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ExecutionError(f"cannot read script {os.fspath(path)!r}: "
+                                 f"{exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ExecutionError(f"cannot read script {os.fspath(path)!r}: not UTF-8 text "
+                                 f"({exc.reason} at byte {exc.start})") from None
+        yield from self.execute_iter(text, continue_on_error=continue_on_error,
+                                     source=os.fspath(path), script=True)
+
+    @staticmethod
+    def parse(text: str) -> list:
+        try:
+            from .parser import parse
+        except ImportError as exc:                # pragma: no cover - parser not built
+            raise NotBuiltError(f"the LQL parser is not built yet ({exc})") from None
+        return parse(text)
+
+    def execute_iter(self, text: str, *, continue_on_error: bool = False,
+                     source: str | None = None, script: bool | None = None) -> Iterator[Result]:
+        """Yield each statement's result as soon as it is ready.
+
+        Without ``continue_on_error`` the whole text is parsed first, so a syntax
+        error anywhere stops the script before any statement runs. With it, each
+        ``;``-separated statement is parsed on its own and a syntax error becomes
+        an error result like any other.
+        """
+        if not continue_on_error:
+            try:
+                stmts = self.parse(text)
+            except LqlError as exc:
+                self._annotate(exc, None, None, source, [], prefix_line=False)
+                raise
+            multi = script if script is not None else len(stmts) > 1
+            done: list[Result] = []
+            for stmt in stmts:
+                try:
+                    for r in self._run(stmt, script=True):
+                        done.append(r)
+                        yield r
+                except (LqlError, Cancelled) as exc:
+                    self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
+                                   prefix_line=multi)
+                    raise
+                except KeyboardInterrupt:
+                    exc = Cancelled()
+                    self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
+                                   prefix_line=multi)
+                    raise exc from None
+                except Exception as exc:
+                    self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
+                                   prefix_line=False)
+                    raise
+            return
+
+        for start, end in split_statements(text):
+            line = text.count("\n", 0, start) + 1
+            chunk = text[start:end]
+            try:
+                stmts = self.parse(_mask(text[:start]) + chunk)
+            except LqlSyntaxError as exc:
+                yield self._error_result("SYNTAX ERROR", exc, exc.line, source)
+                continue
+            except LqlError as exc:
+                yield self._error_result("ERROR", exc, line, source)
+                continue
+            for stmt in stmts:
+                kw, sline = _keyword(stmt), _line_of(stmt, line)
+                try:
+                    yield from self._run(stmt, script=True)
+                except KeyboardInterrupt:
+                    raise                   # Ctrl-C stops the script, even here
+                except LqlError as exc:
+                    yield self._error_result(kw, exc, sline, source)
+                except Exception as exc:    # a bug in a handler: report, go on
+                    yield self._error_result(kw, exc, sline, source, internal=True)
+
+    # ------------------------------------------------------------ internals
+    def _run(self, stmt, *, script: bool) -> list[Result]:
+        """Run one statement (a pipe runs both sides); results in order."""
+        from . import exec as registry
+        if type(stmt).__name__ == "Pipe":
+            left = self._run(stmt.left, script=script)
+            self.last_result = left[-1] if left else None
+            right = self._run(stmt.right, script=script)
+            return left + right
+        fn = registry.lookup(type(stmt))
+        if fn is None:
+            cap = registry.capability(type(stmt))
+            group = registry.GROUPS.get(type(stmt).__name__)
+            why = registry.import_errors.get(group) if group else None
+            msg = f"{_keyword(stmt)} is not built yet ({cap})"
+            if why is not None:
+                msg += f"; lql.exec.{group} failed to import: {type(why).__name__}: {why}"
+            raise NotBuiltError(msg)
+        self._cancel.clear()
+        t0 = time.perf_counter()
+        out = fn(self, stmt)
+        elapsed = round((time.perf_counter() - t0) * 1000.0, 1)
+        results = list(out) if isinstance(out, (list, tuple)) else [out]
+        for r in results:
+            if not isinstance(r, Result):
+                raise TypeError(f"handler {fn.__module__}.{fn.__name__} returned "
+                                f"{type(r).__name__}, not Result")
+            r.meta.setdefault("elapsed_ms", elapsed)
+        if results:
+            self.last_result = results[-1]
+        return results
+
+    @staticmethod
+    def _annotate(exc: BaseException, line, keyword, source, done, *, prefix_line: bool) -> None:
+        """Attach where the error happened; prefix ``line N`` to the message in scripts."""
+        exc.lql_line = line
+        exc.lql_statement = keyword
+        exc.lql_source = source
+        exc.results = list(done)
+        if isinstance(exc, LqlSyntaxError):
+            where = f"{source}: " if source else ""
+            if where and exc.args and not str(exc.args[0]).startswith(where):
+                exc.args = (where + str(exc.args[0]),) + tuple(exc.args[1:])
+            return
+        if not prefix_line or line is None:
+            return
+        where = f"{source}, line {line}" if source else f"line {line}"
+        if exc.args:
+            msg = str(exc.args[0]) if exc.args[0] is not None else ""
+        else:
+            msg = str(exc) or type(exc).__name__.lower()
+        if not msg.startswith(where):
+            exc.args = (f"{where}: {msg}",) + tuple(exc.args[1:])
+
+    @staticmethod
+    def _error_result(keyword: str, exc: BaseException, line, source, *,
+                      internal: bool = False) -> Result:
+        msg = str(exc) or type(exc).__name__
+        if internal:
+            msg = f"internal error: {type(exc).__name__}: {msg}"
+        if line is not None and not isinstance(exc, LqlSyntaxError):
+            msg = f"line {line}: {msg}"
+        meta: dict[str, Any] = {"line": line, "error_type": type(exc).__name__}
+        if source:
+            meta["source"] = source
+        return Result.error(keyword, msg, **meta)
