@@ -1,0 +1,260 @@
+"""EXTRACT: a source model (Hugging Face folder or GGUF file) → a vindex directory.
+
+Streaming: the f32 embedding matrix stays in memory (down-meta needs it);
+everything else is read, written and dropped one layer at a time, so peak
+memory ≈ embeddings + one layer's tensors + one block of logits
+(``block × vocab`` floats).  Output goes to a temporary sibling directory
+that is renamed into place at the end (:class:`~lql.vindex.atomic.AtomicDir`).
+
+What each level writes, per the family description (``lql.families``):
+``browse`` — tokenizer files, gate_vectors.bin, embeddings.bin, down_meta.bin;
+``inference`` — + every tensor the forward pass needs in attn_weights.bin,
+norms.bin, up_weights.bin, down_weights.bin (and lm_head.bin when the
+unembedding is not tied) with weight_manifest.json; ``all`` — + whatever else
+the family lists for rebuilding a complete checkpoint.
+
+A ``layers`` subset writes only those layers: ``index.json`` ``layers`` lists
+just them, ``num_layers`` stays the model's, and down_meta.bin has
+``num_features = 0`` for every other layer (the format's "layer absent").
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import ExecutionError, MissingTensorError
+from . import format as fmt
+from .atomic import AtomicDir, BinWriter, check_target
+from .down_meta import DEFAULT_BLOCK, DownMetaWriter, layer_records
+from .progress import progress_display
+
+
+def _family_of(source):
+    fam = source.family
+    if isinstance(fam, str):
+        from ..families import get_family
+        fam = get_family(fam)
+    return fam
+
+
+def _normalise_layers(layers, num_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(num_layers))
+    if hasattr(layers, "start") and hasattr(layers, "end"):       # ast.Range
+        layers = range(int(layers.start), int(layers.end) + 1)
+    elif type(layers).__name__ == "AllLayers":
+        return list(range(num_layers))
+    out = sorted({int(x) for x in layers})
+    bad = [x for x in out if not 0 <= x < num_layers]
+    if bad:
+        raise ExecutionError(f"layer {bad[0]} out of range 0..{num_layers - 1} "
+                             f"(the model has {num_layers} layers)")
+    if not out:
+        raise ExecutionError("LAYERS selects no layer")
+    return out
+
+
+def _text_bytes(obj: Any) -> bytes:
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj)
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z")
+
+
+def extract(source, output, *, level: str = "browse", dtype: str = "f16",
+            layers: Iterable[int] | None = None, force: bool = False,
+            top_k: int = fmt.DEFAULT_TOP_K, progress: bool | None = None,
+            block: int = DEFAULT_BLOCK) -> Path:
+    """Extract ``source`` (a path or an opened ``ModelSource``) into the vindex ``output``.
+
+    Returns the vindex path.  Refuses an existing ``output`` unless ``force``
+    (then replaces it atomically).  ``progress=None`` shows bars only on a terminal.
+    """
+    level = str(getattr(level, "value", level)).lower()
+    dtype = str(getattr(dtype, "value", dtype)).lower()
+    if level not in fmt.LEVELS:
+        raise ExecutionError(f"unknown extract level {level!r} (BROWSE, INFERENCE or ALL)")
+    np_dtype = fmt.np_dtype(dtype, "DTYPE")
+    output = Path(output).expanduser().absolute()
+    check_target(output, force)           # fail before the expensive part
+    if isinstance(source, (str, Path)):
+        from ..sources import open_source
+        source = open_source(source)
+    family = _family_of(source)
+    mc = dict(source.model_config)
+    num_layers = int(mc["num_layers"])
+    hidden = int(mc["hidden_size"])
+    chosen = _normalise_layers(layers, num_layers)
+    chosen_set = set(chosen)
+
+    specs = [s for s in family.tensors(mc, level) if s.layer is None or s.layer in chosen_set]
+    gate_keys = {layer: family.gate_key(layer) for layer in chosen}
+    down_keys = {layer: family.down_key(layer) for layer in chosen}
+    needed = {s.key for s in specs} | set(gate_keys.values()) | set(down_keys.values()) \
+        | {family.embed_key}
+    have = set(source.keys())
+    missing = sorted(needed - have)
+    if missing:
+        raise MissingTensorError(missing, where=f"source {source.name}")
+
+    by_layer: dict[int | None, list] = {}
+    for s in specs:
+        by_layer.setdefault(s.layer, []).append(s)
+    primary = {family.embed_key, *gate_keys.values()}
+
+    with progress_display(progress) as bars, AtomicDir(output, force) as out:
+        tmp = out.tmp
+        checksums: dict[str, str] = {}
+        weight_files: dict[str, BinWriter] = {}
+        manifest: list[dict[str, Any]] = []
+
+        def store(key: str, array: np.ndarray, file: str) -> None:
+            w = weight_files.get(file)
+            if w is None:
+                w = weight_files[file] = BinWriter(tmp / file, np_dtype)
+            off, length = w.write(array)
+            manifest.append({"key": key, "kind": "tensor" if array.ndim >= 2 else "vector",
+                             "shape": list(array.shape), "offset": off, "length": length,
+                             "file": file})
+
+        def write_text(name: str, data) -> None:
+            raw = _text_bytes(data)
+            (tmp / name).write_bytes(raw)
+            import hashlib
+            checksums[name] = hashlib.sha256(raw).hexdigest()
+
+        # ---- tokenizer files
+        write_text(fmt.TOKENIZER, source.tokenizer_json)
+        if source.tokenizer_config:
+            write_text(fmt.TOKENIZER_CONFIG, source.tokenizer_config)
+        if source.chat_template:
+            write_text(fmt.CHAT_TEMPLATE, source.chat_template)
+
+        # ---- embeddings (kept in f32 for down-meta)
+        with bars.stage("embeddings", 1) as st:
+            emb = np.ascontiguousarray(source.tensor(family.embed_key), dtype=np.float32)
+            vocab = emb.shape[0]
+            if emb.shape[1] != hidden:
+                raise ExecutionError(f"{family.embed_key} has shape {emb.shape}, expected "
+                                     f"(vocab, {hidden})")
+            ew = BinWriter(tmp / fmt.EMBEDDINGS, np_dtype)
+            ew.write(emb)
+            checksums[fmt.EMBEDDINGS] = ew.close()
+            st.advance()
+
+        # ---- global tensors other than the embedding (norm, lm_head, positions ...)
+        if level != "browse":
+            for s in by_layer.get(None, ()):
+                if s.key not in primary:
+                    store(s.key, np.asarray(source.tensor(s.key), dtype=np.float32), s.file)
+
+        # ---- layers
+        gw = BinWriter(tmp / fmt.GATE, np_dtype)
+        dm_fh = open(tmp / fmt.DOWN_META, "wb")
+        dm = DownMetaWriter(dm_fh, num_layers, top_k)
+        layer_entries = []
+        gate_transposed = False
+        try:
+            with bars.stage(f"layers ({len(chosen)})", len(chosen)) as st:
+                for layer in chosen:
+                    g_src = np.asarray(source.tensor(gate_keys[layer]), dtype=np.float32)
+                    rows = family.gate_rows(g_src)
+                    gate_transposed = rows.shape != g_src.shape or (
+                        np.shares_memory(rows, g_src) and rows.strides != g_src.strides)
+                    n_feat, h = rows.shape
+                    if h != hidden:
+                        raise ExecutionError(f"{gate_keys[layer]} gives gate rows of shape "
+                                             f"{rows.shape}, expected (features, {hidden})")
+                    off, length = gw.write(rows)
+                    layer_entries.append({"layer": layer, "num_features": int(n_feat),
+                                          "offset": off, "length": length})
+                    del rows, g_src
+                    down = np.asarray(source.tensor(down_keys[layer]), dtype=np.float32)
+                    cols = family.down_columns(down)
+                    if cols.shape != (hidden, n_feat):
+                        raise ExecutionError(f"{down_keys[layer]} gives down columns of shape "
+                                             f"{cols.shape}, expected ({hidden}, {n_feat})")
+                    dm.write_layer(layer, layer_records(
+                        emb, lambda lo, hi: cols[:, lo:hi], n_feat, top_k, block))
+                    if level != "browse":
+                        for s in by_layer.get(layer, ()):
+                            if s.key in primary:
+                                continue
+                            arr = down if s.key == down_keys[layer] else \
+                                np.asarray(source.tensor(s.key), dtype=np.float32)
+                            store(s.key, arr, s.file)
+                    del down, cols
+                    st.advance()
+            dm.finish()
+            checksums[fmt.GATE] = gw.close()
+        finally:
+            gw.abort()
+            dm_fh.close()
+            for w in weight_files.values():
+                w.abort()
+        from .checksums import sha256_file
+        checksums[fmt.DOWN_META] = sha256_file(tmp / fmt.DOWN_META)
+        for name, w in weight_files.items():
+            checksums[name] = w.close()
+        del emb
+
+        # ---- manifest + index.json
+        if level != "browse":
+            write_text(fmt.MANIFEST, manifest)
+        index = _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries,
+                            checksums, gate_transposed)
+        fmt.write_json_atomic(tmp / fmt.INDEX, index)
+    return output
+
+
+def _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries, checksums,
+                gate_transposed) -> dict[str, Any]:
+    from .. import __version__
+    num_layers = int(mc["num_layers"])
+    hf = getattr(source, "hf_config", None) or {}
+    src_path = getattr(source, "path", None)
+    provenance = {
+        "huggingface_repo": hf.get("_name_or_path") or None,
+        "huggingface_revision": None,
+        "safetensors_sha256": None,
+        "extracted_at": _now(),
+        "larql_version": f"lql {__version__}",
+        "path": str(src_path) if src_path is not None else None,
+        "format": getattr(source, "format", None),
+    }
+    model_config = dict(mc)
+    inter = mc.get("intermediate_size") or max((e["num_features"] for e in layer_entries),
+                                               default=0)
+    return {
+        "version": fmt.FORMAT_VERSION,
+        "model": source.name,
+        "family": family.name,
+        "dtype": dtype,
+        "source": provenance,
+        "checksums": dict(sorted(checksums.items())),
+        "num_layers": num_layers,
+        "hidden_size": int(mc["hidden_size"]),
+        "intermediate_size": int(inter),
+        "vocab_size": int(vocab),
+        "embed_scale": float(family.embed_scale(mc)),
+        "extract_level": level,
+        "has_model_weights": level != "browse",
+        "down_top_k": int(top_k),
+        "layer_bands": family.layer_bands(num_layers),
+        "layers": layer_entries,
+        "model_config": model_config,
+        "weight_keys": {"embed": family.embed_key,
+                        "gate": family.gate_key(987654).replace("987654", "{layer}"),
+                        "gate_transposed": bool(gate_transposed)},
+    }

@@ -1,0 +1,146 @@
+"""The vindex on-disk format: file names, levels, dtypes, index.json fields.
+
+See ``docs/VINDEX.md`` and the format spec.  Everything here is pure data and
+small helpers shared by the reader, the writer and ``verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import VindexError
+
+FORMAT_VERSION = 2
+INDEX = "index.json"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+GATE = "gate_vectors.bin"
+EMBEDDINGS = "embeddings.bin"
+DOWN_META = "down_meta.bin"
+ATTN = "attn_weights.bin"
+NORMS = "norms.bin"
+UP = "up_weights.bin"
+DOWN = "down_weights.bin"
+LM_HEAD = "lm_head.bin"
+#: tensors that fit none of the named files (e.g. GPT-2's learned positions);
+#: an addition to the format, listed in weight_manifest.json like the others
+OTHER = "other_weights.bin"
+MANIFEST = "weight_manifest.json"
+FEATURE_LABELS = "feature_labels.json"
+RELATION_CLUSTERS = "relation_clusters.json"
+FEATURE_CLUSTERS = "feature_clusters.jsonl"
+
+LEVELS = ("browse", "inference", "all")
+DTYPES = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
+DEFAULT_TOP_K = 10
+
+#: files every vindex of a level must have (the weight files an inference/all
+#: vindex needs are the ones its weight_manifest.json names)
+REQUIRED_FILES = {
+    "browse": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META),
+    "inference": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META, MANIFEST),
+    "all": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META, MANIFEST),
+}
+
+#: index.json keys a reader cannot do without
+REQUIRED_KEYS = ("dtype", "num_layers", "hidden_size", "vocab_size", "layers")
+
+#: defaults for keys a version-1 (or foreign) index.json may lack
+DEFAULTS: dict[str, Any] = {
+    "version": 1,
+    "model": None,
+    "family": None,
+    "source": {},
+    "checksums": {},
+    "embed_scale": 1.0,
+    "extract_level": "browse",
+    "has_model_weights": False,
+    "down_top_k": DEFAULT_TOP_K,
+    "layer_bands": None,
+    "model_config": {},
+}
+
+
+def level_rank(level: str) -> int:
+    return LEVELS.index(level)
+
+
+def np_dtype(name: str, where: str = INDEX) -> np.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise VindexError(f"{where}: unsupported dtype {name!r} (supported: f16, f32)",
+                          path=where) from None
+
+
+def derive_layer_bands(num_layers: int) -> dict[str, list[int]]:
+    """Bands from the layer count alone: first ~30% syntax, next ~45% knowledge, rest output.
+
+    Every band is non-empty when there are at least 3 layers; with fewer,
+    the later bands share the last layer.
+    """
+    n = int(num_layers)
+    if n <= 0:
+        return {}
+    last = n - 1
+    syn_hi = max(0, min(last, round(n * 0.30) - 1))
+    know_hi = max(syn_hi + 1, min(last, round(n * 0.75) - 1))
+    if know_hi >= last:
+        know_hi = max(syn_hi, last - 1)
+    know_lo = min(syn_hi + 1, last)
+    out_lo = min(know_hi + 1, last)
+    return {"syntax": [0, syn_hi], "knowledge": [know_lo, max(know_lo, know_hi)],
+            "output": [out_lo, last]}
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        raise VindexError(f"{path}: file is missing", path=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VindexError(f"{path}: not valid JSON ({exc})", path=str(path)) from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to a temporary sibling, fsync, and rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_index(root: Path) -> dict:
+    """index.json as a raw dict (unknown keys kept), validated for required keys."""
+    path = Path(root) / INDEX
+    index = read_json(path)
+    if not isinstance(index, dict):
+        raise VindexError(f"{path}: expected a JSON object", path=str(path))
+    missing = [k for k in REQUIRED_KEYS if k not in index]
+    if missing:
+        raise VindexError(f"{path}: missing required key{'s' if len(missing) > 1 else ''} "
+                          + ", ".join(repr(k) for k in missing), path=str(path))
+    return index
+
+
+def update_index(root: Path, **changes: Any) -> dict:
+    """Rewrite index.json with ``changes`` applied; unknown keys are preserved."""
+    index = load_index(root)
+    index.update(changes)
+    write_json_atomic(Path(root) / INDEX, index)
+    return index

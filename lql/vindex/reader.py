@@ -1,0 +1,366 @@
+"""Opening a vindex: :func:`open_vindex` → :class:`Vindex` (lazy, memory-mapped).
+
+At open, index.json is parsed and every file the level needs is checked to
+exist and to have exactly the size its shapes imply (cheap: ``stat`` only);
+down_meta.bin's layer headers are read.  Checksums are *not* recomputed at
+open unless ``open_vindex(path, verify=True)`` — that reads every byte (see
+:func:`lql.vindex.verify`).  Arrays are memory-mapped and read on demand.
+
+``gate(layer)`` returns f32.  For an f32 vindex that is a read-only view of the
+mapped file (no copy); for f16 the converted matrix is cached in an LRU bounded
+by bytes (``GATE_CACHE_BYTES``, default 512 MiB, override with the environment
+variable ``LQL_GATE_CACHE_MB``); cached arrays are read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExecutionError, NoVindexError, VindexError
+from . import format as fmt
+from .down_meta import DownMeta
+from .weights import VindexWeights, validate_manifest
+
+GATE_CACHE_BYTES = int(float(os.environ.get("LQL_GATE_CACHE_MB", "512")) * (1 << 20))
+
+
+def open_vindex(path, *, verify: bool = False) -> "Vindex":
+    """Open the vindex at ``path``; ``verify=True`` also recomputes every checksum."""
+    v = Vindex(path)
+    if verify:
+        from .verifier import verify as _verify
+        report = _verify(v.path)
+        if not report.ok:
+            raise VindexError(report.first_problem(), path=str(v.path))
+    return v
+
+
+class _ByteLRU:
+    """A small thread-safe LRU keyed by layer, bounded by the arrays' total bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
+
+    def put(self, key, arr: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items or arr.nbytes > self.max_bytes:
+                return
+            self._items[key] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+class Vindex:
+    """A vindex directory opened read-only.  See ``docs/VINDEX.md`` for every attribute."""
+
+    def __init__(self, path):
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.exists():
+            raise NoVindexError(f"{self.path}: no such vindex — create one with "
+                                f"EXTRACT MODEL <source> INTO \"{path}\"")
+        if not (self.path / fmt.INDEX).is_file():
+            raise NoVindexError(f"{self.path} is not a vindex (no {fmt.INDEX}) — create one with "
+                                f"EXTRACT MODEL <source> INTO \"{path}\"")
+        self.index: dict[str, Any] = fmt.load_index(self.path)
+        ix = {**fmt.DEFAULTS, **self.index}
+        where = str(self.path / fmt.INDEX)
+        self.version = int(ix["version"])
+        self.dtype: str = ix["dtype"]
+        self.np_dtype = fmt.np_dtype(self.dtype, where)
+        self.level: str = ix["extract_level"]
+        if self.level not in fmt.LEVELS:
+            raise VindexError(f"{where}: unknown extract_level {self.level!r} "
+                              f"(expected one of {', '.join(fmt.LEVELS)})", path=where)
+        self.model_config: dict[str, Any] = dict(ix["model_config"] or {})
+        self.model: str | None = ix["model"]
+        self.family: str | None = ix["family"] or self.model_config.get("model_type")
+        try:
+            self.num_layers = int(ix["num_layers"])
+            self.hidden_size = int(ix["hidden_size"])
+            self.vocab_size = int(ix["vocab_size"])
+            self.embed_scale = float(ix["embed_scale"])
+            self.down_top_k = int(ix["down_top_k"])
+        except (TypeError, ValueError) as exc:
+            raise VindexError(f"{where}: bad numeric field ({exc})", path=where) from None
+        self.has_model_weights = bool(ix["has_model_weights"])
+        self.source: dict[str, Any] = dict(ix["source"] or {})
+        self.checksums: dict[str, str] = dict(ix["checksums"] or {})
+        bands = ix["layer_bands"]
+        self.layer_bands_derived = not bands
+        if not bands:
+            bands = fmt.derive_layer_bands(self.num_layers)
+        self.layer_bands: dict[str, tuple[int, int]] = {
+            str(k): (int(v[0]), int(v[1])) for k, v in bands.items()}
+        self._layers = self._parse_layers(ix["layers"], where)
+        self.layers: list[int] = sorted(self._layers)
+        self.intermediate_size = int(ix.get("intermediate_size") or max(
+            (e["num_features"] for e in self._layers.values()), default=0))
+        self._check_required_files()
+        self._maps: dict[str, np.ndarray] = {}
+        self._map_lock = threading.Lock()
+        self._gate_cache = _ByteLRU(GATE_CACHE_BYTES)
+        self._check_sizes()
+        expected = {layer: e["num_features"] for layer, e in self._layers.items()}
+        self.down_meta = DownMeta(self.path / fmt.DOWN_META, expected_layers=self.num_layers,
+                                  expected_features=expected)
+        manifest = None
+        if (self.path / fmt.MANIFEST).is_file():
+            manifest = validate_manifest(fmt.read_json(self.path / fmt.MANIFEST),
+                                         str(self.path / fmt.MANIFEST), self.np_dtype.itemsize,
+                                         self._file_sizes())
+        self._manifest = manifest
+        self.weights = VindexWeights(self, manifest)
+
+    # ------------------------------------------------------------ validation
+    def _parse_layers(self, layers, where) -> dict[int, dict[str, int]]:
+        if not isinstance(layers, list):
+            raise VindexError(f"{where}: 'layers' must be a list", path=where)
+        out: dict[int, dict[str, int]] = {}
+        item = self.np_dtype.itemsize
+        for i, e in enumerate(layers):
+            try:
+                entry = {k: int(e[k]) for k in ("layer", "num_features", "offset", "length")}
+            except (KeyError, TypeError, ValueError):
+                raise VindexError(f"{where}: layers[{i}] needs integer layer, num_features, "
+                                  f"offset, length", path=where) from None
+            layer = entry["layer"]
+            if not 0 <= layer < self.num_layers:
+                raise VindexError(f"{where}: layers[{i}] is layer {layer}, outside "
+                                  f"0..{self.num_layers - 1}", path=where)
+            want = entry["num_features"] * self.hidden_size * item
+            if entry["length"] != want:
+                raise VindexError(f"{where}: layer {layer} length {entry['length']} does not match "
+                                  f"{entry['num_features']} features × {self.hidden_size} × "
+                                  f"{item} bytes = {want}", path=where)
+            out[layer] = entry
+        return out
+
+    def _check_required_files(self) -> None:
+        for name in fmt.REQUIRED_FILES[self.level]:
+            if not (self.path / name).is_file():
+                raise VindexError(f"{self.path / name}: file is missing (needed by a "
+                                  f"{self.level.upper()} vindex)", path=str(self.path / name))
+
+    def _file_sizes(self) -> dict[str, int | None]:
+        sizes: dict[str, int | None] = {}
+        for p in self.path.iterdir():
+            if p.is_file():
+                sizes[p.name] = p.stat().st_size
+        return sizes
+
+    def _check_sizes(self) -> None:
+        item = self.np_dtype.itemsize
+        gate = self.path / fmt.GATE
+        size = gate.stat().st_size
+        end = max((e["offset"] + e["length"] for e in self._layers.values()), default=0)
+        if size < end:
+            bad = min((e["layer"] for e in self._layers.values()
+                       if e["offset"] + e["length"] > size), default=None)
+            raise VindexError(f"{gate}: truncated ({size} bytes, layer {bad} needs bytes up to "
+                              f"{end})", path=str(gate))
+        if size > end:
+            raise VindexError(f"{gate}: {size - end} more bytes than index.json's layers "
+                              f"describe", path=str(gate))
+        emb = self.path / fmt.EMBEDDINGS
+        want = self.vocab_size * self.hidden_size * item
+        size = emb.stat().st_size
+        if size != want:
+            raise VindexError(f"{emb}: {'truncated' if size < want else 'too large'} ({size} "
+                              f"bytes; {self.vocab_size} × {self.hidden_size} × {item} = {want})",
+                              path=str(emb))
+
+    # ------------------------------------------------------------ raw access
+    def _map(self, name: str) -> np.ndarray:
+        mm = self._maps.get(name)
+        if mm is None:
+            with self._map_lock:
+                mm = self._maps.get(name)
+                if mm is None:
+                    path = self.path / name
+                    if path.stat().st_size == 0:
+                        mm = np.empty(0, dtype=np.uint8)
+                    else:
+                        mm = np.memmap(path, dtype=np.uint8, mode="r")
+                    self._maps[name] = mm
+        return mm
+
+    def _view(self, name: str, offset: int, length: int, shape) -> np.ndarray:
+        raw = self._map(name)[offset: offset + length]
+        if raw.size != length:
+            raise VindexError(f"{self.path / name}: truncated (needs bytes {offset}..{offset + length})",
+                              path=str(self.path / name))
+        return np.asarray(raw).view(self.np_dtype).reshape(shape)
+
+    def _tensor(self, entry: dict[str, Any]) -> np.ndarray:
+        arr = self._view(entry["file"], entry["offset"], entry["length"], tuple(entry["shape"]))
+        return arr if self.np_dtype == np.float32 else arr.astype(np.float32)
+
+    # ------------------------------------------------------------ layers / gates
+    def has_layer(self, layer: int) -> bool:
+        return layer in self._layers
+
+    def _layer_entry(self, layer: int) -> dict[str, int]:
+        entry = self._layers.get(layer)
+        if entry is None:
+            if not 0 <= layer < self.num_layers:
+                raise ExecutionError(f"layer {layer} out of range 0..{self.num_layers - 1}")
+            raise ExecutionError(f"layer {layer} was not extracted into this vindex "
+                                 f"(layers {_ranges(self.layers)})")
+        return entry
+
+    def num_features(self, layer: int) -> int:
+        """Features of ``layer`` (0 for a layer not in this vindex)."""
+        entry = self._layers.get(layer)
+        return entry["num_features"] if entry else 0
+
+    def gate_raw(self, layer: int) -> np.ndarray:
+        """The layer's gate rows in storage dtype (memory-mapped, read-only)."""
+        e = self._layer_entry(layer)
+        return self._view(fmt.GATE, e["offset"], e["length"], (e["num_features"], self.hidden_size))
+
+    def gate(self, layer: int) -> np.ndarray:
+        """(num_features, hidden) f32 gate matrix (read-only; f16 conversions LRU-cached)."""
+        raw = self.gate_raw(layer)
+        if self.np_dtype == np.float32:
+            return raw
+        cached = self._gate_cache.get(layer)
+        if cached is None:
+            cached = raw.astype(np.float32)
+            cached.setflags(write=False)
+            self._gate_cache.put(layer, cached)
+        return cached
+
+    # ------------------------------------------------------------ embeddings
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The raw (vocab, hidden) embedding matrix in storage dtype (memory-mapped)."""
+        return self._view(fmt.EMBEDDINGS, 0, self.vocab_size * self.hidden_size *
+                          self.np_dtype.itemsize, (self.vocab_size, self.hidden_size))
+
+    def embed(self, ids) -> np.ndarray:
+        """f32 embedding rows of ``ids`` (unscaled: multiply by ``embed_scale`` yourself)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = int(ids[(ids < 0) | (ids >= self.vocab_size)].flat[0])
+            raise ExecutionError(f"token id {bad} out of range 0..{self.vocab_size - 1}")
+        return self.embeddings[ids].astype(np.float32)
+
+    def _embeddings_f32(self) -> np.ndarray:
+        emb = self.embeddings
+        return emb if self.np_dtype == np.float32 else emb.astype(np.float32)
+
+    # ------------------------------------------------------------ tokenizer & text files
+    @cached_property
+    def tokenizer(self):
+        from tokenizers import Tokenizer
+        path = self.path / fmt.TOKENIZER
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise VindexError(f"{path}: cannot load tokenizer ({exc})", path=str(path)) from None
+
+    @cached_property
+    def _token_cache(self) -> dict[int, str]:
+        return {}
+
+    def token_text(self, token_id: int) -> str:
+        """Decoded text of one token, leading space kept (``" Paris"``)."""
+        tid = int(token_id)
+        text = self._token_cache.get(tid)
+        if text is None:
+            tok = self.tokenizer
+            text = tok.decode([tid], skip_special_tokens=False)
+            raw = tok.id_to_token(tid)
+            if raw is not None and raw.startswith("\u2581") and not text.startswith(" "):
+                text = " " + text           # sentencepiece decoders drop a leading ▁
+            if len(self._token_cache) < 1 << 18:
+                self._token_cache[tid] = text
+        return text
+
+    @cached_property
+    def tokenizer_config(self) -> dict[str, Any]:
+        path = self.path / fmt.TOKENIZER_CONFIG
+        return fmt.read_json(path) if path.is_file() else {}
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        path = self.path / fmt.CHAT_TEMPLATE
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+        tmpl = self.tokenizer_config.get("chat_template")
+        return tmpl if isinstance(tmpl, str) else None
+
+    @cached_property
+    def feature_labels(self) -> dict[tuple[int, int], str]:
+        path = self.path / fmt.FEATURE_LABELS
+        if not path.is_file():
+            return {}
+        raw = fmt.read_json(path)
+        out: dict[tuple[int, int], str] = {}
+        for key, label in (raw.items() if isinstance(raw, dict) else ()):
+            try:
+                layer, feature = (int(x) for x in str(key).split(":"))
+            except ValueError:
+                raise VindexError(f"{path}: bad key {key!r} (expected \"<layer>:<feature>\")",
+                                  path=str(path)) from None
+            out[(layer, feature)] = str(label)
+        return out
+
+    @cached_property
+    def relation_clusters(self) -> dict[str, Any] | None:
+        path = self.path / fmt.RELATION_CLUSTERS
+        return fmt.read_json(path) if path.is_file() else None
+
+    # ------------------------------------------------------------ misc
+    @property
+    def manifest(self) -> list[dict[str, Any]] | None:
+        return self._manifest
+
+    def file_sizes(self) -> dict[str, int]:
+        return {k: v for k, v in self._file_sizes().items() if v is not None}
+
+    def verify(self):
+        from .verifier import verify
+        return verify(self.path)
+
+    def __repr__(self) -> str:
+        return (f"<Vindex {self.model or self.path.name} {self.family} {self.level} {self.dtype} "
+                f"{len(self.layers)}/{self.num_layers} layers at {self.path}>")
+
+
+def _ranges(layers: list[int]) -> str:
+    if not layers:
+        return "none"
+    out, start, prev = [], layers[0], layers[0]
+    for x in layers[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ", ".join(out)

@@ -1,0 +1,112 @@
+"""``v.weights``: the model's tensors as a read-only Mapping over the vindex files.
+
+Keys are Hugging Face names without ``model.`` / ``transformer.``.  Tensors in
+the split weight files come from ``weight_manifest.json``; the embedding key
+resolves to ``embeddings.bin`` and each layer's gate key to its rows in
+``gate_vectors.bin`` (transposed back when the family stores the FFN input
+projection as hidden × features, like GPT-2's Conv1D ``c_fc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import MissingTensorError, VindexError
+
+if TYPE_CHECKING:
+    from .reader import Vindex
+
+#: embedding keys recognised when index.json does not name its own
+DEFAULT_EMBED_KEYS = ("embed_tokens.weight", "wte.weight")
+DEFAULT_GATE_KEY = "layers.{layer}.mlp.gate_proj.weight"
+
+
+class VindexWeights(Mapping):
+    """Lazy, read-only view of every stored tensor; values are f32 ndarrays."""
+
+    def __init__(self, vindex: "Vindex", manifest: list[dict[str, Any]] | None):
+        self._v = vindex
+        keys = vindex.index.get("weight_keys") or {}
+        embed = keys.get("embed")
+        self._embed_keys = (embed,) if embed else DEFAULT_EMBED_KEYS
+        self._gate_pattern = keys.get("gate") or DEFAULT_GATE_KEY
+        self._gate_transposed = bool(keys.get("gate_transposed", False))
+        self._gate_keys = {self._gate_pattern.format(layer=layer): layer
+                           for layer in vindex.layers}
+        self._entries: dict[str, dict[str, Any]] = {}
+        for entry in manifest or ():
+            self._entries[entry["key"]] = entry
+
+    # ---- Mapping
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self._entries:
+            return self._v._tensor(self._entries[key])
+        if key in self._embed_keys:
+            return self._v._embeddings_f32()
+        layer = self._gate_keys.get(key)
+        if layer is not None:
+            gate = self._v.gate(layer)
+            return gate.T if self._gate_transposed else gate
+        level = self._v.level
+        hint = "" if level != "browse" else " (extracted WITH BROWSE; re-extract WITH INFERENCE)"
+        raise MissingTensorError([key], where=f"vindex {self._v.path}{hint}")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries or key in self._embed_keys or key in self._gate_keys
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set()
+        for key in (*self._embed_keys[:1], *self._gate_keys, *self._entries):
+            if key not in seen:
+                seen.add(key)
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    # ---- extras
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key in self._entries:
+            return tuple(self._entries[key]["shape"])
+        if key in self._embed_keys:
+            return (self._v.vocab_size, self._v.hidden_size)
+        layer = self._gate_keys.get(key)
+        if layer is not None:
+            shape = (self._v.num_features(layer), self._v.hidden_size)
+            return shape[::-1] if self._gate_transposed else shape
+        raise MissingTensorError([key], where=f"vindex {self._v.path}")
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The manifest entry of a key stored in a split weight file (else ``None``)."""
+        return self._entries.get(key)
+
+    def missing(self, keys) -> list[str]:
+        return [k for k in keys if k not in self]
+
+
+def validate_manifest(manifest: Any, path: str, itemsize: int,
+                      file_sizes: dict[str, int | None]) -> list[dict[str, Any]]:
+    """Check each entry's fields, its length against its shape and its file's size."""
+    if not isinstance(manifest, list):
+        raise VindexError(f"{path}: expected a JSON array of tensor entries", path=path)
+    for i, e in enumerate(manifest):
+        if not isinstance(e, dict) or not {"key", "shape", "offset", "length", "file"} <= e.keys():
+            raise VindexError(f"{path}: entry {i} lacks key/shape/offset/length/file", path=path)
+        want = int(np.prod(e["shape"], dtype=np.int64)) * itemsize
+        if e["length"] != want:
+            raise VindexError(f"{path}: {e['key']} has length {e['length']}, shape "
+                              f"{e['shape']} needs {want} bytes", path=path)
+        size = file_sizes.get(e["file"])
+        if size is None:
+            raise VindexError(f"{e['file']}: file is missing (named by {path} for {e['key']})",
+                              path=e["file"])
+        if e["offset"] + e["length"] > size:
+            raise VindexError(f"{e['file']}: truncated ({size} bytes; {e['key']} needs bytes "
+                              f"{e['offset']}..{e['offset'] + e['length']})", path=e["file"])
+    return manifest
