@@ -1,0 +1,13 @@
+"""Numpy forward pass for every supported family; knows nothing of LQL or vindex files.
+
+``build_model(model_config, weights) -> Model``; ``model.forward(ids, cache=, record=, hooks=)``;
+``model.generate(ids, n, stop_ids)``; chat templates in :mod:`lql.model.chat`.
+See docs/INFERENCE.md.
+"""
+
+from lql.model.cache import KVCache
+from lql.model.config import SUPPORTED, ArchSpec
+from lql.model.model import Model, build_model
+from lql.model.records import ForwardOutput, Hooks, Record
+
+__all__ = ["ArchSpec", "ForwardOutput", "Hooks", "KVCache", "Model", "Record", "SUPPORTED", "build_model"]

@@ -1,0 +1,166 @@
+"""Weight layouts: which normalised tensor names hold what, per family naming scheme.
+
+* :class:`HFLayout` — Llama-style names (Llama, Mistral, Qwen2/3, Gemma 1/2/3):
+  ``layers.N.self_attn.q_proj.weight`` ``[out, in]`` etc.
+* :class:`GPT2Layout` — ``h.N.attn.c_attn.weight`` (Conv1D, ``[in, out]``, fused QKV) etc.
+
+A layout first lists every key the forward pass will read (so a missing tensor is
+reported up front, all names at once), then builds the layer objects.  Every
+tensor is copied once into a contiguous float32 array (fused / transposed where
+that makes the matmuls faster); the source mapping is not kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from lql.errors import LqlError
+from lql.model.block import Attention, Block
+from lql.model.config import ArchSpec
+from lql.model.ffn import DenseFFN, GatedFFN
+from lql.model.norms import LayerNorm, RMSNorm
+
+F32 = np.float32
+
+
+class Tensors:
+    """Reads keys from the source mapping as float32, checking shapes."""
+
+    def __init__(self, weights: Mapping):
+        self.weights = weights
+
+    def get(self, key: str, shape: tuple | None = None) -> np.ndarray:
+        arr = np.asarray(self.weights[key], dtype=F32)
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            raise LqlError(f"tensor {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+        return arr
+
+    def opt(self, key: str, present: set[str], shape=None):
+        return self.get(key, shape) if key in present else None
+
+
+class HFLayout:
+    embed = "embed_tokens.weight"
+    final_norm = "norm.weight"
+    head = "lm_head.weight"
+
+    @staticmethod
+    def layer_prefix(i: int) -> str:
+        return f"layers.{i}."
+
+    def required(self, spec: ArchSpec, tied: bool) -> list[str]:
+        keys = [self.embed, self.final_norm] + ([] if tied else [self.head])
+        for i in range(spec.num_layers):
+            p = self.layer_prefix(i)
+            keys += [p + f"self_attn.{n}_proj.weight" for n in "qkvo"]
+            keys += [p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
+            keys += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+            if spec.sandwich_norms:
+                keys += [p + "pre_feedforward_layernorm.weight", p + "post_feedforward_layernorm.weight"]
+            if spec.qk_norm:
+                keys += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+            if spec.attention_bias:
+                keys += [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
+            if spec.mlp_bias:
+                keys += [p + f"mlp.{n}_proj.bias" for n in ("gate", "up", "down")]
+        return keys
+
+    def _norm(self, spec, t: Tensors, key: str, dim: int):
+        return RMSNorm(t.get(key, (dim,)), spec.norm_eps, spec.norm_offset)
+
+    def final(self, spec, t: Tensors):
+        return self._norm(spec, t, self.final_norm, spec.hidden_size)
+
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
+        p, h, d = self.layer_prefix(i), spec.hidden_size, spec.head_dim
+        nq, nkv = spec.num_q_heads * d, spec.num_kv_heads * d
+        q = t.get(p + "self_attn.q_proj.weight", (nq, h))
+        k = t.get(p + "self_attn.k_proj.weight", (nkv, h))
+        v = t.get(p + "self_attn.v_proj.weight", (nkv, h))
+        qkv_bias = None
+        if spec.attention_bias:
+            qkv_bias = np.concatenate([t.get(p + "self_attn.q_proj.bias", (nq,)),
+                                       t.get(p + "self_attn.k_proj.bias", (nkv,)),
+                                       t.get(p + "self_attn.v_proj.bias", (nkv,))])
+        # Qwen2 has q/k/v biases but none on o_proj; Llama's attention_bias has all four
+        o_bias = t.opt(p + "self_attn.o_proj.bias", present, (h,))
+        q_norm = k_norm = None
+        if spec.qk_norm:
+            q_norm = self._norm(spec, t, p + "self_attn.q_norm.weight", d)
+            k_norm = self._norm(spec, t, p + "self_attn.k_norm.weight", d)
+        attention = Attention(
+            qkv_t=np.concatenate([q, k, v], axis=0).T, qkv_bias=qkv_bias,
+            o_t=t.get(p + "self_attn.o_proj.weight", (h, nq)).T, o_bias=o_bias,
+            n_q=spec.num_q_heads, n_kv=spec.num_kv_heads, head_dim=d, scale=spec.attn_scale,
+            softcap=spec.attn_softcap, window=spec.sliding[i], q_norm=q_norm, k_norm=k_norm, rope=rope)
+        gate = t.get(p + "mlp.gate_proj.weight")
+        ff = gate.shape[0]
+        if gate.shape != (ff, h):
+            raise LqlError(f"tensor {p}mlp.gate_proj.weight has shape {gate.shape}, expected (*, {h})")
+        biases = {}
+        if spec.mlp_bias:
+            biases = dict(gate_bias=t.get(p + "mlp.gate_proj.bias", (ff,)),
+                          up_bias=t.get(p + "mlp.up_proj.bias", (ff,)),
+                          down_bias=t.get(p + "mlp.down_proj.bias", (h,)))
+        ffn = GatedFFN(gate, t.get(p + "mlp.up_proj.weight", (ff, h)),
+                       t.get(p + "mlp.down_proj.weight", (h, ff)), spec.activation, **biases)
+        norm = lambda name: self._norm(spec, t, p + name, h)  # noqa: E731
+        if spec.sandwich_norms:
+            return Block(i, attn_norm=norm("input_layernorm.weight"), attention=attention,
+                         post_attn_norm=norm("post_attention_layernorm.weight"),
+                         ffn_norm=norm("pre_feedforward_layernorm.weight"), ffn=ffn,
+                         post_ffn_norm=norm("post_feedforward_layernorm.weight"))
+        return Block(i, attn_norm=norm("input_layernorm.weight"), attention=attention,
+                     ffn_norm=norm("post_attention_layernorm.weight"), ffn=ffn)
+
+    def positions(self, t: Tensors):
+        return None
+
+
+class GPT2Layout(HFLayout):
+    embed = "wte.weight"
+    final_norm = "ln_f.weight"
+    position_table = "wpe.weight"
+
+    @staticmethod
+    def layer_prefix(i: int) -> str:
+        return f"h.{i}."
+
+    def required(self, spec: ArchSpec, tied: bool) -> list[str]:
+        keys = [self.embed, self.position_table, "ln_f.weight", "ln_f.bias"] + ([] if tied else [self.head])
+        for i in range(spec.num_layers):
+            p = self.layer_prefix(i)
+            for name in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                keys += [p + name + ".weight", p + name + ".bias"]
+        return keys
+
+    def _ln(self, spec, t, name: str, dim: int):
+        return LayerNorm(t.get(name + ".weight", (dim,)), t.get(name + ".bias", (dim,)), spec.norm_eps)
+
+    def final(self, spec, t):
+        return self._ln(spec, t, "ln_f", spec.hidden_size)
+
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
+        p, h = self.layer_prefix(i), spec.hidden_size
+        attention = Attention(
+            qkv_t=t.get(p + "attn.c_attn.weight", (h, 3 * h)), qkv_bias=t.get(p + "attn.c_attn.bias", (3 * h,)),
+            o_t=t.get(p + "attn.c_proj.weight", (h, h)), o_bias=t.get(p + "attn.c_proj.bias", (h,)),
+            n_q=spec.num_q_heads, n_kv=spec.num_kv_heads, head_dim=spec.head_dim, scale=spec.attn_scale,
+            softcap=spec.attn_softcap, window=spec.sliding[i], rope=rope)
+        fc = t.get(p + "mlp.c_fc.weight")
+        if fc.ndim != 2 or fc.shape[0] != h:
+            raise LqlError(f"tensor {p}mlp.c_fc.weight has shape {fc.shape}, expected ({h}, *)")
+        ff = fc.shape[1]
+        ffn = DenseFFN(fc, t.get(p + "mlp.c_fc.bias", (ff,)), t.get(p + "mlp.c_proj.weight", (ff, h)),
+                       t.get(p + "mlp.c_proj.bias", (h,)), spec.activation)
+        return Block(i, attn_norm=self._ln(spec, t, p + "ln_1", h), attention=attention,
+                     ffn_norm=self._ln(spec, t, p + "ln_2", h), ffn=ffn)
+
+    def positions(self, t: Tensors):
+        return np.ascontiguousarray(t.get(self.position_table))
+
+
+def layout_for(model_type: str) -> HFLayout:
+    return GPT2Layout() if model_type == "gpt2" else HFLayout()

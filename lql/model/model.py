@@ -1,0 +1,185 @@
+"""The model: embeddings → blocks → final norm → unembedding, with recording, hooks,
+a KV cache and greedy generation.  Built by :func:`build_model`.
+
+Memory: every weight is held once as float32 (fused QKV and gate/up copies replace the
+originals; a tied head shares the embedding array), so the resident cost is about
+``4 × parameter count`` bytes (SmolLM2-135M: ~540 MB) plus the KV cache.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+
+from lql.errors import ExecutionError, LqlError, MissingTensorError
+from lql.model.cache import KVCache
+from lql.model.config import ArchSpec, arch_spec
+from lql.model.layouts import Tensors, layout_for
+from lql.model.records import ForwardOutput, Hooks, Record
+from lql.model.rope import Rope
+
+F32 = np.float32
+_NO_RECORD = Record()
+
+
+def _count_layers(keys: Iterable[str], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = [int(m.group(1)) for k in keys if (m := pattern.match(k))]
+    return max(found) + 1 if found else 0
+
+
+class Model:
+    def __init__(self, spec: ArchSpec, *, embed: np.ndarray, position_table: np.ndarray | None,
+                 blocks: list, final_norm, head: np.ndarray, model_config: dict):
+        self.spec = spec
+        self.model_config = model_config
+        self.embed_matrix = embed            # [vocab, hidden], unscaled
+        self.position_table = position_table  # GPT-2's learned positions, or None
+        self.blocks = blocks
+        self.final_norm = final_norm
+        self.head = head                      # [vocab, hidden] (the embedding itself when tied)
+        self.hooks: Hooks | None = None       # default hooks for every call (edits/overlays)
+        self.num_layers = spec.num_layers
+        self.vocab_size = head.shape[0]
+        self.hidden_size = spec.hidden_size
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.embed_matrix.shape[0]):
+            raise ExecutionError(f"token id out of range 0..{self.embed_matrix.shape[0] - 1}")
+        h = self.embed_matrix[ids]
+        if self.spec.embed_scale != 1.0:
+            h = h * F32(self.spec.embed_scale)
+        if self.position_table is not None:
+            if positions[-1] >= self.position_table.shape[0]:
+                raise ExecutionError(f"sequence longer than the model's {self.position_table.shape[0]} positions")
+            h = h + self.position_table[positions]
+        return h
+
+    def logits_from_hidden(self, x: np.ndarray) -> np.ndarray:
+        """Final norm + unembedding (+ final soft-capping) of residual vector(s) — the logit lens."""
+        return self.unembed(self.final_norm(np.asarray(x, dtype=F32)))
+
+    def unembed(self, x: np.ndarray) -> np.ndarray:
+        """Unembedding of already-normed vector(s) ``[..., hidden]`` → ``[..., vocab]``."""
+        logits = np.matmul(x, self.head.T) if x.ndim > 1 else self.head @ x
+        cap = self.spec.final_softcap
+        if cap:
+            logits = np.tanh(logits / F32(cap)) * F32(cap)
+        return logits.astype(F32, copy=False)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.num_layers)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids, *, cache: KVCache | None = None, record: Record | None = None,
+                hooks: Hooks | None = None) -> ForwardOutput:
+        """Run ``ids`` (1-D) after whatever ``cache`` already holds; logits of the last position."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ExecutionError("forward needs at least one token")
+        record = record or _NO_RECORD
+        hooks = hooks if hooks is not None else self.hooks
+        start = cache.length if cache is not None else 0
+        positions = np.arange(start, start + ids.size)
+
+        tables_cache: dict[int, tuple] = {}
+
+        def tables(rope: Rope):
+            key = id(rope)
+            if key not in tables_cache:
+                tables_cache[key] = rope.tables(positions)
+            return tables_cache[key]
+
+        def pick(x, where):
+            return x[-1].copy() if where == "last" else x.copy()
+
+        n = self.num_layers
+        residuals = [None] * n if record.residuals else None
+        attn_d = [None] * n if record.deltas else None
+        ffn_d = [None] * n if record.deltas else None
+        acts = [None] * n if record.ffn_activations else None
+        attn_p = [None] * n if record.attention else None
+
+        h = self.embed(ids, positions)
+        embedding = pick(h, record.residuals) if record.residuals else None
+        for i, block in enumerate(self.blocks):
+            h, trace = block(h, positions, tables, cache.layers[i] if cache is not None else None, hooks)
+            if not record.wants(i):
+                continue
+            if residuals is not None:
+                residuals[i] = pick(h, record.residuals)
+            if attn_d is not None:
+                attn_d[i] = pick(trace.attn_delta, record.deltas)
+                ffn_d[i] = pick(trace.ffn_delta, record.deltas)
+            if acts is not None:
+                acts[i] = trace.ffn_hidden[-1].copy()
+            if attn_p is not None:
+                attn_p[i] = trace.probs[:, -1].copy() if record.attention == "last" else trace.probs.copy()
+        if cache is not None:
+            cache.length = start + ids.size
+        last = h[-1]
+        return ForwardOutput(logits=self.logits_from_hidden(last), hidden=last.copy(), positions=positions,
+                             embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
+                             ffn_activations=acts, attention=attn_p)
+
+    def generate(self, ids, n: int, stop_ids: Iterable[int] | None = None, *, cache: KVCache | None = None,
+                 hooks: Hooks | None = None) -> Iterator[int]:
+        """Greedy decoding, streaming: yields up to ``n`` token ids; a stop id is yielded, then it stops.
+
+        ``stop_ids`` defaults to the model's ``eos_token_id``s; pass ``()`` for none."""
+        stop = set(self.spec.eos_token_ids if stop_ids is None else stop_ids)
+        cache = cache if cache is not None else self.new_cache()
+        out = self.forward(ids, cache=cache, hooks=hooks)
+        for step in range(n):
+            token = int(np.argmax(out.logits))
+            yield token
+            if token in stop or step == n - 1:
+                return
+            out = self.forward([token], cache=cache, hooks=hooks)
+
+
+def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
+    """Check ``model_config`` and that ``weights`` has every tensor needed, then build the model.
+
+    Raises :class:`MissingTensorError` naming every absent key, and
+    :class:`UnsupportedArchitectureError` / :class:`LqlError` for configs we do not implement."""
+    if not isinstance(model_config, Mapping):
+        raise LqlError("model_config must be a dict")
+    model_config = dict(model_config)
+    layout = layout_for(model_config.get("model_type"))
+    present = set(weights.keys())
+    if layout.embed not in present:
+        raise MissingTensorError([layout.embed])
+    tensors = Tensors(weights)
+    embed = np.ascontiguousarray(tensors.get(layout.embed))
+    if embed.ndim != 2:
+        raise LqlError(f"tensor {layout.embed} has shape {embed.shape}, expected (vocab, hidden)")
+    hidden = int(model_config.get("hidden_size") or embed.shape[1])
+    if embed.shape[1] != hidden:
+        raise LqlError(f"tensor {layout.embed} has width {embed.shape[1]}, model_config says hidden {hidden}")
+    num_layers = int(model_config.get("num_layers") or model_config.get("num_hidden_layers")
+                     or _count_layers(present, layout.layer_prefix(0)[:-2]))
+    if num_layers <= 0:
+        raise MissingTensorError([layout.layer_prefix(0) + "*"])
+    spec = arch_spec(model_config, num_layers=num_layers, hidden_size=hidden)
+
+    tied = spec.tie_word_embeddings
+    if tied is None:
+        tied = layout.head not in present
+    missing = [k for k in layout.required(spec, tied) if k not in present]
+    if missing:
+        raise MissingTensorError(missing)
+
+    ropes: dict = {}
+    blocks = []
+    for i in range(num_layers):
+        rope = None
+        if spec.rope[i] is not None:
+            rope = ropes.setdefault(spec.rope[i], Rope(spec.rope[i]))
+        blocks.append(layout.block(spec, tensors, i, present, rope))
+    head = embed if tied else np.ascontiguousarray(tensors.get(layout.head, embed.shape))
+    return Model(spec, embed=embed, position_table=layout.positions(tensors), blocks=blocks,
+                 final_norm=layout.final(spec, tensors), head=head, model_config=model_config)

@@ -1,0 +1,83 @@
+"""What a forward pass can record, the hooks it calls, and what it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+
+Where = Literal["last", "all"] | None
+
+
+@dataclass(frozen=True)
+class Record:
+    """What to keep from a forward pass (all off by default).
+
+    ``residuals``: the residual stream after each layer (and the embedding input) —
+    ``"last"`` keeps the last position (``[hidden]``), ``"all"`` every position
+    (``[T, hidden]``).  ``deltas``: what each layer's attention and FFN add to the
+    residual (after Gemma's post-norms), same shapes.  ``ffn_activations``: the FFN
+    hidden vector ``act(gate·x) * (up·x)`` at the last position (``[ffn]``).
+    ``attention``: attention probabilities — ``"last"`` the last query row
+    (``[heads, S]``), ``"all"`` ``[heads, T, S]``.  ``layers``: restrict to these layers.
+    """
+    residuals: Where = None
+    deltas: Where = None
+    ffn_activations: bool = False
+    attention: Where = None
+    layers: frozenset[int] | None = None
+
+    def wants(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+    @classmethod
+    def everything(cls, where: Literal["last", "all"] = "last") -> "Record":
+        return cls(residuals=where, deltas=where, ffn_activations=True, attention=where)
+
+
+@dataclass
+class Hooks:
+    """Per-layer callbacks for edits; each gets every position of the current call.
+
+    ``attention(layer, x_normed, out) -> out`` and ``ffn(layer, x_normed, out) -> out``
+    see the normed input of the sub-block and its raw output (before Gemma's
+    post-norm); ``residual(layer, h) -> h`` sees the residual stream after the layer.
+    """
+    attention: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
+    ffn: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
+    residual: Callable[[int, np.ndarray], np.ndarray] | None = None
+
+
+@dataclass
+class ForwardOutput:
+    """Result of :meth:`Model.forward`.
+
+    ``logits``: ``[vocab]`` float32 for the last position (final soft-capping applied).
+    ``hidden``: the final residual at the last position, before the final norm.
+    ``positions``: the positions this call processed.
+    Recorded lists are indexed by layer (``None`` for layers not recorded);
+    ``embedding`` is the residual entering layer 0.
+    """
+    logits: np.ndarray
+    hidden: np.ndarray
+    positions: np.ndarray
+    embedding: np.ndarray | None = None
+    residuals: list | None = None
+    attn_deltas: list | None = None
+    ffn_deltas: list | None = None
+    ffn_activations: list | None = None
+    attention: list | None = None
+    extra: dict = field(default_factory=dict)
+
+    def probs(self) -> np.ndarray:
+        z = self.logits.astype(np.float64) - self.logits.max()
+        p = np.exp(z)
+        return (p / p.sum()).astype(np.float32)
+
+    def top_k(self, k: int = 10) -> list[tuple[int, float]]:
+        """``[(token_id, probability)]``, best first."""
+        p = self.probs()
+        ids = np.argpartition(-p, min(k, len(p) - 1))[:k]
+        ids = ids[np.argsort(-p[ids], kind="stable")]
+        return [(int(i), float(p[i])) for i in ids]
