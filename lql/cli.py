@@ -98,11 +98,8 @@ def _error_text(exc: BaseException) -> str:
         return exc.pretty()
     if isinstance(exc, LqlError):
         return str(exc)
-    where = getattr(exc, "lql_line", None)
-    src = getattr(exc, "lql_source", None)
-    loc = ""
-    if where is not None:
-        loc = f"{src}, line {where}: " if src else f"line {where}: "
+    where = getattr(exc, "lql_where", None)
+    loc = f"{where}: " if where else ""
     detail = str(exc)
     return (f"{loc}internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
             + ("" if _debug() else " (set LQL_DEBUG=1 for the traceback)"))

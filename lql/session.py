@@ -236,9 +236,9 @@ class Session:
                     self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
                                    prefix_line=multi)
                     raise exc from None
-                except Exception as exc:
+                except Exception as exc:         # a bug: annotate, never rewrite
                     self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
-                                   prefix_line=False)
+                                   prefix_line=multi, rewrite=False)
                     raise
             return
 
@@ -297,12 +297,18 @@ class Session:
         return results
 
     @staticmethod
-    def _annotate(exc: BaseException, line, keyword, source, done, *, prefix_line: bool) -> None:
-        """Attach where the error happened; prefix ``line N`` to the message in scripts."""
+    def _annotate(exc: BaseException, line, keyword, source, done, *, prefix_line: bool,
+                  rewrite: bool = True) -> None:
+        """Attach where the error happened; prefix ``line N`` to the message in scripts.
+
+        Sets ``exc.lql_line``, ``exc.lql_statement``, ``exc.lql_source``, ``exc.results``
+        and ``exc.lql_where`` ("FILE, line N" / "line N" in scripts, else ``None``).
+        """
         exc.lql_line = line
         exc.lql_statement = keyword
         exc.lql_source = source
         exc.results = list(done)
+        exc.lql_where = None
         if isinstance(exc, LqlSyntaxError):
             where = f"{source}: " if source else ""
             if where and exc.args and not str(exc.args[0]).startswith(where):
@@ -311,6 +317,9 @@ class Session:
         if not prefix_line or line is None:
             return
         where = f"{source}, line {line}" if source else f"line {line}"
+        exc.lql_where = where
+        if not rewrite:
+            return
         if exc.args:
             msg = str(exc.args[0]) if exc.args[0] is not None else ""
         else:
