@@ -131,6 +131,29 @@ def _enum(enum_cls, tok):
     return enum_cls[tok.value.upper()]
 
 
+def _layer_spec(tok) -> ast.Range | ast.AllLayers:
+    """ALL, a single layer ``27`` (= 27-27) or a range ``14-27``."""
+    if tok.type == "ALL":
+        return ast.ALL_LAYERS
+    if tok.type == "NUMBER":
+        n = _int(tok, "a layer")
+        return ast.Range(n, n)
+    lo, hi = (int(p) for p in tok.value.replace(" ", "").replace("\t", "").split("-"))
+    if lo > hi:
+        raise _NodeError(f"layer range {tok.value} runs backwards (write {hi}-{lo})", tok)
+    return ast.Range(lo, hi)
+
+
+def _field(tok) -> str:
+    """A NAME token used as a field: lower-cased and checked against FIELDS."""
+    name = tok.value.lower()
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
+        raise _NodeError(f"unknown field {tok.value!r}", tok, expected=FIELDS,
+                         suggestion=close[0] if close else None)
+    return name
+
+
 def _collect(clauses) -> dict:
     """Clauses → {slot: value}, rejecting a clause given twice (error at the duplicate)."""
     seen: dict[str, _Clause] = {}
@@ -156,20 +179,8 @@ class _Builder:
     def with_level(self, c):
         return _Clause("level", _enum(ast.Level, c[1]), c[0])
 
-    def layer_spec(self, c):
-        tok = c[0]
-        if tok.type == "ALL":
-            return ast.ALL_LAYERS
-        if tok.type == "NUMBER":
-            n = _int(tok, "a layer")
-            return ast.Range(n, n)
-        lo, hi = (int(p) for p in tok.value.replace(" ", "").replace("\t", "").split("-"))
-        if lo > hi:
-            raise _NodeError(f"layer range {tok.value} runs backwards (write {hi}-{lo})", tok)
-        return ast.Range(lo, hi)
-
     def layers(self, c):
-        return _Clause("layers", c[1], c[0])
+        return _Clause("layers", _layer_spec(c[1]), c[0])
 
     def dtype(self, c):
         return _Clause("dtype", _enum(ast.DType, c[1]), c[0])
@@ -204,17 +215,8 @@ class _Builder:
     def system(self, c):
         return _Clause("system", _string(c[1]), c[0])
 
-    def field(self, c):
-        tok = c[0]
-        name = tok.value.lower()
-        if name not in FIELDS:
-            close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
-            raise _NodeError(f"unknown field {tok.value!r}", tok, expected=FIELDS,
-                             suggestion=close[0] if close else None)
-        return name
-
     def condition(self, c):
-        name, op = c[0], c[1]
+        name, op = _field(c[0]), c[1]
         if op.type == "IN":
             return ast.Condition(name, "IN", tuple(_value(t) for t in c[2:]))
         if op.type == "LIKE":
@@ -301,9 +303,9 @@ class _Builder:
                             verbosity=d.get("verbosity"), via=d.get("via"), line=c[0].line)
 
     def select_fields(self, c):
-        if len(c) == 1 and getattr(c[0], "type", None) == "STAR":
+        if c[0].type == "STAR":
             return None
-        return tuple(c)
+        return tuple(_field(t) for t in c)
 
     def select_source(self, c):
         return _enum(ast.SelectSource, c[0])
@@ -313,7 +315,7 @@ class _Builder:
 
     def order_by(self, c):
         desc = len(c) == 4 and c[3].type == "DESC"
-        return _Clause("order_by", ast.OrderBy(c[2], desc), c[0])
+        return _Clause("order_by", ast.OrderBy(_field(c[2]), desc), c[0])
 
     def select(self, c):
         d = _collect(c[4:])
@@ -405,7 +407,7 @@ class _Builder:
         return ast.Delete(c[3].value, line=c[0].line)
 
     def assignment(self, c):
-        return ast.Assignment(c[0], _value(c[2]))
+        return ast.Assignment(_field(c[0]), _value(c[2]))
 
     def update(self, c):
         return ast.Update(tuple(c[3:-1]), c[-1].value, line=c[0].line)
@@ -465,7 +467,8 @@ class _Builder:
                                  verbosity=d.get("verbosity"), line=c[0].line)
 
     def show_layers(self, c):
-        spec = c[-1] if len(c) > 2 and not hasattr(c[-1], "type") else None
+        last = c[-1]
+        spec = _layer_spec(last) if last.type in ("LAYER_RANGE", "NUMBER", "ALL") else None
         return ast.ShowLayers(spec, line=c[0].line)
 
     def show_features(self, c):
@@ -616,6 +619,10 @@ def _convert(text: str, err: Exception) -> LqlSyntaxError:
 
     if isinstance(err, VisitError):
         err = err.orig_exc
+    if isinstance(err, _ParseFailure):
+        return _unexpected_token(text, err.token, err.expected)
+    if isinstance(err, _LexFailure):
+        return _bad_character(text, err.pos, err.line, err.column, err.expected)
     if isinstance(err, _NodeError):
         tok = err.token
         if tok is None:
@@ -624,44 +631,277 @@ def _convert(text: str, err: Exception) -> LqlSyntaxError:
             line, column = tok.line, tok.column + err.offset
         return _syntax_error(text, err.message, line, column, err.expected, err.suggestion)
     if isinstance(err, UnexpectedToken):
-        tok = err.token
-        expected_terms = set(err.expected) if err.expected else set(err.accepts or ())
-        expected = _friendly(expected_terms)
-        if tok.type == "$END":
-            line, column = _end_position(text)
-            if (line, column) == (1, 1) and not text.strip():
-                column = 1
-            else:
-                column += 0
-            return _syntax_error(text, "unexpected end of input", line, column, expected)
-        suggestion = None
-        if _WORD.fullmatch(tok.value or ""):
-            suggestion = _suggest(tok.value, [e for e in expected if e in KEYWORDS])
-        return _syntax_error(text, f"unexpected {_describe_token(tok)}", tok.line, tok.column,
-                             expected, suggestion)
+        return _unexpected_token(text, err.token, set(err.expected or ()))
     if isinstance(err, UnexpectedCharacters):
-        line, column = err.line, err.column
-        pos = err.pos_in_stream
-        ch = text[pos] if 0 <= pos < len(text) else ""
-        expected = _friendly(err.allowed or ())
-        if ch in "\"'":
-            return _syntax_error(text, f"unterminated string (no closing {ch} on this line)",
-                                 line, column)
-        if text.startswith("/*", pos):
-            return _syntax_error(text, "unterminated /* comment", line, column)
-        m = _WORD.match(text, pos)
-        if m:
-            word = m.group(0)
-            return _syntax_error(text, f"unexpected {word!r}", line, column, expected,
-                                 _suggest(word, [e for e in expected if e in KEYWORDS]))
-        shown = repr(ch) if ch else "character"
-        return _syntax_error(text, f"unexpected character {shown}", line, column, expected)
+        return _bad_character(text, err.pos_in_stream, err.line, err.column, err.allowed or ())
     if isinstance(err, UnexpectedEOF):
         line, column = _end_position(text)
         return _syntax_error(text, "unexpected end of input", line, column,
                              _friendly(err.expected or ()))
-    line, column = 1, 1
-    return _syntax_error(text, f"could not parse: {err}", line, column)
+    return _syntax_error(text, f"could not parse: {err}", 1, 1)
+
+
+def _unexpected_token(text: str, tok, expected_terms) -> LqlSyntaxError:
+    expected = _friendly(t for t in expected_terms if t != "$END")
+    if tok.type == "$END":
+        line, column = _end_position(text)
+        return _syntax_error(text, "unexpected end of input", line, column, expected)
+    suggestion = None
+    if _WORD.fullmatch(tok.value or ""):
+        suggestion = _suggest(tok.value, [e for e in expected if e in KEYWORDS])
+    return _syntax_error(text, f"unexpected {_describe_token(tok)}", tok.line, tok.column,
+                         expected, suggestion)
+
+
+def _bad_character(text: str, pos: int, line: int, column: int, allowed) -> LqlSyntaxError:
+    ch = text[pos] if 0 <= pos < len(text) else ""
+    expected = _friendly(t for t in allowed if t != "$END")
+    if ch in "\"'":
+        return _syntax_error(text, f"unterminated string (no closing {ch} on this line)",
+                             line, column)
+    if text.startswith("/*", pos):
+        return _syntax_error(text, "unterminated /* comment", line, column)
+    m = _WORD.match(text, pos)
+    if m:
+        word = m.group(0)
+        return _syntax_error(text, f"unexpected {word!r}", line, column, expected,
+                             _suggest(word, [e for e in expected if e in KEYWORDS]))
+    shown = repr(ch) if ch else "character"
+    return _syntax_error(text, f"unexpected character {shown}", line, column, expected)
+
+
+# --------------------------------------------------------------------------- fast driver
+#
+# Lark's own lexer + LALR loop run at ~110k tokens/s. parse() instead drives
+# Lark's *parse table and callbacks* with a single master regex: it is the
+# contextual lexer of the grammar written out by hand (a word is a keyword only
+# where the parser state accepts that keyword, else NAME / HELP_WORD; `14-27`
+# is a LAYER_RANGE only where one is accepted). tests/test_parser_fuzz.py checks
+# that it agrees with Lark's lexer on random input (_parse_reference).
+
+_TOKEN_RE = re.compile(r"""
+    [ \t\f\r\n]*                  # leading blanks are skipped with the token
+    (?:
+        (?P<STRING>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+      | (?P<WORD>[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<RANGE>[0-9]+[ \t]*-[ \t]*[0-9]+)
+      | (?P<NUMBER>-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
+      | (?P<PUNCT>\|>|!=|<>|<=|>=|[;(),*=<>])
+      | (?P<COMMENT>--[^\n]*)
+      | (?P<BLOCK>/\*(?:[^*]|\*(?!/))*\*/)
+      | (?P<EOF>$)
+    )
+""", re.X)
+_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_UNICODE_WORD = re.compile(r"\w")
+_PUNCT = {"|>": "_PIPE", ";": "_SEMI", "(": "_LPAR", ")": "_RPAR", ",": "_COMMA", "*": "STAR",
+          "=": "EQ", "!=": "NE", "<>": "NE", "<=": "LE", ">=": "GE", "<": "LT", ">": "GT"}
+
+
+class _Tok:
+    """A token, duck-compatible with lark.Token for the builder and error code."""
+    __slots__ = ("type", "value", "line", "column")
+
+    def __init__(self, type_: str, value: str, line: int, column: int):
+        self.type = type_
+        self.value = value
+        self.line = line
+        self.column = column
+
+    def __repr__(self) -> str:
+        return f"_Tok({self.type}, {self.value!r}, {self.line}:{self.column})"
+
+
+class _LexFailure(Exception):
+    def __init__(self, pos: int, line: int, column: int, expected):
+        self.pos, self.line, self.column, self.expected = pos, line, column, expected
+
+
+class _ParseFailure(Exception):
+    def __init__(self, token: _Tok, expected):
+        self.token, self.expected = token, expected
+
+
+_tables = None
+
+
+def _get_tables():
+    """Lark's LALR table rewritten for the driver: state → {terminal: (shift?, target)}.
+
+    For a shift the target is the next state; for a reduce it is
+    ``(size, rule name, callback)``.
+    """
+    global _tables
+    if _tables is None:
+        from lark.parsers.lalr_analysis import Shift
+        inner = _get_parser().parser.parser.parser
+        table = inner.parse_table
+        builder = _Builder()
+        reduce_info = {}
+        states = {}
+        for state, row in table.states.items():
+            new_row = {}
+            for term, (action, arg) in row.items():
+                if action is Shift:
+                    new_row[term] = (True, arg)
+                else:
+                    info = reduce_info.get(arg)
+                    if info is None:
+                        info = reduce_info[arg] = (len(arg.expansion), arg.origin.name,
+                                                   _make_callback(arg, builder))
+                    new_row[term] = (False, info)
+            states[state] = new_row
+        _tables = (states, table.start_states["start"], table.end_states["start"])
+    return _tables
+
+
+class _Inline(list):
+    """The children of an inlined rule (``_name`` / lark's ``__x_star_n``), spliced by the parent."""
+    __slots__ = ()
+
+
+def _make_callback(rule, builder):
+    """A reduce callback equivalent to Lark's (token filtering, ``_rule`` inlining, ``?rule``)."""
+    symbols = rule.expansion
+    keep = [i for i, sym in enumerate(symbols) if not (sym.is_term and sym.filter_out)]
+    splice = frozenset(i for i in keep
+                       if not symbols[i].is_term and symbols[i].name.startswith("_"))
+    name = rule.alias or rule.origin.name
+    expand1 = bool(rule.options.expand1)
+    target = _Inline if name.startswith("_") else getattr(builder, name, None)
+    if target is None:  # only `?rule`s that always have one child may lack a builder method
+        assert expand1, f"lql.parser._Builder has no method for grammar rule {name!r}"
+        target = _Inline
+    everything = len(keep) == len(symbols) and not splice
+
+    def callback(children):
+        if everything:
+            out = children
+        else:
+            out = []
+            for i in keep:
+                if i in splice:
+                    out.extend(children[i])
+                else:
+                    out.append(children[i])
+        if expand1 and len(out) == 1:
+            return out[0]
+        return target(out)
+
+    return callback
+
+
+def _terminals(row) -> set[str]:
+    return {t for t in row if t.isupper() and t != "$END"}
+
+
+def _viable(states, state_stack, terminals) -> set[str]:
+    """The terminals that would really be shifted next (LALR tables over-approximate)."""
+    ok = set()
+    for term in terminals:
+        stack = list(state_stack)
+        while True:
+            action = states[stack[-1]].get(term)
+            if action is None:
+                break
+            shift, arg = action
+            if shift:
+                ok.add(term)
+                break
+            size, name, _ = arg
+            if size:
+                del stack[-size:]
+            stack.append(states[stack[-1]][name][1])
+    return ok
+
+
+def _parse_fast(text: str):
+    states, start_state, end_state = _get_tables()
+    keywords = KEYWORDS
+    punct = _PUNCT
+    match = _TOKEN_RE.match
+    state_stack = [start_state]
+    value_stack: list = []
+    pos, n, line, line_start = 0, len(text), 1, 0
+    while True:
+        m = match(text, pos)
+        if m is None:  # no token fits: find where the blanks end, report there
+            pos = re.compile(r"[ \t\f\r\n]*").match(text, pos).end()
+            line = text.count("\n", 0, pos) + 1
+            line_start = text.rfind("\n", 0, pos) + 1
+            raise _LexFailure(pos, line, pos - line_start + 1,
+                              _viable(states, state_stack, _terminals(states[state_stack[-1]])))
+        kind = m.lastgroup
+        start = m.start(kind)
+        if start != pos:
+            newlines = text.count("\n", pos, start)
+            if newlines:
+                line += newlines
+                line_start = text.rfind("\n", pos, start) + 1
+        end = m.end()
+        if kind == "COMMENT":
+            pos = end
+            continue
+        if kind == "BLOCK":
+            newlines = text.count("\n", start, end)
+            if newlines:
+                line += newlines
+                line_start = text.rfind("\n", start, end) + 1
+            pos = end
+            continue
+        row = states[state_stack[-1]]
+        if kind == "EOF":
+            tok = _Tok("$END", "", line, start - line_start + 1)
+            ttype = "$END"
+        else:
+            value = m.group(kind)
+            if kind == "WORD":
+                up = value.upper()
+                if up in keywords and not (end < n and text[end] >= "\x80"
+                                           and _UNICODE_WORD.match(text, end)):
+                    if up in row or ("NAME" not in row and "HELP_WORD" not in row):
+                        ttype = up
+                    else:
+                        ttype = "NAME" if "NAME" in row else "HELP_WORD"
+                else:
+                    ttype = "HELP_WORD" if "HELP_WORD" in row else "NAME"
+            elif kind == "STRING":
+                ttype = "STRING"
+            elif kind == "NUMBER":
+                ttype = "NUMBER"
+            elif kind == "RANGE":
+                if "LAYER_RANGE" in row:
+                    ttype = "LAYER_RANGE"
+                else:  # not a range here: lex the leading number only (`14` then `-27`)
+                    value = _NUMBER_RE.match(text, start).group()
+                    end = start + len(value)
+                    ttype = "NUMBER"
+            else:
+                ttype = punct[value]
+            tok = _Tok(ttype, value, line, start - line_start + 1)
+        pos = end
+        while True:  # feed tok (as lark's ParserState.feed_token)
+            action = row.get(ttype)
+            if action is None:
+                raise _ParseFailure(tok, _viable(states, state_stack, _terminals(row)))
+            shift, arg = action
+            if shift:
+                state_stack.append(arg)
+                value_stack.append(tok)
+                break
+            size, name, callback = arg
+            if size:
+                children = value_stack[-size:]
+                del state_stack[-size:]
+                del value_stack[-size:]
+            else:
+                children = []
+            value_stack.append(callback(children))
+            new_state = states[state_stack[-1]][name][1]
+            if ttype == "$END" and new_state == end_state:
+                return value_stack[-1]
+            state_stack.append(new_state)
+            row = states[new_state]
 
 
 # --------------------------------------------------------------------------- public API
@@ -673,14 +913,25 @@ def parse(text: str) -> list[ast.Statement]:
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() takes a str, not {type(text).__name__}")
-    parser = _get_parser()
     try:
-        return parser.parse(text)
+        return _parse_fast(text)
     except LqlSyntaxError:
         raise
     except RecursionError:
         raise _syntax_error(text, "statement nested too deeply", 1, 1) from None
     except Exception as err:  # every Lark / transformer failure becomes a syntax error
+        raise _convert(text, err) from None
+
+
+def _parse_reference(text: str) -> list[ast.Statement]:
+    """parse() through Lark's own contextual lexer and LALR loop (the oracle for tests)."""
+    try:
+        return _get_parser().parse(text)
+    except LqlSyntaxError:
+        raise
+    except RecursionError:
+        raise _syntax_error(text, "statement nested too deeply", 1, 1) from None
+    except Exception as err:
         raise _convert(text, err) from None
 
 
