@@ -1,0 +1,269 @@
+"""DESCRIBE: what the model associates with an entity, as edges entity → target.
+
+Pipeline (per band, see docs/BROWSE.md):
+
+1. query = mean of the entity's token embeddings × ``embed_scale``; the entity
+   is tokenized as a word in running text, i.e. with a leading space
+   (``"France"`` → ``" France"``), no special tokens. (``VIA RESIDUAL``: the
+   query at layer L is instead the entity's normalised residual entering L's
+   FFN, from a real forward pass.)
+2. each layer of the band: ``scores = gate(layer) @ query``; keep the
+   :data:`PER_LAYER` features with the largest *positive* score (a gated FFN
+   feature fires when its gate pre-activation is positive — SiLU / GELU of a
+   negative number is ≈ 0), and drop those under :data:`FLOOR` × the layer's
+   best score.
+3. each hit becomes an edge whose target is the feature's top down-meta token;
+   noise targets are dropped (``lql.browse.tokens``: special, punctuation /
+   whitespace, sub-word fragments, stop words) and so are the entity's own
+   tokens (same id, or the same word ignoring case).
+4. edges with the same target word (stripped, case-folded) merge across
+   layers: best score (and its layer/feature), ``layer_min``/``layer_max``,
+   ``count`` of hits, ``also`` = the merged features' next down tokens.
+5. labels: probe labels beat cluster labels (best-scoring labelled feature).
+6. sorted by score, best first; BRIEF keeps 10 edges a band, VERBOSE and RAW 30.
+   RAW skips the token-noise filter (step 3, except the entity's own tokens)
+   and shows no labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ExecutionError
+from ..result import Result
+from .core import (DownMeta, band_layers, band_of, bands_of, check_layer, entity_query,
+                   gate_scores)
+from .labels import labels_of
+from .tokens import tokens_of
+from .walk import inserted_features
+
+__all__ = ["describe", "describe_edges", "Edge", "DESCRIBE_COLUMNS", "PER_LAYER", "FLOOR"]
+
+DESCRIBE_COLUMNS = ["band", "relation", "target", "gate", "layer_min", "layer_max", "count",
+                    "also", "source"]
+PER_LAYER = 20          # features kept per layer
+FLOOR = 0.25            # a hit must score at least FLOOR × the layer's best score
+ALSO_MAX = 3            # "also" tokens kept per edge
+ALSO_DEPTH = 4          # down-meta positions 1..ALSO_DEPTH-1 feed "also"
+LIMITS = {"BRIEF": 10, "VERBOSE": 30, "RAW": 30}
+
+
+@dataclass
+class Edge:
+    key: str                                 # merge key: the target word, case-folded
+    target: str
+    target_id: int
+    gate: float
+    layer: int                               # layer / feature of the best hit
+    feature: int
+    layer_min: int
+    layer_max: int
+    count: int = 1
+    also: list[str] = field(default_factory=list)
+    hits: list[tuple[int, int, float]] = field(default_factory=list)
+    relation: str | None = None
+    label_source: str | None = None
+    inserted: bool = False
+    c_score: float | None = None
+
+
+def _norm_word(text: str) -> str:
+    return text.strip().casefold()
+
+
+def top_positive(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest (positive) scores, best first (ties: lower index)."""
+    n = scores.shape[0]
+    k = max(0, min(int(k), n))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+    idx = idx[np.lexsort((idx, -scores[idx]))]
+    return idx[scores[idx] > 0]
+
+
+def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], query_at, *,
+                   per_layer: int = PER_LAYER, floor: float = FLOOR, filter_noise: bool = True,
+                   labels: bool = True, check=None) -> list[Edge]:
+    """Merged, labelled, sorted edges of an entity over ``layers``.
+
+    ``query_at(layer)`` gives the query vector for that layer.
+    """
+    toks = tokens_of(view)
+    dm = DownMeta(view)
+    own_ids = set(int(i) for i in entity_ids)
+    own_words = {_norm_word(entity)} | {_norm_word(w) for w in entity.split()} | {
+        _norm_word(toks.text(i)) for i in own_ids}
+    inserted = inserted_features(view)
+
+    def excluded(tid: int) -> bool:
+        if tid in own_ids or _norm_word(toks.text(tid)) in own_words:
+            return True
+        return filter_noise and toks.is_noise(tid)
+
+    edges: dict[str, Edge] = {}
+    for layer in layers:
+        if check is not None:
+            check()
+        scores = gate_scores(view, layer, query_at(layer))
+        idx = top_positive(scores, per_layer)
+        if idx.size == 0:
+            continue
+        best = float(scores[idx[0]])
+        for f in idx.tolist():
+            s = float(scores[f])
+            if s < floor * best:
+                break
+            pairs = dm.tokens(layer, f, ALSO_DEPTH)
+            if not pairs:
+                continue
+            tid = pairs[0][0]
+            if excluded(tid):
+                continue
+            key = _norm_word(toks.text(tid))
+            also = [toks.text(i) for i, _ in pairs[1:] if not excluded(i)]
+            e = edges.get(key)
+            if e is None:
+                e = Edge(key, toks.text(tid), tid, s, layer, f, layer, layer, 0,
+                         c_score=pairs[0][1])
+                edges[key] = e
+            elif s > e.gate:
+                e.gate, e.layer, e.feature, e.target, e.target_id = s, layer, f, toks.text(tid), tid
+                e.c_score = pairs[0][1]
+            e.count += 1
+            e.layer_min, e.layer_max = min(e.layer_min, layer), max(e.layer_max, layer)
+            e.hits.append((layer, f, s))
+            if (layer, f) in inserted:
+                e.inserted = True
+            for a in also:
+                if _norm_word(a) != key and _norm_word(a) not in {_norm_word(x) for x in e.also}:
+                    e.also.append(a)
+    out = sorted(edges.values(), key=lambda e: (-e.gate, e.layer, e.feature))
+    lab = labels_of(view) if labels else None
+    for e in out:
+        e.also = e.also[:ALSO_MAX]
+        if lab:
+            best_probe = best_cluster = None
+            for l, f, s in sorted(e.hits, key=lambda h: -h[2]):
+                name, src = lab.get(l, f)
+                if src == "probe" and best_probe is None:
+                    best_probe = name
+                elif src == "cluster" and best_cluster is None:
+                    best_cluster = name
+            if best_probe is not None:
+                e.relation, e.label_source = best_probe, "probe"
+            elif best_cluster is not None:
+                e.relation, e.label_source = best_cluster, "cluster"
+    return out
+
+
+def _band_name(band) -> str:
+    if band is None:
+        return "KNOWLEDGE"
+    return str(getattr(band, "value", band)).upper().replace("_", " ")
+
+
+def _verbosity(v) -> str:
+    return "BRIEF" if v is None else str(getattr(v, "value", v)).upper()
+
+
+def residual_queries(view, entity: str):
+    """``query_at(layer)`` from a real forward pass (VIA RESIDUAL)."""
+    from .residual import residual_query_fn
+    return residual_query_fn(view, entity)
+
+
+def describe(view, entity: str, *, band=None, layer: int | None = None,
+             relations_only: bool = False, verbosity=None, via=None, check=None) -> Result:
+    """The DESCRIBE result for ``entity`` on ``view``."""
+    verb = _verbosity(verbosity)
+    if verb not in LIMITS:
+        raise ExecutionError(f"unknown verbosity {verb!r}; use BRIEF, VERBOSE or RAW")
+    bands = bands_of(view)
+    band_name = _band_name(band)
+    meta = {"entity": entity, "verbosity": verb.lower(),
+            "bands": {k: list(v) for k, v in bands.items()}}
+    via_name = str(getattr(via, "value", via or "EMBEDDING")).upper()
+    meta["via"] = via_name
+    if layer is not None:
+        layer = check_layer(view, int(layer))
+        groups = [(band_of(view, layer) or "layer", [layer])]
+        meta["at_layer"] = layer
+    elif band_name == "ALL LAYERS":
+        groups = [(name, band_layers(view, name)) for name in bands]
+    else:
+        name = band_name.lower()
+        if name not in bands:
+            raise ExecutionError(f"unknown band {band_name!r}; bands: " +
+                                 ", ".join(b.upper() for b in bands) + ", ALL LAYERS")
+        groups = [(name, band_layers(view, name))]
+    meta["band"] = "all" if (band_name == "ALL LAYERS" and layer is None) else groups[0][0]
+
+    query, ids = entity_query(view, entity)
+    if query is None:
+        return Result.table("DESCRIBE", DESCRIBE_COLUMNS, [], message="(not found)",
+                            found=False, **meta)
+    toks = tokens_of(view)
+    meta["tokens"] = toks.texts(ids)
+    if via_name == "RESIDUAL":
+        query_at = residual_queries(view, entity)
+    else:
+        query_at = lambda _layer: query  # noqa: E731
+    limit = LIMITS[verb]
+    rows, totals = [], {}
+    for name, layers in groups:
+        if not layers:
+            totals[name] = 0
+            continue
+        edges = describe_edges(view, ids, entity, layers, query_at,
+                               filter_noise=verb != "RAW", labels=verb != "RAW", check=check)
+        if relations_only:
+            edges = [e for e in edges if e.relation is not None]
+        totals[name] = len(edges)
+        for e in edges[:limit]:
+            rows.append(edge_row(e, name))
+    rows = _inserted_rows(view, entity, groups, rows, relations_only) + rows
+    meta["total_edges"] = totals
+    message = None if rows else "(no edges found)"
+    return Result.table("DESCRIBE", DESCRIBE_COLUMNS, rows, message=message, found=True, **meta)
+
+
+def _inserted_rows(view, entity: str, groups, rows, relations_only) -> list[dict]:
+    """Facts an overlay inserted for this entity that the gate scan did not surface
+    (KNN entries, or COMPOSE features outside the top hits), marked ``inserted``."""
+    fn = getattr(view, "inserted_edges", None)
+    if not callable(fn):
+        return []
+    have = {(_norm_word(str(r["target"])), r["band"]) for r in rows}
+    out = []
+    for e in fn() or ():
+        if _norm_word(str(e.get("entity") or "")) != _norm_word(entity):
+            continue
+        layer = e.get("layer")
+        band = None
+        for name, layers in groups:
+            if layer is None or layer in layers:
+                band = name
+                break
+        if band is None or (_norm_word(str(e.get("target") or "")), band) in have:
+            continue
+        if relations_only and not e.get("relation"):
+            continue
+        out.append({"band": band, "relation": e.get("relation"), "target": e.get("target"),
+                    "gate": None, "layer_min": layer, "layer_max": layer, "count": 1,
+                    "also": [], "source": "inserted", "layer": layer,
+                    "feature": e.get("feature"), "target_id": None,
+                    "confidence": e.get("confidence"), "label_source": "inserted",
+                    "mode": e.get("mode")})
+    return out
+
+
+def edge_row(e: Edge, band: str | None) -> dict:
+    return {"band": band, "relation": e.relation, "target": e.target, "gate": round(e.gate, 6),
+            "layer_min": e.layer_min, "layer_max": e.layer_max, "count": e.count,
+            "also": list(e.also), "source": "inserted" if e.inserted else None,
+            "layer": e.layer, "feature": e.feature, "target_id": e.target_id,
+            "confidence": None if e.c_score is None else round(e.c_score, 6),
+            "label_source": e.label_source}

@@ -1,0 +1,53 @@
+"""``DESCRIBE ... VIA RESIDUAL``: queries from a real forward pass.
+
+The entity is run as a prompt (its own text, with the special tokens the
+tokenizer adds, e.g. Gemma's BOS) through the model of the vindex (overlay
+included); at every layer the query is the *normalised FFN input* at the last
+position — exactly what the layer's gate rows are multiplied with — so
+``gate(layer) @ query`` are the real gate pre-activations. Needs an INFERENCE
+(or ALL) vindex.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ExecutionError, LevelError, NotBuiltError
+
+__all__ = ["residual_query_fn", "ffn_inputs_for"]
+
+
+def ffn_inputs_for(view, text: str) -> dict[int, np.ndarray]:
+    level = str(getattr(view, "level", "browse")).lower()
+    if level == "browse":
+        raise LevelError("DESCRIBE ... VIA RESIDUAL runs a forward pass: this vindex was "
+                         "extracted at BROWSE — re-extract WITH INFERENCE")
+    try:
+        from ..edit.forward import run
+        from ..model import Hooks
+    except ImportError as exc:
+        raise NotBuiltError(f"VIA RESIDUAL needs the inference engine (lql.model): {exc}") from None
+    ids = list(view.tokenizer.encode(text).ids)
+    if not ids:
+        raise ExecutionError(f"{text!r} produced no tokens")
+    got: dict[int, np.ndarray] = {}
+
+    def grab(layer, x, out):
+        got[layer] = np.array(x[-1], dtype=np.float32, copy=True)
+        return out
+
+    run(view, ids, hooks=Hooks(ffn=grab))
+    return got
+
+
+def residual_query_fn(view, entity: str):
+    """``query_at(layer)`` for an entity (one forward pass, then cached)."""
+    inputs = ffn_inputs_for(view, entity.strip())
+
+    def query_at(layer: int) -> np.ndarray:
+        q = inputs.get(layer)
+        if q is None:
+            raise ExecutionError(f"the forward pass recorded no FFN input at layer {layer}")
+        return q
+
+    return query_at

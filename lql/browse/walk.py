@@ -1,0 +1,191 @@
+"""WALK and EXPLAIN WALK: a feature scan for the prompt's last token (no attention).
+
+query = embedding(last token) × embed_scale; per layer, ``scores = gate(layer) @ query``;
+keep the top ``n`` features by ``|score|`` (default 10) and annotate each with its
+down-meta tokens and relation label.
+
+Modes (the ranking and the extra columns):
+
+* ``PURE``   — the spec's walk exactly: rank by ``|gate · query|``; row keys
+  ``layer, feature, gate, top_token, down_tokens, relation`` only.
+* ``HYBRID`` (default) — the same ranking, plus ``c_score`` (the feature's
+  down-meta strength: the logit of its top output token) and ``top_token_id``.
+* ``DENSE``  — rank every feature by ``|gate · query| × c_score`` (``score``): a
+  proxy for how strongly the feature would push its top token if it fired at
+  this strength; features without down-meta score 0.
+
+COMPARE: with an overlay active (INSERT/DELETE/UPDATE or an applied patch), the
+same walk on the overlay-free base is run beside it; each row gets
+``base_gate`` and ``status`` (``same`` / ``changed`` / ``new``), and features in
+the base's top n that left it are listed with status ``dropped``. Without an
+overlay, COMPARE says so and the walk is the base walk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..result import Result
+from .core import (DownMeta, gate_scores, query_vector, resolve_layers, top_by_abs)
+from .labels import labels_of
+from .tokens import tokens_of
+
+__all__ = ["walk", "WALK_COLUMNS", "walk_hits", "inserted_features"]
+
+WALK_COLUMNS = ["layer", "feature", "gate", "top_token", "down_tokens", "relation"]
+DEFAULT_TOP = 10
+EXPLAIN_TOP = 5
+DOWN_SHOWN = 5
+
+
+def _mode_name(mode) -> str:
+    if mode is None:
+        return "HYBRID"
+    name = getattr(mode, "value", mode)
+    return str(name).upper()
+
+
+def inserted_features(view) -> set[tuple[int, int]]:
+    """Features an overlay inserted (empty for a plain vindex): from ``view.inserted_edges()``."""
+    fn = getattr(view, "inserted_edges", None)
+    if not callable(fn):
+        return set()
+    out = set()
+    for e in fn() or ():
+        if isinstance(e, dict) and e.get("feature") is not None and e.get("layer") is not None:
+            out.add((int(e["layer"]), int(e["feature"])))
+    return out
+
+
+def walk_hits(view, query: np.ndarray, layers: list[int], top: int, mode: str = "HYBRID",
+              dm: DownMeta | None = None, check=None):
+    """``[(layer, feature, gate, score)]`` per layer, best first (the numeric core)."""
+    out = []
+    for layer in layers:
+        if check is not None:
+            check()
+        scores = gate_scores(view, layer, query)
+        if mode == "DENSE":
+            dm = dm or DownMeta(view)
+            _, sc = dm.layer(layer)
+            strength = sc[:, 0].astype(np.float32)
+            ranked = scores * strength
+            idx = top_by_abs(ranked, top)
+            out.extend((layer, int(f), float(scores[f]), float(ranked[f])) for f in idx)
+        else:
+            idx = top_by_abs(scores, top)
+            out.extend((layer, int(f), float(scores[f]), float(scores[f])) for f in idx)
+    return out
+
+
+def _row(view, dm: DownMeta, labels, toks, layer, feature, gate, score, *, mode, n_down,
+         verbose=False, inserted=frozenset()):
+    pairs = dm.tokens(layer, feature, max(n_down, 1))
+    top_id = pairs[0][0] if pairs else None
+    lab, lab_src = labels.get(layer, feature)
+    row = {"layer": layer, "feature": feature, "gate": round(gate, 6),
+           "top_token": toks.text(top_id) if top_id is not None else None,
+           "down_tokens": [toks.text(i) for i, _ in pairs[:n_down]],
+           "relation": lab}
+    if mode != "PURE":
+        row["c_score"] = round(pairs[0][1], 6) if pairs else None
+        row["top_token_id"] = top_id
+    if mode == "DENSE":
+        row["score"] = round(score, 6)
+    if verbose:
+        row["down_scores"] = [round(s, 4) for _, s in pairs[:n_down]]
+        row["label_source"] = lab_src
+    if (layer, feature) in inserted:
+        row["source"] = "inserted"
+    return row
+
+
+def walk(view, prompt: str, *, top: int | None = None, layers=None, mode=None,
+         compare_base=None, compare: bool = False, explain: bool = False,
+         verbose: bool = False, check=None) -> Result:
+    """The WALK (or, with ``explain``, EXPLAIN WALK) result for ``prompt`` on ``view``."""
+    statement = "EXPLAIN WALK" if explain else "WALK"
+    mode = _mode_name(mode)
+    if mode not in ("HYBRID", "PURE", "DENSE"):
+        from ..errors import ExecutionError
+        raise ExecutionError(f"unknown walk mode {mode!r}; modes: HYBRID, PURE, DENSE")
+    k = int(top) if top is not None else (EXPLAIN_TOP if explain else DEFAULT_TOP)
+    if k < 1:
+        from ..errors import ExecutionError
+        raise ExecutionError(f"TOP must be at least 1, got {k}")
+    layer_list = resolve_layers(view, layers)
+    query, ids = query_vector(view, prompt)
+    toks = tokens_of(view)
+    dm = DownMeta(view)
+    labels = labels_of(view)
+    inserted = inserted_features(view)
+    n_down = 10 if (explain and verbose) else DOWN_SHOWN
+    hits = walk_hits(view, query, layer_list, k, mode, dm, check)
+    rows = []
+    for rank_layer, (layer, f, g, s) in _ranked(hits):
+        row = _row(view, dm, labels, toks, layer, f, g, s, mode=mode, n_down=n_down,
+                   verbose=explain and verbose, inserted=inserted)
+        if explain:
+            row = {"layer": layer, "rank": rank_layer, **{k2: v for k2, v in row.items() if k2 != "layer"}}
+        rows.append(row)
+    columns = (["layer", "rank"] if explain else ["layer"]) + WALK_COLUMNS[1:]
+    if mode != "PURE":
+        columns += ["c_score"]
+    if mode == "DENSE":
+        columns += ["score"]
+    if explain and verbose:
+        columns += ["down_scores", "label_source"]
+    if inserted:
+        columns += ["source"]
+    meta = {"prompt": prompt, "tokens": toks.texts(ids), "token": toks.text(ids[-1]),
+            "token_id": ids[-1], "layers": [layer_list[0], layer_list[-1]]
+            if layer_list else [], "top": k, "mode": mode,
+            "query_norm": round(float(np.linalg.norm(query)), 6),
+            "embed_scale": float(getattr(view, "embed_scale", 1.0) or 1.0)}
+    message = None
+    if compare or compare_base is not None:
+        if compare_base is None:
+            message = "COMPARE: no overlay is active, so this is the base vindex's walk"
+            meta["compared"] = False
+        else:
+            rows = _compare(rows, compare_base, query, layer_list, k, mode, view)
+            columns += ["base_gate", "status"]
+            meta["compared"] = True
+            message = "COMPARE: patched overlay vs the overlay-free base"
+    return Result.table(statement, columns, rows, message=message, **meta)
+
+
+def _ranked(hits):
+    rank, prev = 0, None
+    for h in hits:
+        rank = rank + 1 if h[0] == prev else 1
+        prev = h[0]
+        yield rank, h
+
+
+def _compare(rows, base, query, layers, k, mode, view):
+    base_hits = walk_hits(base, query, layers, k, mode)
+    base_top = {(l, f): g for l, f, g, _ in base_hits}
+    toks = tokens_of(view)
+    dm = DownMeta(view)
+    labels = labels_of(view)
+    out = []
+    seen = set()
+    for r in rows:
+        key = (r["layer"], r["feature"])
+        seen.add(key)
+        if key in base_top:
+            bg = base_top[key]
+            status = "same" if abs(bg - r["gate"]) <= 1e-5 * max(1.0, abs(bg)) else "changed"
+        else:
+            bg = float(gate_scores(base, key[0], query)[key[1]]) if key[1] < base.num_features(key[0]) else None
+            status = "new"
+        out.append({**r, "base_gate": None if bg is None else round(bg, 6), "status": status})
+    for (l, f), bg in base_top.items():
+        if (l, f) in seen:
+            continue
+        g = float(gate_scores(view, l, query)[f])
+        row = _row(view, dm, labels, toks, l, f, g, g, mode=mode, n_down=DOWN_SHOWN)
+        out.append({**row, "base_gate": round(bg, 6), "status": "dropped"})
+    out.sort(key=lambda r: (r["layer"], r["status"] == "dropped"))
+    return out

@@ -1,0 +1,210 @@
+"""Browse statements: USE, USE MODEL, STATS, SHOW LAYERS / FEATURES / RELATIONS /
+ENTITIES, WALK, EXPLAIN WALK, DESCRIBE, SELECT.
+
+Thin handlers: they pick the vindex view from the session and call the pure
+computations in :mod:`lql.browse` (the Python API in :mod:`lql.api` calls the
+same functions). ``session.vindex`` is the view browsed — after an edit it is
+the overlay view (``lql.edit.overlay.OverlayVindex``), whose ``.base`` is the
+overlay-free vindex that ``WALK ... COMPARE`` compares against.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import ast
+from ..errors import ExecutionError, NotBuiltError, NoVindexError, VindexError
+from ..result import Result
+from . import handler
+
+__all__ = ["open_vindex_checked", "current_view"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _extract_hint(given: str) -> str:
+    name = Path(given.rstrip("/\\")).stem or "model"
+    return f'EXTRACT MODEL "{given}" INTO "{name}.vindex"; USE "{name}.vindex"'
+
+
+def open_vindex_checked(session, given: str):
+    """Open the vindex at ``given`` (relative to the session's cwd) with clear errors."""
+    path = session.resolve_path(given)
+    if not path.exists():
+        raise VindexError(f"{given}: no such vindex (nothing at {path}); make one with "
+                          f'EXTRACT MODEL "<model folder or .gguf>" INTO "{given}"', path=str(path))
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            raise VindexError(f"{given} is a GGUF model, not a vindex: {_extract_hint(given)} "
+                              f'(or USE MODEL "{given}" for live weights)', path=str(path))
+        raise VindexError(f"{given} is a file, not a vindex folder (a vindex is a directory with "
+                          f"index.json); make one with {_extract_hint(given)}", path=str(path))
+    if not (path / "index.json").is_file():
+        if (path / "config.json").is_file():
+            raise VindexError(f"{given} is a Hugging Face model folder, not a vindex: "
+                              f'{_extract_hint(given)} (or USE MODEL "{given}" for live weights)',
+                              path=str(path))
+        raise VindexError(f"{given} is not a vindex (no index.json); make one with "
+                          f'EXTRACT MODEL "<model folder or .gguf>" INTO "{given}"', path=str(path))
+    try:
+        from ..vindex import open_vindex
+    except ImportError as exc:                       # pragma: no cover - storage not built
+        raise NotBuiltError(f"USE is not built yet (vindex reader: {exc})") from None
+    return open_vindex(path)
+
+
+def current_view(session):
+    """The vindex (or overlay view) statements browse; a clear error when there is none."""
+    v = getattr(session, "vindex", None)
+    if v is None:
+        if getattr(session, "model_source", None) is not None:
+            raise NoVindexError("this statement browses a vindex, but the session uses live "
+                                "weights (USE MODEL); run EXTRACT MODEL \"<source>\" INTO "
+                                "\"model.vindex\"; USE \"model.vindex\"; first")
+        raise NoVindexError()
+    return v
+
+
+def _base_of(view):
+    return view.base if getattr(view, "is_overlay", False) else None
+
+
+def _check(session):
+    return getattr(session, "check_cancelled", None)
+
+
+# --------------------------------------------------------------------------- USE
+
+@handler(ast.Use)
+def use(session, stmt) -> Result:
+    from ..browse.info import total_features
+    from ..browse.labels import labels_of
+    v = open_vindex_checked(session, stmt.path)
+    session.vindex = v
+    session.overlay = None                 # a new base: edits start a fresh overlay
+    if hasattr(session, "base_vindex"):
+        session.base_vindex = None
+    session.model_source = None
+    lab = labels_of(v)
+    n_clusters = len((lab.clusters or {}).get("labels") or []) if isinstance(lab.clusters, dict) else 0
+    present = sum(1 for l in range(v.num_layers) if v.num_features(l) > 0)
+    layers = f"{v.num_layers} layers" if present == v.num_layers else \
+        f"{present} of {v.num_layers} layers"
+    msg = (f"Using {stmt.path}: {v.model or '?'} ({v.family or '?'}), {layers}, "
+           f"{total_features(v):,} features, level {str(v.level).upper()}, dtype {v.dtype}, "
+           f"{len(lab.probe)} probe labels, {n_clusters} relation clusters, no patches")
+    return Result.msg("USE", msg, path=str(v.path), model=v.model, family=v.family,
+                      num_layers=v.num_layers, features=total_features(v), level=v.level,
+                      dtype=v.dtype, labels=len(lab.probe), clusters=n_clusters, patches=0)
+
+
+@handler(ast.UseModel)
+def use_model(session, stmt) -> Result:
+    try:
+        from ..sources import open_source
+    except ImportError as exc:
+        raise NotBuiltError(f"USE MODEL is not built yet (model source readers: {exc})") from None
+    path = session.resolve_path(stmt.source)
+    if not path.exists():
+        raise ExecutionError(f"{stmt.source}: no such model (nothing at {path}); give a local "
+                             f"Hugging Face folder or a .gguf file")
+    src = open_source(path)
+    session.model_source = src
+    session.vindex = None
+    session.overlay = None
+    if hasattr(session, "base_vindex"):
+        session.base_vindex = None
+    cfg = getattr(src, "model_config", {}) or {}
+    layers = cfg.get("num_layers") or (getattr(src, "hf_config", {}) or {}).get("num_hidden_layers")
+    return Result.msg("USE MODEL", f"Using live weights of {stmt.source}: {getattr(src, 'name', '?')} "
+                      f"({getattr(src, 'family', '?')}), {layers} layers — INFER, EXPLAIN INFER, "
+                      f"TRACE and STATS work on it; browsing and edits need a vindex",
+                      path=str(path), model=getattr(src, "name", None),
+                      family=getattr(src, "family", None))
+
+
+# --------------------------------------------------------------------------- STATS / SHOW
+
+def _source_stats(src) -> Result:
+    cfg = dict(getattr(src, "model_config", {}) or {})
+    hf = dict(getattr(src, "hf_config", {}) or {})
+    layers = cfg.get("num_layers") or hf.get("num_hidden_layers") or hf.get("n_layer")
+    ffn = cfg.get("intermediate_size") or hf.get("intermediate_size") or hf.get("n_inner")
+    row = {"model": getattr(src, "name", None), "family": getattr(src, "family", None),
+           "num_layers": layers, "hidden_size": cfg.get("hidden_size") or hf.get("hidden_size"),
+           "vocab_size": cfg.get("vocab_size") or hf.get("vocab_size"),
+           "features": (layers * ffn) if (layers and ffn) else None, "dtype": "live",
+           "extract_level": "model", "patches": 0}
+    return Result.table("STATS", list(row), [row], message="live model weights (USE MODEL)")
+
+
+@handler(ast.Stats)
+def stats(session, stmt) -> Result:
+    from ..browse.info import stats as compute
+    if stmt.path is not None:
+        return compute(open_vindex_checked(session, stmt.path))
+    v = getattr(session, "vindex", None)
+    if v is None and getattr(session, "model_source", None) is not None:
+        return _source_stats(session.model_source)
+    v = current_view(session)
+    overlay = getattr(session, "overlay", None) or getattr(v, "overlay", None)
+    return compute(v, overlay=overlay)
+
+
+@handler(ast.ShowLayers)
+def show_layers(session, stmt) -> Result:
+    from ..browse.info import show_layers as compute
+    return compute(current_view(session), stmt.layers)
+
+
+@handler(ast.ShowFeatures)
+def show_features(session, stmt) -> Result:
+    from ..browse.info import show_features as compute
+    return compute(current_view(session), stmt.layer, stmt.where, stmt.limit)
+
+
+@handler(ast.ShowRelations)
+def show_relations(session, stmt) -> Result:
+    from ..browse.info import show_relations as compute
+    return compute(current_view(session), stmt.layer, stmt.with_examples, stmt.verbosity)
+
+
+@handler(ast.ShowEntities)
+def show_entities(session, stmt) -> Result:
+    from ..browse.info import show_entities as compute
+    return compute(current_view(session), stmt.layer, stmt.limit, check=_check(session))
+
+
+# --------------------------------------------------------------------------- WALK / DESCRIBE / SELECT
+
+@handler(ast.Walk)
+def walk(session, stmt) -> Result:
+    from ..browse.walk import walk as compute
+    v = current_view(session)
+    return compute(v, stmt.prompt, top=stmt.top, layers=stmt.layers, mode=stmt.mode,
+                   compare=stmt.compare, compare_base=_base_of(v) if stmt.compare else None,
+                   check=_check(session))
+
+
+@handler(ast.ExplainWalk)
+def explain_walk(session, stmt) -> Result:
+    from ..browse.walk import walk as compute
+    return compute(current_view(session), stmt.prompt, top=stmt.top, layers=stmt.layers,
+                   explain=True, verbose=stmt.verbose, check=_check(session))
+
+
+@handler(ast.Describe)
+def describe(session, stmt) -> Result:
+    from ..browse.describe import describe as compute
+    return compute(current_view(session), stmt.entity, band=stmt.band, layer=stmt.layer,
+                   relations_only=stmt.relations_only, verbosity=stmt.verbosity, via=stmt.via,
+                   check=_check(session))
+
+
+@handler(ast.Select)
+def select(session, stmt) -> Result:
+    from ..browse.select import select as compute
+    return compute(current_view(session), stmt.source, fields=stmt.fields, nearest=stmt.nearest,
+                   where=stmt.where, order_by=stmt.order_by, limit=stmt.limit,
+                   check=_check(session))
