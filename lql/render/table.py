@@ -41,6 +41,9 @@ LIST_COLUMNS = {"down_tokens", "also", "tokens", "examples", "top_tokens"}
 INDEX_COLUMNS = {"layer", "feature", "rank", "token_id", "layers", "num_features", "count",
                  "head", "position", "size_mb", "layer_min", "layer_max"}
 LAYER_GROUPED = {"WALK", "EXPLAIN WALK", "EXPLAIN INFER"}
+#: long free-text columns that may wrap; every other column stays on one line
+WRAP_COLUMNS = {"note", "message", "also", "down_tokens", "examples", "top_tokens", "tokens",
+                "description", "text", "prompt", "error", "path"}
 BAND_TITLES = {"syntax": "Syntax", "knowledge": "Edges", "output": "Output"}
 
 BAR_WIDTH = 20
@@ -157,6 +160,8 @@ def _cell(col: str, v: Any, col_max: float) -> Text:
         return _bar(v)
     if c in SCORE_COLUMNS:
         return _score(v, col_max)
+    if c == "size_mb" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return Text(f"{v:,.1f}")
     if c in TOKEN_COLUMNS:
         return Text(_plain(v), style="cyan")
     if c in LIST_COLUMNS:
@@ -188,16 +193,38 @@ def _visible_columns(result: Result) -> list[str]:
 
 # --------------------------------------------------------------------------- tables
 
+def _fit_widths(columns: list[str], grid: list[list[Text]], total: int | None) -> list[int]:
+    """Column widths that fit ``total``: free-text columns give way first (and wrap),
+    then the widest of the others; nothing shrinks below its header."""
+    natural = [max([len(c)] + [row[j].cell_len for row in grid]) for j, c in enumerate(columns)]
+    if total is None:
+        return natural
+    widths = list(natural)
+    budget = total - 3 * (len(columns) - 1) - 1          # column gaps, as SIMPLE_HEAD draws them
+    for pass_wrap in (True, False):
+        idx = [j for j, c in enumerate(columns) if (c.lower() in WRAP_COLUMNS) == pass_wrap]
+        while sum(widths) > budget:
+            j = max(idx, key=lambda k: widths[k], default=None)
+            if j is None:
+                break
+            floor = max(len(columns[j]), 12 if pass_wrap else 6)
+            if widths[j] <= floor:
+                idx.remove(j)
+                continue
+            widths[j] = max(floor, widths[j] - (sum(widths) - budget))
+    return widths
+
+
 def _table(columns: list[str], rows: list[dict], *, title: str | None = None,
-           group_by: str | None = None) -> Table:
+           group_by: str | None = None, width: int | None = None) -> Table:
     t = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
-              show_edge=False, pad_edge=False, box=None if not columns else _box())
-    for c in columns:
-        t.add_column(c, justify=_justify(c), overflow="fold")
+              show_edge=False, pad_edge=False, box=_box())
     maxes = {c: _col_max(rows, c) for c in columns if c.lower() in SCORE_COLUMNS}
+    grid = [[_cell(c, r.get(c), maxes.get(c, 0.0)) for c in columns] for r in rows]
+    for c, w in zip(columns, _fit_widths(columns, grid, width)):
+        t.add_column(c, justify=_justify(c), overflow="fold", width=w)
     prev = object()
-    for i, r in enumerate(rows):
-        cells = [_cell(c, r.get(c), maxes.get(c, 0.0)) for c in columns]
+    for i, (r, cells) in enumerate(zip(rows, grid)):
         if group_by is not None:
             key = r.get(group_by)
             if key == prev:
@@ -245,7 +272,7 @@ def _describe(result: Result, console: Console) -> None:
         else:
             cols = ["relation", "target", "gate", "layers", "count", "also", "source"]
         cols = [c for c in cols if any(r.get(c) not in (None, "", []) for r in shown)]
-        console.print(_table(cols, shown))
+        console.print(_table(cols, shown, width=console.width))
 
 
 def _footer(result: Result) -> Text | None:
@@ -295,7 +322,8 @@ def render(result: Result, console: Console, *, timing: bool = True) -> None:
             console.print(Text(result.message, style="italic"))
         if cols and result.rows:
             group = "layer" if (result.statement in LAYER_GROUPED and "layer" in cols) else None
-            console.print(_table(cols, result.rows, title=title, group_by=group))
+            console.print(_table(cols, result.rows, title=title, group_by=group,
+                                 width=console.width))
         elif title:
             console.print(Text(str(title), style="bold"))
     if timing:
