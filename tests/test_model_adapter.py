@@ -116,7 +116,14 @@ class SourceWeights(Mapping):
 
 
 def have_sources() -> bool:
-    return importlib.util.find_spec("lql.sources") is not None
+    """True once ``lql.sources.open_source`` is importable (it is being written alongside)."""
+    if importlib.util.find_spec("lql.sources") is None:
+        return False
+    try:
+        from lql.sources import open_source  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def load_model_inputs(folder: Path) -> tuple[dict, Mapping]:
