@@ -8,8 +8,9 @@ Conventions (other modules rely on them):
 * ``None`` in a path position that also accepts ``CURRENT`` means CURRENT
   (``Compile.source``, ``Diff.b``).
 * Strings are already unescaped; ``to_lql()`` re-quotes them canonically.
-* ``line`` (keyword-only, not compared, not in ``repr``) is the 1-based line
-  where the statement starts in the parsed text, or ``None`` when built by hand.
+* ``line`` / ``column`` (keyword-only, not compared, not in ``repr``) are the
+  1-based position where the statement starts in the parsed text, or ``None``
+  when built by hand.
 * ``stmt.keyword`` is the statement's result-contract name ("WALK",
   "EXPLAIN INFER", "SHOW LAYERS", "BEGIN PATCH", ...).
 """
@@ -258,9 +259,14 @@ def _flag(text: str, on: bool) -> str | None:
 
 @dataclass(frozen=True)
 class Statement:
-    """Base of every statement. ``line``: 1-based source line (not compared)."""
+    """Base of every statement.
+
+    ``line`` / ``column``: 1-based position of the statement's first token in the
+    parsed text (``None`` when built by hand); not compared, not in ``repr``.
+    """
     keyword: ClassVar[str] = ""
     line: int | None = field(default=None, compare=False, repr=False, kw_only=True)
+    column: int | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def to_lql(self) -> str:  # pragma: no cover - every subclass overrides
         raise NotImplementedError

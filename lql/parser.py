@@ -229,21 +229,20 @@ class _Builder:
     # ---- lifecycle ---------------------------------------------------------
     def extract(self, c):
         kw = c[0]
-        strings = [t for t in c[1:4] if getattr(t, "type", None) == "STRING"]
-        rest = c[4:] if c[1].type == "MODEL" else c[3:]
-        d = _collect(rest)
-        return ast.Extract(_string(strings[0]), _string(strings[1]), level=d.get("level"),
+        i = 2 if c[1].type == "MODEL" else 1   # EXTRACT [MODEL] source INTO output clause*
+        d = _collect(c[i + 3:])
+        return ast.Extract(_string(c[i]), _string(c[i + 2]), level=d.get("level"),
                            layers=d.get("layers"), dtype=d.get("dtype"),
-                           force=d.get("force", False), line=kw.line)
+                           force=d.get("force", False), line=kw.line, column=kw.column)
 
     def use(self, c):
-        return ast.Use(_string(c[1]), line=c[0].line)
+        return ast.Use(_string(c[1]), line=c[0].line, column=c[0].column)
 
     def use_model(self, c):
-        return ast.UseModel(_string(c[2]), line=c[0].line)
+        return ast.UseModel(_string(c[2]), line=c[0].line, column=c[0].column)
 
     def use_remote(self, c):
-        return ast.UseRemote(_string(c[2]), line=c[0].line)
+        return ast.UseRemote(_string(c[2]), line=c[0].line, column=c[0].column)
 
     def compile_source(self, c):
         return None if c[0].type == "CURRENT" else _string(c[0])
@@ -258,12 +257,12 @@ class _Builder:
         d = _collect(c[5:])
         return ast.Compile(c[1], ast.CompileTarget.VINDEX, _string(c[4]),
                            on_conflict=d.get("on_conflict"), force=d.get("force", False),
-                           line=c[0].line)
+                           line=c[0].line, column=c[0].column)
 
     def compile_model(self, c):
         d = _collect(c[5:])
         return ast.Compile(c[1], ast.CompileTarget.MODEL, _string(c[4]), format=d.get("format"),
-                           force=d.get("force", False), line=c[0].line)
+                           force=d.get("force", False), line=c[0].line, column=c[0].column)
 
     def diff_layer(self, c):
         return _Clause("layer", _int(c[1], "a layer"), c[0])
@@ -278,13 +277,13 @@ class _Builder:
         d = _collect(c[3:])
         b = None if c[2].type == "CURRENT" else _string(c[2])
         return ast.Diff(_string(c[1]), b, layer=d.get("layer"), relation=d.get("relation"),
-                        limit=d.get("limit"), into_patch=d.get("into_patch"), line=c[0].line)
+                        limit=d.get("limit"), into_patch=d.get("into_patch"), line=c[0].line, column=c[0].column)
 
     # ---- browse ------------------------------------------------------------
     def walk(self, c):
         d = _collect(c[2:])
         return ast.Walk(_string(c[1]), top=d.get("top"), layers=d.get("layers"),
-                        mode=d.get("mode"), compare=d.get("compare", False), line=c[0].line)
+                        mode=d.get("mode"), compare=d.get("compare", False), line=c[0].line, column=c[0].column)
 
     def band(self, c):
         return _Clause("band", _enum(ast.Band, c[0]) if c[0].type != "ALL" else ast.Band.ALL_LAYERS,
@@ -300,7 +299,7 @@ class _Builder:
         d = _collect(c[2:])
         return ast.Describe(_string(c[1]), band=d.get("band"), layer=d.get("layer"),
                             relations_only=d.get("relations_only", False),
-                            verbosity=d.get("verbosity"), via=d.get("via"), line=c[0].line)
+                            verbosity=d.get("verbosity"), via=d.get("via"), line=c[0].line, column=c[0].column)
 
     def select_fields(self, c):
         if c[0].type == "STAR":
@@ -320,12 +319,12 @@ class _Builder:
     def select(self, c):
         d = _collect(c[4:])
         return ast.Select(c[3], fields=c[1], nearest=d.get("nearest"), where=d.get("where", ()),
-                          order_by=d.get("order_by"), limit=d.get("limit"), line=c[0].line)
+                          order_by=d.get("order_by"), limit=d.get("limit"), line=c[0].line, column=c[0].column)
 
     def explain_walk(self, c):
         d = _collect(c[3:])
         return ast.ExplainWalk(_string(c[2]), layers=d.get("layers"), top=d.get("top"),
-                               verbose=d.get("verbose", False), line=c[0].line)
+                               verbose=d.get("verbose", False), line=c[0].line, column=c[0].column)
 
     # ---- inference ---------------------------------------------------------
     def generate(self, c):
@@ -335,7 +334,7 @@ class _Builder:
         d = _collect(c[2:])
         return ast.Infer(_string(c[1]), top=d.get("top"), compare=d.get("compare", False),
                          wrap=d.get("wrap"), system=d.get("system"), generate=d.get("generate"),
-                         verbose=d.get("verbose", False), line=c[0].line)
+                         verbose=d.get("verbose", False), line=c[0].line, column=c[0].column)
 
     def with_attention(self, c):
         return _Clause("with_attention", True, c[0])
@@ -345,7 +344,7 @@ class _Builder:
         return ast.ExplainInfer(_string(c[2]), layers=d.get("layers"), top=d.get("top"),
                                 verbose=d.get("verbose", False),
                                 with_attention=d.get("with_attention", False),
-                                wrap=d.get("wrap"), system=d.get("system"), line=c[0].line)
+                                wrap=d.get("wrap"), system=d.get("system"), line=c[0].line, column=c[0].column)
 
     def for_token(self, c):
         return _Clause("for_token", _string(c[1]), c[0])
@@ -364,7 +363,7 @@ class _Builder:
         return ast.Trace(_string(c[1]), for_token=d.get("for_token"),
                          decompose=d.get("decompose", False), layers=d.get("layers"),
                          positions=d.get("positions"), save=d.get("save"), wrap=d.get("wrap"),
-                         system=d.get("system"), line=c[0].line)
+                         system=d.get("system"), line=c[0].line, column=c[0].column)
 
     # ---- mutation ----------------------------------------------------------
     def insert_columns(self, c):
@@ -401,16 +400,16 @@ class _Builder:
         return ast.Insert(values["entity"], values["relation"], values["target"],
                           layer=d.get("layer"), confidence=d.get("confidence"),
                           alpha=d.get("alpha"), mode=d.get("mode"), prompt=d.get("prompt"),
-                          line=kw.line)
+                          line=kw.line, column=kw.column)
 
     def delete(self, c):
-        return ast.Delete(c[3].value, line=c[0].line)
+        return ast.Delete(c[3].value, line=c[0].line, column=c[0].column)
 
     def assignment(self, c):
         return ast.Assignment(_field(c[0]), _value(c[2]))
 
     def update(self, c):
-        return ast.Update(tuple(c[3:-1]), c[-1].value, line=c[0].line)
+        return ast.Update(tuple(c[3:-1]), c[-1].value, line=c[0].line, column=c[0].column)
 
     def merge_into(self, c):
         return _Clause("target", _string(c[1]), c[0])
@@ -421,7 +420,7 @@ class _Builder:
     def merge(self, c):
         d = _collect(c[2:])
         return ast.Merge(_string(c[1]), target=d.get("target"),
-                         on_conflict=d.get("on_conflict"), line=c[0].line)
+                         on_conflict=d.get("on_conflict"), line=c[0].line, column=c[0].column)
 
     def until_converged(self, c):
         return _Clause("until_converged", True, c[0])
@@ -439,23 +438,23 @@ class _Builder:
         d = _collect(c[1:])
         return ast.Rebalance(until_converged=d.get("until_converged", False),
                              max_iterations=d.get("max_iterations"), floor=d.get("floor"),
-                             ceiling=d.get("ceiling"), line=c[0].line)
+                             ceiling=d.get("ceiling"), line=c[0].line, column=c[0].column)
 
     # ---- patches -----------------------------------------------------------
     def begin_patch(self, c):
-        return ast.BeginPatch(_string(c[2]), line=c[0].line)
+        return ast.BeginPatch(_string(c[2]), line=c[0].line, column=c[0].column)
 
     def save_patch(self, c):
-        return ast.SavePatch(_string(c[2]) if len(c) > 2 else None, line=c[0].line)
+        return ast.SavePatch(_string(c[2]) if len(c) > 2 else None, line=c[0].line, column=c[0].column)
 
     def apply_patch(self, c):
-        return ast.ApplyPatch(_string(c[2]), force=len(c) > 3, line=c[0].line)
+        return ast.ApplyPatch(_string(c[2]), force=len(c) > 3, line=c[0].line, column=c[0].column)
 
     def remove_patch(self, c):
-        return ast.RemovePatch(_string(c[2]), line=c[0].line)
+        return ast.RemovePatch(_string(c[2]), line=c[0].line, column=c[0].column)
 
     def show_patches(self, c):
-        return ast.ShowPatches(line=c[0].line)
+        return ast.ShowPatches(line=c[0].line, column=c[0].column)
 
     # ---- introspection, session -------------------------------------------
     def with_examples(self, c):
@@ -464,37 +463,37 @@ class _Builder:
     def show_relations(self, c):
         d = _collect(c[2:])
         return ast.ShowRelations(layer=d.get("layer"), with_examples=d.get("with_examples", False),
-                                 verbosity=d.get("verbosity"), line=c[0].line)
+                                 verbosity=d.get("verbosity"), line=c[0].line, column=c[0].column)
 
     def show_layers(self, c):
         last = c[-1]
         spec = _layer_spec(last) if last.type in ("LAYER_RANGE", "NUMBER", "ALL") else None
-        return ast.ShowLayers(spec, line=c[0].line)
+        return ast.ShowLayers(spec, line=c[0].line, column=c[0].column)
 
     def show_features(self, c):
         d = _collect(c[3:])
         return ast.ShowFeatures(_int(c[2], "a layer"), where=d.get("where", ()),
-                                limit=d.get("limit"), line=c[0].line)
+                                limit=d.get("limit"), line=c[0].line, column=c[0].column)
 
     def show_entities(self, c):
         d = _collect(c[2:])
-        return ast.ShowEntities(layer=d.get("layer"), limit=d.get("limit"), line=c[0].line)
+        return ast.ShowEntities(layer=d.get("layer"), limit=d.get("limit"), line=c[0].line, column=c[0].column)
 
     def show_models(self, c):
-        return ast.ShowModels(line=c[0].line)
+        return ast.ShowModels(line=c[0].line, column=c[0].column)
 
     def stats(self, c):
-        return ast.Stats(_string(c[1]) if len(c) > 1 else None, line=c[0].line)
+        return ast.Stats(_string(c[1]) if len(c) > 1 else None, line=c[0].line, column=c[0].column)
 
     def set_chat(self, c):
-        return ast.SetChat(_enum(ast.ChatMode, c[2]), line=c[0].line)
+        return ast.SetChat(_enum(ast.ChatMode, c[2]), line=c[0].line, column=c[0].column)
 
     def help(self, c):
         topic = " ".join(t.value.upper() for t in c[1:]) or None
-        return ast.Help(topic, line=c[0].line)
+        return ast.Help(topic, line=c[0].line, column=c[0].column)
 
     def pipe(self, c):
-        return ast.Pipe(c[0], c[1], line=c[0].line)
+        return ast.Pipe(c[0], c[1], line=c[0].line, column=c[0].column)
 
     def start(self, c):
         return c
@@ -945,13 +944,7 @@ def parse_one(text: str) -> ast.Statement:
         raise _syntax_error(text, "expected a statement, found none", line, column,
                             STATEMENT_KEYWORDS)
     second = statements[1]
-    line = second.line or 1
-    src = _source_line(text, line)
-    column = 1
-    # point at the second statement's first word on its line
-    m = re.search(re.escape(second.to_lql().split()[0]), src, re.I)
-    if m:
-        column = m.start() + 1
+    line, column = second.line or 1, second.column or 1
     raise _syntax_error(text, f"expected exactly one statement, found {len(statements)}",
                         line, column)
 
