@@ -35,7 +35,7 @@ from .progress import progress_display
 
 
 def _family_of(source):
-    fam = source.family
+    fam = getattr(source, "family_spec", None) or source.family
     if isinstance(fam, str):
         from ..families import get_family
         fam = get_family(fam)
@@ -75,11 +75,13 @@ def _now() -> str:
 def extract(source, output, *, level: str = "browse", dtype: str = "f16",
             layers: Iterable[int] | None = None, force: bool = False,
             top_k: int = fmt.DEFAULT_TOP_K, progress: bool | None = None,
-            block: int = DEFAULT_BLOCK) -> Path:
+            block: int = DEFAULT_BLOCK, check_cancelled=None) -> Path:
     """Extract ``source`` (a path or an opened ``ModelSource``) into the vindex ``output``.
 
     Returns the vindex path.  Refuses an existing ``output`` unless ``force``
     (then replaces it atomically).  ``progress=None`` shows bars only on a terminal.
+    ``check_cancelled()`` is called before each layer; whatever it raises aborts
+    the extract (and removes the temporary directory).
     """
     level = str(getattr(level, "value", level)).lower()
     dtype = str(getattr(dtype, "value", dtype)).lower()
@@ -168,6 +170,8 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
         try:
             with bars.stage(f"layers ({len(chosen)})", len(chosen)) as st:
                 for layer in chosen:
+                    if check_cancelled is not None:
+                        check_cancelled()
                     g_src = np.asarray(source.tensor(gate_keys[layer]), dtype=np.float32)
                     rows = family.gate_rows(g_src)
                     gate_transposed = rows.shape != g_src.shape or (
@@ -222,10 +226,9 @@ def _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries, c
                 gate_transposed) -> dict[str, Any]:
     from .. import __version__
     num_layers = int(mc["num_layers"])
-    hf = getattr(source, "hf_config", None) or {}
     src_path = getattr(source, "path", None)
     provenance = {
-        "huggingface_repo": hf.get("_name_or_path") or None,
+        "huggingface_repo": None,
         "huggingface_revision": None,
         "safetensors_sha256": None,
         "extracted_at": _now(),
@@ -233,6 +236,12 @@ def _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries, c
         "path": str(src_path) if src_path is not None else None,
         "format": getattr(source, "format", None),
     }
+    extra = getattr(source, "provenance", None)
+    if callable(extra):
+        extra = extra()
+    if isinstance(extra, dict):
+        provenance.update({k: v for k, v in extra.items() if k not in ("extracted_at",
+                                                                       "larql_version")})
     model_config = dict(mc)
     inter = mc.get("intermediate_size") or max((e["num_features"] for e in layer_entries),
                                                default=0)

@@ -82,9 +82,15 @@ def np_dtype(name: str, where: str = INDEX) -> np.dtype:
 def derive_layer_bands(num_layers: int) -> dict[str, list[int]]:
     """Bands from the layer count alone: first ~30% syntax, next ~45% knowledge, rest output.
 
-    Every band is non-empty when there are at least 3 layers; with fewer,
-    the later bands share the last layer.
+    Uses ``lql.families.bands.derive_bands`` (one definition for the project);
+    the local fallback below only runs when that package is unavailable.
     """
+    try:
+        from ..families.bands import derive_bands
+    except ImportError:
+        derive_bands = None
+    if derive_bands is not None and int(num_layers) > 0:
+        return derive_bands(int(num_layers))
     n = int(num_layers)
     if n <= 0:
         return {}

@@ -1,0 +1,52 @@
+"""Lifecycle statements: EXTRACT (here now); USE, COMPILE, DIFF are added below by their owners.
+
+Each statement has one handler function; the storage work lives in
+``lql.vindex`` (this module only adapts AST → call → Result).
+"""
+
+from __future__ import annotations
+
+import time
+
+from .. import ast
+from ..result import Result
+from . import handler
+
+# --------------------------------------------------------------------------- EXTRACT
+
+EXTRACT_COLUMNS = ["path", "model", "family", "level", "dtype", "layers", "num_layers",
+                   "size_mb", "seconds"]
+
+
+def _enum_value(value, default: str) -> str:
+    if value is None:
+        return default
+    return str(getattr(value, "value", value)).lower()
+
+
+@handler(ast.Extract)
+def extract(session, stmt) -> Result:
+    """EXTRACT MODEL <source> INTO <path> [WITH level] [LAYERS range] [DTYPE d] [FORCE]."""
+    from ..vindex import extract as run_extract
+    from ..vindex.format import load_index
+
+    source = session.resolve_path(stmt.source)
+    output = session.resolve_path(stmt.output)
+    layers = stmt.layers
+    if layers is not None and not isinstance(layers, ast.Range):     # ALL LAYERS
+        layers = None
+    t0 = time.perf_counter()
+    out = run_extract(source, output, level=_enum_value(stmt.level, "browse"),
+                      dtype=_enum_value(stmt.dtype, "f16"), layers=layers,
+                      force=bool(stmt.force), check_cancelled=session.check_cancelled)
+    seconds = round(time.perf_counter() - t0, 2)
+    index = load_index(out)
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    row = {"path": str(out), "model": index.get("model"), "family": index.get("family"),
+           "level": index.get("extract_level"), "dtype": index["dtype"],
+           "layers": len(index["layers"]), "num_layers": index["num_layers"],
+           "size_mb": round(size / 1e6, 1), "seconds": seconds}
+    message = (f"extracted {row['model']} ({row['family']}, {row['layers']}/{row['num_layers']} "
+               f"layers, {row['level'].upper()}, {row['dtype']}) into {out} — "
+               f"{row['size_mb']} MB in {seconds} s")
+    return Result.table("EXTRACT", EXTRACT_COLUMNS, [row], message=message)
