@@ -110,3 +110,11 @@ def test_csv():
     write_csv([r, Result.msg("SET CHAT", "hello"), r, Result.error("X", "bad")], out, err)
     assert out.getvalue().count("layer,down_tokens") == 2 and "\n\nlayer" in out.getvalue()
     assert err.getvalue() == "hello\nerror: bad\n"
+
+
+def test_wide_single_row_renders_as_fields():
+    row = {f"field_{i}": i for i in range(12)}
+    row["sizes"] = {"a.bin": 1.5, "b.bin": 2}
+    out = show(Result.table("STATS", list(row), [row]))
+    lines = out.splitlines()
+    assert lines[0].split() == ["field_0", "0"] and "a.bin: 1.50" in out and "b.bin: 2" in out

@@ -23,8 +23,10 @@ from typing import Callable
 __all__ = ["handler", "lookup", "registered", "GROUPS", "CAPABILITIES", "import_errors"]
 
 #: handler group module (under ``lql.exec``) for each AST class name
+#: (a hint: a handler registered in another group module is still found, at the
+#: cost of importing the group modules in order until it turns up)
 GROUPS: dict[str, str] = {
-    "Extract": "lifecycle", "Use": "lifecycle", "UseModel": "lifecycle",
+    "Extract": "lifecycle", "Use": "browse", "UseModel": "browse",
     "UseRemote": "lifecycle", "Compile": "lifecycle", "Diff": "lifecycle",
     "Walk": "browse", "Describe": "browse", "Select": "browse", "ExplainWalk": "browse",
     "Infer": "infer", "ExplainInfer": "infer", "Trace": "infer",
@@ -32,8 +34,8 @@ GROUPS: dict[str, str] = {
     "Rebalance": "mutate",
     "BeginPatch": "patches", "SavePatch": "patches", "ApplyPatch": "patches",
     "RemovePatch": "patches", "ShowPatches": "patches",
-    "ShowRelations": "introspect", "ShowLayers": "introspect", "ShowFeatures": "introspect",
-    "ShowEntities": "introspect", "ShowModels": "introspect", "Stats": "introspect",
+    "ShowRelations": "browse", "ShowLayers": "browse", "ShowFeatures": "browse",
+    "ShowEntities": "browse", "ShowModels": "introspect", "Stats": "browse",
     "SetChat": "introspect", "Help": "introspect",
 }
 
@@ -114,7 +116,11 @@ def lookup(cls: type) -> Callable | None:
         if fn is not None:
             return fn
     for group in ALL_GROUPS:           # registered somewhere unexpected?
-        _import_group(group)
+        if group not in _imported:
+            _import_group(group)
+            fn = _find(cls)
+            if fn is not None:
+                return fn
     return _find(cls)
 
 

@@ -236,6 +236,30 @@ def _table(columns: list[str], rows: list[dict], *, title: str | None = None,
     return t
 
 
+def _too_wide(columns: list[str], row: dict, width: int) -> bool:
+    """A one-row table (STATS) reads better as field/value pairs when it is wide."""
+    if len(columns) > 8:
+        return True
+    natural = sum(max(len(c), len(_plain(row.get(c)))) for c in columns) + 3 * len(columns)
+    return natural > width
+
+
+def _record(columns: list[str], row: dict, *, title: str | None = None) -> Table:
+    t = Table(title=title, title_justify="left", title_style="bold", show_header=False,
+              show_edge=False, pad_edge=False, box=None)
+    t.add_column("field", style="bold", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    for c in columns:
+        v = row.get(c)
+        if isinstance(v, dict):
+            cell = Text("\n".join(f"{k}: {_plain(x)}" for k, x in v.items()))
+        else:
+            cell = _cell(c, v, abs(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                         else 0.0)
+        t.add_row(c, cell)
+    return t
+
+
 def _box():
     from rich import box
     return box.SIMPLE_HEAD
@@ -258,7 +282,8 @@ def _describe(result: Result, console: Console) -> None:
         heading = Text(name, style="bold underline")
         rng = bands.get(band) if isinstance(bands, dict) else None
         if isinstance(rng, (list, tuple)) and len(rng) == 2:
-            heading.append(f"  L{rng[0]}–{rng[1]}", style="dim")
+            span = f"L{rng[0]}" if rng[0] == rng[1] else f"L{rng[0]}–{rng[1]}"
+            heading.append(f"  {span}", style="dim")
         console.print(heading)
         shown = []
         for r in rows:
@@ -320,7 +345,9 @@ def render(result: Result, console: Console, *, timing: bool = True) -> None:
         title = result.meta.get("title")
         if result.message:
             console.print(Text(result.message, style="italic"))
-        if cols and result.rows:
+        if cols and len(result.rows) == 1 and _too_wide(cols, result.rows[0], console.width):
+            console.print(_record(cols, result.rows[0], title=title))
+        elif cols and result.rows:
             group = "layer" if (result.statement in LAYER_GROUPED and "layer" in cols) else None
             console.print(_table(cols, result.rows, title=title, group_by=group,
                                  width=console.width))
