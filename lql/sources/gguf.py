@@ -1,0 +1,158 @@
+"""A ``.gguf`` file (llama.cpp), read with the ``gguf`` package: memory-mapped,
+one tensor dequantised at a time, renamed to the normalised Hugging Face keys
+with llama.cpp's layout changes undone (see :mod:`lql.sources.gguf_arch`)."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..families import get_family
+from .base import ModelSource, SourceError
+from .gguf_arch import (GGUF_FAMILIES, hf_config_from_gguf, norm_shift, permute_heads,
+                        reverse_permute, transposed, unsupported)
+
+_QUANT_SUFFIX = re.compile(r"[.\-_](I?Q\d\w*|F16|F32|BF16|FP16|FP32)$", re.IGNORECASE)
+_BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+               "tokenizer.ggml.scores")
+
+
+class GgufSource(ModelSource):
+    format = "gguf"
+
+    def __init__(self, path):
+        import gguf
+
+        path = Path(path)
+        self.path = path
+        try:
+            self._reader = gguf.GGUFReader(str(path), "r")
+        except (ValueError, OSError, IndexError, KeyError) as exc:
+            raise SourceError(f"{path} is not a readable GGUF file ({exc})", path) from None
+        self._gguf = gguf
+        meta = {}
+        for key, field in self._reader.fields.items():
+            if key in _BIG_ARRAYS:
+                continue
+            try:
+                meta[key] = field.contents()
+            except Exception:  # an exotic field type we do not need
+                continue
+        self.meta = meta
+        if int(meta.get("split.count", 1) or 1) > 1:
+            raise SourceError(f"{path} is one part of a split GGUF; merge the parts first "
+                              "(llama.cpp's gguf-split --merge)", path)
+        arch = meta.get("general.architecture")
+        self.arch = arch
+        if arch not in GGUF_FAMILIES:
+            raise unsupported(str(arch))
+        self.family_spec = get_family(GGUF_FAMILIES[arch])
+
+        self._tensors = {t.name: t for t in self._reader.tensors}
+        embed = self._tensors.get("token_embd.weight")
+        if embed is None:
+            raise SourceError(f"{path} has no token_embd.weight tensor", path)
+        self.hf_config = hf_config_from_gguf(arch, meta, set(self._tensors),
+                                             tuple(int(d) for d in reversed(embed.shape)))
+        self.model_config = self.family_spec.model_config(self.hf_config)
+        self.name = self._model_name()
+        self._names = self._map_names()
+
+    # ---------------------------------------------------------------- naming
+    def _model_name(self) -> str:
+        stem = _QUANT_SUFFIX.sub("", self.path.stem)
+        org = self.meta.get("general.organization")
+        return f"{org}/{stem}" if org else stem
+
+    def _map_names(self) -> dict[str, str]:
+        """normalised key → GGUF tensor name, for every tensor of the file."""
+        gguf, fam, mc = self._gguf, self.family_spec, self.model_config
+        arch_enum = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == self.arch)
+        name_map = gguf.get_tensor_name_map(arch_enum, mc["num_layers"])
+        by_gguf: dict[str, str] = {}
+        wanted = fam.keys(mc, "all")
+        if fam.lm_head_key not in wanted:
+            wanted.append(fam.lm_head_key)  # an untied head in a file says tied=False anyway
+        for key in wanted:
+            base, suffix = fam.hf_key(key).rsplit(".", 1)
+            gguf_base = name_map.get_name(base)
+            if gguf_base is not None:
+                by_gguf[f"{gguf_base}.{suffix}"] = key
+        unknown = sorted(set(self._tensors) - set(by_gguf))
+        if unknown:
+            shown = ", ".join(unknown[:6]) + (" …" if len(unknown) > 6 else "")
+            raise unsupported(self.arch, f"tensors this reader does not map: {shown}")
+        return {key: name for name, key in by_gguf.items() if name in self._tensors}
+
+    # ---------------------------------------------------------------- tensors
+    def _keys(self) -> list[str]:
+        return list(self._names)
+
+    def gguf_name(self, key: str) -> str:
+        """The GGUF tensor name behind a normalised key."""
+        return self._names[self._resolve(key)]
+
+    def _shape(self, key: str):
+        name = self._names[key]
+        shape = tuple(int(d) for d in reversed(self._tensors[name].shape))
+        return shape[::-1] if transposed(self.arch, name) else shape
+
+    def _read(self, key: str) -> np.ndarray:
+        name = self._names[key]
+        t = self._tensors[name]
+        shape = tuple(int(d) for d in reversed(t.shape))
+        try:
+            w = self._gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise SourceError(f"{self.path}: tensor {name} uses quantisation "
+                              f"{t.tensor_type.name}, which the gguf package cannot dequantise",
+                              self.path) from None
+        w = np.array(w, dtype=np.float32, copy=True).reshape(shape)
+        heads = permute_heads(self.arch, name, self.hf_config)
+        if heads is not None:
+            w = np.ascontiguousarray(reverse_permute(w, heads))
+        shift = norm_shift(self.arch, name)
+        if shift:
+            w -= np.float32(shift)
+        if transposed(self.arch, name):
+            w = np.ascontiguousarray(w.T)
+        return w
+
+    # ---------------------------------------------------------------- tokenizer
+    def _array(self, key: str):
+        field = self._reader.fields.get(key)
+        return None if field is None else field.contents()
+
+    @cached_property
+    def _tokenizer_parts(self) -> tuple[str, dict]:
+        from .gguf_tokenizer import build_tokenizer
+        meta = dict(self.meta)
+        for key in _BIG_ARRAYS:
+            meta[key] = self._array(key)
+        return build_tokenizer(meta, str(self.path))
+
+    @property
+    def tokenizer_json(self) -> str:
+        """A Hugging Face ``tokenizer.json`` rebuilt from the GGUF vocabulary (built on
+        first use; raises :class:`SourceError` for a vocabulary type it cannot rebuild)."""
+        return self._tokenizer_parts[0]
+
+    @property
+    def tokenizer_config(self) -> dict:
+        return dict(self._tokenizer_parts[1])
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta.get("tokenizer.chat_template")
+
+    @property
+    def provenance(self) -> dict:
+        return {**super().provenance, "gguf_file_type": self.meta.get("general.file_type"),
+                "general_name": self.meta.get("general.name")}
+
+    def close(self) -> None:
+        self._tensors = {}
+        self._reader = None
