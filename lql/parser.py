@@ -368,8 +368,8 @@ class _Builder:
     # ---- mutation ----------------------------------------------------------
     def insert_columns(self, c):
         names = [t.value.lower() for t in c]
-        for tok, name in zip(c, names):
-            if name not in ("entity", "relation", "target") or names.count(name) > 1:
+        for i, (tok, name) in enumerate(zip(c, names)):
+            if name not in ("entity", "relation", "target") or name in names[:i]:
                 raise _NodeError("INSERT INTO EDGES takes the columns (entity, relation, target)"
                                  f", got {tok.value!r}", tok,
                                  expected=("entity", "relation", "target"))
@@ -693,6 +693,7 @@ _TOKEN_RE = re.compile(r"""
 """, re.X)
 _NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _UNICODE_WORD = re.compile(r"\w")
+_KEYWORD_FIELDS = frozenset(f.upper() for f in FIELDS) & KEYWORDS
 _PUNCT = {"|>": "_PIPE", ";": "_SEMI", "(": "_LPAR", ")": "_RPAR", ",": "_COMMA", "*": "STAR",
           "=": "EQ", "!=": "NE", "<>": "NE", "<=": "LE", ">=": "GE", "<": "LT", ">": "GT"}
 
@@ -858,10 +859,16 @@ def _parse_fast(text: str):
                 up = value.upper()
                 if up in keywords and not (end < n and text[end] >= "\x80"
                                            and _UNICODE_WORD.match(text, end)):
-                    if up in row or ("NAME" not in row and "HELP_WORD" not in row):
+                    # a keyword; where it is not accepted it may still be a HELP topic
+                    # word, or a field that happens to be a keyword (layer, relation)
+                    if up in row:
                         ttype = up
+                    elif "HELP_WORD" in row:
+                        ttype = "HELP_WORD"
+                    elif "NAME" in row and up in _KEYWORD_FIELDS:
+                        ttype = "NAME"
                     else:
-                        ttype = "NAME" if "NAME" in row else "HELP_WORD"
+                        ttype = up  # reported as "unexpected keyword X"
                 else:
                     ttype = "HELP_WORD" if "HELP_WORD" in row else "NAME"
             elif kind == "STRING":
