@@ -79,7 +79,8 @@ class Gemma2(DecoderFamily):
 
     def hf_extras(self, out: dict, mc: dict) -> None:
         out["attention_bias"] = mc["attention_bias"]
-        out["query_pre_attn_scalar"] = mc["query_pre_attn_scalar"]
+        q = mc["query_pre_attn_scalar"]
+        out["query_pre_attn_scalar"] = int(q) if float(q).is_integer() else q  # an int in HF
         out["final_logit_softcapping"] = mc["final_logit_softcapping"]
         out["attn_logit_softcapping"] = mc["attn_logit_softcapping"]
         out["sliding_window"] = mc["sliding_window"]

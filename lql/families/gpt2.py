@@ -33,7 +33,8 @@ class GPT2(Family):
             raise refuse(self.name, "scale_attn_by_inverse_layer_idx=True",
                          ("scale_attn_by_inverse_layer_idx=False",))
         if cfg.get("add_cross_attention"):
-            raise refuse(self.name, "cross-attention", ("decoder-only GPT-2",))
+            raise refuse(self.name, "add_cross_attention=True (cross-attention)",
+                         ("decoder-only GPT-2",))
         hidden, heads = int(cfg["n_embd"]), int(cfg["n_head"])
         eps = float(cfg["layer_norm_epsilon"])
         return {

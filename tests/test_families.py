@@ -1,0 +1,396 @@
+"""Family descriptions against ``transformers`` itself.
+
+Every expected value here is read off a ``transformers`` model built from the
+same config (its modules, buffers and state dict), not copied from our output."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from lql.errors import UnsupportedArchitectureError
+from lql.families import (FAMILIES, SUPPORTED_ROPE_TYPES, derive_bands, family_for_config,
+                          get_family, supported)
+from model_fixtures import FAMILIES as FIXTURE_FAMILIES
+from model_fixtures import tiny_model_dir
+
+torch = pytest.importorskip("torch")
+tf = pytest.importorskip("transformers")
+
+ACT_NAMES = {"SiLUActivation": "silu", "SiLU": "silu", "GELUTanh": "gelu_pytorch_tanh",
+             "PytorchGELUTanh": "gelu_pytorch_tanh", "NewGELUActivation": "gelu_new",
+             "GELUActivation": "gelu"}
+
+
+def tiny_config(family: str) -> dict:
+    return json.loads((tiny_model_dir(family) / "config.json").read_text())
+
+
+def build(cfg: dict):
+    """The transformers model for a config dict (random weights, float32)."""
+    config = tf.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items()
+                                                           if k != "model_type"})
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def inv_freq(base: float, dim: int, scaling: dict | None) -> np.ndarray:
+    inv = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    if scaling and scaling["rope_type"] == "linear":
+        inv = inv / scaling["factor"]
+    return inv
+
+
+def expected_from_model(model) -> dict:
+    """What the transformers modules actually do, as model_config values."""
+    cfg = model.config
+    if cfg.model_type == "gpt2":
+        base = model.transformer
+        block = base.h[0]
+        return {"hidden_size": base.wte.weight.shape[1], "num_layers": len(base.h),
+                "intermediate_size": block.mlp.c_fc.weight.shape[1],
+                "vocab_size": base.wte.weight.shape[0], "num_q_heads": block.attn.num_heads,
+                "num_kv_heads": block.attn.num_heads, "head_dim": block.attn.head_dim,
+                "activation": ACT_NAMES[type(block.mlp.act).__name__],
+                "norm_eps": base.ln_f.eps, "max_position_embeddings": base.wpe.weight.shape[0],
+                "embed_scale": 1.0}
+    base = model.model
+    layers = base.layers
+    attn = layers[0].self_attn
+    head_dim = attn.head_dim
+    norm = base.norm
+    out = {
+        "hidden_size": base.embed_tokens.weight.shape[1],
+        "num_layers": len(layers),
+        "intermediate_size": layers[0].mlp.gate_proj.weight.shape[0],
+        "vocab_size": base.embed_tokens.weight.shape[0],
+        "head_dim": head_dim,
+        "num_q_heads": attn.q_proj.weight.shape[0] // head_dim,
+        "num_kv_heads": attn.k_proj.weight.shape[0] // head_dim,
+        "activation": ACT_NAMES[type(layers[0].mlp.act_fn).__name__],
+        "norm_eps": getattr(norm, "eps", getattr(norm, "variance_epsilon", None)),
+        "attention_bias": attn.q_proj.bias is not None,
+        "attention_out_bias": attn.o_proj.bias is not None,
+        "mlp_bias": layers[0].mlp.gate_proj.bias is not None,
+        "qk_norm": hasattr(attn, "q_norm"),
+        "sandwich_norms": hasattr(layers[0], "pre_feedforward_layernorm"),
+        "embed_scale": float(getattr(base.embed_tokens, "embed_scale", 1.0)),
+        "attn_logit_softcapping": getattr(attn, "attn_logit_softcapping", None),
+        "final_logit_softcapping": getattr(cfg, "final_logit_softcapping", None),
+        "scaling": attn.scaling,
+    }
+    if cfg.model_type == "mistral":
+        window = cfg.sliding_window
+        out["windows"] = [window] * len(layers)
+    else:
+        out["windows"] = [getattr(layer.self_attn, "sliding_window", None) for layer in layers]
+    rot = base.rotary_emb
+    if hasattr(rot, "inv_freq"):
+        out["inv_freq"] = {"full": rot.inv_freq.double().numpy()}
+    else:
+        out["inv_freq"] = {"full": rot.full_attention_inv_freq.double().numpy(),
+                           "sliding": rot.sliding_attention_inv_freq.double().numpy()}
+    return out
+
+
+def check_against_model(mc: dict, model, tied: bool) -> None:
+    exp = expected_from_model(model)
+    for key in ("hidden_size", "num_layers", "intermediate_size", "vocab_size", "head_dim",
+                "num_q_heads", "num_kv_heads", "activation", "attention_bias",
+                "attention_out_bias", "mlp_bias", "qk_norm", "sandwich_norms",
+                "attn_logit_softcapping", "final_logit_softcapping", "max_position_embeddings"):
+        if key in exp:
+            assert mc[key] == exp[key], key
+    assert mc["norm_eps"] == pytest.approx(exp["norm_eps"], rel=1e-6)
+    assert mc["embed_scale"] == pytest.approx(exp["embed_scale"], rel=1e-6)
+    assert mc["tie_word_embeddings"] == tied
+    if mc["model_type"] == "gpt2":
+        return
+    scalar = mc["query_pre_attn_scalar"] or mc["head_dim"]
+    assert scalar ** -0.5 == pytest.approx(exp["scaling"], rel=1e-9)
+    windows = [mc["sliding_window"] if t == "sliding_attention" else None for t in mc["layer_types"]]
+    assert windows == exp["windows"]
+    assert np.allclose(inv_freq(mc["rope_base"], mc["head_dim"], mc["rope_scaling"]),
+                       exp["inv_freq"]["full"], rtol=1e-5)
+    if "sliding" in exp["inv_freq"]:
+        assert np.allclose(inv_freq(mc["rope_local_base"], mc["head_dim"], None),
+                           exp["inv_freq"]["sliding"], rtol=1e-5)
+    if mc["norm_offset"]:  # Gemma RMSNorm: x * (1 + w); a zero weight must act as identity
+        norm = model.model.norm
+        with torch.no_grad():
+            norm.weight.zero_()
+            x = torch.randn(3, mc["hidden_size"])
+            rms = x / torch.sqrt((x * x).mean(-1, keepdim=True) + mc["norm_eps"])
+            assert torch.allclose(norm(x), rms, atol=1e-5)
+
+
+def state_keys(family, model, mc) -> set[str]:
+    keys = {family.normalise_key(k) for k in model.state_dict()}
+    keys.discard(None)
+    if mc["tie_word_embeddings"]:
+        keys.discard("lm_head.weight")
+    return keys
+
+
+# ------------------------------------------------------------------ the tiny families
+
+@pytest.mark.parametrize("name", FIXTURE_FAMILIES)
+def test_model_config_matches_transformers_modules(name):
+    cfg = tiny_config(name)
+    fam = family_for_config(cfg)
+    mc = fam.model_config(cfg)
+    model = build(cfg)
+    check_against_model(mc, model, tied=cfg["tie_word_embeddings"])
+    assert set(fam.keys(mc, "all")) == state_keys(fam, model, mc)
+
+
+@pytest.mark.parametrize("name", FIXTURE_FAMILIES)
+def test_hf_config_round_trip(name):
+    """hf_config(model_config) builds the same model and normalises back to the same dict."""
+    cfg = tiny_config(name)
+    fam = family_for_config(cfg)
+    mc = fam.model_config(cfg)
+    back = fam.hf_config(mc)
+    assert json.loads(json.dumps(back)) == back        # plain JSON
+    assert fam.model_config(back) == mc
+    model = build(back)
+    check_against_model(mc, model, tied=mc["tie_word_embeddings"])
+    assert set(fam.keys(mc, "all")) == state_keys(fam, model, mc)
+
+
+@pytest.mark.parametrize("name", FIXTURE_FAMILIES)
+def test_levels_and_roles(name):
+    cfg = tiny_config(name)
+    fam = family_for_config(cfg)
+    mc = fam.model_config(cfg)
+    browse = fam.tensors(mc, "browse")
+    inference = fam.tensors(mc, "inference")
+    everything = fam.tensors(mc, "all")
+    n = mc["num_layers"]
+    assert {s.key for s in browse} == {fam.embed_key} | {fam.gate_key(i) for i in range(n)} \
+        | {fam.down_key(i) for i in range(n)}
+    assert {s.key for s in browse} <= {s.key for s in inference} <= {s.key for s in everything}
+    assert (fam.lm_head_key in {s.key for s in inference}) == (not mc["tie_word_embeddings"])
+    for s in everything:
+        assert s.file.endswith(".bin") and s.role
+        assert (s.layer is None) == (f".{s.layer}." not in f".{s.key}")
+    roles = {s.key: s.role for s in everything}
+    assert roles[fam.gate_key(0)] == "gate" and roles[fam.down_key(0)] == "down"
+    assert len(set(roles)) == len(everything)
+
+
+@pytest.mark.parametrize("name", FIXTURE_FAMILIES)
+def test_gate_rows_and_down_columns_act_like_the_modules(name):
+    """gate_rows(W) @ x is the FFN's input projection; down_columns(W) @ h its output."""
+    from safetensors.numpy import load_file
+
+    folder = tiny_model_dir(name)
+    cfg = tiny_config(name)
+    fam = family_for_config(cfg)
+    mc = fam.model_config(cfg)
+    tensors = load_file(folder / "model.safetensors")
+    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    layer = 1
+    gate = fam.gate_rows(tensors[fam.hf_key(fam.gate_key(layer))])
+    down = fam.down_columns(tensors[fam.hf_key(fam.down_key(layer))])
+    hidden, feats = mc["hidden_size"], fam.num_features(mc, layer)
+    assert gate.shape == (feats, hidden) and down.shape == (hidden, feats)
+    x = np.random.default_rng(1).standard_normal((2, hidden)).astype(np.float32)
+    h = np.random.default_rng(2).standard_normal((2, feats)).astype(np.float32)
+    with torch.no_grad():
+        if name == "gpt2":
+            mlp = model.transformer.h[layer].mlp
+            ref_in = mlp.c_fc(torch.from_numpy(x)).numpy() - mlp.c_fc.bias.numpy()
+            ref_out = mlp.c_proj(torch.from_numpy(h)).numpy() - mlp.c_proj.bias.numpy()
+        else:
+            mlp = model.model.layers[layer].mlp
+            ref_in = mlp.gate_proj(torch.from_numpy(x)).numpy()
+            ref_out = mlp.down_proj(torch.from_numpy(h)).numpy()
+    assert np.allclose(x @ gate.T, ref_in, atol=1e-5)
+    assert np.allclose(h @ down.T, ref_out, atol=1e-5)
+    assert np.array_equal(fam.gate_weight(gate), tensors[fam.hf_key(fam.gate_key(layer))])
+    assert np.array_equal(fam.down_weight(down), tensors[fam.hf_key(fam.down_key(layer))])
+
+
+@pytest.mark.parametrize("name", FIXTURE_FAMILIES)
+def test_key_naming_round_trip(name):
+    from safetensors import safe_open
+
+    folder = tiny_model_dir(name)
+    fam = family_for_config(tiny_config(name))
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        for hf_name in f.keys():
+            key = fam.normalise_key(hf_name)
+            assert key is not None and not key.startswith(("model.", "transformer."))
+            assert fam.hf_key(key) == hf_name
+
+
+# ------------------------------------------------------------------ config variants
+
+def small(family_cls_name: str, **kw) -> dict:
+    base = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=8,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    base.update(kw)
+    cfg = getattr(tf, family_cls_name)(**base).to_dict()
+    return cfg
+
+
+VARIANTS = {
+    # Gemma 3 without layer_types: pattern from sliding_window_pattern (old configs)
+    "gemma3-pattern": lambda: _without(small("Gemma3TextConfig", head_dim=16, sliding_window=5,
+                                             query_pre_attn_scalar=20), "layer_types",
+                                       extra={"sliding_window_pattern": 3}),
+    # Gemma 3 old-style RoPE keys with linear scaling on full-attention layers
+    "gemma3-old-rope": lambda: _old_gemma3_rope(),
+    "gemma2-default-layout": lambda: _without(small("Gemma2Config", head_dim=16, sliding_window=4),
+                                              "layer_types"),
+    "qwen2-sliding": lambda: small("Qwen2Config", use_sliding_window=True, sliding_window=5,
+                                   max_window_layers=3),
+    "qwen3-bias": lambda: small("Qwen3Config", head_dim=8, attention_bias=True),
+    "mistral-no-window": lambda: small("MistralConfig", sliding_window=None),
+    "llama-biases-linear-rope": lambda: small(
+        "LlamaConfig", attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 5000.0}),
+    "llama-no-head-dim": lambda: _without(small("LlamaConfig"), "head_dim"),
+    "gemma-gelu": lambda: small("GemmaConfig", head_dim=16, hidden_act="gelu"),
+    "gpt2-inner": lambda: tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4,
+                                        n_inner=80, n_positions=64).to_dict(),
+}
+
+
+def _without(cfg: dict, *keys, extra=None) -> dict:
+    cfg = {k: v for k, v in cfg.items() if k not in keys and not k.startswith("_")}
+    cfg.update(extra or {})
+    return cfg
+
+
+def _old_gemma3_rope() -> dict:
+    cfg = _without(small("Gemma3TextConfig", head_dim=16, sliding_window=5), "rope_parameters")
+    cfg.update(rope_theta=200_000.0, rope_local_base_freq=7_000.0,
+               rope_scaling={"rope_type": "linear", "factor": 8.0})
+    return cfg
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_config_variants_match_transformers(variant):
+    cfg = VARIANTS[variant]()
+    fam = family_for_config(cfg)
+    mc = fam.model_config(copy.deepcopy(cfg))
+    model = build(copy.deepcopy(cfg))
+    check_against_model(mc, model, tied=model.config.tie_word_embeddings)
+    assert set(fam.keys(mc, "all")) == state_keys(fam, model, mc)
+    assert fam.model_config(fam.hf_config(mc)) == mc
+
+
+def test_variant_details():
+    mc = get_family("qwen2").model_config(VARIANTS["qwen2-sliding"]())
+    assert mc["layer_types"] == ["full_attention"] * 3 + ["sliding_attention"] * 5
+    mc = get_family("gemma3").model_config(VARIANTS["gemma3-pattern"]())
+    assert mc["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"] * 2 \
+        + ["sliding_attention"] * 2
+    mc = get_family("gemma3").model_config(VARIANTS["gemma3-old-rope"]())
+    assert (mc["rope_base"], mc["rope_local_base"]) == (200_000.0, 7_000.0)
+    assert mc["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+    mc = get_family("llama").model_config(VARIANTS["llama-biases-linear-rope"]())
+    assert mc["attention_bias"] and mc["attention_out_bias"] and mc["mlp_bias"]
+    assert mc["rope_base"] == 5000.0
+
+
+def test_gemma3_multimodal_config_uses_text_config():
+    text = tiny_config("gemma3_text")
+    wrapper = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+               "text_config": {k: v for k, v in text.items() if k != "model_type"},
+               "vision_config": {"model_type": "siglip_vision_model"}}
+    fam = family_for_config(wrapper)
+    assert fam.name == "gemma3"
+    assert fam.model_config(wrapper) == fam.model_config(text)
+    assert fam.normalise_key("model.language_model.layers.0.mlp.gate_proj.weight") \
+        == "layers.0.mlp.gate_proj.weight"
+    assert fam.normalise_key("language_model.model.norm.weight") == "norm.weight"
+    assert fam.normalise_key("language_model.lm_head.weight") == "lm_head.weight"
+    assert fam.normalise_key("model.vision_tower.vision_model.embeddings.patch_embedding.weight") \
+        is None
+    assert fam.normalise_key("multi_modal_projector.mm_input_projection_weight") is None
+
+
+# ------------------------------------------------------------------ refusals
+
+def test_unsupported_model_type_names_it_and_the_supported_list():
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        family_for_config({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
+    assert err.value.architecture == "mamba"
+    assert set(supported()) <= set(err.value.supported)
+    assert "mamba" in str(err.value) and "llama" in str(err.value)
+    with pytest.raises(UnsupportedArchitectureError):
+        get_family("falcon")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "dynamic"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, "factor"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"hidden_act": "relu"}, "relu"),
+    ({"use_bidirectional_attention": True}, "bidirectional"),
+    ({"attention_chunk_size": 128}, "chunk"),
+])
+def test_unimplemented_config_details_are_refused(change, words):
+    cfg = dict(tiny_config("llama"), **change)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        family_for_config(cfg).model_config(cfg)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("change", [{"scale_attn_by_inverse_layer_idx": True},
+                                    {"scale_attn_weights": False},
+                                    {"add_cross_attention": True}])
+def test_gpt2_attention_tricks_are_refused(change):
+    cfg = dict(tiny_config("gpt2"), **change)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        get_family("gpt2").model_config(cfg)
+    assert next(iter(change)).split("_")[0] in str(err.value)
+
+
+def test_gemma3_scaling_on_sliding_layers_is_refused():
+    cfg = tiny_config("gemma3_text")
+    cfg["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                              "sliding_attention": {"rope_type": "linear", "factor": 2.0,
+                                                    "rope_theta": 1e4}}
+    with pytest.raises(UnsupportedArchitectureError, match="sliding"):
+        get_family("gemma3").model_config(cfg)
+
+
+def test_supported_lists():
+    assert {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text",
+            "gpt2"} == set(supported())
+    assert set(FAMILIES) == {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+                             "gpt2"}
+    assert "default" in SUPPORTED_ROPE_TYPES
+    assert family_for_config({"architectures": ["Qwen2ForCausalLM"]}).name == "qwen2"
+
+
+# ------------------------------------------------------------------ bands
+
+@pytest.mark.parametrize("n", range(1, 81))
+def test_derived_bands_cover_every_layer(n):
+    bands = derive_bands(n)
+    assert set(bands) == {"syntax", "knowledge", "output"}
+    (s0, s1), (k0, k1), (o0, o1) = bands["syntax"], bands["knowledge"], bands["output"]
+    assert s0 == 0 and o1 == n - 1
+    covered = set(range(s0, s1 + 1)) | set(range(k0, k1 + 1)) | set(range(o0, o1 + 1))
+    assert covered == set(range(n))
+    if n >= 3:
+        assert s1 + 1 == k0 and k1 + 1 == o0 and s1 >= s0 and k1 >= k0 and o1 >= o0
+    if n >= 20:
+        assert abs((s1 + 1) / n - 0.30) < 0.05 and abs((o1 - o0 + 1) / n - 0.25) < 0.05
+
+
+def test_known_bands_for_smollm2_depth():
+    fam = get_family("llama")
+    assert fam.bands_are_known(30)
+    assert fam.layer_bands(30) == {"syntax": [0, 9], "knowledge": [10, 23], "output": [24, 29]}
+    assert not fam.bands_are_known(31)
+    assert fam.layer_bands(31) == derive_bands(31)
