@@ -774,6 +774,20 @@ def _make_callback(rule, builder):
         target = _Inline
     everything = len(keep) == len(symbols) and not splice
 
+    # specialised for the common shapes: this runs on every reduction
+    if everything and not expand1:
+        return target
+    if everything and len(symbols) == 1:  # `?rule: x`: pass the child through
+        return _first
+    if not expand1 and len(keep) == 2 and splice == {keep[0]} and keep[1] not in splice:
+        first, second = keep  # `__x_star: __x_star item`: extend the list
+
+        def append(children):
+            out = children[first]
+            out.append(children[second])
+            return target(out) if target is not _Inline else out
+        return append
+
     def callback(children):
         if everything:
             out = children
@@ -789,6 +803,10 @@ def _make_callback(rule, builder):
         return target(out)
 
     return callback
+
+
+def _first(children):
+    return children[0]
 
 
 def _terminals(row) -> set[str]:
@@ -833,58 +851,56 @@ def _parse_fast(text: str):
                               _viable(states, state_stack, _terminals(states[state_stack[-1]])))
         kind = m.lastgroup
         start = m.start(kind)
-        if start != pos:
+        if start != pos and (start - pos > 1 or text[pos] == "\n"):  # blanks: count lines
             newlines = text.count("\n", pos, start)
             if newlines:
                 line += newlines
                 line_start = text.rfind("\n", pos, start) + 1
         end = m.end()
-        if kind == "COMMENT":
-            pos = end
-            continue
-        if kind == "BLOCK":
-            newlines = text.count("\n", start, end)
-            if newlines:
-                line += newlines
-                line_start = text.rfind("\n", start, end) + 1
-            pos = end
-            continue
         row = states[state_stack[-1]]
-        if kind == "EOF":
-            tok = _Tok("$END", "", line, start - line_start + 1)
-            ttype = "$END"
-        else:
+        if kind == "WORD":
             value = m.group(kind)
-            if kind == "WORD":
-                up = value.upper()
-                if up in keywords and not (end < n and text[end] >= "\x80"
-                                           and _UNICODE_WORD.match(text, end)):
-                    # a keyword; where it is not accepted it may still be a HELP topic
-                    # word, or a field that happens to be a keyword (layer, relation)
-                    if up in row:
-                        ttype = up
-                    elif "HELP_WORD" in row:
-                        ttype = "HELP_WORD"
-                    elif "NAME" in row and up in _KEYWORD_FIELDS:
-                        ttype = "NAME"
-                    else:
-                        ttype = up  # reported as "unexpected keyword X"
+            up = value.upper()
+            if up in keywords and not (end < n and text[end] >= "\x80"
+                                       and _UNICODE_WORD.match(text, end)):
+                # a keyword; where it is not accepted it may still be a HELP topic
+                # word, or a field that happens to be a keyword (layer, relation)
+                if up in row:
+                    ttype = up
+                elif "HELP_WORD" in row:
+                    ttype = "HELP_WORD"
+                elif "NAME" in row and up in _KEYWORD_FIELDS:
+                    ttype = "NAME"
                 else:
-                    ttype = "HELP_WORD" if "HELP_WORD" in row else "NAME"
-            elif kind == "STRING":
-                ttype = "STRING"
-            elif kind == "NUMBER":
-                ttype = "NUMBER"
-            elif kind == "RANGE":
-                if "LAYER_RANGE" in row:
-                    ttype = "LAYER_RANGE"
-                else:  # not a range here: lex the leading number only (`14` then `-27`)
-                    value = _NUMBER_RE.match(text, start).group()
-                    end = start + len(value)
-                    ttype = "NUMBER"
+                    ttype = up  # reported as "unexpected keyword X"
             else:
-                ttype = punct[value]
-            tok = _Tok(ttype, value, line, start - line_start + 1)
+                ttype = "HELP_WORD" if "HELP_WORD" in row else "NAME"
+        elif kind == "STRING" or kind == "NUMBER":
+            value = m.group(kind)
+            ttype = kind
+        elif kind == "PUNCT":
+            value = m.group(kind)
+            ttype = punct[value]
+        elif kind == "RANGE":
+            value = m.group(kind)
+            if "LAYER_RANGE" in row:
+                ttype = "LAYER_RANGE"
+            else:  # not a range here: lex the leading number only (`14` then `-27`)
+                value = _NUMBER_RE.match(text, start).group()
+                end = start + len(value)
+                ttype = "NUMBER"
+        elif kind == "EOF":
+            value = ""
+            ttype = "$END"
+        else:  # COMMENT or BLOCK
+            if kind == "BLOCK":
+                newlines = text.count("\n", start, end)
+                if newlines:
+                    line += newlines
+                    line_start = text.rfind("\n", start, end) + 1
+            pos = end
+            continue
+        tok = _Tok(ttype, value, line, start - line_start + 1)
         pos = end
         while True:  # feed tok (as lark's ParserState.feed_token)
             action = row.get(ttype)
