@@ -42,7 +42,6 @@ _GEMMA2_KEYS = dict(_DECODER_KEYS, **{
 })
 _GEMMA3_KEYS = dict(_DECODER_KEYS, **{
     "attention.sliding_window": "sliding_window",
-    "attention.sliding_window_pattern": "sliding_window_pattern",
     "rope.freq_base_swa": "rope_local_base_freq",
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
@@ -60,6 +59,13 @@ CONFIG_KEYS = {"llama": _DECODER_KEYS, "qwen2": _DECODER_KEYS, "qwen3": _DECODER
                "gpt2": _GPT2_KEYS}
 HF_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
                   "gemma2": "gemma2", "gemma3": "gemma3_text", "gpt2": "gpt2"}
+#: metadata that changes the computation in ways no family here implements
+_REFUSED_KEYS = ("attention.scale", "logit_scale", "embedding_scale", "residual_scale",
+                 "attention.clamp_kqv", "attention.max_alibi_bias", "use_parallel_residual",
+                 "attention.temperature_scale")
+#: metadata that must equal the head size when present
+_HEAD_SIZED_KEYS = ("attention.key_length_swa", "attention.value_length_swa",
+                    "rope.dimension_count_swa", "attention.value_length")
 #: layer counts of llama.cpp's "27B" Gemma 2 / Gemma 3, whose attention scale is
 #: 1/sqrt(hidden / heads) rather than 1/sqrt(head_dim)
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
@@ -80,6 +86,9 @@ def hf_config_from_gguf(arch: str, meta: dict, tensor_names: set[str],
         raise unsupported(arch, "mixture-of-experts layers")
     if "rope_freqs.weight" in tensor_names:
         raise unsupported(arch, "rope_freqs (llama3-style RoPE scaling stored as a tensor)")
+    for suffix in _REFUSED_KEYS:
+        if meta.get(f"{arch}.{suffix}") not in (None, 0, False):
+            raise unsupported(arch, f"{arch}.{suffix}={meta[f'{arch}.{suffix}']!r}")
     cfg: dict = {"model_type": HF_MODEL_TYPES[arch]}
     for suffix, key in CONFIG_KEYS[arch].items():
         value = meta.get(f"{arch}.{suffix}")
@@ -107,6 +116,16 @@ def hf_config_from_gguf(arch: str, meta: dict, tensor_names: set[str],
     heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
     cfg["head_dim"] = head_dim
+    for suffix in _HEAD_SIZED_KEYS:
+        value = meta.get(f"{arch}.{suffix}")
+        if value is not None and int(value) != head_dim:
+            raise unsupported(arch, f"{arch}.{suffix}={value} (head size {head_dim})")
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
+    if pattern is not None and arch in ("gemma2", "gemma3"):
+        if isinstance(pattern, list):  # one flag per layer: True = sliding window
+            cfg["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            cfg["sliding_window_pattern"] = int(pattern)
     rot = meta.get(f"{arch}.rope.dimension_count")
     if rot is not None and int(rot) != head_dim:
         cfg["partial_rotary_factor"] = int(rot) / head_dim
