@@ -502,8 +502,7 @@ class _Builder:
 # --------------------------------------------------------------------------- the Lark parser
 
 _lock = threading.Lock()
-_parser = None        # Lark with the inline AST builder
-_tree_parser = None   # Lark without callbacks (for expected_at)
+_parser = None  # Lark with the inline AST builder (its tables also drive _parse_fast)
 
 
 def _cache_file(tag: str) -> str | None:
@@ -522,17 +521,15 @@ def _cache_file(tag: str) -> str | None:
 
 def _build(transformer):
     from lark import Lark
-    from lark.exceptions import LarkError
 
-    tag = "ast" if transformer is not None else "tree"
     kwargs = dict(parser="lalr", lexer="contextual", start="start", maybe_placeholders=False,
                   propagate_positions=False, transformer=transformer)
-    cache = os.environ.get("LQL_NO_GRAMMAR_CACHE") is None and _cache_file(tag)
+    cache = os.environ.get("LQL_NO_GRAMMAR_CACHE") is None and _cache_file("ast")
     text = GRAMMAR_PATH.read_text("utf-8")
     if cache:
         try:
             return Lark(text, cache=cache, **kwargs)
-        except (OSError, EOFError, LarkError, ValueError, TypeError, AttributeError):
+        except Exception:
             try:  # a corrupt or foreign cache file: drop it and build afresh
                 os.unlink(cache)
             except OSError:
@@ -547,15 +544,6 @@ def _get_parser():
             if _parser is None:
                 _parser = _build(_Builder())
     return _parser
-
-
-def _get_tree_parser():
-    global _tree_parser
-    if _tree_parser is None:
-        with _lock:
-            if _tree_parser is None:
-                _tree_parser = _build(None)
-    return _tree_parser
 
 
 # --------------------------------------------------------------------------- errors
@@ -833,7 +821,8 @@ def _viable(states, state_stack, terminals) -> set[str]:
     return ok
 
 
-def _parse_fast(text: str):
+def _parse_fast(text: str, complete: bool = True):
+    """Parse ``text``; with ``complete=False`` return the terminals viable at its end instead."""
     states, start_state, end_state = _get_tables()
     keywords = KEYWORDS
     punct = _PUNCT
@@ -890,9 +879,13 @@ def _parse_fast(text: str):
                 end = start + len(value)
                 ttype = "NUMBER"
         elif kind == "EOF":
+            if not complete:
+                return _viable(states, state_stack, _terminals(row))
             value = ""
             ttype = "$END"
         else:  # COMMENT or BLOCK
+            if not complete and end == n and kind == "COMMENT":
+                return set()  # the end is inside a comment: nothing to complete
             if kind == "BLOCK":
                 newlines = text.count("\n", start, end)
                 if newlines:
@@ -983,20 +976,13 @@ def expected_at(text: str) -> set[str]:
     statement keywords, ``expected_at("DESCRIBE ")`` gives ``{"a string"}``.
     Text that is already invalid before the end gives an empty set.
     """
-    from lark.exceptions import LarkError
-
     if not isinstance(text, str):
         return set()
-    m = re.search(r"[A-Za-z_][A-Za-z0-9_]*$", text)
-    if m:
-        before = text[:m.start()]
-        # a word glued to a number/other token is still the word being typed
-        text = before
-    parser = _get_tree_parser()
+    m = re.search(r"[A-Za-z_][A-Za-z0-9_]*\Z", text)
+    if m:  # the word being typed is not part of the context
+        text = text[:m.start()]
     try:
-        interactive = parser.parse_interactive(text)
-        interactive.exhaust_lexer()
-        accepts = interactive.accepts()
-    except (LarkError, Exception):
+        viable = _parse_fast(text, complete=False)
+    except Exception:  # already invalid before the end: nothing sensible to offer
         return set()
-    return set(_friendly(t for t in accepts if t != "$END"))
+    return set(_friendly(viable))

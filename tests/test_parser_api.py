@@ -34,6 +34,9 @@ STATEMENT_START = set(STATEMENT_KEYWORDS) | {";"}
     ('STATS; ', STATEMENT_START),
     ('WALK "unterminated', set()),
     ("WALK @ ", set()),
+    ("-- a comm", set()),                     # inside a comment: nothing to complete
+    ("/* open block ", set()),
+    ("SELECT entity, ", {"a field name"}),
 ])
 def test_expected_at(text, expected):
     assert expected_at(text) == expected
