@@ -113,8 +113,11 @@ def check_against_model(mc: dict, model, tied: bool) -> None:
     assert scalar ** -0.5 == pytest.approx(exp["scaling"], rel=1e-9)
     windows = [mc["sliding_window"] if t == "sliding_attention" else None for t in mc["layer_types"]]
     assert windows == exp["windows"]
-    assert np.allclose(inv_freq(mc["rope_base"], mc["head_dim"], mc["rope_scaling"]),
-                       exp["inv_freq"]["full"], rtol=1e-5)
+    kind = (mc["rope_scaling"] or {}).get("rope_type", "default")
+    if kind in ("default", "linear", "dynamic"):  # (dynamic starts from the default table)
+        assert np.allclose(inv_freq(mc["rope_base"], mc["head_dim"],
+                                    mc["rope_scaling"] if kind == "linear" else None),
+                           exp["inv_freq"]["full"], rtol=1e-5)
     if "sliding" in exp["inv_freq"]:
         assert np.allclose(inv_freq(mc["rope_local_base"], mc["head_dim"], None),
                            exp["inv_freq"]["sliding"], rtol=1e-5)
@@ -254,6 +257,16 @@ VARIANTS = {
     "llama-biases-linear-rope": lambda: small(
         "LlamaConfig", attention_bias=True, mlp_bias=True,
         rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 5000.0}),
+    "llama-yarn": lambda: small(
+        "LlamaConfig", rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
+                                        "original_max_position_embeddings": 64,
+                                        "beta_fast": 16.0}),
+    "qwen2-dynamic": lambda: small(
+        "Qwen2Config", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}),
+    "llama3-rope": lambda: small(
+        "LlamaConfig", rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 64}),
     "llama-no-head-dim": lambda: _without(small("LlamaConfig"), "head_dim"),
     "gemma-gelu": lambda: small("GemmaConfig", head_dim=16, hidden_act="gelu"),
     "gpt2-inner": lambda: tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4,
@@ -297,6 +310,12 @@ def test_variant_details():
     mc = get_family("llama").model_config(VARIANTS["llama-biases-linear-rope"]())
     assert mc["attention_bias"] and mc["attention_out_bias"] and mc["mlp_bias"]
     assert mc["rope_base"] == 5000.0
+    mc = get_family("llama").model_config(VARIANTS["llama-yarn"]())
+    assert mc["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0,
+                                  "original_max_position_embeddings": 64, "beta_fast": 16.0}
+    mc = get_family("llama").model_config(VARIANTS["llama3-rope"]())
+    assert mc["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
 
 def test_gemma3_multimodal_config_uses_text_config():
@@ -329,8 +348,9 @@ def test_unsupported_model_type_names_it_and_the_supported_list():
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
-    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "dynamic"),
+    ({"rope_parameters": {"rope_type": "longrope", "factor": 4.0, "rope_theta": 1e4}},
+     "longrope"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0, "alpha": 3}}, "alpha"),
     ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, "factor"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
     ({"hidden_act": "relu"}, "relu"),

@@ -7,13 +7,25 @@ from __future__ import annotations
 
 from ..errors import UnsupportedArchitectureError
 
-#: RoPE types the forward pass implements (``rope_scaling["rope_type"]``)
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+#: RoPE types the forward pass implements (``rope_scaling["rope_type"]``, lql/model/rope.py)
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
 #: fields each supported scaling type needs, besides ``rope_type``
 ROPE_FIELDS = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+    "dynamic": ("factor",),
 }
+#: fields a type may carry (passed on as they are)
+ROPE_OPTIONAL = {
+    "linear": (),
+    "llama3": (),
+    "yarn": ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"),
+    "dynamic": ("original_max_position_embeddings",),
+}
+#: types whose original_max_position_embeddings defaults to max_position_embeddings
+#: (what transformers' standardize_rope_params does)
+_ORIG_DEFAULTED = ("llama3", "yarn")
 #: activation names the forward pass implements; aliases map to them
 SUPPORTED_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")
 ACTIVATION_ALIASES = {"swish": "silu"}
@@ -92,18 +104,30 @@ def rope_scaling_of(family: str, params: dict | None, max_position_embeddings) -
     out = {"rope_type": kind}
     for field in ROPE_FIELDS[kind]:
         value = params.get(field)
-        if value is None and field == "original_max_position_embeddings":
+        if value is None and field == "original_max_position_embeddings" and kind in _ORIG_DEFAULTED:
             value = max_position_embeddings  # what transformers defaults it to
         if value is None:
             raise refuse(family, f"rope_scaling type {kind!r} without {field!r}",
                          (f"{kind} scaling with {', '.join(ROPE_FIELDS[kind])}",))
-        out[field] = float(value) if field != "original_max_position_embeddings" else int(value)
-    known = set(ROPE_FIELDS[kind]) | {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
+        out[field] = _rope_value(field, value)
+    for field in ROPE_OPTIONAL[kind]:
+        if params.get(field) is not None:
+            out[field] = _rope_value(field, params[field])
+    known = set(ROPE_FIELDS[kind]) | set(ROPE_OPTIONAL[kind]) \
+        | {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
     extra = sorted(set(params) - known)
     if extra:
         raise refuse(family, f"rope_scaling fields {extra} for type {kind!r}",
                      (f"{kind} scaling with {', '.join(ROPE_FIELDS[kind])}",))
     return out
+
+
+def _rope_value(field: str, value):
+    if field == "original_max_position_embeddings":
+        return int(value)
+    if field == "truncate":
+        return bool(value)
+    return float(value)
 
 
 def is_nested_rope(params) -> bool:
