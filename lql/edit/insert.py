@@ -1,0 +1,308 @@
+"""INSERT: build the patch operation that installs a fact (MODE COMPOSE or KNN).
+
+Both modes read the model on the fact's canonical prompt (``prompts.py``) at
+the install layer L (default: one below the top of the knowledge band).
+
+**Template centering.**  At the last position of a prompt most of the
+residual is the template itself: "The capital of Atlantis is" and "The
+capital of France is" have residual cosine ≈ 0.9 at SmolLM2's layer 22.  So
+both modes subtract a *center*: the mean of the same vector on the same
+template filled with :data:`REFERENCE_ENTITIES` (the entity itself left out).
+What remains is what the entity contributes.
+
+**KNN.**  key = normalise(r_L − center_r), r_L the residual after layer L at
+the last position; stored with the target's first token id and the center
+(``center_vector_b64``).  At INFER the entry fires when
+cos(r_L − center, key) > 0.75.  On a BROWSE vindex (no forward pass) the key
+is the entity's mean token embedding × embed_scale, with no center.
+
+**COMPOSE.**  A real FFN feature in the free (all-zero gate) or weakest
+(smallest ‖gate‖·‖up‖·‖down‖) slot of layer L.  With u the FFN input (after
+the FFN's input norm) on the canonical prompt and c its template center, the
+gate is the vector w in span{u − c, c} with w·u = +A and w·c = −3A: it is
+positive only past 3/4 of the way from the template's center to this entity
+(the same 0.75 as KNN), so the feature stays silent on other entities and
+other prompts.  A is the largest |gate_f·u| among the layer's own features
+(the magnitudes come from the layer).  up = w·(A_up/A) with A_up the largest
+|up_f·u|.  down points along the target's unembedding direction as the final
+norm sees it (head[target] ⊙ final-norm weight), scaled so that on the
+canonical prompt the feature writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA
+0.10: as long as the residual stream at L).  REBALANCE rescales down later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ExecutionError
+from .forward import ffn_inputs, model_for, prompt_ids, run
+from .patch import PatchOp
+from .prompts import canonical_prompt, template_for
+
+__all__ = ["REFERENCE_ENTITIES", "DEFAULT_ALPHA", "install_layer", "target_token", "compose_op",
+           "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD"]
+
+#: fillers of a template whose mean is the template's "center"
+REFERENCE_ENTITIES = ("France", "Japan", "Brazil", "Egypt", "Canada", "India", "John Smith",
+                      "Maria Lopez")
+DEFAULT_ALPHA = 0.10
+#: fraction of the way from the template center to the entity where the gate turns on
+GATE_THRESHOLD = 0.75
+#: ALPHA × this × ‖r_L‖ is the norm the feature writes on its canonical prompt
+ALPHA_UNIT = 10.0
+
+
+def install_layer(view, at_layer: int | None) -> int:
+    n = int(view.num_layers)
+    if at_layer is not None:
+        if not 0 <= at_layer < n:
+            raise ExecutionError(f"layer {at_layer} out of range 0..{n - 1}")
+        return int(at_layer)
+    bands = getattr(view, "layer_bands", None) or {}
+    know = bands.get("knowledge")
+    if know:
+        return max(int(know[0]), int(know[1]) - 1)
+    return max(0, (3 * n) // 4 - 1)
+
+
+def target_token(view, target: str) -> tuple[int, str]:
+    """The first token of the target as it follows a prompt (leading space added)."""
+    text = target if target.startswith(" ") else " " + target.strip()
+    ids = view.tokenizer.encode(text, add_special_tokens=False).ids
+    if not ids:
+        raise ExecutionError(f"target {target!r} does not tokenize")
+    return int(ids[0]), view.token_text(int(ids[0]))
+
+
+#: look-alike tokens the down direction is contrasted with (" Py" vs "Py", " Es" vs "Es")
+NEIGHBOURS = 8
+
+
+def unembed_direction(view, token_id: int) -> np.ndarray:
+    """Unit vector in the residual basis along the target's unembedding direction as the
+    final norm sees it (head row ⊙ final-norm weight), contrasted with its
+    :data:`NEIGHBOURS` most similar head rows so the target itself wins, not a look-alike."""
+    m = model_for(view)
+    head = np.asarray(m.head, dtype=np.float32)
+    row = head[token_id]
+    cos = (head @ row) / (np.linalg.norm(head, axis=1) * float(np.linalg.norm(row)) + 1e-12)
+    cos[token_id] = -np.inf
+    nbrs = np.argpartition(-cos, NEIGHBOURS)[:NEIGHBOURS]
+    d = row - head[nbrs].mean(0)
+    if str(view.model_config.get("norm_type", "rms")) == "rms":
+        w = np.asarray(m.final_norm(np.ones((1, row.shape[0]), dtype=np.float32))[0], np.float32)
+        d = d * w
+    n = float(np.linalg.norm(d))
+    if n == 0.0:
+        raise ExecutionError(f"token {token_id} has a zero unembedding row")
+    return (d / n).astype(np.float32)
+
+
+def _references(entity: str) -> list[str]:
+    low = entity.strip().lower()
+    return [e for e in REFERENCE_ENTITIES if e.lower() != low]
+
+
+def _centers(view, template: str, entity: str, layer: int, want: str) -> np.ndarray:
+    """Mean over the reference fillers of the FFN input (``want="ffn"``) or the residual
+    after the layer (``want="residual"``) at the last position."""
+    from ..model import Record
+    vecs = []
+    for ref in _references(entity):
+        prompt = template.replace("{entity}", ref)
+        if want == "ffn":
+            vecs.append(ffn_inputs(view, prompt, [layer])[layer])
+        else:
+            out = run(view, prompt, record=Record(residuals="last", layers=frozenset([layer])))
+            vecs.append(np.asarray(out.residuals[layer], dtype=np.float32))
+    return np.mean(vecs, axis=0).astype(np.float32)
+
+
+def choose_slot(view, layer: int, exclude: set[int] = frozenset()) -> tuple[int, str]:
+    """A free feature slot (all-zero gate, not edited) or else the weakest one."""
+    g = np.asarray(view.gate(layer), dtype=np.float32)
+    lay = view.overlay.layout if hasattr(view, "overlay") else None
+    gn = np.linalg.norm(g, axis=1)
+    taken = set(exclude)
+    if hasattr(view, "overlay"):
+        taken |= {f for (l, f) in view.overlay.features if l == layer}
+    free = [int(f) for f in np.flatnonzero(gn == 0) if int(f) not in taken]
+    if free:
+        return free[0], "free"
+    strength = gn.copy()
+    if lay is not None:
+        up_key, down_key = lay.up_key(layer), lay.down_key(layer)
+        if up_key and up_key in view.weights:
+            strength *= np.linalg.norm(lay.rows(np.asarray(view.weights[up_key])), axis=1)
+        if down_key in view.weights:
+            strength *= np.linalg.norm(lay.columns(np.asarray(view.weights[down_key])), axis=0)
+    for f in np.argsort(strength, kind="stable"):
+        if int(f) not in taken:
+            return int(f), "weakest"
+    raise ExecutionError(f"layer {layer} has no feature slot left")
+
+
+@dataclass
+class InsertPlan:
+    op: PatchOp
+    layer: int
+    feature: int | None
+    slot: str | None
+    prompt: str
+    target_id: int
+    target_text: str
+
+
+def compose_op(view, entity: str, relation: str, target: str, *, layer: int,
+               alpha: float | None = None, confidence: float | None = None,
+               prompt: str | None = None) -> InsertPlan:
+    from ..model import Record
+    alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+    template = template_for(relation, prompt)
+    text = canonical_prompt(entity, relation, prompt)
+    tid, ttext = target_token(view, target)
+    u = _ffn_input(view, text, layer)
+    negatives = _negatives(view, template, entity, text, layer)
+    c = negatives[:len(_references(entity))].mean(0)
+    if float(np.linalg.norm(u - c)) < 1e-6 * max(1.0, float(np.linalg.norm(u))):
+        raise ExecutionError(f"the entity {entity!r} does not change the model's state on "
+                             f"{text!r} at layer {layer}; try another layer or PROMPT")
+    lay = view.overlay.layout
+    gates = np.asarray(view.gate(layer), dtype=np.float32)
+    a_gate = float(np.max(np.abs(gates @ u)))
+    up_key = lay.up_key(layer)
+    a_up = a_gate
+    if up_key and up_key in view.weights:
+        a_up = float(np.max(np.abs(lay.rows(np.asarray(view.weights[up_key])) @ u)))
+    w = selective_direction(u, negatives)
+    gate = w * a_gate
+    up = w * a_up
+    act = _activation(view, a_gate) * a_up        # the feature's activation on the prompt
+    out = run(view, text, record=Record(residuals="last", layers=frozenset([layer])))
+    r_norm = float(np.linalg.norm(out.residuals[layer]))
+    down = unembed_direction(view, tid) * (ALPHA_UNIT * alpha * r_norm / act)
+    feature, slot = choose_slot(view, layer)
+    emb = np.asarray(view.embed([tid]), dtype=np.float32)[0]
+    op = PatchOp.make("insert", layer=layer, feature=feature, relation=relation, entity=entity,
+                      target=target, confidence=1.0 if confidence is None else float(confidence),
+                      mode="compose", alpha=alpha, prompt=text,
+                      down_meta={"t": ttext.strip(), "i": tid, "c": float(emb @ down)},
+                      vectors={"gate": gate, "up": up, "down": down})
+    return InsertPlan(op, layer, feature, slot, text, tid, ttext)
+
+
+#: prompts of other kinds the inserted feature must stay silent on
+GENERIC_NEGATIVES = ("Once upon a time", "The weather today is", "My favourite food is",
+                     "He opened the door and", "The best way to learn is",
+                     "Water boils at a temperature of", "The author of Hamlet is",
+                     "In the morning I usually")
+#: pre-activation (in units of the target's) the gate must reach on each negative
+NEGATIVE_MARGIN = -3.0
+
+
+def _ffn_input(view, prompt: str, layer: int) -> np.ndarray:
+    """FFN input at ``layer`` (last position), memoised per overlay state below ``layer``."""
+    ov = getattr(view, "overlay", None)
+    below = () if ov is None else tuple(sorted(
+        (l, f, id(e)) for (l, f), e in ov.features.items() if l < layer))
+    cache = getattr(ov, "_ffn_input_cache", None) if ov is not None else None
+    if ov is not None and cache is None:
+        cache = ov._ffn_input_cache = {}
+    key = (prompt, layer, below)
+    if cache is not None and key in cache:
+        return cache[key]
+    vec = ffn_inputs(view, prompt, [layer])[layer]
+    if cache is not None:
+        if len(cache) > 4096:
+            cache.clear()
+        cache[key] = vec
+    return vec
+
+
+def _negatives(view, template: str, entity: str, prompt: str, layer: int) -> np.ndarray:
+    """FFN inputs the new feature must not fire on: the template with the reference
+    fillers (first, in order), generic prompts, and other facts already inserted here."""
+    prompts = [template.replace("{entity}", r) for r in _references(entity)]
+    prompts += list(GENERIC_NEGATIVES)
+    ov = getattr(view, "overlay", None)
+    if ov is not None:
+        for (l, _), e in sorted(ov.features.items()):
+            p = e.info.get("prompt")
+            if l == layer and e.inserted and p and p != prompt and p not in prompts:
+                prompts.append(p)
+    return np.stack([_ffn_input(view, p, layer) for p in prompts])
+
+
+def selective_direction(u: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """The smallest ``w`` (ridge-regularised) with ``w·u = 1`` and ``w·x = -3`` for each
+    negative ``x``: a gate that is positive on ``u`` and off on the negatives."""
+    X = np.concatenate([u[None], negatives]).astype(np.float64)
+    b = np.concatenate([[1.0], np.full(len(negatives), NEGATIVE_MARGIN)])
+    gram = X @ X.T
+    lam = 1e-4 * float(np.trace(gram)) / len(gram)
+    w = X.T @ np.linalg.solve(gram + lam * np.eye(len(gram)), b)
+    s = float(w @ u)
+    if s <= 0:
+        raise ExecutionError("cannot separate the entity from the template at this layer; "
+                             "try another AT LAYER or PROMPT")
+    return (w / s).astype(np.float32)
+
+
+def knn_op(view, entity: str, relation: str, target: str, *, layer: int,
+           confidence: float | None = None, prompt: str | None = None) -> InsertPlan:
+    from ..model import Record
+    tid, ttext = target_token(view, target)
+    text = canonical_prompt(entity, relation, prompt)
+    center = None
+    if getattr(view, "level", "inference") == "browse":
+        ids = view.tokenizer.encode(" " + entity.strip(), add_special_tokens=False).ids
+        if not ids:
+            raise ExecutionError(f"entity {entity!r} does not tokenize")
+        key = np.asarray(view.embed(ids), dtype=np.float32).mean(0) * float(view.embed_scale)
+    else:
+        template = template_for(relation, prompt)
+        out = run(view, text, record=Record(residuals="last", layers=frozenset([layer])))
+        r = np.asarray(out.residuals[layer], dtype=np.float32)
+        center = _centers(view, template, entity, layer, "residual")
+        key = r - center
+    n = float(np.linalg.norm(key))
+    if n == 0.0:
+        raise ExecutionError(f"the key for {entity!r} at layer {layer} is zero")
+    vectors = {"key": key / n}
+    if center is not None:
+        vectors["center"] = center
+    op = PatchOp.make("insert_knn", layer=layer, entity=entity, relation=relation, target=target,
+                      target_id=tid, confidence=1.0 if confidence is None else float(confidence),
+                      prompt=text, vectors=vectors)
+    return InsertPlan(op, layer, None, None, text, tid, ttext)
+
+
+def calibrate_compose(overlay, view, plan: InsertPlan, max_doublings: int = 3) -> dict:
+    """After ``plan.op`` is recorded: double its down vector (at most ``max_doublings``
+    times) until the target is top-1 on the canonical prompt.  Returns what happened."""
+    from .forward import predict
+    op = plan.op
+    scale = 1.0
+    for step in range(max_doublings + 1):
+        p = predict(view, plan.prompt, top=1)
+        if p.top1 == plan.target_id or step == max_doublings:
+            break
+        scale *= 2.0
+        op.set_vector("down", op.vector("down") * 2.0)
+        op.data["alpha"] = float(op.data.get("alpha", DEFAULT_ALPHA)) * 2.0
+        meta = dict(op.data.get("down_meta") or {})
+        if "c" in meta:
+            meta["c"] = float(meta["c"]) * 2.0
+        op.data["down_meta"] = meta
+        overlay._changed()
+    return {"retrieved": p.top1 == plan.target_id, "probability": p.top[0][1]
+            if p.top1 == plan.target_id else float(p.probs[plan.target_id]),
+            "scale": scale, "alpha": float(op.data.get("alpha", DEFAULT_ALPHA))}
+
+
+def _activation(view, x: float) -> float:
+    from ..model.ffn import ACTIVATIONS, silu
+    fn = ACTIVATIONS.get(str(view.model_config.get("activation", "silu")), silu)
+    return float(fn(np.array([x], dtype=np.float32))[0])

@@ -1,0 +1,611 @@
+"""The overlay: a patched, read-only view over a base vindex.
+
+Edits live in a stack of :class:`~lql.edit.patch.Patch` objects (applied
+``.vlp`` files, then the patch being recorded).  The effective state is the
+fold of every operation in stack order -- later operations win for the same
+``(layer, feature)`` -- so removing a patch and re-folding reverts it exactly:
+rows nobody edits are always read from the base files, which never change.
+
+:class:`OverlayVindex` wraps the base ``Vindex`` and presents the same
+interface with the edits applied (``gate(layer)``, ``weights``,
+``down_meta``, ``feature_labels``, everything else delegated), plus:
+
+* ``knn_override(layer, residual) -> (token_id, cosine) | None`` -- the KNN
+  store hook INFER calls at each layer of ``knn_layers()``;
+* ``inserted_edges()`` -- the facts the overlay inserted (for DESCRIBE/SELECT);
+* ``base`` / ``overlay`` / ``is_overlay``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExecutionError, NoVindexError
+from .patch import Patch, PatchOp
+
+__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "session_overlay",
+           "ffn_layout", "KNN_THRESHOLD"]
+
+#: cosine above which a stored KNN key takes over the prediction
+KNN_THRESHOLD = 0.75
+
+
+# --------------------------------------------------------------------------- FFN key layout
+
+class FfnLayout:
+    """Where a layer's gate / up / down live in ``v.weights`` and how to index features.
+
+    Uses the family description when one is available (``lql.families``);
+    otherwise Llama-style names (``layers.N.mlp.{gate,up,down}_proj.weight``).
+    """
+
+    def __init__(self, vindex):
+        self.family = _family_of(vindex)
+        self.num_layers = int(vindex.num_layers)
+
+    def gate_key(self, layer: int) -> str:
+        if self.family is not None:
+            return self.family.gate_key(layer)
+        return f"layers.{layer}.mlp.gate_proj.weight"
+
+    def up_key(self, layer: int) -> str | None:
+        if self.family is not None:
+            return self.family.up_key(layer)
+        return f"layers.{layer}.mlp.up_proj.weight"
+
+    def down_key(self, layer: int) -> str:
+        if self.family is not None:
+            return self.family.down_key(layer)
+        return f"layers.{layer}.mlp.down_proj.weight"
+
+    def rows(self, weight: np.ndarray) -> np.ndarray:
+        return self.family.gate_rows(weight) if self.family is not None else weight
+
+    def unrows(self, rows: np.ndarray) -> np.ndarray:
+        return self.family.gate_weight(rows) if self.family is not None else rows
+
+    def columns(self, weight: np.ndarray) -> np.ndarray:
+        return self.family.down_columns(weight) if self.family is not None else weight
+
+    def uncolumns(self, cols: np.ndarray) -> np.ndarray:
+        return self.family.down_weight(cols) if self.family is not None else cols
+
+    def key_roles(self) -> dict[str, tuple[int, str]]:
+        out: dict[str, tuple[int, str]] = {}
+        for layer in range(self.num_layers):
+            out[self.gate_key(layer)] = (layer, "gate")
+            up = self.up_key(layer)
+            if up:
+                out[up] = (layer, "up")
+            out[self.down_key(layer)] = (layer, "down")
+        return out
+
+
+def _family_of(vindex):
+    fam = getattr(vindex, "family_spec", None)
+    if fam is not None and hasattr(fam, "gate_key"):
+        return fam
+    name = getattr(vindex, "family", None)
+    if hasattr(name, "gate_key"):
+        return name
+    try:
+        from .. import families
+    except ImportError:
+        return None
+    for getter in ("get_family", "family", "by_name", "get"):
+        fn = getattr(families, getter, None)
+        if callable(fn) and name:
+            try:
+                fam = fn(name)
+            except Exception:
+                continue
+            if hasattr(fam, "gate_key"):
+                return fam
+    return None
+
+
+def ffn_layout(vindex) -> FfnLayout:
+    return FfnLayout(getattr(vindex, "base", vindex))
+
+
+# --------------------------------------------------------------------------- effective state
+
+@dataclass
+class FeatureEdit:
+    """The effective edit of one ``(layer, feature)`` after folding the stack."""
+    layer: int
+    feature: int
+    gate: np.ndarray | None = None      # (hidden,) row, None: base row
+    up: np.ndarray | None = None
+    down: np.ndarray | None = None      # (hidden,) column, None: base column
+    down_meta: dict | None = None       # {"t", "i", "c"} from the patch, None: computed/base
+    deleted: bool = False
+    info: dict = field(default_factory=dict)   # entity, relation, target, confidence, mode, op
+    patch: str = ""
+
+    @property
+    def inserted(self) -> bool:
+        return not self.deleted and self.info.get("op") == "insert"
+
+
+@dataclass
+class KnnEntry:
+    layer: int
+    key: np.ndarray                     # L2-normalised (hidden,)
+    target_id: int
+    entity: str = ""
+    relation: str = ""
+    target: str = ""
+    confidence: float = 1.0
+    patch: str = ""
+    center: np.ndarray | None = None    # subtracted from the residual before the cosine
+
+    def cosine(self, residual: np.ndarray) -> float:
+        r = residual if self.center is None else residual - self.center
+        n = float(np.linalg.norm(r))
+        return float(self.key @ r) / n if n > 0 else 0.0
+
+
+@dataclass
+class _State:
+    features: dict[tuple[int, int], FeatureEdit]
+    knn: list[KnnEntry]
+
+
+def _fold(patches: list[Patch], hidden: int) -> _State:
+    feats: dict[tuple[int, int], FeatureEdit] = {}
+    knn: list[KnnEntry] = []
+    for patch in patches:
+        for op in patch.operations:
+            kind = op.op
+            if kind == "insert":
+                e = FeatureEdit(op.layer, op.feature, gate=op.vector("gate"), up=op.vector("up"),
+                                down=op.vector("down"), down_meta=op.get("down_meta"),
+                                info=_info(op), patch=patch.name)
+                feats[(e.layer, e.feature)] = e
+            elif kind == "update":
+                key = (op.layer, op.feature)
+                e = feats.get(key) or FeatureEdit(op.layer, op.feature, patch=patch.name,
+                                                  info={"op": "update"})
+                for name in ("gate", "up", "down"):
+                    vec = op.vector(name)
+                    if vec is not None:
+                        setattr(e, name, vec)
+                if op.get("down_meta") is not None:
+                    e.down_meta = op.get("down_meta")
+                for k in ("entity", "relation", "target", "confidence", "mode"):
+                    if op.get(k) is not None:
+                        e.info[k] = op.get(k)
+                e.deleted = False if e.info.get("op") == "insert" else e.deleted
+                e.patch = patch.name
+                feats[key] = e
+            elif kind == "delete":
+                feats[(op.layer, op.feature)] = FeatureEdit(
+                    op.layer, op.feature, gate=np.zeros(hidden, np.float32),
+                    down=np.zeros(hidden, np.float32), deleted=True,
+                    info={"op": "delete", "reason": op.get("reason")}, patch=patch.name)
+            elif kind == "insert_knn":
+                key = np.asarray(op.vector("key"), dtype=np.float32)
+                n = float(np.linalg.norm(key))
+                center = op.vector("center")
+                knn.append(KnnEntry(int(op.get("layer")), key / n if n > 0 else key,
+                                    int(op.get("target_id", 0)), op.get("entity", ""),
+                                    op.get("relation", ""), op.get("target", ""),
+                                    float(op.get("confidence", 1.0) or 1.0), patch.name,
+                                    None if center is None else center.astype(np.float32)))
+            elif kind == "delete_knn":
+                knn = [k for k in knn if not _knn_matches(k, op)]
+    return _State(feats, knn)
+
+
+def _info(op: PatchOp) -> dict:
+    info = {"op": op.op}
+    for k in ("entity", "relation", "target", "confidence", "mode", "alpha", "prompt"):
+        if op.get(k) is not None:
+            info[k] = op.get(k)
+    info.setdefault("mode", "compose" if op.vector("down") is not None else "insert")
+    return info
+
+
+def _knn_matches(entry: KnnEntry, op: PatchOp) -> bool:
+    for k in ("entity", "relation", "target"):
+        want = op.get(k)
+        if want is not None and str(getattr(entry, k)).lower() != str(want).lower():
+            return False
+    if op.get("layer") is not None and entry.layer != int(op.get("layer")):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- the overlay
+
+class Overlay:
+    """A stack of patches over one base vindex, plus the patch being recorded."""
+
+    def __init__(self, base):
+        self.base = base
+        self.stack: list[Patch] = []
+        self.recording: Patch | None = None
+        self.recording_explicit = False      # True after BEGIN PATCH, False for an auto-patch
+        self.version = 0
+        self._state: _State | None = None
+        self._layout: FfnLayout | None = None
+
+    # ---- identity of the base
+    @property
+    def base_model(self) -> str | None:
+        return getattr(self.base, "model", None)
+
+    @property
+    def base_checksum(self) -> str | None:
+        idx = getattr(self.base, "index", None) or {}
+        return (idx.get("checksums") or {}).get("gate_vectors.bin")
+
+    @property
+    def layout(self) -> FfnLayout:
+        if self._layout is None:
+            self._layout = FfnLayout(self.base)
+        return self._layout
+
+    def new_patch(self, path: Path | None = None) -> Patch:
+        return Patch(base_model=self.base_model, base_checksum=self.base_checksum, path=path)
+
+    # ---- state
+    def _changed(self) -> None:
+        self.version += 1
+        self._state = None
+
+    @property
+    def state(self) -> _State:
+        if self._state is None:
+            self._state = _fold(self.stack, int(self.base.hidden_size))
+        return self._state
+
+    @property
+    def features(self) -> dict[tuple[int, int], FeatureEdit]:
+        return self.state.features
+
+    @property
+    def knn(self) -> list[KnnEntry]:
+        return self.state.knn
+
+    def is_empty(self) -> bool:
+        return not any(p.operations for p in self.stack)
+
+    def edited_layers(self) -> set[int]:
+        return {layer for layer, _ in self.features}
+
+    def has_unsaved_edits(self) -> bool:
+        """True when the patch being recorded holds operations not written to disk."""
+        return self.recording is not None and bool(self.recording.operations) and \
+            self.recording.dirty
+
+    # ---- recording
+    def record(self, op: PatchOp) -> bool:
+        """Append ``op`` to the recording patch; returns True if an auto-patch was started."""
+        started = False
+        if self.recording is None:
+            self.recording = self.new_patch()
+            self.recording_explicit = False
+            self.stack.append(self.recording)
+            started = True
+        self.recording.operations.append(op)
+        self.recording.dirty = True
+        self._changed()
+        return started
+
+    def begin(self, path: Path) -> None:
+        if self.recording is not None and self.recording.operations:
+            what = "patch " + self.recording.name if self.recording_explicit else "the auto-patch"
+            raise ExecutionError(f"{what} has unsaved edits; SAVE PATCH \"file.vlp\" (or "
+                                 f"REMOVE PATCH) before BEGIN PATCH")
+        if self.recording is not None:
+            self.stack.remove(self.recording)
+        self.recording = self.new_patch(path)
+        self.recording_explicit = True
+        self.stack.append(self.recording)
+        self._changed()
+
+    def finish_recording(self, path: Path) -> Patch:
+        patch = self.recording
+        assert patch is not None
+        patch.path = path
+        patch.dirty = False
+        self.recording = None
+        self.recording_explicit = False
+        return patch
+
+    def find(self, path: Path) -> Patch | None:
+        for p in self.stack:
+            if p.path is not None and Path(p.path) == Path(path):
+                return p
+        return None
+
+    def apply(self, patch: Patch) -> None:
+        if self.recording is not None and self.recording in self.stack:
+            # applied patches go below the one being recorded: its edits stay on top
+            self.stack.insert(self.stack.index(self.recording), patch)
+        else:
+            self.stack.append(patch)
+        self._changed()
+
+    def remove(self, patch: Patch) -> None:
+        self.stack.remove(patch)
+        if patch is self.recording:
+            self.recording = None
+            self.recording_explicit = False
+        self._changed()
+
+    # ---- KNN hook
+    def knn_layers(self) -> set[int]:
+        return {e.layer for e in self.knn}
+
+    def knn_override(self, layer: int, residual_last) -> tuple[int, float] | None:
+        """The stored target whose key has cosine > 0.75 with ``residual_last`` at ``layer``
+        (the best one), as ``(token_id, cosine)``; ``None`` when no key matches.
+
+        An entry with a ``center`` (written by this tool's INSERT) compares the residual
+        minus that center; one without (another tool's patch) compares the raw residual."""
+        best = self.knn_match(layer, residual_last)
+        return None if best is None else (best[0].target_id, best[1])
+
+    def knn_match(self, layer: int, residual_last) -> tuple[KnnEntry, float] | None:
+        entries = [e for e in self.knn if e.layer == layer]
+        if not entries:
+            return None
+        r = np.asarray(residual_last, dtype=np.float32).reshape(-1)
+        cos = np.array([e.cosine(r) for e in entries])
+        i = int(np.argmax(cos))
+        return (entries[i], float(cos[i])) if cos[i] > KNN_THRESHOLD else None
+
+
+# --------------------------------------------------------------------------- the patched view
+
+class OverlayWeights(Mapping):
+    """``v.weights`` with the overlay's gate / up / down rows applied (copies; base untouched)."""
+
+    def __init__(self, view: "OverlayVindex"):
+        self._view = view
+        self._roles: dict[str, tuple[int, str]] | None = None
+        self._cache: dict[str, np.ndarray] = {}
+        self._version = -1
+
+    def _base(self) -> Mapping:
+        return self._view.base.weights
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        ov = self._view.overlay
+        if self._version != ov.version:
+            self._cache.clear()
+            self._version = ov.version
+        if key in self._cache:
+            return self._cache[key]
+        if self._roles is None:
+            self._roles = ov.layout.key_roles()
+        role = self._roles.get(key)
+        if role is None:
+            return self._base()[key]
+        layer, kind = role
+        edits = [e for (l, _), e in ov.features.items() if l == layer]
+        if not edits:
+            return self._base()[key]
+        out = self._patched(key, kind, edits)
+        self._cache[key] = out
+        return out
+
+    def _patched(self, key: str, kind: str, edits: list[FeatureEdit]) -> np.ndarray:
+        lay = self._view.overlay.layout
+        if kind == "gate":
+            rows = np.array(self._view.gate(edits[0].layer), dtype=np.float32, copy=True)
+            return lay.unrows(rows)
+        base = np.asarray(self._base()[key], dtype=np.float32)
+        if kind == "up":
+            rows = np.array(lay.rows(base), dtype=np.float32, copy=True)
+            for e in edits:
+                if e.up is not None:
+                    rows[e.feature] = e.up
+            return lay.unrows(rows)
+        cols = np.array(lay.columns(base), dtype=np.float32, copy=True)
+        for e in edits:
+            if e.down is not None:
+                cols[:, e.feature] = e.down
+        return lay.uncolumns(cols)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._base()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base())
+
+    def __len__(self) -> int:
+        return len(self._base())
+
+    def __getattr__(self, name: str):          # shape(), entry(), missing() ...
+        return getattr(self._base(), name)
+
+
+class OverlayDownMeta:
+    """``v.down_meta`` with edited features' records replaced (computed from their down
+    vectors against the embeddings, or taken from the patch's ``down_meta``)."""
+
+    def __init__(self, view: "OverlayVindex"):
+        self._view = view
+        self._cache: dict[int, np.ndarray] = {}
+        self._version = -1
+
+    @property
+    def _base(self):
+        return self._view.base.down_meta
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+    def layer_records(self, layer: int) -> np.ndarray:
+        ov = self._view.overlay
+        if self._version != ov.version:
+            self._cache.clear()
+            self._version = ov.version
+        if layer in self._cache:
+            return self._cache[layer]
+        base = self._base.layer_records(layer)
+        edits = [e for (l, _), e in ov.features.items() if l == layer]
+        if not edits:
+            return base
+        recs = np.array(base, copy=True)
+        for e in edits:
+            recs[e.feature] = record_for(self._view, e, recs.dtype)
+        recs.flags.writeable = False
+        self._cache[layer] = recs
+        return recs
+
+    def top_ids(self, layer: int) -> np.ndarray:
+        return self.layer_records(layer)["top"]["id"].astype(np.int64)
+
+    def top_scores(self, layer: int) -> np.ndarray:
+        return np.ascontiguousarray(self.layer_records(layer)["top"]["score"])
+
+    def c_scores(self, layer: int) -> np.ndarray:
+        return np.ascontiguousarray(self.layer_records(layer)["c_score"])
+
+    def record(self, layer: int, feature: int) -> dict | None:
+        if (layer, feature) not in self._view.overlay.features:
+            return self._base.record(layer, feature)
+        r = self.layer_records(layer)[feature]
+        if not r.tobytes().strip(b"\0"):
+            return None
+        top = [(int(i), float(s)) for i, s in zip(r["top"]["id"], r["top"]["score"])]
+        while top and top[-1] == (0, 0.0):
+            top.pop()
+        return {"top_token_id": int(r["top_token_id"]), "c_score": float(r["c_score"]),
+                "top": top}
+
+
+def record_for(view, e: FeatureEdit, dtype: np.dtype) -> np.ndarray:
+    """The down_meta record (structured, ``dtype``) of an edited feature."""
+    rec = np.zeros((), dtype=dtype)
+    if e.deleted:
+        return rec
+    top_k = dtype["top"].shape[0]
+    if e.down is not None:
+        scores = np.asarray(view.base.embeddings, dtype=np.float32) @ e.down
+        k = min(top_k, scores.shape[0])
+        ids = np.argpartition(scores, -k)[-k:]
+        ids = ids[np.argsort(-scores[ids], kind="stable")]
+        rec["top"]["id"][:k] = ids
+        rec["top"]["score"][:k] = scores[ids]
+        rec["top_token_id"] = ids[0]
+        rec["c_score"] = scores[ids[0]]
+        return rec
+    if e.down_meta:
+        tid = int(e.down_meta.get("i", 0))
+        c = float(e.down_meta.get("c", 0.0))
+        rec["top_token_id"] = tid
+        rec["c_score"] = c
+        rec["top"]["id"][0] = tid
+        rec["top"]["score"][0] = c
+        return rec
+    base = view.base.down_meta.layer_records(e.layer)[e.feature]
+    return np.array(base, copy=True)
+
+
+class OverlayVindex:
+    """The base ``Vindex`` seen through an :class:`Overlay` (same interface)."""
+
+    is_overlay = True
+
+    def __init__(self, base, overlay: Overlay):
+        self.base = base
+        self.overlay = overlay
+        self.weights = OverlayWeights(self)
+        self.down_meta = OverlayDownMeta(self)
+        self._gates: dict[int, np.ndarray] = {}
+        self._gates_version = -1
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+    def __repr__(self) -> str:
+        return f"<OverlayVindex {getattr(self.base, 'path', '?')} +{len(self.overlay.stack)} patches>"
+
+    def gate(self, layer: int) -> np.ndarray:
+        ov = self.overlay
+        if self._gates_version != ov.version:
+            self._gates.clear()
+            self._gates_version = ov.version
+        if layer in self._gates:
+            return self._gates[layer]
+        edits = [e for (l, _), e in ov.features.items() if l == layer and e.gate is not None]
+        if not edits:
+            return self.base.gate(layer)
+        rows = np.array(self.base.gate(layer), dtype=np.float32, copy=True)
+        for e in edits:
+            rows[e.feature] = e.gate
+        rows.flags.writeable = False
+        self._gates[layer] = rows
+        return rows
+
+    @property
+    def feature_labels(self) -> dict:
+        labels = dict(getattr(self.base, "feature_labels", None) or {})
+        for (l, f), e in self.overlay.features.items():
+            if e.deleted:
+                labels.pop((l, f), None)
+            elif e.info.get("relation"):
+                labels[(l, f)] = e.info["relation"]
+        return labels
+
+    def knn_layers(self) -> set[int]:
+        return self.overlay.knn_layers()
+
+    def knn_override(self, layer: int, residual_last) -> tuple[int, float] | None:
+        return self.overlay.knn_override(layer, residual_last)
+
+    def inserted_edges(self) -> list[dict[str, Any]]:
+        """Facts the overlay inserted: COMPOSE features and KNN entries."""
+        out = []
+        for (l, f), e in sorted(self.overlay.features.items()):
+            if e.inserted:
+                out.append({"entity": e.info.get("entity"), "relation": e.info.get("relation"),
+                            "target": e.info.get("target"), "layer": l, "feature": f,
+                            "confidence": e.info.get("confidence"),
+                            "mode": e.info.get("mode", "compose"), "source": "inserted"})
+        for k in self.overlay.knn:
+            out.append({"entity": k.entity, "relation": k.relation, "target": k.target,
+                        "layer": k.layer, "feature": None, "confidence": k.confidence,
+                        "mode": "knn", "source": "inserted"})
+        return out
+
+
+# --------------------------------------------------------------------------- session glue
+
+def session_overlay(session, *, create: bool = True) -> Overlay | None:
+    """The session's overlay, wrapping ``session.vindex`` on first use.
+
+    After this, ``session.vindex`` is an :class:`OverlayVindex`, ``session.base_vindex``
+    the unpatched base and ``session.overlay`` the :class:`Overlay`.  A ``USE`` that
+    replaces ``session.vindex`` with another base starts a fresh overlay next time.
+    """
+    v = getattr(session, "vindex", None)
+    if v is None:
+        if getattr(session, "model_source", None) is not None:
+            raise ExecutionError(
+                "edits need a vindex, not live model weights (USE MODEL); run "
+                'EXTRACT MODEL "<source>" INTO "model.vindex" WITH INFERENCE; '
+                'USE "model.vindex"; first')
+        raise NoVindexError()
+    if isinstance(v, OverlayVindex):
+        if session.overlay is not v.overlay:
+            session.overlay = v.overlay
+        return v.overlay
+    if not create:
+        return None
+    ov = Overlay(v)
+    session.overlay = ov
+    session.base_vindex = v
+    session.vindex = OverlayVindex(v, ov)
+    return ov

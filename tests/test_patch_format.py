@@ -1,0 +1,184 @@
+"""``.vlp`` reading/writing and the overlay's patch stack, on an in-memory vindex."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edit_fakes import FakeVindex  # noqa: E402
+
+from lql.edit import atomic  # noqa: E402
+from lql.edit.overlay import Overlay, OverlayVindex  # noqa: E402
+from lql.edit.patch import Patch, PatchOp, decode_vector, encode_vector, read_patch, write_patch  # noqa: E402
+from lql.errors import ExecutionError, VindexError  # noqa: E402
+
+
+def test_vector_encoding_is_little_endian_f32_base64():
+    vec = np.array([1.0, -2.5, 3.25], dtype=np.float32)
+    text = encode_vector(vec)
+    raw = base64.b64decode(text)
+    assert raw == np.array([1.0, -2.5, 3.25], dtype="<f4").tobytes()
+    assert np.array_equal(decode_vector(text), vec)
+
+
+def test_round_trip_keeps_unknown_keys(tmp_path):
+    doc = {"version": 1, "base_model": "m", "base_checksum": None, "created_at": "2026-01-01T00:00:00Z",
+           "description": "d", "author": None, "tags": ["x"], "vendor_key": {"a": 1},
+           "operations": [
+               {"op": "insert", "layer": 1, "feature": 3, "entity": "E", "target": "T",
+                "gate_vector_b64": encode_vector(np.ones(8)), "down_meta": {"t": "T", "i": 5, "c": 2.0},
+                "custom": [1, 2]},
+               {"op": "delete", "layer": 2, "feature": 0, "reason": "r"},
+               {"op": "delete_knn", "entity": "E"}]}
+    p = tmp_path / "a.vlp"
+    p.write_text(json.dumps(doc))
+    patch = read_patch(p)
+    out = tmp_path / "b.vlp"
+    write_patch(patch, out)
+    again = json.loads(out.read_text())
+    assert again == doc
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ("{not json", "not valid JSON"),
+    ('{"operations": [{"op": "explode"}]}', "unknown op"),
+    ('{"operations": [{"op": "insert", "layer": "x", "feature": 1}]}', "integer"),
+    ('{"version": 99, "operations": []}', "unsupported patch version"),
+])
+def test_bad_patch_files_are_clear_errors(tmp_path, bad, msg):
+    p = tmp_path / "bad.vlp"
+    p.write_text(bad)
+    with pytest.raises(VindexError, match=msg):
+        read_patch(p)
+
+
+def test_missing_patch_file():
+    with pytest.raises(ExecutionError, match="does not exist"):
+        read_patch("/nonexistent/x.vlp")
+
+
+def test_crash_during_save_leaves_old_file_intact(tmp_path, monkeypatch):
+    p = tmp_path / "keep.vlp"
+    write_patch(Patch(base_model="old"), p)
+    before = p.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk on fire")
+    monkeypatch.setattr(atomic.os, "replace", boom)
+    with pytest.raises(OSError):
+        write_patch(Patch(base_model="new", operations=[PatchOp.make("delete", layer=0, feature=1)]), p)
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["keep.vlp"]   # no temp file left behind
+
+
+def test_crash_mid_write_leaves_old_file_intact(tmp_path, monkeypatch):
+    p = tmp_path / "keep.vlp"
+    write_patch(Patch(base_model="old"), p)
+    before = p.read_bytes()
+    real_fsync = os.fsync
+
+    def fail_fsync(fd):
+        raise OSError("power cut")
+    monkeypatch.setattr(atomic.os, "fsync", fail_fsync)
+    with pytest.raises(OSError):
+        write_patch(Patch(base_model="new"), p)
+    monkeypatch.setattr(atomic.os, "fsync", real_fsync)
+    assert p.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- overlay
+
+def _insert(layer, feature, hidden, seed, **info):
+    rng = np.random.default_rng(seed)
+    return PatchOp.make("insert", layer=layer, feature=feature, vectors={
+        "gate": rng.standard_normal(hidden), "up": rng.standard_normal(hidden),
+        "down": rng.standard_normal(hidden)}, **info)
+
+
+def test_overlay_applies_and_reverts_exactly():
+    base = FakeVindex()
+    snap = base.snapshot()
+    ov = Overlay(base)
+    view = OverlayVindex(base, ov)
+    op = _insert(1, 4, 8, 1, entity="E", relation="r", target="T")
+    ov.record(op)
+    w = view.weights
+    g = w["layers.1.mlp.gate_proj.weight"]
+    assert np.array_equal(g[4], op.vector("gate").astype(np.float32))
+    assert np.array_equal(np.delete(g, 4, 0), np.delete(snap["layers.1.mlp.gate_proj.weight"], 4, 0))
+    assert np.array_equal(view.gate(1)[4], op.vector("gate"))
+    assert np.array_equal(w["layers.1.mlp.up_proj.weight"][4], op.vector("up"))
+    assert np.array_equal(w["layers.1.mlp.down_proj.weight"][:, 4], op.vector("down"))
+    # down-meta of the inserted feature: top token of E·down, computed independently
+    want = int(np.argmax(base.embeddings @ op.vector("down")))
+    assert view.down_meta.top_ids(1)[4, 0] == want
+    assert view.feature_labels[(1, 4)] == "r"
+    # other layers untouched, base never modified
+    assert w["layers.0.mlp.gate_proj.weight"] is base.weights["layers.0.mlp.gate_proj.weight"]
+    for k, v in snap.items():
+        assert np.array_equal(base.weights[k], v)
+    ov.remove(ov.recording)
+    for k, v in snap.items():
+        assert np.array_equal(view.weights[k], v), k
+    assert np.array_equal(view.down_meta.top_ids(1), base.down_meta.top_ids(1))
+
+
+def test_delete_zeroes_gate_and_down_only():
+    base = FakeVindex()
+    ov = Overlay(base)
+    view = OverlayVindex(base, ov)
+    ov.record(PatchOp.make("delete", layer=2, feature=7, reason="test"))
+    assert not view.gate(2)[7].any()
+    assert not view.weights["layers.2.mlp.down_proj.weight"][:, 7].any()
+    assert np.array_equal(view.weights["layers.2.mlp.up_proj.weight"],
+                          base.weights["layers.2.mlp.up_proj.weight"])
+    assert view.down_meta.record(2, 7) is None
+
+
+def test_later_patches_win_and_removing_the_top_restores_the_lower():
+    base = FakeVindex()
+    ov = Overlay(base)
+    view = OverlayVindex(base, ov)
+    a = Patch(operations=[_insert(0, 2, 8, 1)], path=Path("/a.vlp"))
+    b = Patch(operations=[_insert(0, 2, 8, 2)], path=Path("/b.vlp"))
+    ov.apply(a)
+    ov.apply(b)
+    assert np.array_equal(view.gate(0)[2], b.operations[0].vector("gate"))
+    ov.remove(b)
+    assert np.array_equal(view.gate(0)[2], a.operations[0].vector("gate"))
+    ov.remove(a)
+    assert np.array_equal(view.gate(0), base.gate(0))
+
+
+def test_knn_store_threshold_and_delete_knn():
+    base = FakeVindex()
+    ov = Overlay(base)
+    key = np.zeros(8, np.float32)
+    key[0] = 3.0
+    ov.record(PatchOp.make("insert_knn", layer=1, entity="E", relation="r", target="T",
+                           target_id=9, vectors={"key": key / 3.0}))
+    r = np.zeros(8, np.float32)
+    r[0], r[1] = 1.0, 0.5          # cosine 0.894 > 0.75
+    assert ov.knn_override(1, r) == (9, pytest.approx(1 / np.sqrt(1.25), rel=1e-5))
+    r[1] = 1.0                     # cosine 0.707 < 0.75
+    assert ov.knn_override(1, r) is None
+    assert ov.knn_override(0, key) is None          # other layer
+    ov.record(PatchOp.make("delete_knn", entity="e"))  # case-insensitive match
+    assert ov.knn == []
+
+
+def test_unsaved_edits_flag():
+    base = FakeVindex()
+    ov = Overlay(base)
+    assert not ov.has_unsaved_edits()
+    started = ov.record(PatchOp.make("delete", layer=0, feature=0))
+    assert started and ov.has_unsaved_edits()
+    ov.finish_recording(Path("/x.vlp"))
+    assert not ov.has_unsaved_edits()
