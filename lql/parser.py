@@ -1,10 +1,13 @@
 """LQL text → AST.
 
 ``parse(text)`` turns a script into a list of :mod:`lql.ast` statements.
-The grammar (``grammar/lql.lark``) is parsed by a Lark LALR(1) parser with a
-contextual lexer; the AST is built *during* parsing by an inline transformer,
-so no parse tree is ever materialised. The parser is built once per process
-(and its analysis cached on disk, see :func:`_build`).
+The grammar (``grammar/lql.lark``) is analysed by Lark into an LALR(1) table
+once per process (the analysis is cached on disk, see :func:`_build`). The AST
+is built *during* parsing by the reduce callbacks of :class:`_Builder`, so no
+parse tree is ever materialised. For speed, :func:`parse` drives Lark's table
+with its own single-regex lexer (:func:`_parse_fast`); :func:`_parse_reference`
+runs the same grammar and builder through Lark's own lexer and parser, and the
+tests check that both agree.
 
 Every failure is an :class:`~lql.errors.LqlSyntaxError` with a 1-based line
 and column, the source line, what was expected (named as a user reads it)
@@ -59,15 +62,13 @@ _ESCAPE_RE = re.compile(r"\\(.)", re.S)
 class _NodeError(Exception):
     """Raised by the transformer; converted to LqlSyntaxError (with the source) by parse()."""
 
-    def __init__(self, message: str, token, *, expected=(), suggestion=None, at_end=False,
-                 offset: int = 0):
+    def __init__(self, message: str, token, *, expected=(), suggestion=None, offset: int = 0):
         super().__init__(message)
         self.message = message
         self.token = token
         self.expected = tuple(expected)
         self.suggestion = suggestion
-        self.at_end = at_end
-        self.offset = offset
+        self.offset = offset  # columns from the token's start (an escape inside a string)
 
 
 class _Clause:
@@ -630,8 +631,9 @@ def _convert(text: str, err: Exception) -> LqlSyntaxError:
 
 def _unexpected_token(text: str, tok, expected_terms) -> LqlSyntaxError:
     expected = _friendly(t for t in expected_terms if t != "$END")
-    if tok.type == "$END":
-        line, column = _end_position(text)
+    if tok.type == "$END":  # the caret goes just after the last token
+        line = getattr(tok, "end_line", None) or tok.line
+        column = getattr(tok, "end_column", None) or tok.column
         return _syntax_error(text, "unexpected end of input", line, column, expected)
     suggestion = None
     if _WORD.fullmatch(tok.value or ""):
@@ -830,6 +832,7 @@ def _parse_fast(text: str, complete: bool = True):
     state_stack = [start_state]
     value_stack: list = []
     pos, n, line, line_start = 0, len(text), 1, 0
+    tok = None
     while True:
         m = match(text, pos)
         if m is None:  # no token fits: find where the blanks end, report there
@@ -881,8 +884,10 @@ def _parse_fast(text: str, complete: bool = True):
         elif kind == "EOF":
             if not complete:
                 return _viable(states, state_stack, _terminals(row))
-            value = ""
-            ttype = "$END"
+            ttype = "$END"  # positioned just after the last token, for "unexpected end"
+            tok = _Tok(ttype, "", tok.line, tok.column + len(tok.value)) if tok else \
+                _Tok(ttype, "", 1, 1)
+            pos = end
         else:  # COMMENT or BLOCK
             if not complete and end == n and kind == "COMMENT":
                 return set()  # the end is inside a comment: nothing to complete
@@ -893,8 +898,9 @@ def _parse_fast(text: str, complete: bool = True):
                     line_start = text.rfind("\n", start, end) + 1
             pos = end
             continue
-        tok = _Tok(ttype, value, line, start - line_start + 1)
-        pos = end
+        if ttype != "$END":
+            tok = _Tok(ttype, value, line, start - line_start + 1)
+            pos = end
         while True:  # feed tok (as lark's ParserState.feed_token)
             action = row.get(ttype)
             if action is None:

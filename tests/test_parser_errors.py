@@ -69,6 +69,8 @@ CORPUS: list[tuple[str, int, int, str, str | None]] = [
     ('SELECT * FROM EDGES NEAREST TO "x"', 1, 35, "unexpected end of input", None),
     ('WALK "x" -- c\nTOP', 2, 4, "unexpected end of input", None),
     (';;WALK', 1, 7, "unexpected end of input", None),
+    ('WALK "x" TOP -- trailing comment\n\n', 1, 13, "unexpected end of input", None),
+    ('WALK "x"\n  LAYERS\n/* c */\n', 2, 9, "unexpected end of input", None),
     ('/* one\ntwo */ WALK TOP', 2, 13, "unexpected keyword TOP", None),
     # wrong token
     ('EXPLAIN "x"', 1, 9, "unexpected string", None),
