@@ -356,6 +356,7 @@ def test_unsupported_model_type_names_it_and_the_supported_list():
     ({"hidden_act": "relu"}, "relu"),
     ({"use_bidirectional_attention": True}, "bidirectional"),
     ({"attention_chunk_size": 128}, "chunk"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "gptq"),
 ])
 def test_unimplemented_config_details_are_refused(change, words):
     cfg = dict(tiny_config("llama"), **change)

@@ -41,6 +41,7 @@ UNIMPLEMENTED_SWITCHES = {
     "no_rope_layers": "layers without RoPE",
     "use_qk_norm": "Llama-4 style q/k norm",
     "use_mrope": "multimodal RoPE",
+    "quantization_config": "pre-quantised weights (GPTQ/AWQ/bitsandbytes/fp8 ...)",
 }
 
 NESTED_ROPE_KEYS = LAYER_TYPES
@@ -60,7 +61,10 @@ def opt(cfg: dict, key: str, default):
 def refuse_unimplemented(family: str, cfg: dict) -> None:
     for key, what in UNIMPLEMENTED_SWITCHES.items():
         if cfg.get(key):
-            raise refuse(family, f"{key}={cfg[key]!r} ({what})", ("configs without " + key,))
+            value = cfg[key]
+            if isinstance(value, dict):  # name the method, not the whole dict
+                value = value.get("quant_method", "...")
+            raise refuse(family, f"{key}={value!r} ({what})", ("configs without " + key,))
 
 
 def activation(family: str, name) -> str:

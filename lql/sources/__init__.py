@@ -26,7 +26,7 @@ def open_source(path) -> ModelSource:
         if p.suffix.lower() == ".gguf":
             from .gguf import GgufSource
             return GgufSource(p)
-        if p.name == "config.json":
+        if p.name == "config.json" or p.suffix == ".safetensors":
             from .hf import HfSource
             return HfSource(p.parent)
         raise SourceError(f"{p} is neither a Hugging Face model folder nor a .gguf file", p)
