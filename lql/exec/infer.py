@@ -1,0 +1,57 @@
+"""Inference handlers: INFER (with GENERATE), EXPLAIN INFER, TRACE.
+
+Thin: they resolve the session's target (:func:`lql.infer.engine.target_for`),
+prepare the prompt (chat wrapping) and call :mod:`lql.infer`.
+
+Streaming GENERATE: set ``session.on_token`` to a callable taking one ``str``;
+it is called with each piece of text as it is produced (the REPL prints it),
+and the finished continuation is still returned as the ``text`` result.
+"""
+
+from __future__ import annotations
+
+from .. import ast
+from ..result import Result
+from . import handler
+
+
+def _prepare(session, stmt, target):
+    from ..infer.prompt import prepare
+    return prepare(target, stmt.prompt, wrap=stmt.wrap, system=getattr(stmt, "system", None),
+                   chat_mode=getattr(session, "chat_mode", None))
+
+
+@handler(ast.Infer)
+def infer(session, stmt) -> Result:
+    from ..infer.engine import target_for
+    from ..infer.predict import generate_result, infer_result
+    target = target_for(session, "INFER")
+    prep = _prepare(session, stmt, target)
+    if stmt.generate is not None:
+        return generate_result(target, prep, int(stmt.generate),
+                               on_token=getattr(session, "on_token", None),
+                               check=getattr(session, "check_cancelled", None))
+    return infer_result(target, prep, top=stmt.top, compare=stmt.compare,
+                        verbose=getattr(stmt, "verbose", False))
+
+
+@handler(ast.ExplainInfer)
+def explain_infer(session, stmt) -> Result:
+    from ..infer.engine import target_for
+    from ..infer.explain import explain
+    target = target_for(session, "EXPLAIN INFER")
+    prep = _prepare(session, stmt, target)
+    return explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
+                   with_attention=stmt.with_attention,
+                   check=getattr(session, "check_cancelled", None))
+
+
+@handler(ast.Trace)
+def trace(session, stmt) -> Result:
+    from ..infer.engine import target_for
+    from ..infer.trace import trace as compute
+    target = target_for(session, "TRACE")
+    prep = _prepare(session, stmt, target)
+    save = session.resolve_path(stmt.save) if stmt.save else None
+    return compute(target, prep, for_token=stmt.for_token, decompose=stmt.decompose,
+                   layers=stmt.layers, positions=stmt.positions, save=save)
