@@ -2,8 +2,8 @@
 
     python benchmarks/bench_parser.py [--statements N] [--repeat R]
 
-Prints the cold first parse (a fresh interpreter: imports + grammar load, with
-and without the on-disk grammar cache) and the warm throughput (best of R).
+Prints the cold first parse (a fresh interpreter: imports + table load, with
+and without the on-disk grammar-table cache) and the warm throughput (best of R).
 Goal: ≥ 20,000 statements/s warm.
 """
 

@@ -506,18 +506,18 @@ _lock = threading.Lock()
 _parser = None  # Lark with the inline AST builder (its tables also drive _parse_fast)
 
 
-def _cache_file(tag: str) -> str | None:
-    """A per-user cache file for the grammar analysis, or None when nothing is writable."""
+def _cache_file(name: str) -> str | None:
+    """``~/.cache/lql/<name>`` (or under $XDG_CACHE_HOME), or None when not writable."""
     try:
-        import lark
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lql"
         base.mkdir(parents=True, exist_ok=True)
-        if not os.access(base, os.W_OK):
-            return None
-        digest = hashlib.sha256(GRAMMAR_PATH.read_bytes()).hexdigest()[:16]
-        return str(base / f"grammar-{tag}-{digest}-lark{lark.__version__}.cache")
+        return str(base / name) if os.access(base, os.W_OK) else None
     except Exception:
         return None
+
+
+def _grammar_digest() -> str:
+    return hashlib.sha256(GRAMMAR_PATH.read_bytes()).hexdigest()[:16]
 
 
 def _build(transformer):
@@ -525,7 +525,10 @@ def _build(transformer):
 
     kwargs = dict(parser="lalr", lexer="contextual", start="start", maybe_placeholders=False,
                   propagate_positions=False, transformer=transformer)
-    cache = os.environ.get("LQL_NO_GRAMMAR_CACHE") is None and _cache_file("ast")
+    import lark
+
+    cache = os.environ.get("LQL_NO_GRAMMAR_CACHE") is None and _cache_file(
+        f"grammar-lark-{_grammar_digest()}-lark{lark.__version__}.cache")
     text = GRAMMAR_PATH.read_text("utf-8")
     if cache:
         try:
@@ -713,35 +716,106 @@ class _ParseFailure(Exception):
 
 
 _tables = None
+_TABLE_FORMAT = 1  # bump when _table_from_lark's output changes shape
+
+
+def _table_from_lark() -> dict:
+    """Lark's LALR table as plain data (marshal-able), with what each rule's callback needs.
+
+    ``states``: state → {terminal or rule name: (1, next state) | (0, rule index)};
+    ``rules``: (size, callback name, kept child indices, spliced child indices, expand1).
+    """
+    from lark.parsers.lalr_analysis import Shift
+
+    table = _get_parser().parser.parser.parser.parse_table
+    rules: list = []
+    index: dict = {}
+    states = {}
+    for state, row in table.states.items():
+        new_row = {}
+        for term, (action, arg) in row.items():
+            if action is Shift:
+                new_row[str(term)] = (1, int(arg))
+                continue
+            if arg not in index:
+                symbols = arg.expansion
+                keep = [i for i, sym in enumerate(symbols) if not (sym.is_term and sym.filter_out)]
+                splice = [i for i in keep
+                          if not symbols[i].is_term and symbols[i].name.startswith("_")]
+                index[arg] = len(rules)
+                rules.append((len(symbols), str(arg.origin.name),
+                              str(arg.alias or arg.origin.name), tuple(keep), tuple(splice),
+                              bool(arg.options.expand1)))
+            new_row[str(term)] = (0, index[arg])
+        states[int(state)] = new_row
+    return {"states": states, "rules": rules, "start": int(table.start_states["start"]),
+            "end": int(table.end_states["start"])}
+
+
+def _load_table() -> dict:
+    """The driver's table: from the on-disk cache when fresh, else from Lark (then cached).
+
+    The cache is plain data read with :mod:`marshal`, so parsing never imports Lark
+    once it exists (cold start ≈ imports of lql.ast + this module).
+    """
+    import marshal
+    import sys
+
+    path = None
+    if os.environ.get("LQL_NO_GRAMMAR_CACHE") is None:
+        py = f"{sys.version_info[0]}{sys.version_info[1]}"
+        path = _cache_file(f"grammar-table{_TABLE_FORMAT}-{_grammar_digest()}-py{py}.marshal")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                table = marshal.load(f)
+            _check_table(table)
+            return table
+        except Exception:  # missing, truncated or foreign: rebuild below
+            pass
+    table = _table_from_lark()
+    if path:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                marshal.dump(table, f)
+            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        except Exception:  # a cache we cannot write is not an error
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return table
+
+
+def _check_table(table) -> None:
+    """Raise unless ``table`` has the shape _table_from_lark produces and fits this grammar."""
+    states, rules = table["states"], table["rules"]
+    assert isinstance(states, dict) and isinstance(rules, list)
+    assert table["start"] in states and table["end"] in states
+    for row in states.values():
+        for shift, arg in row.values():
+            assert (arg in states) if shift else (0 <= arg < len(rules))
+    for size, origin, name, keep, splice, expand1 in rules:
+        assert name.startswith("_") or hasattr(_Builder, name) or expand1, name
 
 
 def _get_tables():
-    """Lark's LALR table rewritten for the driver: state → {terminal: (shift?, target)}.
+    """The driver's table: state → {terminal or rule name: (shift?, target)}.
 
     For a shift the target is the next state; for a reduce it is
     ``(size, rule name, callback)``.
     """
     global _tables
     if _tables is None:
-        from lark.parsers.lalr_analysis import Shift
-        inner = _get_parser().parser.parser.parser
-        table = inner.parse_table
+        table = _load_table()
         builder = _Builder()
-        reduce_info = {}
-        states = {}
-        for state, row in table.states.items():
-            new_row = {}
-            for term, (action, arg) in row.items():
-                if action is Shift:
-                    new_row[term] = (True, arg)
-                else:
-                    info = reduce_info.get(arg)
-                    if info is None:
-                        info = reduce_info[arg] = (len(arg.expansion), arg.origin.name,
-                                                   _make_callback(arg, builder))
-                    new_row[term] = (False, info)
-            states[state] = new_row
-        _tables = (states, table.start_states["start"], table.end_states["start"])
+        reduces = [(size, origin, _make_callback(name, keep, splice, expand1, size, builder))
+                   for size, origin, name, keep, splice, expand1 in table["rules"]]
+        states = {state: {term: (True, arg) if shift else (False, reduces[arg])
+                          for term, (shift, arg) in row.items()}
+                  for state, row in table["states"].items()}
+        _tables = (states, table["start"], table["end"])
     return _tables
 
 
@@ -750,24 +824,19 @@ class _Inline(list):
     __slots__ = ()
 
 
-def _make_callback(rule, builder):
+def _make_callback(name: str, keep, splice, expand1: bool, size: int, builder):
     """A reduce callback equivalent to Lark's (token filtering, ``_rule`` inlining, ``?rule``)."""
-    symbols = rule.expansion
-    keep = [i for i, sym in enumerate(symbols) if not (sym.is_term and sym.filter_out)]
-    splice = frozenset(i for i in keep
-                       if not symbols[i].is_term and symbols[i].name.startswith("_"))
-    name = rule.alias or rule.origin.name
-    expand1 = bool(rule.options.expand1)
+    splice = frozenset(splice)
     target = _Inline if name.startswith("_") else getattr(builder, name, None)
     if target is None:  # only `?rule`s that always have one child may lack a builder method
         assert expand1, f"lql.parser._Builder has no method for grammar rule {name!r}"
         target = _Inline
-    everything = len(keep) == len(symbols) and not splice
+    everything = len(keep) == size and not splice
 
     # specialised for the common shapes: this runs on every reduction
     if everything and not expand1:
         return target
-    if everything and len(symbols) == 1:  # `?rule: x`: pass the child through
+    if everything and size == 1:  # `?rule: x`: pass the child through
         return _first
     if not expand1 and len(keep) == 2 and splice == {keep[0]} and keep[1] not in splice:
         first, second = keep  # `__x_star: __x_star item`: extend the list
