@@ -639,10 +639,12 @@ def _unexpected_token(text: str, tok, expected_terms) -> LqlSyntaxError:
         column = getattr(tok, "end_column", None) or tok.column
         return _syntax_error(text, "unexpected end of input", line, column, expected)
     suggestion = None
+    message = f"unexpected {_describe_token(tok)}"
     if _WORD.fullmatch(tok.value or ""):
         suggestion = _suggest(tok.value, [e for e in expected if e in KEYWORDS])
-    return _syntax_error(text, f"unexpected {_describe_token(tok)}", tok.line, tok.column,
-                         expected, suggestion)
+        if suggestion is None and "a string" in expected:
+            message += f' (strings need quotes: "{tok.value}")'
+    return _syntax_error(text, message, tok.line, tok.column, expected, suggestion)
 
 
 def _bad_character(text: str, pos: int, line: int, column: int, allowed) -> LqlSyntaxError:
