@@ -270,3 +270,61 @@ def test_gguf_unknown_architecture_and_garbage(tmp_path):
     bad.write_bytes(b"not a gguf at all" * 10)
     with pytest.raises(SourceError, match="bad.gguf"):
         open_source(bad)
+
+
+# ------------------------------------------------------------------ SentencePiece GGUF tokenizers
+
+SP_PIECES = ["▁", "t", "h", "e", "a", "i", "n", "g", "▁t", "he", "▁the", "▁a", "in", "▁in", "ing",
+             "▁th", "▁thing", "▁▁", "▁▁▁", "s", "▁s", "th"]
+SP_TEXTS = ["the thing  in a\n<|user|>the\t", "  leading", "thing", "é ü 中 🤖", "",
+            "<s>the</s>", "<bos>thing<eos>", "a   a"]
+
+
+def write_sentencepiece_gguf(arch: str, path, head: list[str]):
+    tokens = head + [f"<0x{i:02X}>" for i in range(256)] + SP_PIECES + ["<|user|>", "\t", "   "]
+    scores = [0.0] * (len(head) + 256) + [-float(i) for i in range(1, len(SP_PIECES) + 1)] \
+        + [0.0] * 3
+    types = [3] * len(head) + [6] * 256 + [1] * len(SP_PIECES) + [4, 1, 1]
+    types[head.index("<unk>")] = 2
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e4)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    bos = head.index("<s>") if "<s>" in head else head.index("<bos>")
+    eos = head.index("</s>") if "</s>" in head else head.index("<eos>")
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
+    w.add_unk_token_id(head.index("<unk>"))
+    w.add_add_bos_token(True)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("arch, head", [("llama", ["<unk>", "<s>", "</s>"]),
+                                        ("gemma3", ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])])
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path, arch, head):
+    """A SentencePiece GGUF vocabulary rebuilds to what transformers makes of the same file."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path / f"sp-{arch}.gguf"
+    write_sentencepiece_gguf(arch, path, head)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    ref.save_pretrained(tmp_path / "ref")
+    src = open_source(path)
+    assert json.loads(src.tokenizer_json) == json.loads((tmp_path / "ref" / "tokenizer.json").read_text())
+    ours = src.tokenizer()
+    for text in SP_TEXTS:
+        assert ours.encode(text).ids == ref(text).input_ids, text
+    assert src.tokenizer_config["add_bos_token"] is True
+    assert src.tokenizer_config["bos_token"] == ref.bos_token

@@ -7,19 +7,27 @@ Byte-level BPE (``tokenizer.ggml.model == "gpt2"``) is rebuilt with the
 pre-tokenizer (or the split regex of a known ``tokenizer.ggml.pre``), a ByteLevel
 decoder, control tokens as special added tokens, user-defined tokens as plain
 added tokens, and a post-processor that adds BOS/EOS as
-``tokenizer.ggml.add_bos_token``/``add_eos_token`` say.  SentencePiece
-vocabularies (``"llama"``) are refused with a clear error.
+``tokenizer.ggml.add_bos_token``/``add_eos_token`` say.
+
+SentencePiece vocabularies (``"llama"``) are rebuilt as BPE with byte fallback,
+merges recovered from the token scores, the way transformers' ``LlamaTokenizer``
+does it (``Metaspace`` prefix on the first word), or for the Gemma 2/3
+architectures its ``GemmaTokenizer`` (spaces → ``▁``, no prefix, merges in file
+order, whitespace tokens re-spelled).  Other tokenizer models are refused.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                        pre_tokenizers, processors)
 
 from .base import SourceError
 
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
+#: GGUF architectures whose SentencePiece vocabulary follows Gemma's conventions
+GEMMA_ARCHS = ("gemma2", "gemma3")
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -64,20 +72,23 @@ def _template(bos: str | None, eos: str | None, add_bos: bool, add_eos: bool):
     return single, pair
 
 
-def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
-    """``(tokenizer.json text, tokenizer_config dict)`` from GGUF metadata
-    (``meta`` maps GGUF keys to Python values)."""
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise SourceError(f"{where}: rebuilding a tokenizer from GGUF tokenizer model {kind!r} "
-                          "is not supported (supported: 'gpt2', byte-level BPE); use the "
-                          "model's Hugging Face folder instead", where)
-    tokens = list(meta.get("tokenizer.ggml.tokens") or [])
-    merges = list(meta.get("tokenizer.ggml.merges") or [])
-    types = list(meta.get("tokenizer.ggml.token_type") or [])
-    if not tokens or not merges:
-        raise SourceError(f"{where}: the GGUF has no tokenizer vocabulary or merges", where)
+def generate_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a scored vocabulary: every split of a token into two
+    known pieces, best score first (transformers' ``generate_merges``)."""
+    merges = []
+    for merge, score in scores.items():
+        local = [(merge[:i], merge[i:], score) for i in range(1, len(merge))
+                 if merge[:i] in vocab and merge[i:] in vocab]
+        local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda v: (v[2], len(v[0]), len(v[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
 
+
+def _byte_level(meta: dict, tokens: list[str], where: str) -> tuple[Tokenizer, set]:
+    merges = list(meta.get("tokenizer.ggml.merges") or [])
+    if not merges:
+        raise SourceError(f"{where}: the GGUF has no tokenizer merges", where)
     table = bytes_to_unicode()
     alphabet = set(table.values())
     vocab = {_respell(t, alphabet, table): i for i, t in enumerate(tokens)}
@@ -97,16 +108,50 @@ def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
             pre_tokenizers.Split(Regex(split), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
+    return tok, alphabet
 
-    control = [AddedToken(t, normalized=False, special=True)
-               for t, ty in zip(tokens, types) if ty == CONTROL and set(t) <= alphabet]
-    if control:
-        tok.add_special_tokens(control)
-    known = tok.get_vocab()
-    user = [AddedToken(t, normalized=False, special=False)
-            for t, ty in zip(tokens, types) if ty == USER_DEFINED and t in known]
-    if user:
-        tok.add_tokens(user)
+
+def _sentencepiece(meta: dict, tokens: list[str], unk: str | None, gemma: bool,
+                   where: str) -> Tokenizer:
+    if gemma:  # whitespace tokens are stored as real spaces; Gemma looks them up as ▁
+        tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+        scores = {t: -i for i, t in enumerate(tokens)}  # Gemma merges follow file order
+    else:
+        values = meta.get("tokenizer.ggml.scores")
+        if not values or len(values) != len(tokens):
+            raise SourceError(f"{where}: a SentencePiece GGUF without one score per token", where)
+        scores = dict(zip(tokens, (float(v) for v in values)))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if "tokenizer.ggml.merges" in meta and meta["tokenizer.ggml.merges"]:
+        merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+    else:
+        merges = generate_merges(vocab, scores)
+    if gemma:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, dropout=None,
+                                   unk_token=unk or "<unk>", byte_fallback=True))
+        tok.normalizer = normalizers.Replace(" ", "\u2581")
+        tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous",
+                                                 invert=False)
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse()])
+    else:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True,
+                                   dropout=None))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
+                                                     split=False)
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(content=" ", left=1)])
+    return tok
+
+
+def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
+    """``(tokenizer.json text, tokenizer_config dict)`` from GGUF metadata
+    (``meta`` maps GGUF keys to Python values)."""
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = list(meta.get("tokenizer.ggml.tokens") or [])
+    types = list(meta.get("tokenizer.ggml.token_type") or [])
+    if kind in ("gpt2", "llama") and not tokens:
+        raise SourceError(f"{where}: the GGUF has no tokenizer vocabulary", where)
 
     def token_of(key):
         i = meta.get(f"tokenizer.ggml.{key}")
@@ -115,7 +160,35 @@ def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
     config = {"tokenizer_class": "PreTrainedTokenizerFast",
               "bos_token": token_of("bos_token_id"), "eos_token": token_of("eos_token_id"),
               "unk_token": token_of("unknown_token_id"), "pad_token": token_of("padding_token_id")}
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    if kind == "gpt2":
+        tok, alphabet = _byte_level(meta, tokens, where)
+        named = []
+        add_bos_default = False
+    elif kind == "llama":
+        gemma = meta.get("general.architecture") in GEMMA_ARCHS
+        tok = _sentencepiece(meta, tokens, config["unk_token"], gemma, where)
+        alphabet = None
+        # the special tokens the config names are special even when not typed CONTROL
+        named = [config[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token")
+                 if config[k] is not None]
+        add_bos_default = True  # llama.cpp adds BOS to a SentencePiece vocab unless told not to
+    else:
+        raise SourceError(f"{where}: rebuilding a tokenizer from GGUF tokenizer model {kind!r} "
+                          "is not supported (supported: 'gpt2' byte-level BPE, 'llama' "
+                          "SentencePiece); use the model's Hugging Face folder instead", where)
+
+    control = [t for t, ty in zip(tokens, types)
+               if ty == CONTROL and (alphabet is None or set(t) <= alphabet)]
+    specials = list(dict.fromkeys(named + control))
+    if specials:
+        tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    known = tok.get_vocab()
+    user = [AddedToken(t, normalized=False, special=False)
+            for t, ty in zip(tokens, types) if ty == USER_DEFINED and t in known]
+    if user:
+        tok.add_tokens(user)
+
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     config["add_bos_token"] = add_bos
     config["add_eos_token"] = add_eos
@@ -123,10 +196,10 @@ def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
     if (add_bos and bos is None) or (add_eos and eos is None):
         raise SourceError(f"{where}: the GGUF asks to add BOS/EOS but names no such token", where)
     single, pair = _template(bos, eos, add_bos, add_eos)
-    specials = [(t, tok.token_to_id(t)) for t in {bos if add_bos else None, eos if add_eos else None}
-                if t is not None]
+    ids = [(t, tok.token_to_id(t)) for t in dict.fromkeys([bos if add_bos else None,
+                                                         eos if add_eos else None]) if t]
     tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
-                                                       special_tokens=specials)
+                                                       special_tokens=ids)
     template = meta.get("tokenizer.chat_template")
     if template:
         config["chat_template"] = template
