@@ -14,6 +14,7 @@ read-only (copy it before corrupting or editing it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import sys
@@ -28,8 +29,10 @@ DTYPES = ("f16", "f32")
 SOURCES = ("gguf", "hf")
 
 
+@functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """Hash of the code that decides what an extracted vindex contains."""
+    """Hash of the code that decides what an extracted vindex contains (computed once
+    per process, so one test session uses one key even while the code is edited)."""
     h = hashlib.sha256()
     for pkg in ("vindex", "sources", "families"):
         for p in sorted((REPO / "lql" / pkg).rglob("*.py")):
@@ -49,6 +52,17 @@ def _source_key(source: str) -> tuple[Path, str]:
     raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
 
 
+def _drop_stale(target: Path, max_age_s: float = 3600.0) -> None:
+    """Remove cached builds of the same variant made by older code (after an hour)."""
+    import shutil
+    import time
+    prefix = target.name.rsplit("-", 1)[0] + "-"
+    for p in target.parent.glob(prefix + "*"):
+        if p != target and p.name.rsplit("-", 1)[0] + "-" == prefix and \
+                time.time() - p.stat().st_mtime > max_age_s:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def smollm2_vindex(level: str = "browse", dtype: str = "f16", source: str = "gguf") -> Path:
     """Path of a cached SmolLM2-135M vindex extracted at ``level`` / ``dtype`` from ``source``."""
     if level not in LEVELS or dtype not in DTYPES:
@@ -65,6 +79,7 @@ def smollm2_vindex(level: str = "browse", dtype: str = "f16", source: str = "ggu
     except TargetExistsError:
         if not (target / "index.json").is_file():     # a broken leftover, not a racing build
             raise
+    _drop_stale(target)
     return target
 
 
@@ -83,6 +98,7 @@ def tiny_vindex(family: str, level: str = "all", dtype: str = "f32") -> Path:
     except TargetExistsError:
         if not (target / "index.json").is_file():
             raise
+    _drop_stale(target)
     return target
 
 
