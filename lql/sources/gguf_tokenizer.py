@@ -11,7 +11,7 @@ added tokens, and a post-processor that adds BOS/EOS as
 
 SentencePiece vocabularies (``"llama"``) are rebuilt as BPE with byte fallback,
 merges recovered from the token scores, the way transformers' ``LlamaTokenizer``
-does it (``Metaspace`` prefix on the first word), or for the Gemma 2/3
+does it (``Metaspace`` prefix on the first word), or for the Gemma
 architectures its ``GemmaTokenizer`` (spaces → ``▁``, no prefix, merges in file
 order, whitespace tokens re-spelled).  Other tokenizer models are refused.
 """
@@ -27,7 +27,7 @@ from .base import SourceError
 
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
 #: GGUF architectures whose SentencePiece vocabulary follows Gemma's conventions
-GEMMA_ARCHS = ("gemma2", "gemma3")
+GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")  # as transformers' GGUF_SENTENCEPIECE_BUILDERS
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
