@@ -8,8 +8,7 @@ Subclasses set class attributes for their traits and override the hooks
 from __future__ import annotations
 
 from .base import Family, spec, sqrt_hidden
-from .hfconfig import (activation, eos_list, flat_rope, opt, optional_int, refuse,
-                       refuse_unimplemented)
+from .hfconfig import activation, eos_list, flat_rope, optional_int, refuse, refuse_unimplemented
 
 
 class DecoderFamily(Family):
@@ -197,4 +196,4 @@ def sliding_or_none(cfg: dict, key: str = "sliding_window"):
     return None if value in (None, 0) else int(value)
 
 
-__all__ = ["DecoderFamily", "sliding_or_none", "opt"]
+__all__ = ["DecoderFamily", "sliding_or_none"]
