@@ -168,6 +168,10 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                 down=op.vector("down"), down_meta=op.get("down_meta"),
                                 info=_info(op), patch=patch.name)
                 feats[(e.layer, e.feature)] = e
+            elif kind == "update" and op.get("restore"):
+                # written by DELETE of an inserted fact: the slot goes back to its base
+                # vectors (which the op also carries, for tools that ignore "restore")
+                feats.pop((op.layer, op.feature), None)
             elif kind == "update":
                 key = (op.layer, op.feature)
                 e = feats.get(key) or FeatureEdit(op.layer, op.feature, patch=patch.name,

@@ -1,0 +1,233 @@
+"""COMPILE: bake the overlay into a standalone vindex, or write a Hugging Face model folder.
+
+* :func:`compile_vindex` — a new vindex directory: files the edits do not touch
+  are hard-linked (copied where links are impossible); ``gate_vectors.bin``,
+  ``up_weights.bin`` / ``down_weights.bin`` and ``down_meta.bin`` are rewritten
+  with the edits applied (in the vindex's own dtype); ``index.json`` gets new
+  checksums for rewritten files and a ``compiled_from`` provenance key (unknown
+  keys preserved).  Built in a temporary sibling and renamed into place.
+* :func:`compile_model` — ``model.safetensors`` with the family's own tensor
+  names (``Family.hf_key``), ``config.json`` (``Family.hf_config``), the
+  tokenizer files and the chat template.  f32 vindexes write float32, f16
+  vindexes float16 (the stored values, exactly).
+
+KNN entries are not weights: they cannot be baked into either output; the
+result says how many were left out (keep the ``.vlp`` patch for them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExecutionError, LevelError, MissingTensorError, NotBuiltError
+from .atomic import fsync_dir, replace_dir
+from .overlay import Overlay, OverlayVindex, ffn_layout
+
+__all__ = ["compile_vindex", "compile_model", "resolve_conflicts"]
+
+TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def _tmp_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _check_out(out: Path, force: bool, base_path: Path | None) -> None:
+    if base_path is not None and out.resolve() == base_path.resolve():
+        raise ExecutionError("COMPILE cannot write over the vindex it reads; choose another path")
+    if out.exists() and not force:
+        raise ExecutionError(f"{out} already exists (add FORCE to replace it)")
+
+
+def resolve_conflicts(view, policy: str):
+    """The view to compile under an ON CONFLICT policy (conflict: two patches edit one
+    ``(layer, feature)``).  LAST_WINS: the view itself.  FAIL: error listing them.
+    HIGHEST_CONFIDENCE: a view where only the most confident patch's ops for that slot count."""
+    ov = getattr(view, "overlay", None)
+    if ov is None or policy in (None, "LAST_WINS"):
+        return view
+    owners: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    for i, p in enumerate(ov.stack):
+        for op in p.operations:
+            if op.feature is not None:
+                owners.setdefault((op.layer, op.feature), []).append(
+                    (i, float(op.get("confidence") or 0.0)))
+    conflicts = {k: v for k, v in owners.items() if len({i for i, _ in v}) > 1}
+    if not conflicts:
+        return view
+    if policy == "FAIL":
+        shown = ", ".join(f"L{l}:F{f}" for l, f in sorted(conflicts)[:8])
+        raise ExecutionError(f"{len(conflicts)} features are edited by more than one patch "
+                             f"({shown}); ON CONFLICT LAST_WINS or HIGHEST_CONFIDENCE")
+    from .patch import Patch
+    winner = {k: max(v, key=lambda t: (t[1], t[0]))[0] for k, v in conflicts.items()}
+    tmp = Overlay(ov.base)
+    for i, p in enumerate(ov.stack):
+        ops = [op for op in p.operations if op.feature is None
+               or winner.get((op.layer, op.feature), i) == i]
+        tmp.stack.append(Patch(base_model=p.base_model, operations=ops, path=p.path))
+    return OverlayVindex(ov.base, tmp)
+
+
+# --------------------------------------------------------------------------- INTO VINDEX
+
+def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = None) -> dict:
+    from ..vindex.checksums import sha256_file
+    from ..vindex.down_meta import DownMetaWriter
+    view = resolve_conflicts(view, on_conflict)
+    ov = getattr(view, "overlay", None)
+    base = getattr(view, "base", view)
+    src = Path(base.path)
+    out = Path(out)
+    _check_out(out, force, src)
+    edited_layers = sorted(ov.edited_layers()) if ov is not None else []
+    feats = ov.features if ov is not None else {}
+    lay = ffn_layout(base)
+    index = json.loads((src / "index.json").read_text(encoding="utf-8"))
+    dtype = np.dtype("<f2") if base.dtype == "f16" else np.dtype("<f4")
+    manifest = {e["key"]: e for e in (getattr(base, "manifest", None) or [])}
+
+    # which slices of which file change
+    writes: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for layer in edited_layers:
+        edits = [e for (l, _), e in feats.items() if l == layer]
+        if any(e.gate is not None for e in edits):
+            entry = base._layer_entry(layer)
+            writes.setdefault("gate_vectors.bin", []).append(
+                (entry["offset"], np.asarray(view.gate(layer), np.float32)))
+        for kind, key in (("up", lay.up_key(layer)), ("down", lay.down_key(layer))):
+            if not key or not any(getattr(e, kind) is not None or (kind == "down" and e.deleted)
+                                  for e in edits):
+                continue
+            entry = manifest.get(key)
+            if entry is None:
+                continue                      # a BROWSE vindex has no up/down weights
+            writes.setdefault(entry["file"], []).append(
+                (entry["offset"], np.asarray(view.weights[key], np.float32)))
+    changed = set(writes) | ({"down_meta.bin"} if edited_layers else set())
+
+    tmp = _tmp_dir(out)
+    try:
+        for item in sorted(src.iterdir()):
+            if item.name.startswith(".") or item.name == "index.json":
+                continue
+            dst = tmp / item.name
+            if item.is_dir():
+                shutil.copytree(item, dst)
+            elif item.name in changed:
+                continue
+            else:
+                try:
+                    os.link(item, dst)
+                except OSError:
+                    shutil.copy2(item, dst)
+        for name, parts in writes.items():
+            dst = tmp / name
+            shutil.copyfile(src / name, dst)   # a real copy: never write through a link
+            with open(dst, "r+b") as fh:
+                for offset, arr in parts:
+                    fh.seek(offset)
+                    fh.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+        if edited_layers:
+            dm = view.down_meta
+            with open(tmp / "down_meta.bin", "wb") as fh:
+                w = DownMetaWriter(fh, int(base.num_layers), int(dm.top_k))
+                for layer in range(int(base.num_layers)):
+                    n = base.down_meta.num_features(layer)
+                    w.write_layer(layer, np.ascontiguousarray(dm.layer_records(layer))
+                                  if n else None)
+                w.finish()
+                fh.flush()
+                os.fsync(fh.fileno())
+        sums = dict(index.get("checksums") or {})
+        for name in changed:
+            sums[name] = sha256_file(tmp / name)
+        index["checksums"] = sums
+        index["compiled_from"] = {
+            "vindex": str(src), "base_checksum": (index.get("checksums") or {}).get(
+                "gate_vectors.bin"),
+            "patches": [p.name for p in ov.stack] if ov is not None else [],
+            "edited_features": len(feats)}
+        with open(tmp / "index.json", "w", encoding="utf-8") as fh:
+            json.dump(index, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        replace_dir(tmp, out, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"path": str(out), "rewritten": sorted(changed), "edited_features": len(feats),
+            "knn_left_out": len(ov.knn) if ov is not None else 0}
+
+
+# --------------------------------------------------------------------------- INTO MODEL
+
+def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False) -> dict:
+    from safetensors.numpy import save_file
+    from ..families import get_family
+    if format.upper() == "GGUF":
+        raise NotBuiltError("COMPILE ... INTO MODEL ... FORMAT GGUF is not supported yet; "
+                            "use FORMAT SAFETENSORS (convert with llama.cpp's "
+                            "convert_hf_to_gguf.py if you need a GGUF)")
+    base = getattr(view, "base", view)
+    out = Path(out)
+    _check_out(out, force, Path(base.path))
+    fam = get_family(base.family)
+    mc = dict(base.model_config)
+    mc.setdefault("num_layers", int(base.num_layers))
+    mc.setdefault("hidden_size", int(base.hidden_size))
+    mc.setdefault("vocab_size", int(base.vocab_size))
+    mc.setdefault("intermediate_size", int(getattr(base, "intermediate_size", 0) or
+                                           base.num_features(0)))
+    keys = fam.keys(mc, "all")
+    tied = bool(mc.get("tie_word_embeddings"))
+    if tied:
+        keys = [k for k in keys if k != fam.lm_head_key]
+    missing = [k for k in keys if k not in view.weights]
+    if missing:
+        level = getattr(base, "level", "?")
+        raise LevelError(f"COMPILE INTO MODEL needs every tensor; this vindex (extracted at "
+                         f"{str(level).upper()}) lacks {len(missing)}, e.g. {missing[0]} — "
+                         f"re-extract WITH ALL")
+    np_dtype = np.float16 if base.dtype == "f16" else np.float32
+    tensors = {}
+    for k in keys:
+        try:
+            arr = np.asarray(view.weights[k])
+        except MissingTensorError:
+            raise
+        tensors[fam.hf_key(k)] = np.ascontiguousarray(arr.astype(np_dtype))
+    cfg = fam.hf_config(mc)
+    cfg["torch_dtype"] = "float16" if np_dtype == np.float16 else "float32"
+    tmp = _tmp_dir(out)
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del tensors
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        for name in TEXT_FILES:
+            p = Path(base.path) / name
+            if p.is_file():
+                shutil.copyfile(p, tmp / name)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        replace_dir(tmp, out, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ov = getattr(view, "overlay", None)
+    return {"path": str(out), "tensors": len(keys), "dtype": cfg["torch_dtype"],
+            "edited_features": len(ov.features) if ov is not None else 0,
+            "knn_left_out": len(ov.knn) if ov is not None else 0}

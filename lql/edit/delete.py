@@ -1,0 +1,128 @@
+"""DELETE of a fact the base model knows: find the features that carry it.
+
+Features are found by what they do on the fact's canonical prompt, not by
+their names: a feature's contribution to the target is its activation at the
+last position times its down vector projected on the target's unembedding
+direction *minus* the mean direction of the model's other top candidates
+(so a feature that pushes every capital city alike scores low, one that
+pushes " Paris" in particular scores high):
+
+    score(l, f) = (act[l, f] − mean_ref act[l, f]) · down[l][:, f] · (u(target) − mean u(others))
+
+with u(t) = head[t] ⊙ final-norm weight, "others" the model's top-10 other
+candidates plus the reference prompts' own answers (" Tokyo", " Cairo" ...) and ``mean_ref act`` the feature's mean activation on the same
+template filled with reference entities (``insert.REFERENCE_ENTITIES``): a
+feature that fires for every "The capital of X is" (and pushes every capital)
+is not what makes this fact, and deleting it would break the others.  A feature
+is further penalised by the most it contributes to any reference prompt's own
+answer (act_ref · down · (u(answer_ref) − mean u(others))), so features that
+carry "capital city" for every country are kept.  DELETE removes the highest-scoring
+features a few at a time (re-measuring after each round) until the target's
+probability on the prompt fell below ``keep`` × its starting value (default
+0.25, i.e. ≥ 75 % suppression) or ``max_features`` are gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model import Record
+from .forward import model_for, predict, run
+from .patch import PatchOp
+
+__all__ = ["fact_feature_scores", "delete_fact"]
+
+BATCH = 4
+MAX_FEATURES = 48
+KEEP = 0.25
+
+
+def _directions(view, ids) -> np.ndarray:
+    m = model_for(view)
+    rows = np.asarray(m.head[np.asarray(ids)], dtype=np.float32)
+    if str(view.model_config.get("norm_type", "rms")) == "rms":
+        w = np.asarray(m.final_norm(np.ones((1, rows.shape[1]), dtype=np.float32))[0], np.float32)
+        rows = rows * w
+    return rows
+
+
+def reference_activations(view, references: list[str]) -> tuple[list | None, list[int]]:
+    """Mean last-position FFN activations per layer over ``references`` (other fillers of
+    the same template) and each reference's top-1 token; ``(None, [])`` without references."""
+    if not references:
+        return None, []
+    per_ref = []
+    answers = []
+    for ref in references:
+        out = run(view, ref, record=Record(ffn_activations=True))
+        answers.append(int(np.argmax(out.logits)))
+        per_ref.append([np.asarray(a, np.float32) for a in out.ffn_activations])
+    return per_ref, answers
+
+
+def fact_feature_scores(view, prompt: str, target_id: int, *, exclude=frozenset(),
+                        layers=None, baseline=None, rivals=()) -> list[tuple[float, int, int]]:
+    """``[(score, layer, feature)]`` best first (positive scores only).  With ``baseline``
+    (:func:`reference_activations`) a feature counts by how much *more* it fires on this
+    prompt than on the template's other fillers: what is specific to this fact."""
+    out = run(view, prompt, record=Record(ffn_activations=True))
+    probs = out.probs()
+    others = [int(t) for t in np.argsort(-probs)[:11] if int(t) != target_id][:10]
+    others += [int(t) for t in rivals if int(t) != target_id]
+    rivals = list(rivals)[:len(baseline)] if baseline else []
+    dirs = _directions(view, [target_id] + others)
+    direction = dirs[0] - dirs[1:].mean(0)
+    if baseline:
+        rdirs = _directions(view, list(rivals))
+        rival_dirs = rdirs - dirs[1:].mean(0)
+    lay = view.overlay.layout
+    found = []
+    for layer in (layers if layers is not None else range(int(view.num_layers))):
+        act = out.ffn_activations[layer]
+        if act is None:
+            continue
+        penalty = 0.0
+        if baseline:
+            ref_acts = np.stack([r[layer] for r in baseline])            # (refs, features)
+            act = np.asarray(act, np.float32) - ref_acts.mean(0)
+        cols = lay.columns(np.asarray(view.weights[lay.down_key(layer)], dtype=np.float32))
+        if baseline:
+            # what the feature does for each reference's own answer: don't break those
+            ref_dirs = rival_dirs @ cols                                    # (refs, features)
+            penalty = np.maximum((ref_acts * ref_dirs).max(0), 0.0)
+        score = np.asarray(act, dtype=np.float32) * (direction @ cols) - penalty
+        top = np.argsort(-score)[:BATCH * 4]
+        found += [(float(score[f]), layer, int(f)) for f in top
+                  if score[f] > 0 and (layer, int(f)) not in exclude]
+    found.sort(reverse=True)
+    return found
+
+
+@dataclass
+class DeleteReport:
+    features: list[tuple[int, int]]
+    p_before: float
+    p_after: float
+
+
+def delete_fact(overlay, view, prompt: str, target_id: int, *, reason: str,
+                references: list[str] = (), keep: float = KEEP,
+                max_features: int = MAX_FEATURES, layers=None) -> DeleteReport:
+    """Record ``delete`` operations until P(target | prompt) ≤ keep × its starting value.
+    ``references``: the same template filled with other entities (see module doc)."""
+    p0 = float(predict(view, prompt).probs[target_id])
+    baseline, rivals = reference_activations(view, list(references))
+    removed: list[tuple[int, int]] = []
+    p = p0
+    while len(removed) < max_features and p > keep * p0:
+        cands = fact_feature_scores(view, prompt, target_id, exclude=set(removed),
+                                    baseline=baseline, layers=layers, rivals=rivals)
+        if not cands:
+            break
+        for _, layer, f in cands[:BATCH]:
+            overlay.record(PatchOp.make("delete", layer=layer, feature=f, reason=reason))
+            removed.append((layer, f))
+        p = float(predict(view, prompt).probs[target_id])
+    return DeleteReport(removed, p0, p)

@@ -1,0 +1,372 @@
+"""INSERT, DELETE, UPDATE, MERGE, REBALANCE: edits recorded in the session's overlay.
+
+Nothing here writes the base vindex.  Every edit becomes a ``.vlp`` operation
+in the patch being recorded (an anonymous auto-patch when no BEGIN PATCH is
+open); see lql/edit/ and docs/EDITING.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import ast
+from ..errors import ExecutionError, LevelError
+from ..result import Result
+from ..edit.conditions import all_match, condition_map
+from ..edit.overlay import session_overlay
+from ..edit.patch import PatchOp
+from . import handler
+
+COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
+AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
+             'SAVE PATCH "file.vlp" keeps them')
+
+
+def _needs_forward(view, what: str) -> None:
+    if getattr(view, "level", "inference") == "browse":
+        raise LevelError(f"this vindex was extracted at BROWSE; {what} needs a forward pass "
+                         f"(INFERENCE) — re-extract WITH INFERENCE")
+
+
+def _note(started: bool, ov) -> str:
+    if started:
+        return "; " + AUTO_NOTE
+    if ov.recording is not None and ov.recording.path is not None:
+        return f"; recording into {ov.recording.path.name}"
+    return ""
+
+
+# --------------------------------------------------------------------------- INSERT
+
+@handler(ast.Insert)
+def insert(session, stmt: ast.Insert) -> Result:
+    from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op
+    ov = session_overlay(session)
+    view = session.vindex
+    for name in ("entity", "relation", "target"):
+        if not str(getattr(stmt, name)).strip():
+            raise ExecutionError(f"INSERT needs a non-empty {name}")
+    layer = install_layer(view, stmt.layer)
+    mode = (stmt.mode or ast.InsertMode.KNN).value.lower()
+    if stmt.confidence is not None and not 0.0 <= stmt.confidence <= 1.0:
+        raise ExecutionError("CONFIDENCE must be between 0 and 1")
+    if mode == "compose":
+        _needs_forward(view, "INSERT ... MODE COMPOSE")
+        if stmt.alpha is not None and stmt.alpha <= 0:
+            raise ExecutionError("ALPHA must be positive")
+        plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                          alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt)
+        started = ov.record(plan.op)
+        cal = calibrate_compose(ov, view, plan)
+        detail = (f"feature {plan.feature} ({plan.slot} slot), ALPHA {cal['alpha']:g}; "
+                  f"P({plan.target_text!r} | {plan.prompt!r}) = {cal['probability']:.3f}"
+                  + ("" if cal["retrieved"] else " — NOT top-1 (try REBALANCE or AT LAYER)"))
+        meta = dict(cal)
+    else:
+        plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                      confidence=stmt.confidence, prompt=stmt.prompt)
+        started = ov.record(plan.op)
+        detail = f"KNN key from {plan.prompt!r}"
+        meta = {}
+    row = {"layer": layer, "feature": plan.feature, "entity": stmt.entity,
+           "relation": stmt.relation, "target": stmt.target, "mode": mode}
+    msg = (f"inserted ({stmt.entity}, {stmt.relation}, {stmt.target}) MODE {mode.upper()} at "
+           f"layer {layer}, {detail}{_note(started, ov)}")
+    return Result.table("INSERT", COLUMNS, [row], message=msg, auto_patch=started,
+                        prompt=plan.prompt, target_token=plan.target_text, **meta)
+
+
+# --------------------------------------------------------------------------- matching
+
+def _overlay_matches(view, cmap):
+    """Inserted COMPOSE features and KNN entries of the overlay that satisfy ``cmap``."""
+    feats, knns = [], []
+    for (l, f), e in sorted(view.overlay.features.items()):
+        if e.inserted:
+            rec = {"entity": e.info.get("entity"), "relation": e.info.get("relation"),
+                   "target": e.info.get("target"), "layer": l, "feature": f,
+                   "confidence": e.info.get("confidence")}
+            if all_match(cmap, rec):
+                feats.append((e, rec))
+    for k in view.overlay.knn:
+        rec = {"entity": k.entity, "relation": k.relation, "target": k.target, "layer": k.layer,
+               "feature": None, "confidence": k.confidence}
+        if "feature" not in cmap and all_match(cmap, rec):
+            knns.append((k, rec))
+    return feats, knns
+
+
+def _direct_features(view, cmap) -> list[tuple[int, int]] | None:
+    """``WHERE layer = L AND feature = F`` (or IN lists): the addressed features, else None."""
+    if "layer" not in cmap or "feature" not in cmap:
+        return None
+    n = int(view.num_layers)
+    out = []
+    for layer in range(n):
+        if not all(_m(c, layer) for c in cmap["layer"]):
+            continue
+        for f in range(int(view.num_features(layer))):
+            if all(_m(c, f) for c in cmap["feature"]):
+                out.append((layer, f))
+    if not out:
+        raise ExecutionError("no feature matches the layer/feature conditions "
+                             f"(layers 0..{n - 1})")
+    return out
+
+
+def _m(cond, value) -> bool:
+    from ..edit.conditions import matches
+    return matches(cond, value)
+
+
+def _eq(cmap, field):
+    cs = cmap.get(field) or []
+    for c in cs:
+        if c.op == "=":
+            return str(c.value)
+    return None
+
+
+def _restore_op(view, layer: int, feature: int, reason: str) -> PatchOp:
+    """An update that puts a slot back to its base vectors (``restore``: drop the edit)."""
+    base = view.base
+    lay = view.overlay.layout
+    vectors = {"gate": np.asarray(base.gate(layer)[feature], np.float32)}
+    up_key = lay.up_key(layer)
+    if up_key and up_key in base.weights:
+        vectors["up"] = lay.rows(np.asarray(base.weights[up_key]))[feature]
+    if lay.down_key(layer) in base.weights:
+        vectors["down"] = lay.columns(np.asarray(base.weights[lay.down_key(layer)]))[:, feature]
+    return PatchOp.make("update", layer=layer, feature=feature, restore=True, reason=reason,
+                        vectors=vectors)
+
+
+# --------------------------------------------------------------------------- DELETE
+
+@handler(ast.Delete)
+def delete(session, stmt: ast.Delete) -> Result:
+    ov = session_overlay(session)
+    view = session.vindex
+    if not stmt.where:
+        raise ExecutionError("DELETE needs a WHERE clause (DELETE FROM EDGES WHERE ...)")
+    cmap = condition_map(stmt.where)
+    reason = stmt.to_lql()
+    rows, started = [], False
+    direct = _direct_features(view, cmap)
+    if direct is not None:
+        for layer, f in direct:
+            started |= ov.record(PatchOp.make("delete", layer=layer, feature=f, reason=reason))
+            rows.append({"layer": layer, "feature": f, "entity": None, "relation": None,
+                         "target": None, "mode": "feature"})
+        return Result.table("DELETE", COLUMNS, rows, removed=len(rows), auto_patch=started,
+                            message=f"deleted {len(rows)} feature{'s' if len(rows) != 1 else ''}"
+                                    f"{_note(started, ov)}")
+    feats, knns = _overlay_matches(view, cmap)
+    for e, rec in feats:
+        started |= ov.record(_restore_op(view, e.layer, e.feature, reason))
+        rows.append({**{k: rec[k] for k in COLUMNS if k in rec}, "mode": "compose"})
+    for k, rec in knns:
+        started |= ov.record(PatchOp.make("delete_knn", entity=k.entity, relation=k.relation,
+                                          target=k.target, layer=k.layer))
+        rows.append({**{c: rec[c] for c in COLUMNS if c in rec}, "mode": "knn"})
+    meta = {}
+    if not rows:
+        entity, relation = _eq(cmap, "entity"), _eq(cmap, "relation")
+        if entity is None or relation is None:
+            return Result.table("DELETE", COLUMNS, [], removed=0,
+                                message="deleted 0 edges (no inserted edge matches; deleting a "
+                                        "fact the model knows needs entity = ... AND "
+                                        "relation = ...)")
+        rows, meta, started = _delete_base_fact(session, ov, view, entity, relation,
+                                                _eq(cmap, "target"), reason)
+    n = len(rows)
+    msg = f"deleted {n} edge{'s' if n != 1 else ''}"
+    if meta:
+        msg = (f"deleted {n} feature{'s' if n != 1 else ''} carrying ({meta['entity']}, "
+               f"{meta['relation']}, {meta['target']}); P({meta['target_token']!r} | "
+               f"{meta['prompt']!r}) {meta['p_before']:.3f} → {meta['p_after']:.3f}")
+    return Result.table("DELETE", COLUMNS, rows, message=msg + _note(started, ov),
+                        removed=n, auto_patch=started, **meta)
+
+
+def _delete_base_fact(session, ov, view, entity, relation, target, reason):
+    from ..edit.delete import delete_fact
+    from ..edit.forward import predict
+    from ..edit.insert import REFERENCE_ENTITIES, target_token
+    from ..edit.prompts import canonical_prompt, template_for
+    _needs_forward(view, "DELETE of a fact the model knows")
+    prompt = canonical_prompt(entity, relation)
+    if target is None:
+        tid = predict(view, prompt).top1
+        ttext = view.token_text(tid)
+        target = ttext.strip()
+    else:
+        tid, ttext = target_token(view, target)
+    template = template_for(relation)
+    refs = [template.replace("{entity}", r) for r in REFERENCE_ENTITIES
+            if r.lower() != entity.strip().lower()]
+    started = ov.recording is None
+    rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
+    rows = [{"layer": l, "feature": f, "entity": entity, "relation": relation,
+             "target": target, "mode": "feature"} for l, f in rep.features]
+    meta = {"entity": entity, "relation": relation, "target": target, "target_token": ttext,
+            "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after}
+    return rows, meta, started and bool(rows)
+
+
+# --------------------------------------------------------------------------- UPDATE
+
+@handler(ast.Update)
+def update(session, stmt: ast.Update) -> Result:
+    from ..edit.insert import target_token, unembed_direction
+    ov = session_overlay(session)
+    view = session.vindex
+    sets = {}
+    for a in stmt.assignments:
+        f = a.field.lower()
+        if f not in ("target", "confidence"):
+            raise ExecutionError(f"UPDATE can set target and confidence, not {f!r}")
+        sets[f] = a.value
+    if "confidence" in sets:
+        try:
+            sets["confidence"] = float(sets["confidence"])
+        except (TypeError, ValueError):
+            raise ExecutionError("confidence must be a number") from None
+    if not stmt.where:
+        raise ExecutionError("UPDATE needs a WHERE clause")
+    cmap = condition_map(stmt.where)
+    new_tid = new_text = None
+    if "target" in sets:
+        new_tid, new_text = target_token(view, str(sets["target"]))
+    rows, started = [], False
+
+    def meta_for(down):
+        emb = np.asarray(view.embed([new_tid]), np.float32)[0]
+        return {"t": new_text.strip(), "i": new_tid, "c": float(emb @ down)}
+
+    direct = _direct_features(view, cmap)
+    targets = []
+    if direct is not None:
+        for layer, f in direct:
+            e = ov.features.get((layer, f))
+            targets.append((layer, f, e))
+    else:
+        feats, knns = _overlay_matches(view, cmap)
+        targets = [(e.layer, e.feature, e) for e, _ in feats]
+        for k, rec in knns:
+            op = PatchOp.make("insert_knn", layer=k.layer, entity=k.entity, relation=k.relation,
+                              target=str(sets.get("target", k.target)),
+                              target_id=new_tid if new_tid is not None else k.target_id,
+                              confidence=sets.get("confidence", k.confidence),
+                              vectors={"key": k.key, **({"center": k.center}
+                                                        if k.center is not None else {})})
+            started |= ov.record(PatchOp.make("delete_knn", entity=k.entity, relation=k.relation,
+                                              target=k.target, layer=k.layer))
+            ov.record(op)
+            rows.append({"layer": k.layer, "feature": None, "entity": k.entity,
+                         "relation": k.relation, "target": op.get("target"), "mode": "knn"})
+    for layer, f, e in targets:
+        fields = {"reason": stmt.to_lql()}
+        vectors = {}
+        if "confidence" in sets:
+            fields["confidence"] = sets["confidence"]
+        if new_tid is not None:
+            lay = ov.layout
+            if e is not None and e.down is not None:
+                old = e.down
+            else:
+                _needs_forward(view, "UPDATE ... SET target")
+                old = lay.columns(np.asarray(view.weights[lay.down_key(layer)]))[:, f]
+            down = unembed_direction(view, new_tid) * float(np.linalg.norm(old))
+            vectors["down"] = down
+            fields["target"] = str(sets["target"])
+            fields["down_meta"] = meta_for(down)
+        started |= ov.record(PatchOp.make("update", layer=layer, feature=f, vectors=vectors,
+                                          **fields))
+        rows.append({"layer": layer, "feature": f,
+                     "entity": e.info.get("entity") if e else None,
+                     "relation": e.info.get("relation") if e else None,
+                     "target": fields.get("target", e.info.get("target") if e else None),
+                     "mode": (e.info.get("mode") if e else None) or "feature"})
+    n = len(rows)
+    return Result.table("UPDATE", COLUMNS, rows, updated=n, auto_patch=started,
+                        message=f"updated {n} edge{'s' if n != 1 else ''}{_note(started, ov)}")
+
+
+# --------------------------------------------------------------------------- MERGE
+
+@handler(ast.Merge)
+def merge(session, stmt: ast.Merge) -> Result:
+    from ..edit.diff import diff_features, diff_ops
+    from ..edit.patch import read_patch
+    ov = session_overlay(session)
+    view = session.vindex
+    if stmt.target is not None:
+        tgt = session.resolve_path(stmt.target).resolve()
+        base_path = Path(getattr(ov.base, "path", "")).resolve()
+        if tgt != base_path:
+            raise ExecutionError(f"MERGE INTO another vindex is not supported: USE "
+                                 f"\"{stmt.target}\" first, then MERGE \"{stmt.source}\"")
+    src = session.resolve_path(stmt.source)
+    if src.is_file() and src.suffix == ".vlp":
+        ops = [o.copy() for o in read_patch(src).operations]
+        what = f"patch {src.name}"
+    else:
+        from ..vindex import open_vindex
+        other = open_vindex(src)
+        ops = diff_ops(other, diff_features(view, other))
+        what = f"vindex {src.name}"
+    policy = (stmt.on_conflict or ast.Conflict.KEEP_SOURCE).value
+    taken, skipped, started = 0, 0, False
+    for op in ops:
+        key = (op.layer, op.feature) if op.feature is not None else None
+        mine = ov.features.get(key) if key else None
+        if mine is not None:
+            if policy == "KEEP_TARGET":
+                skipped += 1
+                continue
+            if policy == "HIGHEST_CONFIDENCE" and \
+                    float(op.get("confidence") or 0) <= float(mine.info.get("confidence") or 0):
+                skipped += 1
+                continue
+        started |= ov.record(op)
+        taken += 1
+    return Result.msg("MERGE", f"merged {taken} operation{'s' if taken != 1 else ''} from "
+                      f"{what} ({skipped} conflicts kept the current edit){_note(started, ov)}",
+                      merged=taken, skipped=skipped)
+
+
+# --------------------------------------------------------------------------- REBALANCE
+
+@handler(ast.Rebalance)
+def rebalance(session, stmt: ast.Rebalance) -> Result:
+    from ..edit.rebalance import CEILING, FLOOR, MAX_ITERATIONS, rebalance as run
+    ov = session_overlay(session)
+    view = session.vindex
+    _needs_forward(view, "REBALANCE")
+    floor = FLOOR if stmt.floor is None else float(stmt.floor)
+    ceiling = CEILING if stmt.ceiling is None else float(stmt.ceiling)
+    if not 0.0 <= floor < ceiling <= 1.0:
+        raise ExecutionError("need 0 <= FLOOR < CEILING <= 1")
+    n = MAX_ITERATIONS if stmt.max_iterations is None else int(stmt.max_iterations)
+    if n < 1:
+        raise ExecutionError("MAX must be at least 1")
+    rows, it, ok = run(ov, view, floor=floor, ceiling=ceiling, max_iterations=n)
+    if not rows:
+        return Result.table("REBALANCE", COLUMNS + ["probability", "scale", "status"], [],
+                            message="no COMPOSE-inserted facts to rebalance")
+    msg = (f"rebalanced {len(rows)} fact{'s' if len(rows) != 1 else ''} in {it} "
+           f"iteration{'s' if it != 1 else ''}: " + ("all within" if ok else "not all within")
+           + f" [{floor:g}, {ceiling:g}]")
+    return Result.table("REBALANCE", COLUMNS + ["probability", "scale", "status"], rows,
+                        message=msg, converged=ok, iterations=it)
+
+
+# COMPILE and DIFF handlers live in lql/exec/compile.py; the registry maps them to the
+# "lifecycle" group, so make sure they are registered whenever the edit handlers are.
+try:  # pragma: no cover - import side effect only
+    from . import compile as _compile  # noqa: F401
+except ImportError:
+    pass
