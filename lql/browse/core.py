@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..errors import ExecutionError, LevelError
@@ -184,8 +186,22 @@ class DownMeta:
         return out
 
 
+_DM_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def down_meta_of(view) -> DownMeta:
-    return DownMeta(view)
+    """The view's :class:`DownMeta`, kept across statements for a plain vindex (an
+    overlay's down-meta changes with its edits, so it gets a fresh one each time)."""
+    if getattr(view, "is_overlay", False):
+        return DownMeta(view)
+    try:
+        dm = _DM_CACHE.get(view)
+        if dm is None:
+            dm = DownMeta(view)
+            _DM_CACHE[view] = dm
+        return dm
+    except TypeError:
+        return DownMeta(view)
 
 
 def token_text(view, token_id):

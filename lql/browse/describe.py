@@ -33,7 +33,8 @@ import numpy as np
 
 from ..errors import ExecutionError
 from ..result import Result
-from .core import (DownMeta, band_layers, band_of, bands_of, check_layer, entity_query,
+from .core import (DownMeta, band_layers, band_of, bands_of, check_layer, down_meta_of,
+                   entity_query,
                    gate_scores)
 from .labels import labels_of
 from .tokens import tokens_of
@@ -92,7 +93,7 @@ def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], 
     ``query_at(layer)`` gives the query vector for that layer.
     """
     toks = tokens_of(view)
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     own_ids = set(int(i) for i in entity_ids)
     own_words = {_norm_word(entity)} | {_norm_word(w) for w in entity.split()} | {
         _norm_word(toks.text(i)) for i in own_ids}

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ExecutionError
 from ..result import Result
-from .core import DownMeta, band_layers, band_of, bands_of, check_layer, resolve_layers
+from .core import (DownMeta, band_layers, band_of, bands_of, check_layer, down_meta_of,
+                   resolve_layers)
 from .labels import labels_of
 from .tokens import tokens_of
 from .where import check_field, row_matches
@@ -97,7 +98,7 @@ def feature_row(view, layer: int, feature: int, dm: DownMeta | None = None, *, g
     ``target`` = top down-meta token, ``confidence`` = its c_score (the logit of
     that token against the embedding matrix), ``gate`` = the gate vector's L2 norm.
     """
-    dm = dm or DownMeta(view)
+    dm = dm or down_meta_of(view)
     n = int(view.num_features(layer))
     if not 0 <= feature < n:
         raise ExecutionError(f"feature {feature} is out of range: layer {layer} has features "
@@ -118,7 +119,7 @@ def feature_row(view, layer: int, feature: int, dm: DownMeta | None = None, *, g
 
 def layer_feature_rows(view, layer: int, dm: DownMeta | None = None):
     """Every feature of ``layer`` as a :func:`feature_row` (generator)."""
-    dm = dm or DownMeta(view)
+    dm = dm or down_meta_of(view)
     norms = np.linalg.norm(view.gate(layer), axis=1)
     for f in range(int(view.num_features(layer))):
         yield feature_row(view, layer, f, dm, gate_norms=norms)
@@ -150,7 +151,7 @@ def entity_rows(view, layers: list[int], check=None) -> list[dict]:
     of the strongest (best c_score), ``layer_min`` / ``layer_max``.
     """
     toks = tokens_of(view)
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     agg: dict[str, dict] = {}
     for layer in layers:
         if check is not None:
@@ -208,7 +209,7 @@ def show_relations(view, layer: int | None = None, with_examples: bool = False,
                                     "(probe labels) and no relation_clusters.json (clusters)",
                             labels=0, clusters=0)
     toks = tokens_of(view)
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for (l, f), (name, src) in sorted(lab.all_labelled().items()):
         if layer is not None and l != layer:

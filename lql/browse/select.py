@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ExecutionError
 from ..result import Result
-from .core import (DownMeta, band_layers, check_layer, entity_query, resolve_layers)
+from .core import band_layers, check_layer, down_meta_of, entity_query
 from .describe import describe_edges, edge_row
 from .info import entity_rows, feature_row, layer_feature_rows
 from .labels import labels_of
@@ -102,7 +102,7 @@ def _nearest_rows(view, entity: str, layer: int) -> list[dict]:
     norms = np.linalg.norm(g, axis=1) * float(np.linalg.norm(query))
     cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
     order = np.lexsort((np.arange(cos.size), -cos))
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     return [_nearest_row(view, layer, f, float(cos[f]), float(dots[f]), dm, entity)
             for f in order.tolist()]
 
@@ -123,7 +123,7 @@ def _feature_scan(view, where, check):
     feat_conds = [c for c in rest if c.field.lower() == "feature"]
     rel_conds = [c for c in rest if c.field.lower() == "relation"]
     layers = _layers_for(view, layer_conds)
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     direct = [c for c in feat_conds if c.op in ("=", "IN")]
     if direct:                                   # addressed features: no full scan
         feats = set()

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..result import Result
-from .core import (DownMeta, gate_scores, query_vector, resolve_layers, top_by_abs)
+from .core import (DownMeta, down_meta_of, gate_scores, query_vector, resolve_layers,
+                   top_by_abs)
 from .labels import labels_of
 from .tokens import tokens_of
 
@@ -66,7 +67,7 @@ def walk_hits(view, query: np.ndarray, layers: list[int], top: int, mode: str = 
             check()
         scores = gate_scores(view, layer, query)
         if mode == "DENSE":
-            dm = dm or DownMeta(view)
+            dm = dm or down_meta_of(view)
             _, sc = dm.layer(layer)
             strength = sc[:, 0].astype(np.float32)
             ranked = scores * strength
@@ -83,19 +84,19 @@ def _row(view, dm: DownMeta, labels, toks, layer, feature, gate, score, *, mode,
     pairs = dm.tokens(layer, feature, max(n_down, 1))
     top_id = pairs[0][0] if pairs else None
     lab, lab_src = labels.get(layer, feature)
-    row = {"layer": layer, "feature": feature, "gate": round(gate, 6),
-           "top_token": toks.text(top_id) if top_id is not None else None,
-           "down_tokens": [toks.text(i) for i, _ in pairs[:n_down]],
-           "relation": lab}
+    cache, text = toks._text, toks.text
+    down = [cache.get(i) or text(i) for i, _ in pairs[:n_down]]
+    row = {"layer": layer, "feature": feature, "gate": gate,
+           "top_token": down[0] if down else None, "down_tokens": down, "relation": lab}
     if mode != "PURE":
-        row["c_score"] = round(pairs[0][1], 6) if pairs else None
+        row["c_score"] = pairs[0][1] if pairs else None
         row["top_token_id"] = top_id
     if mode == "DENSE":
-        row["score"] = round(score, 6)
+        row["score"] = score
     if verbose:
         row["down_scores"] = [round(s, 4) for _, s in pairs[:n_down]]
         row["label_source"] = lab_src
-    if (layer, feature) in inserted:
+    if inserted and (layer, feature) in inserted:
         row["source"] = "inserted"
     return row
 
@@ -116,7 +117,7 @@ def walk(view, prompt: str, *, top: int | None = None, layers=None, mode=None,
     layer_list = resolve_layers(view, layers)
     query, ids = query_vector(view, prompt)
     toks = tokens_of(view)
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     labels = labels_of(view)
     inserted = inserted_features(view)
     n_down = 10 if (explain and verbose) else DOWN_SHOWN
@@ -167,7 +168,7 @@ def _compare(rows, base, query, layers, k, mode, view):
     base_hits = walk_hits(base, query, layers, k, mode)
     base_top = {(l, f): g for l, f, g, _ in base_hits}
     toks = tokens_of(view)
-    dm = DownMeta(view)
+    dm = down_meta_of(view)
     labels = labels_of(view)
     out = []
     seen = set()
