@@ -241,3 +241,16 @@ def test_cli_extract_and_verify(tmp_path):
     p.write_bytes(bytes(data))
     r = run("verify", str(out))
     assert r.returncode != 0 and "mismatch" in r.stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_pass_from_vindex_equals_source(family):
+    """The inference-level vindex holds everything the forward pass needs, bit for bit."""
+    from lql.model.model import build_model
+    from lql.sources import open_source
+    v = open_vindex(tiny_vindex(family, "inference", "f32"))
+    src = open_source(tiny_model_dir(family))
+    ids = v.tokenizer.encode("The capital of France is").ids
+    a = build_model(v.model_config, v.weights).forward(ids).logits
+    b = build_model(src.model_config, src.weights).forward(ids).logits
+    np.testing.assert_array_equal(a, b)
