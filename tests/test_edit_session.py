@@ -1,0 +1,129 @@
+"""Patch statements through the Session on a tiny vindex (fast): BEGIN / SAVE / APPLY /
+REMOVE / SHOW PATCHES, direct DELETE, refusal of a foreign patch, base files untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lql.errors import ExecutionError, NoVindexError  # noqa: E402
+from lql.session import Session  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from vindex_fixtures import tiny_vindex
+    return tiny_vindex("llama", "all", "f32")
+
+
+def _sums(path):
+    from lql.vindex.checksums import sha256_file
+    return {f: sha256_file(Path(path) / f) for f in sorted(os.listdir(path))
+            if (Path(path) / f).is_file()}
+
+
+def test_mutation_without_vindex():
+    with pytest.raises(NoVindexError):
+        Session().query("DELETE FROM EDGES WHERE layer = 0 AND feature = 1")
+
+
+def test_patch_lifecycle(tiny, tmp_path):
+    before = _sums(tiny)
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    base = s.vindex
+    g0 = np.array(base.gate(1), copy=True)
+    r = s.query("DELETE FROM EDGES WHERE layer = 1 AND feature IN (2, 5)")
+    assert r.meta["removed"] == 2 and r.meta["auto_patch"] is True
+    assert "auto-patch" in r.message
+    assert s.overlay.has_unsaved_edits()
+    v = s.vindex
+    assert not v.gate(1)[2].any() and not v.gate(1)[5].any()
+    assert np.array_equal(np.delete(v.gate(1), [2, 5], 0), np.delete(g0, [2, 5], 0))
+    rows = s.query("SHOW PATCHES").rows
+    assert rows[0]["status"] == "recording (unsaved)" and rows[0]["deletes"] == 2
+    with pytest.raises(ExecutionError, match="needs a path|no file"):
+        s.query("SAVE PATCH")
+    s.query('SAVE PATCH "a.vlp"')
+    assert not s.overlay.has_unsaved_edits()
+    doc = json.loads((tmp_path / "a.vlp").read_text())
+    assert [o["op"] for o in doc["operations"]] == ["delete", "delete"]
+    assert doc["base_model"] == base.model
+    assert doc["base_checksum"] == base.index["checksums"]["gate_vectors.bin"]
+
+    s.query('BEGIN PATCH "b.vlp"')
+    s.query("DELETE FROM EDGES WHERE layer = 0 AND feature = 3")
+    s.query("SAVE PATCH")
+    assert [r["patch"] for r in s.query("SHOW PATCHES").rows] == \
+        [str(tmp_path / "a.vlp"), str(tmp_path / "b.vlp")]
+    s.query('REMOVE PATCH "a.vlp"')
+    assert np.array_equal(s.vindex.gate(1), g0)           # exact revert
+    assert not s.vindex.gate(0)[3].any()
+    s.query('REMOVE PATCH "b.vlp"')
+    for layer in range(base.num_layers):
+        assert np.array_equal(s.vindex.gate(layer), base.gate(layer))
+
+    # a fresh session re-applies the saved patch
+    s2 = Session(cwd=tmp_path)
+    s2.query(f'USE "{tiny}"')
+    s2.query('APPLY PATCH "a.vlp"')
+    assert not s2.vindex.gate(1)[2].any()
+    with pytest.raises(ExecutionError, match="already applied"):
+        s2.query('APPLY PATCH "a.vlp"')
+    assert _sums(tiny) == before                           # base files never change
+
+
+def test_foreign_patch_is_refused_unless_forced(tiny, tmp_path):
+    doc = {"version": 1, "base_model": "someone/else", "base_checksum": None,
+           "operations": [{"op": "delete", "layer": 0, "feature": 0}]}
+    (tmp_path / "f.vlp").write_text(json.dumps(doc))
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    with pytest.raises(ExecutionError, match="someone/else.*FORCE"):
+        s.query('APPLY PATCH "f.vlp"')
+    s.query('APPLY PATCH "f.vlp" FORCE')
+    assert not s.vindex.gate(0)[0].any()
+
+
+def test_patch_with_bad_layer_is_refused(tiny, tmp_path):
+    doc = {"version": 1, "operations": [{"op": "delete", "layer": 99, "feature": 0}]}
+    (tmp_path / "bad.vlp").write_text(json.dumps(doc))
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    from lql.errors import VindexError
+    with pytest.raises(VindexError, match="layer 99"):
+        s.query('APPLY PATCH "bad.vlp"')
+
+
+def test_compile_vindex_bakes_direct_edits(tiny, tmp_path):
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    s.query("DELETE FROM EDGES WHERE layer = 1 AND feature = 4")
+    want = {l: np.array(s.vindex.gate(l)) for l in range(s.vindex.num_layers)}
+    down_key = "layers.1.mlp.down_proj.weight"
+    want_down = np.array(s.vindex.weights[down_key])
+    r = s.query('COMPILE CURRENT INTO VINDEX "out.vindex"')
+    assert "down_meta.bin" in r.meta["rewritten"] and "gate_vectors.bin" in r.meta["rewritten"]
+    from lql.vindex import open_vindex
+    out = open_vindex(tmp_path / "out.vindex", verify=True)   # new checksums verify
+    for l, g in want.items():
+        assert np.array_equal(out.gate(l), g)
+    assert np.array_equal(out.weights[down_key], want_down)
+    assert out.down_meta.record(1, 4) is None
+    with pytest.raises(ExecutionError, match="FORCE"):
+        s.query('COMPILE CURRENT INTO VINDEX "out.vindex"')
+
+
+def test_gguf_output_is_not_supported(tiny, tmp_path):
+    from lql.errors import NotBuiltError
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    with pytest.raises(NotBuiltError, match="GGUF"):
+        s.query('COMPILE CURRENT INTO MODEL "m" FORMAT GGUF')

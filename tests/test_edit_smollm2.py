@@ -1,0 +1,143 @@
+"""Knowledge editing on the real SmolLM2-135M (f32 ALL vindex from the HF folder).
+
+Slow: each test runs tens of forward passes.  Predictions use raw prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lql.session import Session  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from vindex_fixtures import smollm2_vindex
+    return smollm2_vindex(level="all", dtype="f32", source="hf")
+
+
+def _sums(path):
+    from lql.vindex.checksums import sha256_file
+    return {f: sha256_file(Path(path) / f) for f in sorted(os.listdir(path))
+            if (Path(path) / f).is_file()}
+
+
+def _session(path, cwd):
+    s = Session(cwd=cwd)
+    s.query(f'USE "{path}"')
+    s.query("SET CHAT OFF")
+    return s
+
+
+def _tid(s, text):
+    return s.vindex.tokenizer.encode(text, add_special_tokens=False).ids[0]
+
+
+def _p(s, prompt):
+    from lql.edit.forward import predict
+    return predict(s.vindex, prompt)
+
+
+def test_compose_insert_then_save_apply_compile(smol, tmp_path):
+    before = _sums(smol)
+    s = _session(smol, tmp_path)
+    pose, paris = _tid(s, " Poseidon"), _tid(s, " Paris")
+    assert _p(s, "The capital of Atlantis is").top1 != pose
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
+                '"Poseidon") MODE COMPOSE')
+    assert r.rows[0]["mode"] == "compose" and r.rows[0]["layer"] == 22   # knowledge band 10-23
+    assert _p(s, "The capital of Atlantis is").top1 == pose
+    assert _p(s, "The capital of France is").top1 == paris
+    # INFER (the statement) sees the edit through the overlay
+    rows = s.query('INFER "The capital of Atlantis is" TOP 3').rows
+    assert rows[0]["token_id"] == pose
+    # the inserted feature is a real feature: its down-meta names the target
+    feat = r.rows[0]["feature"]
+    assert s.vindex.down_meta.top_ids(22)[feat, 0] == pose
+    s.query('SAVE PATCH "atlantis.vlp"')
+    want = _p(s, "The capital of Atlantis is").probs
+
+    s2 = _session(smol, tmp_path)
+    s2.query('APPLY PATCH "atlantis.vlp"')
+    assert np.array_equal(_p(s2, "The capital of Atlantis is").probs, want)
+
+    s.query('COMPILE CURRENT INTO VINDEX "compiled.vindex"')
+    s3 = _session(tmp_path / "compiled.vindex", tmp_path)
+    assert s3.overlay is None
+    got = _p(s3, "The capital of Atlantis is")
+    assert got.top1 == pose
+    np.testing.assert_allclose(got.probs, want, atol=2e-5)
+    assert _sums(smol) == before
+
+
+def test_knn_insert(smol, tmp_path):
+    s = _session(smol, tmp_path)
+    controls = ["The capital of France is", "The official language of Spain is",
+                "A long time ago, there"]
+    base_top = [_p(s, c).top1 for c in controls]
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+                '"Birnin")')
+    assert r.rows[0]["mode"] == "knn"
+    p = _p(s, "The capital of Wakanda is")
+    assert p.top1 == _tid(s, " Birnin") and p.knn is not None and p.knn["cosine"] > 0.75
+    assert [_p(s, c).top1 for c in controls] == base_top
+    rows = s.query('INFER "The capital of Wakanda is" TOP 2').rows
+    assert rows[0]["token_id"] == _tid(s, " Birnin")
+    d = s.query('DELETE FROM EDGES WHERE entity = "Wakanda"')
+    assert d.meta["removed"] == 1 and _p(s, "The capital of Wakanda is").knn is None
+
+
+def test_delete_fact_suppresses_and_reverts(smol, tmp_path):
+    s = _session(smol, tmp_path)
+    paris, berlin = _tid(s, " Paris"), _tid(s, " Berlin")
+    fr, de = "The capital of France is", "The capital of Germany is"
+    p_fr0, p_de0 = _p(s, fr).probs[paris], _p(s, de).probs[berlin]
+    assert p_fr0 > 0.5                                # the model knows it (p ≈ 0.77)
+    s.query('BEGIN PATCH "del.vlp"')
+    r = s.query('DELETE FROM EDGES WHERE entity = "France" AND relation = "capital" '
+                'AND target = "Paris"')
+    assert r.meta["removed"] > 0
+    p_fr1, p_de1 = _p(s, fr).probs[paris], _p(s, de).probs[berlin]
+    assert p_fr1 <= 0.30 * p_fr0                      # ≥ 70 % suppression
+    assert abs(p_de1 - p_de0) <= 0.30 * p_de0         # ≤ 30 % collateral
+    s.query("SAVE PATCH")
+    s.query('REMOVE PATCH "del.vlp"')
+    assert _p(s, fr).probs[paris] == p_fr0 and _p(s, de).probs[berlin] == p_de0
+
+
+def test_compile_model_loads_in_transformers(smol, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.numpy import load_file
+    from model_fixtures import smollm2_hf_dir
+    s = _session(smol, tmp_path)
+    # no edits: the written tensors are the source's (f32, exactly)
+    s.query('COMPILE CURRENT INTO MODEL "plain"')
+    src = load_file(smollm2_hf_dir() / "model.safetensors")
+    out = load_file(tmp_path / "plain" / "model.safetensors")
+    assert set(out) <= set(src)
+    for k, v in out.items():
+        assert np.array_equal(v, src[k]), k
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
+            '"Poseidon") MODE COMPOSE')
+    s.query('COMPILE CURRENT INTO MODEL "edited" FORMAT SAFETENSORS')
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        assert (tmp_path / "edited" / name).is_file()
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "edited",
+                                                              dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "edited")
+    for prompt in ("The capital of Atlantis is", "The capital of France is",
+                   "The official language of Spain is"):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            top = int(model(ids).logits[0, -1].argmax())
+        assert top == _p(s, prompt).top1, prompt
