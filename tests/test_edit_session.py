@@ -127,3 +127,39 @@ def test_gguf_output_is_not_supported(tiny, tmp_path):
     s.query(f'USE "{tiny}"')
     with pytest.raises(NotBuiltError, match="GGUF"):
         s.query('COMPILE CURRENT INTO MODEL "m" FORMAT GGUF')
+
+
+def test_diff_into_patch_and_merge_reproduce_the_edits(tiny, tmp_path):
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    s.query("DELETE FROM EDGES WHERE layer = 1 AND feature = 6")
+    s.query('UPDATE EDGES SET confidence = 0.5 WHERE layer = 0 AND feature = 2')  # metadata only
+    r = s.query(f'DIFF "{tiny}" CURRENT INTO PATCH "d.vlp"')
+    assert [(row["layer"], row["feature"], row["change"]) for row in r.rows] == [(1, 6, "deleted")]
+    s2 = Session(cwd=tmp_path)
+    s2.query(f'USE "{tiny}"')
+    m = s2.query('MERGE "d.vlp"')
+    assert m.meta["merged"] == 1
+    for layer in range(s.vindex.num_layers):
+        assert np.array_equal(s2.vindex.gate(layer), s.vindex.gate(layer))
+    # KEEP_TARGET leaves an existing edit alone
+    s3 = Session(cwd=tmp_path)
+    s3.query(f'USE "{tiny}"')
+    s3.query("DELETE FROM EDGES WHERE layer = 1 AND feature = 6")
+    assert s3.query('MERGE "d.vlp" ON CONFLICT KEEP_TARGET').meta["skipped"] == 1
+
+
+def test_update_target_of_a_base_feature(tiny, tmp_path):
+    from lql.edit.insert import unembed_direction
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    key = "layers.1.mlp.down_proj.weight"
+    old = np.array(s.vindex.weights[key][:, 3])
+    r = s.query('UPDATE EDGES SET target = "Paris" WHERE layer = 1 AND feature = 3')
+    tid = s.vindex.tokenizer.encode(" Paris", add_special_tokens=False).ids[0]
+    new = np.array(s.vindex.weights[key][:, 3])
+    assert r.rows[0]["target"] == "Paris"
+    assert np.isclose(np.linalg.norm(new), np.linalg.norm(old), rtol=1e-5)
+    np.testing.assert_allclose(new / np.linalg.norm(new), unembed_direction(s.vindex, tid),
+                               atol=1e-5)
+    assert s.vindex.down_meta.top_ids(1)[3, 0] == tid

@@ -60,7 +60,7 @@ def test_compose_insert_then_save_apply_compile(smol, tmp_path):
     # INFER (the statement) sees the edit through the overlay
     rows = s.query('INFER "The capital of Atlantis is" TOP 3').rows
     assert rows[0]["token_id"] == pose
-    # the inserted feature is a real feature: its down-meta names the target
+    # the inserted feature is a real feature; its down-meta record leads with the target
     feat = r.rows[0]["feature"]
     assert s.vindex.down_meta.top_ids(22)[feat, 0] == pose
     s.query('SAVE PATCH "atlantis.vlp"')

@@ -499,7 +499,13 @@ def record_for(view, e: FeatureEdit, dtype: np.dtype) -> np.ndarray:
         scores = np.asarray(view.base.embeddings, dtype=np.float32) @ e.down
         k = min(top_k, scores.shape[0])
         ids = np.argpartition(scores, -k)[-k:]
-        ids = ids[np.argsort(-scores[ids], kind="stable")]
+        ids = list(ids[np.argsort(-scores[ids], kind="stable")])
+        named = (e.down_meta or {}).get("i")
+        if named is not None:
+            # an inserted or updated fact names its target: it leads the record (score E·down)
+            named = int(named)
+            ids = [named] + [i for i in ids if int(i) != named][:k - 1]
+        ids = np.asarray(ids, dtype=np.int64)
         rec["top"]["id"][:k] = ids
         rec["top"]["score"][:k] = scores[ids]
         rec["top_token_id"] = ids[0]
