@@ -99,47 +99,62 @@ def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], 
         _norm_word(toks.text(i)) for i in own_ids}
     inserted = inserted_features(view)
 
+    memo: dict[int, bool] = {}
+
     def excluded(tid: int) -> bool:
-        if tid in own_ids or _norm_word(toks.text(tid)) in own_words:
-            return True
-        return filter_noise and toks.is_noise(tid)
+        hit = memo.get(tid)
+        if hit is None:
+            hit = (tid in own_ids or _norm_word(toks.text(tid)) in own_words
+                   or (filter_noise and toks.is_noise(tid)))
+            memo[tid] = hit
+        return hit
 
     edges: dict[str, Edge] = {}
-    for layer in layers:
+    also_keys: dict[str, set[str]] = {}
+    if check is not None:
+        check()
+    all_scores = [gate_scores(view, layer, query_at(layer)) for layer in layers]  # see walk_hits
+    for layer, scores in zip(layers, all_scores):
         if check is not None:
             check()
-        scores = gate_scores(view, layer, query_at(layer))
         idx = top_positive(scores, per_layer)
         if idx.size == 0:
             continue
         best = float(scores[idx[0]])
-        for f in idx.tolist():
-            s = float(scores[f])
-            if s < floor * best:
-                break
-            pairs = dm.tokens(layer, f, ALSO_DEPTH)
+        idx = idx[scores[idx] >= floor * best]
+        ids_all, sc_all = dm.layer(layer)
+        hit_ids = ids_all[idx, :ALSO_DEPTH].tolist()
+        hit_sc = sc_all[idx, :ALSO_DEPTH].tolist()
+        for f, s, ids, scs in zip(idx.tolist(), scores[idx].tolist(), hit_ids, hit_sc):
+            pairs = [(i, c) for i, c in zip(ids, scs) if not (i == 0 and c == 0.0)]
             if not pairs:
                 continue
             tid = pairs[0][0]
             if excluded(tid):
                 continue
-            key = _norm_word(toks.text(tid))
-            also = [toks.text(i) for i, _ in pairs[1:] if not excluded(i)]
+            text = toks.text(tid)
+            key = _norm_word(text)
             e = edges.get(key)
             if e is None:
-                e = Edge(key, toks.text(tid), tid, s, layer, f, layer, layer, 0,
-                         c_score=pairs[0][1])
+                e = Edge(key, text, tid, s, layer, f, layer, layer, 0, c_score=pairs[0][1])
                 edges[key] = e
+                also_keys[key] = {key}
             elif s > e.gate:
-                e.gate, e.layer, e.feature, e.target, e.target_id = s, layer, f, toks.text(tid), tid
+                e.gate, e.layer, e.feature, e.target, e.target_id = s, layer, f, text, tid
                 e.c_score = pairs[0][1]
             e.count += 1
             e.layer_min, e.layer_max = min(e.layer_min, layer), max(e.layer_max, layer)
             e.hits.append((layer, f, s))
-            if (layer, f) in inserted:
+            if inserted and (layer, f) in inserted:
                 e.inserted = True
-            for a in also:
-                if _norm_word(a) != key and _norm_word(a) not in {_norm_word(x) for x in e.also}:
+            seen = also_keys[key]
+            for i, _c in pairs[1:]:
+                if excluded(i):
+                    continue
+                a = toks.text(i)
+                k = _norm_word(a)
+                if k not in seen:
+                    seen.add(k)
                     e.also.append(a)
     out = sorted(edges.values(), key=lambda e: (-e.gate, e.layer, e.feature))
     lab = labels_of(view) if labels else None

@@ -62,10 +62,14 @@ def walk_hits(view, query: np.ndarray, layers: list[int], top: int, mode: str = 
               dm: DownMeta | None = None, check=None):
     """``[(layer, feature, gate, score)]`` per layer, best first (the numeric core)."""
     out = []
-    for layer in layers:
+    if check is not None:
+        check()
+    # all matmuls back to back first: interleaving Python work between BLAS calls
+    # lets a multi-threaded BLAS park its threads and pay to wake them every layer
+    all_scores = [gate_scores(view, layer, query) for layer in layers]
+    for layer, scores in zip(layers, all_scores):
         if check is not None:
             check()
-        scores = gate_scores(view, layer, query)
         if mode == "DENSE":
             dm = dm or down_meta_of(view)
             _, sc = dm.layer(layer)
