@@ -145,7 +145,8 @@ class Session:
             self.chat_mode = ChatMode.AUTO
         except ImportError:                      # pragma: no cover - parser not built
             self.chat_mode = "AUTO"
-        self.overlay = None
+        self.overlay = None          # lql.edit.overlay.Overlay once a mutation or patch is applied
+        self.base_vindex = None      # the unpatched base while an overlay is active
         self.last_result: Result | None = None
         self._cancel = threading.Event()
 
@@ -159,6 +160,10 @@ class Session:
         if self._cancel.is_set():
             self._cancel.clear()
             raise Cancelled()
+
+    def has_unsaved_edits(self) -> bool:
+        """True when the overlay holds edits not yet written to a patch file."""
+        return bool(self.overlay is not None and self.overlay.has_unsaved_edits())
 
     # ------------------------------------------------------------ paths
     def resolve_path(self, path: str | os.PathLike) -> Path:
