@@ -93,7 +93,7 @@ def main() -> None:
         with torch.no_grad():
             out = ref.generate(torch.tensor([ids]), max_new_tokens=ARGS.gen, min_new_tokens=ARGS.gen,
                                do_sample=False, attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                               pad_token_id=2)
+                               pad_token_id=ref.config.eos_token_id)
         return out[0, len(ids):].tolist()
 
     torch_forward(short)
@@ -126,7 +126,8 @@ def main() -> None:
     print(f"memory: numpy engine RSS +{ours_rss:.0f} MB (process peak {ours_peak:.0f} MB before torch); "
           f"transformers model RSS +{ref_rss:.0f} MB")
     # transformers' min_new_tokens suppresses EOS, so compare up to the first EOS if one came
-    cut = ours_gen.index(2) if 2 in ours_gen else len(ours_gen)
+    eos = set(model.spec.eos_token_ids)
+    cut = next((i for i, t in enumerate(ours_gen) if t in eos), len(ours_gen))
     print(f"same greedy tokens ({cut} compared): {ours_gen[:cut] == ref_gen[:cut]}")
 
 
