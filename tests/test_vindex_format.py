@@ -165,6 +165,34 @@ def test_top_k_two_stage_is_exact(vocab):
     np.testing.assert_array_equal(np.delete(ids, 3, 0), np.delete(ref, 3, 0))
 
 
+@pytest.mark.parametrize("vocab", [50, 49152 // 8, 3001])
+def test_top_k_columns_equals_rows(vocab):
+    rng = np.random.default_rng(vocab + 1)
+    s = rng.standard_normal((vocab, 29)).astype(np.float32)
+    s[:, 3] = 0.0                                   # all ties
+    s[100 % vocab: 100 % vocab + 5, 4] = 9.0        # the best five in one sub-chunk
+    ids, vals = dmod.top_k_columns(s, 10, chunk=4, group=4)
+    ref = np.argsort(-s.T, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(vals, np.take_along_axis(s.T, ref, 1))
+    np.testing.assert_array_equal(np.take_along_axis(s.T, ids, 1), vals)
+    ids, ref = np.delete(ids, 3, 0), np.delete(ref, 3, 0)
+    np.testing.assert_array_equal(ids, ref)
+
+
+def test_layer_records_block_boundaries():
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((600, 8)).astype(np.float32)
+    down = rng.standard_normal((8, 70)).astype(np.float32)
+    ref = dmod.layer_records(emb, lambda lo, hi: down[:, lo:hi], 70, 5, block=70)
+    for block in (1, 32, 33):
+        got = dmod.layer_records(emb, lambda lo, hi: down[:, lo:hi], 70, 5, block=block)
+        np.testing.assert_array_equal(got["top"]["id"], ref["top"]["id"])   # BLAS may differ by an ulp
+        np.testing.assert_allclose(got["top"]["score"], ref["top"]["score"], rtol=1e-5)
+    scores = emb @ down
+    np.testing.assert_array_equal(ref["top"]["id"], np.argsort(-scores.T, axis=1, kind="stable")[:, :5])
+    assert dmod.auto_block(49152) == 512 and dmod.auto_block(262144) == 96
+
+
 def test_subset_layers(tmp_path):
     v = open_vindex(_extract(tmp_path, layers=[0, 2], level="inference"))
     assert v.layers == [0, 2] and v.num_layers == LAYERS

@@ -26,10 +26,13 @@ from ..errors import VindexError
 MAGIC = 0x444D4554
 VERSION = 1
 HEADER = struct.Struct("<4I")
-#: features scored per matmul block (bounds the logits buffer: block × vocab × 4 bytes)
-DEFAULT_BLOCK = 256
+#: bytes of the (vocab, block) f32 logits buffer the feature block is sized to
+BLOCK_BYTES = 96 << 20
 #: chunk width of the first top-k stage (see top_k_scores)
 CHUNK = 128
+#: sub-chunk rows and sub-chunks per group in top_k_columns
+SUB_CHUNK = 16
+GROUP = 8
 
 
 @lru_cache(maxsize=None)
@@ -179,25 +182,70 @@ def _order(vals: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.take_along_axis(o1, o2, axis=1)
 
 
+def top_k_columns(scores: np.ndarray, k: int, chunk: int = SUB_CHUNK,
+                  group: int = GROUP) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise top-``k`` of ``scores`` (vocab, n): (ids, values) of shape (n, k), best first.
+
+    The layout ``E @ W_block`` produces.  Three vectorised stages, each exact by
+    the argument of :func:`top_k_scores` (the top k elements lie in the k
+    sub-chunks with the highest maxima, and those in the k groups of sub-chunks
+    with the highest maxima): one pass over ``scores`` for the maxima of
+    ``chunk``-row sub-chunks (reduced over a middle axis, which numpy vectorises
+    along the contiguous feature axis), group maxima from those, then only
+    k·group sub-chunk maxima and k·chunk scores per feature are gathered.
+    """
+    vocab, n = scores.shape
+    k = min(k, vocab)
+    n_groups = vocab // (chunk * group)
+    if n_groups < 4 * k:
+        return top_k_scores(np.ascontiguousarray(scores.T), k)
+    main = n_groups * chunk * group
+    sub_max = scores[:main].reshape(n_groups * group, chunk, n).max(axis=1)  # (subs, n)
+    grp_max = sub_max.reshape(n_groups, group, n).max(axis=1)                # (groups, n)
+    best_grp = np.argpartition(grp_max, -k, axis=0)[-k:]                     # (k, n)
+    subs = (best_grp[:, None, :] * group + np.arange(group)[None, :, None]).reshape(k * group, n)
+    best_sub = np.argpartition(np.take_along_axis(sub_max, subs, axis=0), -k, axis=0)[-k:]
+    subs = np.take_along_axis(subs, best_sub, axis=0)                        # (k, n)
+    rows = (subs[:, None, :] * chunk + np.arange(chunk)[None, :, None]).reshape(k * chunk, n)
+    if main < vocab:
+        tail = np.broadcast_to(np.arange(main, vocab)[:, None], (vocab - main, n))
+        rows = np.concatenate([rows, tail], axis=0)
+    cand = np.take_along_axis(scores, rows, axis=0).T                        # (n, candidates)
+    rows = rows.T
+    part = np.argpartition(cand, -k, axis=1)[:, -k:]
+    vals = np.take_along_axis(cand, part, axis=1)
+    ids = np.take_along_axis(rows, part, axis=1)
+    order = _order(vals, ids)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def auto_block(vocab: int, budget_bytes: int = BLOCK_BYTES) -> int:
+    """Features per block so that the (vocab, block) f32 logits fit ``budget_bytes``."""
+    return int(max(32, min(1024, budget_bytes // max(1, 4 * vocab) // 32 * 32)))
+
+
 def layer_records(embeddings: np.ndarray, down_columns: Callable[[int, int], np.ndarray],
-                  num_features: int, top_k: int, block: int = DEFAULT_BLOCK) -> np.ndarray:
+                  num_features: int, top_k: int, block: int | None = None) -> np.ndarray:
     """down_meta records of one layer.
 
-    ``embeddings`` is the unscaled (vocab, hidden) f32 matrix; ``down_columns(lo, hi)``
-    returns the (hidden, hi - lo) f32 down-projection columns of features lo..hi.
-    Logits are computed ``block`` features at a time as ``W_blockᵀ · Eᵀ`` (one BLAS
-    call, rows contiguous for the top-k), so memory stays at block × vocab floats.
+    ``embeddings`` is the unscaled (vocab, hidden) f32 matrix (C-contiguous);
+    ``down_columns(lo, hi)`` returns the (hidden, hi - lo) f32 down-projection
+    columns of features lo..hi.  Logits are computed ``block`` features at a time
+    as ``E · W_block`` (one BLAS call into a reused (vocab, block) buffer — the
+    orientation BLAS runs fastest here), then :func:`top_k_columns`.  Memory
+    stays at vocab × block floats; ``block=None`` sizes it to ~``BLOCK_BYTES``.
     """
     recs = np.zeros(num_features, dtype=record_dtype(top_k))
-    et = embeddings.T
+    vocab = embeddings.shape[0]
+    block = block or auto_block(vocab)
     buf = None
     for lo in range(0, num_features, block):
         hi = min(num_features, lo + block)
-        w = np.ascontiguousarray(down_columns(lo, hi).T, dtype=np.float32)   # (b, hidden)
-        if buf is None or buf.shape[0] != hi - lo:
-            buf = np.empty((hi - lo, embeddings.shape[0]), dtype=np.float32)
-        np.matmul(w, et, out=buf)
-        ids, vals = top_k_scores(buf, top_k)
+        w = np.ascontiguousarray(down_columns(lo, hi), dtype=np.float32)      # (hidden, b)
+        if buf is None or buf.shape[1] != hi - lo:
+            buf = np.empty((vocab, hi - lo), dtype=np.float32)
+        np.matmul(embeddings, w, out=buf)
+        ids, vals = top_k_columns(buf, top_k)
         kk = ids.shape[1]
         part = recs[lo:hi]
         part["top"]["id"][:, :kk] = ids

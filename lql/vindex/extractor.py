@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ExecutionError, MissingTensorError
 from . import format as fmt
 from .atomic import AtomicDir, BinWriter, check_target
-from .down_meta import DEFAULT_BLOCK, DownMetaWriter, layer_records
+from .down_meta import DownMetaWriter, layer_records
 from .progress import progress_display
 
 
@@ -75,7 +75,7 @@ def _now() -> str:
 def extract(source, output, *, level: str = "browse", dtype: str = "f16",
             layers: Iterable[int] | None = None, force: bool = False,
             top_k: int = fmt.DEFAULT_TOP_K, progress: bool | None = None,
-            block: int = DEFAULT_BLOCK, check_cancelled=None) -> Path:
+            block: int | None = None, check_cancelled=None) -> Path:
     """Extract ``source`` (a path or an opened ``ModelSource``) into the vindex ``output``.
 
     Returns the vindex path.  Refuses an existing ``output`` unless ``force``
