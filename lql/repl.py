@@ -346,6 +346,11 @@ def run_statements(session: Session, text: str, console) -> bool:
     from .errors import LqlError, LqlSyntaxError
     from .render.table import format_error, render
 
+    def stream(piece: str) -> None:        # GENERATE prints its tokens as they come
+        console.file.write(piece)
+        console.file.flush()
+
+    session.on_token = stream
     try:
         for r in session.execute_iter(text):
             render(r, console)
@@ -361,6 +366,8 @@ def run_statements(session: Session, text: str, console) -> bool:
             console.print_exception()
         console.print(format_error(f"internal error: {type(exc).__name__}: {exc} "
                                    "(set LQL_DEBUG=1 for the traceback)"))
+    finally:
+        session.on_token = None
     return False
 
 

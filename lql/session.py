@@ -148,6 +148,7 @@ class Session:
         self.overlay = None          # lql.edit.overlay.Overlay once a mutation or patch is applied
         self.base_vindex = None      # the unpatched base while an overlay is active
         self.last_result: Result | None = None
+        self.on_token = None         # GENERATE streaming: callable(str) set by the REPL
         self._cancel = threading.Event()
 
     # ------------------------------------------------------------ cancellation

@@ -41,7 +41,7 @@ def test_infer_table_has_bars_and_rows():
     out = show(r)
     assert " Paris" in out and "77.25%" in out and "█" in out and "5.00%" in out
     assert "\\n" in out                                 # control characters made visible
-    assert "2 rows" in out and "no chat template" in out and "41.2 ms" in out
+    assert "2 rows" in out and "raw prompt (no chat wrapping)" in out and "41.2 ms" in out
 
 
 def test_all_none_columns_hidden_in_table_only():

@@ -307,7 +307,7 @@ def _footer(result: Result) -> Text | None:
         parts.append(f"{n} row{'s' if n != 1 else ''}")
     if "chat_wrapped" in result.meta:
         parts.append("chat template applied" if result.meta["chat_wrapped"]
-                     else "no chat template")
+                     else "raw prompt (no chat wrapping)")
     el = result.meta.get("elapsed_ms")
     if isinstance(el, (int, float)):
         parts.append(format_elapsed(el))
@@ -333,7 +333,9 @@ def render(result: Result, console: Console, *, timing: bool = True) -> None:
         console.print(Text(result.message or "", style="green"))
     elif kind == "text":
         body = result.message or ""
-        if str(result.meta.get("format", "")).lower() == "markdown":
+        if result.meta.get("streamed"):      # already shown token by token (REPL GENERATE)
+            console.print()
+        elif str(result.meta.get("format", "")).lower() == "markdown":
             from rich.markdown import Markdown
             console.print(Markdown(body))
         else:
