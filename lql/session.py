@@ -172,6 +172,13 @@ class Session:
         p = Path(os.path.expanduser(os.fspath(path)))
         return p if p.is_absolute() else self.cwd / p
 
+    def resolve_source(self, given: str):
+        """A model source as a user gave it: a path relative to the working directory
+        when one exists there, else the text itself (a bundled model name such as
+        ``smollm2``, or a hub id that :func:`lql.sources.open_source` explains)."""
+        path = self.resolve_path(given)
+        return path if path.exists() else given
+
     # ------------------------------------------------------------ execution
     def execute(self, what, *, continue_on_error: bool = False):
         """``execute(text) -> list[Result]``; ``execute(stmt) -> Result``."""

@@ -105,11 +105,8 @@ def use_model(session, stmt) -> Result:
         from ..sources import open_source
     except ImportError as exc:
         raise NotBuiltError(f"USE MODEL is not built yet (model source readers: {exc})") from None
-    path = session.resolve_path(stmt.source)
-    if not path.exists():
-        raise ExecutionError(f"{stmt.source}: no such model (nothing at {path}); give a local "
-                             f"Hugging Face folder or a .gguf file")
-    src = open_source(path)
+    where = session.resolve_source(stmt.source)
+    src = open_source(where)
     session.model_source = src
     session.vindex = None
     session.overlay = None
@@ -120,7 +117,7 @@ def use_model(session, stmt) -> Result:
     return Result.msg("USE MODEL", f"Using live weights of {stmt.source}: {getattr(src, 'name', '?')} "
                       f"({getattr(src, 'family', '?')}), {layers} layers — INFER, EXPLAIN INFER, "
                       f"TRACE and STATS work on it; browsing and edits need a vindex",
-                      path=str(path), model=getattr(src, "name", None),
+                      path=str(getattr(src, "path", where)), model=getattr(src, "name", None),
                       family=getattr(src, "family", None))
 
 

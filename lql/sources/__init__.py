@@ -15,6 +15,9 @@ from .base import ModelSource, SourceError, SourceWeights
 def open_source(path) -> ModelSource:
     """Open a local Hugging Face model folder or ``.gguf`` file.
 
+    A bundled model name (``smollm2``, see :mod:`lql.sources.bundled`) is
+    accepted when no local path of that name exists.
+
     Raises :class:`SourceError` for a path that is neither (a hub id included:
     nothing is downloaded), :class:`~lql.errors.UnsupportedArchitectureError`
     for an architecture no family describes."""
@@ -31,6 +34,10 @@ def open_source(path) -> ModelSource:
             return HfSource(p.parent)
         raise SourceError(f"{p} is neither a Hugging Face model folder nor a .gguf file", p)
     text = str(path)
+    from .bundled import bundled_path
+    bundled = bundled_path(text)
+    if bundled is not None:
+        return open_source(bundled)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         raise SourceError(f"{text!r} is not a local path; it looks like a Hugging Face hub id, "
                           "but nothing is downloaded here. Download the model first (for example "
