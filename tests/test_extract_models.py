@@ -254,3 +254,14 @@ def test_forward_pass_from_vindex_equals_source(family):
     a = build_model(v.model_config, v.weights).forward(ids).logits
     b = build_model(src.model_config, src.weights).forward(ids).logits
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_smollm2_inference_vindex_predicts_paris():
+    """An INFERENCE vindex from the GGUF carries a working model (fixtures.md: top-1 " Paris")."""
+    from lql.model.model import build_model
+    v = open_vindex(smollm2_vindex("inference", "f16", source="gguf"))
+    assert v.level == "inference" and v.has_model_weights and verify(v.path).ok
+    ids = v.tokenizer.encode("The capital of France is").ids
+    logits = build_model(v.model_config, v.weights).forward(ids).logits
+    assert v.token_text(int(np.argmax(logits))) == " Paris"
