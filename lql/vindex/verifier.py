@@ -57,6 +57,9 @@ def verify(path) -> VerifyReport:
     headers) found by opening the vindex go in ``report.error``.
     """
     root = Path(path).expanduser().resolve()
+    if not root.exists():
+        raise NoVindexError(f"{root}: no such vindex — create one with "
+                            f"EXTRACT MODEL <source> INTO \"{path}\"")
     if not (root / fmt.INDEX).is_file():
         raise NoVindexError(f"{root} is not a vindex (no {fmt.INDEX}) — create one with "
                             f"EXTRACT MODEL <source> INTO \"{path}\"")
