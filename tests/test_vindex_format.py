@@ -365,3 +365,18 @@ def test_cli_verify(tmp_path, capsys):
     (out / "gate_vectors.bin").write_bytes(b"\0" * (out / "gate_vectors.bin").stat().st_size)
     assert cli_verify(Namespace(path=str(out))) == 1
     assert "mismatch" in capsys.readouterr().out
+
+
+def test_f16_overflow_refused(tmp_path):
+    src = FakeSource()
+    src._t["layers.1.mlp.gate_proj.weight"][2, 3] = 1e6
+    with pytest.raises(ExecutionError, match=r"layers\.1\.mlp\.gate_proj\.weight.*f16.*F32"):
+        extract(src, tmp_path / "v", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    v = open_vindex(extract(src, tmp_path / "v", dtype="f32", progress=False))
+    assert v.gate(1)[2, 3] == 1e6
+
+
+def test_open_by_index_json_path(tmp_path):
+    out = _extract(tmp_path)
+    assert open_vindex(out / "index.json").path == out.resolve()

@@ -109,10 +109,18 @@ class BinWriter:
         self.offset = 0
         self._sha = hashlib.sha256()
 
-    def write(self, array: np.ndarray) -> tuple[int, int]:
-        """Append ``array`` cast to the file dtype; returns (offset, length) in bytes."""
-        data = np.ascontiguousarray(array, dtype=self.dtype).tobytes()
-        return self.write_bytes(data)
+    def write(self, array: np.ndarray, name: str = "") -> tuple[int, int]:
+        """Append ``array`` cast to the file dtype; returns (offset, length) in bytes.
+
+        Refuses values that f16 cannot hold (|x| > 65504 would become inf)."""
+        with np.errstate(over="ignore"):
+            cast = np.ascontiguousarray(array, dtype=self.dtype)
+        if self.dtype.itemsize == 2 and cast.size and not np.isfinite(cast).all() \
+                and np.isfinite(array).all():
+            big = float(np.abs(np.asarray(array, dtype=np.float32)).max())
+            raise ExecutionError(f"{name or self.path.name}: value {big:g} does not fit in f16 "
+                                 f"(max 65504) — extract with DTYPE F32")
+        return self.write_bytes(cast.tobytes())
 
     def write_bytes(self, data: bytes) -> tuple[int, int]:
         self.fh.write(data)

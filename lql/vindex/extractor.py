@@ -125,7 +125,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
             w = weight_files.get(file)
             if w is None:
                 w = weight_files[file] = BinWriter(tmp / file, np_dtype)
-            off, length = w.write(array)
+            off, length = w.write(array, key)
             manifest.append({"key": key, "kind": "tensor" if array.ndim >= 2 else "vector",
                              "shape": list(array.shape), "offset": off, "length": length,
                              "file": file})
@@ -151,7 +151,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
                 raise ExecutionError(f"{family.embed_key} has shape {emb.shape}, expected "
                                      f"(vocab, {hidden})")
             ew = BinWriter(tmp / fmt.EMBEDDINGS, np_dtype)
-            ew.write(emb)
+            ew.write(emb, family.embed_key)
             checksums[fmt.EMBEDDINGS] = ew.close()
             st.advance()
 
@@ -180,7 +180,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
                     if h != hidden:
                         raise ExecutionError(f"{gate_keys[layer]} gives gate rows of shape "
                                              f"{rows.shape}, expected (features, {hidden})")
-                    off, length = gw.write(rows)
+                    off, length = gw.write(rows, gate_keys[layer])
                     layer_entries.append({"layer": layer, "num_features": int(n_feat),
                                           "offset": off, "length": length})
                     del rows, g_src

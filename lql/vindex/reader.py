@@ -79,6 +79,8 @@ class Vindex:
 
     def __init__(self, path):
         self.path = Path(path).expanduser().resolve()
+        if self.path.name == fmt.INDEX and self.path.is_file():
+            self.path = self.path.parent
         if not self.path.exists():
             raise NoVindexError(f"{self.path}: no such vindex — create one with "
                                 f"EXTRACT MODEL <source> INTO \"{path}\"")
