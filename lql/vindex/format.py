@@ -28,9 +28,6 @@ NORMS = "norms.bin"
 UP = "up_weights.bin"
 DOWN = "down_weights.bin"
 LM_HEAD = "lm_head.bin"
-#: tensors that fit none of the named files (e.g. GPT-2's learned positions);
-#: an addition to the format, listed in weight_manifest.json like the others
-OTHER = "other_weights.bin"
 MANIFEST = "weight_manifest.json"
 FEATURE_LABELS = "feature_labels.json"
 RELATION_CLUSTERS = "relation_clusters.json"
