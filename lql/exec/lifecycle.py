@@ -30,7 +30,7 @@ def extract(session, stmt) -> Result:
     from ..vindex import extract as run_extract
     from ..vindex.format import load_index
 
-    source = session.resolve_path(stmt.source)
+    source = session.resolve_source(stmt.source)
     output = session.resolve_path(stmt.output)
     layers = stmt.layers
     if layers is not None and not isinstance(layers, ast.Range):     # ALL LAYERS
