@@ -118,3 +118,12 @@ def test_wide_single_row_renders_as_fields():
     out = show(Result.table("STATS", list(row), [row]))
     lines = out.splitlines()
     assert lines[0].split() == ["field_0", "0"] and "a.bin: 1.50" in out and "b.bin: 2" in out
+
+
+def test_whitespace_only_tokens_are_visible():
+    r = Result.table("TRACE", ["layer", "top_token", "top_probability"], [
+        {"layer": 20, "top_token": " ", "top_probability": 0.92},
+        {"layer": 21, "top_token": "", "top_probability": 0.5}])
+    lines = show(r).splitlines()
+    assert "␣" in lines[2] and "∅" in lines[3]
+    assert show(Result.table("TRACE", ["top_token"], [{"top_token": " "}])).count("␣") == 1

@@ -163,6 +163,8 @@ def _cell(col: str, v: Any, col_max: float) -> Text:
     if c == "size_mb" and isinstance(v, (int, float)) and not isinstance(v, bool):
         return Text(f"{v:,.1f}")
     if c in TOKEN_COLUMNS:
+        if isinstance(v, str) and not v.strip(" "):   # " " or "" would print as nothing
+            return Text(v.replace(" ", "␣") or "∅", style="dim cyan")
         return Text(_plain(v), style="cyan")
     if c in LIST_COLUMNS:
         return Text(_plain(v), style="dim")
