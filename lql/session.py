@@ -149,6 +149,7 @@ class Session:
         self.base_vindex = None      # the unpatched base while an overlay is active
         self.last_result: Result | None = None
         self.on_token = None         # GENERATE streaming: callable(str) set by the REPL
+        self.remote = None           # lql.server.client.RemoteVindex while USE REMOTE is in effect
         self._cancel = threading.Event()
 
     # ------------------------------------------------------------ cancellation
@@ -286,6 +287,8 @@ class Session:
             self.last_result = left[-1] if left else None
             right = self._run(stmt.right, script=script)
             return left + right
+        if self.remote is not None and self.remote.claims(stmt):
+            return self.remote.run(self, stmt)      # sent to the server, refused, or USE
         fn = registry.lookup(type(stmt))
         if fn is None:
             cap = registry.capability(type(stmt))

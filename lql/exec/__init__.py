@@ -27,7 +27,7 @@ __all__ = ["handler", "lookup", "registered", "GROUPS", "CAPABILITIES", "import_
 #: cost of importing the group modules in order until it turns up)
 GROUPS: dict[str, str] = {
     "Extract": "lifecycle", "Use": "browse", "UseModel": "browse",
-    "UseRemote": "lifecycle", "Compile": "compile", "Diff": "compile",
+    "UseRemote": "remote", "Compile": "compile", "Diff": "compile",
     "Walk": "browse", "Describe": "browse", "Select": "browse", "ExplainWalk": "browse",
     "Infer": "infer", "ExplainInfer": "infer", "Trace": "infer",
     "Insert": "mutate", "Delete": "mutate", "Update": "mutate", "Merge": "mutate",
@@ -56,7 +56,8 @@ CAPABILITIES: dict[str, str] = {
     "SetChat": "session settings", "Help": "help",
 }
 
-ALL_GROUPS = ("lifecycle", "browse", "introspect", "infer", "mutate", "patches", "compile")
+ALL_GROUPS = ("lifecycle", "browse", "introspect", "infer", "mutate", "patches", "compile",
+              "remote")
 
 _HANDLERS: dict[type, Callable] = {}
 _imported: set[str] = set()
