@@ -32,6 +32,10 @@ def test_via_residual_matches_transformers():
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(src)
     ids = tok("France", return_tensors="pt").input_ids
+    bos = model.config.bos_token_id            # DESCRIBE puts the model's BOS first
+    if bos is not None and int(ids[0, 0]) != bos:
+        ids = torch.cat([torch.tensor([[bos]]), ids], dim=1)
+    assert ids.shape[1] >= 2
     seen = {}
     hooks = [layer.mlp.register_forward_hook(
         lambda mod, args, out, i=i: seen.__setitem__(i, args[0][0, -1].detach().numpy()))

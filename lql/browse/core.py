@@ -154,6 +154,7 @@ class DownMeta:
         if self._dm is None:
             raise LevelError("this vindex has no down-meta (down_meta.bin); re-extract it")
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._hubs: frozenset[int] | None = None
 
     def layer(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         hit = self._cache.get(layer)
@@ -162,6 +163,30 @@ class DownMeta:
                                                                      dtype=np.float32))
             self._cache[layer] = hit
         return hit
+
+    def hub_ids(self, share: float = 0.002, minimum: int = 20) -> frozenset[int]:
+        """Tokens in the stored top-k down tokens of more than ``max(minimum, share ×
+        features)`` features of the whole vindex ("hub" tokens: under-trained / generic
+        tokens such as SmolLM2's ``" strugg"`` that sit near the top of almost every
+        projection, so they say nothing about a particular feature)."""
+        if self._hubs is None:
+            counts: np.ndarray | None = None
+            total = 0
+            for layer in range(int(self.view.num_layers)):
+                try:
+                    if int(self.view.num_features(layer)) <= 0:
+                        continue
+                except Exception:                       # absent layer
+                    continue
+                ids, sc = self.layer(layer)
+                real = ids[(ids != 0) | (sc != 0)]       # zero padding is not a token
+                c = np.bincount(real.astype(np.int64).ravel())
+                counts = c if counts is None else _add_counts(counts, c)
+                total += ids.shape[0]
+            limit = max(int(minimum), share * total)
+            self._hubs = frozenset() if counts is None else frozenset(
+                np.nonzero(counts > limit)[0].tolist())
+        return self._hubs
 
     def top_id(self, layer: int, feature: int) -> int | None:
         ids, sc = self.layer(layer)
@@ -184,6 +209,14 @@ class DownMeta:
                 continue
             out.append((int(i), float(s)))
         return out
+
+
+def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.shape[0] < b.shape[0]:
+        a, b = b, a
+    a = a.copy()
+    a[:b.shape[0]] += b
+    return a
 
 
 _DM_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -14,7 +14,10 @@ Pipeline (per band, see docs/BROWSE.md):
    best score.
 3. each hit becomes an edge whose target is the feature's top down-meta token;
    noise targets are dropped (``lql.browse.tokens``: special, punctuation /
-   whitespace, sub-word fragments, stop words) and so are the entity's own
+   whitespace, sub-word fragments, stop words), and so are *hub* tokens
+   (:meth:`DownMeta.hub_ids`: tokens among the stored top-k down tokens of more
+   than :data:`HUB_SHARE` of all the vindex's features — generic tokens that top
+   nearly every projection, like SmolLM2's ``" strugg"``) and the entity's own
    tokens (same id, or the same word ignoring case).
 4. edges with the same target word (stripped, case-folded) merge across
    layers: best score (and its layer/feature), ``layer_min``/``layer_max``,
@@ -48,6 +51,7 @@ PER_LAYER = 20          # features kept per layer
 FLOOR = 0.25            # a hit must score at least FLOOR × the layer's best score
 ALSO_MAX = 3            # "also" tokens kept per edge
 ALSO_DEPTH = 4          # down-meta positions 1..ALSO_DEPTH-1 feed "also"
+HUB_SHARE = 0.002       # a token in the top-k down tokens of > 0.2 % of all features is a hub
 LIMITS = {"BRIEF": 10, "VERBOSE": 30, "RAW": 30}
 
 
@@ -98,6 +102,7 @@ def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], 
     own_words = {_norm_word(entity)} | {_norm_word(w) for w in entity.split()} | {
         _norm_word(toks.text(i)) for i in own_ids}
     inserted = inserted_features(view)
+    hubs = dm.hub_ids(HUB_SHARE) if filter_noise else frozenset()
 
     memo: dict[int, bool] = {}
 
@@ -105,7 +110,7 @@ def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], 
         hit = memo.get(tid)
         if hit is None:
             hit = (tid in own_ids or _norm_word(toks.text(tid)) in own_words
-                   or (filter_noise and toks.is_noise(tid)))
+                   or (filter_noise and (tid in hubs or toks.is_noise(tid))))
             memo[tid] = hit
         return hit
 

@@ -1,0 +1,126 @@
+"""Print DESCRIBE's top edges per entity for several pipeline variants, so a reader
+can judge which gives what the model associates with the entity.
+
+    python benchmarks/eval_describe.py [INFERENCE_VINDEX] [--top 12]
+
+Variants (knowledge band, 20 features a layer, floor 0.25, merge by word):
+
+* query: ``emb`` (DESCRIBE's embedding query), ``res0`` (VIA RESIDUAL with the
+  entity at position 0, the old behaviour), ``res`` (VIA RESIDUAL after the
+  model's BOS, the current behaviour);
+* score: ``gate`` (gate · query), ``centred`` (minus the mean over a reference
+  list of common nouns, run the same way), ``z`` (that, divided by their std);
+* target filter: ``noise`` (the token filter of lql.browse.tokens), ``+hubs``
+  (also the down-meta hub tokens — the current pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+ENTITIES = ["France", "Paris", "Germany", "Einstein", "Python", "dog", "Monday", "red"]
+REFERENCE = """time year people way day man thing woman life child world school state family
+student group country problem hand part place case week company system program question work
+government number night point home water room mother area money story fact month lot right study
+book eye job word business issue side kind head house service friend father power hour game line
+end member law car city community name president team minute idea kid body information back parent
+face level office door health person art war history party result change morning reason research
+girl moment air teacher force education food music table tree river paper color animal song king
+church street computer science market window phone language doctor""".split()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("vindex", nargs="?")
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    if args.vindex is None:
+        from vindex_fixtures import smollm2_vindex
+        args.vindex = str(smollm2_vindex(level="inference"))
+    from lql.browse.core import band_layers, down_meta_of, entity_query
+    from lql.browse.describe import HUB_SHARE
+    from lql.browse.tokens import entity_ids, tokens_of
+    from lql.edit.forward import run
+    from lql.model import Hooks
+    from lql.vindex.reader import Vindex
+
+    v = Vindex(args.vindex)
+    toks, dm = tokens_of(v), down_meta_of(v)
+    layers = band_layers(v, "knowledge")
+    gates = {l: np.asarray(v.gate(l), dtype=np.float32) for l in layers}
+    hubs = dm.hub_ids(HUB_SHARE)
+    bos = (v.model_config or {}).get("bos_token_id")
+
+    def residual(word, with_bos):
+        ids = v.tokenizer.encode(word).ids
+        if with_bos and bos is not None and ids[0] != bos:
+            ids = [bos] + ids
+        got = {}
+
+        def grab(layer, x, out):
+            got[layer] = np.array(x[-1], dtype=np.float32)
+            return out
+        run(v, ids, hooks=Hooks(ffn=grab))
+        return got
+
+    queries = {
+        "emb": lambda w: dict.fromkeys(layers, entity_query(v, w)[0]),
+        "res0": lambda w: residual(w, False),
+        "res": lambda w: residual(w, True),
+    }
+    ref = {}
+    for name, fn in queries.items():
+        qs = [fn(w) for w in REFERENCE]
+        ref[name] = {}
+        for l in layers:
+            s = gates[l] @ np.stack([q[l] for q in qs]).T
+            ref[name][l] = (s.mean(1), s.std(1) + 1e-6)
+
+    def edges(entity, scores, hub_filter):
+        own_ids = set(entity_ids(v, entity))
+        out = {}
+        for l in layers:
+            s = scores[l]
+            idx = [int(i) for i in np.argsort(-s, kind="stable")[:20] if s[i] > 0]
+            if not idx:
+                continue
+            best = s[idx[0]]
+            top_ids = dm.layer(l)[0][:, 0]
+            for f in idx:
+                if s[f] < 0.25 * best:
+                    break
+                t = int(top_ids[f])
+                key = toks.text(t).strip().casefold()
+                if t in own_ids or key == entity.casefold() or toks.is_noise(t) or \
+                        (hub_filter and t in hubs):
+                    continue
+                out[key] = max(out.get(key, -1e9), float(s[f]))
+        return [k for k, _ in sorted(out.items(), key=lambda kv: -kv[1])][:args.top]
+
+    for entity in ENTITIES:
+        print(f"== {entity}")
+        for name, fn in queries.items():
+            q = fn(entity)
+            raw = {l: gates[l] @ q[l] for l in layers}
+            variants = {
+                "gate noise": (raw, False),
+                "gate +hubs": (raw, True),
+                "centred +hubs": ({l: raw[l] - ref[name][l][0] for l in layers}, True),
+                "z +hubs": ({l: (raw[l] - ref[name][l][0]) / ref[name][l][1] for l in layers},
+                            True),
+            }
+            for vname, (sc, hf) in variants.items():
+                print(f"  {name:4s} {vname:14s} " + ", ".join(edges(entity, sc, hf)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
