@@ -6,12 +6,11 @@ and docs/INFER.md.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_writer
 from ..errors import ExecutionError
 from ..model import Record
 from ..result import Result
@@ -181,17 +180,6 @@ def save_npz(path: Path, *, target, prep, emb, res, attn, ffn, logits, for_id=No
         "model": np.array(str(target.name or ""), dtype=np.str_),
         "for_token_id": np.array(-1 if for_id is None else int(for_id), dtype=np.int64),
     }
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_writer(path) as fh:
+        np.savez(fh, **arrays)
     return path

@@ -30,6 +30,8 @@ import numpy as np
 from ..errors import ExecutionError, MissingTensorError
 from . import format as fmt
 from .atomic import AtomicDir, BinWriter, check_target
+
+FORCE_HINT = "FORCE (lql extract --force)"
 from .down_meta import DownMetaWriter, layer_records
 from .progress import progress_display
 
@@ -89,7 +91,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
         raise ExecutionError(f"unknown extract level {level!r} (BROWSE, INFERENCE or ALL)")
     np_dtype = fmt.np_dtype(dtype, "DTYPE")
     output = Path(output).expanduser().absolute()
-    check_target(output, force)           # fail before the expensive part
+    check_target(output, force, hint=FORCE_HINT)   # fail before the expensive part
     if isinstance(source, (str, Path)):
         from ..sources import open_source
         source = open_source(source)
@@ -115,7 +117,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
         by_layer.setdefault(s.layer, []).append(s)
     primary = {family.embed_key, *gate_keys.values()}
 
-    with progress_display(progress) as bars, AtomicDir(output, force) as out:
+    with progress_display(progress) as bars, AtomicDir(output, force, hint=FORCE_HINT) as out:
         tmp = out.tmp
         checksums: dict[str, str] = {}
         weight_files: dict[str, BinWriter] = {}
