@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ExecutionError
 from .forward import ffn_inputs, model_for, prompt_ids, run
+from .overlay import ffn_layout
 from .patch import PatchOp
 from .prompts import canonical_prompt, template_for
 
@@ -173,23 +174,32 @@ def compose_op(view, entity: str, relation: str, target: str, *, layer: int,
     gates = np.asarray(view.gate(layer), dtype=np.float32)
     a_gate = float(np.max(np.abs(gates @ u)))
     up_key = lay.up_key(layer)
-    a_up = a_gate
-    if up_key and up_key in view.weights:
-        a_up = float(np.max(np.abs(lay.rows(np.asarray(view.weights[up_key])) @ u)))
+    gated = bool(up_key) and up_key in view.weights
     w = selective_direction(u, negatives)
     gate = w * a_gate
-    up = w * a_up
-    act = _activation(view, a_gate) * a_up        # the feature's activation on the prompt
+    feature, slot = choose_slot(view, layer)
+    vectors = {"gate": gate}
+    if gated:
+        a_up = float(np.max(np.abs(lay.rows(np.asarray(view.weights[up_key])) @ u)))
+        vectors["up"] = w * a_up
+        act = _activation(view, a_gate) * a_up    # the feature's activation on the prompt
+    else:
+        # a dense FFN (GPT-2): act(gate·u + bias); the slot keeps its base bias
+        act = _activation(view, a_gate + _ffn_bias(view, layer, feature))
+    if act <= 0:
+        raise ExecutionError(f"the new feature would not fire on {text!r} at layer {layer}; "
+                             f"try another AT LAYER")
     out = run(view, text, record=Record(residuals="last", layers=frozenset([layer])))
     r_norm = float(np.linalg.norm(out.residuals[layer]))
-    down = unembed_direction(view, tid) * (ALPHA_UNIT * alpha * r_norm / act)
-    feature, slot = choose_slot(view, layer)
+    down = _through_post_norm(view, layer, unembed_direction(view, tid))
+    down = down * (ALPHA_UNIT * alpha * r_norm / act)
+    vectors["down"] = down
     emb = np.asarray(view.embed([tid]), dtype=np.float32)[0]
     op = PatchOp.make("insert", layer=layer, feature=feature, relation=relation, entity=entity,
                       target=target, confidence=1.0 if confidence is None else float(confidence),
                       mode="compose", alpha=alpha, prompt=text,
                       down_meta={"t": ttext.strip(), "i": tid, "c": float(emb @ down)},
-                      vectors={"gate": gate, "up": up, "down": down})
+                      vectors=vectors)
     return InsertPlan(op, layer, feature, slot, text, tid, ttext)
 
 
@@ -285,21 +295,56 @@ def calibrate_compose(overlay, view, plan: InsertPlan, max_doublings: int = 3) -
     from .forward import predict
     op = plan.op
     scale = 1.0
-    for step in range(max_doublings + 1):
-        p = predict(view, plan.prompt, top=1)
-        if p.top1 == plan.target_id or step == max_doublings:
-            break
-        scale *= 2.0
-        op.set_vector("down", op.vector("down") * 2.0)
-        op.data["alpha"] = float(op.data.get("alpha", DEFAULT_ALPHA)) * 2.0
+
+    def rescale(factor):
+        op.set_vector("down", op.vector("down") * factor)
+        op.data["alpha"] = float(op.data.get("alpha", DEFAULT_ALPHA)) * factor
         meta = dict(op.data.get("down_meta") or {})
         if "c" in meta:
-            meta["c"] = float(meta["c"]) * 2.0
+            meta["c"] = float(meta["c"]) * factor
         op.data["down_meta"] = meta
         overlay._changed()
+
+    p = predict(view, plan.prompt, top=1)
+    for _ in range(max_doublings):
+        if p.top1 == plan.target_id:
+            break
+        rescale(2.0)
+        q = predict(view, plan.prompt, top=1)
+        if float(q.probs[plan.target_id]) < float(p.probs[plan.target_id]):
+            # past the peak: a push this long derails the later layers — undo and stop
+            rescale(0.5)
+            break
+        scale *= 2.0
+        p = q
     return {"retrieved": p.top1 == plan.target_id, "probability": p.top[0][1]
             if p.top1 == plan.target_id else float(p.probs[plan.target_id]),
             "scale": scale, "alpha": float(op.data.get("alpha", DEFAULT_ALPHA))}
+
+
+def _ffn_bias(view, layer: int, feature: int) -> float:
+    """The FFN input bias of ``feature`` (GPT-2's ``c_fc.bias``), 0.0 when there is none."""
+    key = ffn_layout(view).gate_key(layer)
+    if key.endswith(".weight"):
+        bias = key[:-len(".weight")] + ".bias"
+        if bias in view.weights:
+            return float(np.asarray(view.weights[bias])[feature])
+    return 0.0
+
+
+def _through_post_norm(view, layer: int, direction: np.ndarray) -> np.ndarray:
+    """The FFN-output direction that lands on ``direction`` in the residual stream.  Families
+    with a post-FFN norm (Gemma 2/3 "sandwich" norms: ``post_feedforward_layernorm``, weight
+    applied as ``1 + w``) multiply the FFN output elementwise by the norm's scale, so the down
+    vector is divided by it first (an RMS norm then only rescales it).  Unit length."""
+    block = model_for(view).blocks[layer]
+    norm = getattr(block, "post_ffn_norm", None)
+    if norm is None:
+        return direction
+    scale = np.asarray(norm(np.ones((1, direction.shape[0]), np.float32))[0], np.float64)
+    safe = np.where(np.abs(scale) < 1e-3, np.copysign(1e-3, scale + 1e-12), scale)
+    d = direction / safe
+    return (d / float(np.linalg.norm(d))).astype(np.float32)
 
 
 def _activation(view, x: float) -> float:

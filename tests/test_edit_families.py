@@ -1,0 +1,127 @@
+"""Knowledge editing on tiny random models of other families (gemma2, qwen3, gpt2):
+INSERT MODE COMPOSE acts in the forward pass, COMPILE INTO MODEL loads in transformers
+(float32, eager) with the session's numbers, and with no edits writes the source tensors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model_fixtures import tiny_model_dir  # noqa: E402
+from vindex_fixtures import tiny_vindex  # noqa: E402
+
+from lql.session import Session  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(2)
+
+PROMPT = "The capital of Atlantis is"
+OTHER = "Once upon a time there"
+INSERT = ('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
+          '"Poseidon") MODE COMPOSE')
+
+# where each family keeps feature f of layer L in the Hugging Face checkpoint (independent of
+# lql's layout code): (gate, up, down) as functions of the loaded tensors
+HF_FFN = {
+    "gpt2": lambda t, L, f: (t[f"transformer.h.{L}.mlp.c_fc.weight"][:, f], None,
+                             t[f"transformer.h.{L}.mlp.c_proj.weight"][f, :]),
+    "qwen3": lambda t, L, f: (t[f"model.layers.{L}.mlp.gate_proj.weight"][f],
+                              t[f"model.layers.{L}.mlp.up_proj.weight"][f],
+                              t[f"model.layers.{L}.mlp.down_proj.weight"][:, f]),
+}
+HF_FFN["gemma2"] = HF_FFN["qwen3"]
+
+
+def _session(fam, cwd):
+    s = Session(cwd=cwd)
+    s.query(f'USE "{tiny_vindex(fam, "all", "f32")}"')
+    s.query("SET CHAT OFF")
+    return s
+
+
+def _source_tensors(fam):
+    from safetensors.numpy import load_file
+    out = {}
+    for f in sorted(tiny_model_dir(fam).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def _hf_probs(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1].double().softmax(-1).numpy()
+
+
+@pytest.mark.parametrize("fam", ["gemma2", "qwen3", "gpt2"])
+def test_compile_model_without_edits_writes_the_source(fam, tmp_path):
+    from safetensors.numpy import load_file
+    s = _session(fam, tmp_path)
+    s.query('COMPILE CURRENT INTO MODEL "plain"')
+    src = _source_tensors(fam)
+    out = load_file(tmp_path / "plain" / "model.safetensors")
+    # tied lm_head may be left out; nothing else may be missing or extra
+    assert set(out) <= set(src) and set(src) - set(out) <= {"lm_head.weight"}
+    for k, v in out.items():
+        assert v.dtype == src[k].dtype and np.array_equal(v, src[k]), k
+
+
+@pytest.mark.parametrize("fam", ["gemma2", "qwen3", "gpt2"])
+def test_compose_insert_and_compile_model(fam, tmp_path):
+    from safetensors.numpy import load_file
+    from lql.edit.forward import ffn_inputs, predict, run
+    from lql.model import Record
+    from lql.model.ffn import ACTIVATIONS
+    s = _session(fam, tmp_path)
+    tok = s.vindex.tokenizer
+    pose = tok.encode(" Poseidon", add_special_tokens=False).ids[0]
+    logit0 = float(run(s.vindex, PROMPT).logits[pose])
+    r = s.query(INSERT)
+    row = r.rows[0]
+    L, f = row["layer"], row["feature"]
+    op = s.overlay.recording.operations[-1]
+    gate, down = op.vector("gate"), op.vector("down")
+    up = op.vector("up") if "up_vector_b64" in op.data else None
+    assert (up is None) == (fam == "gpt2")               # GPT-2's FFN has no up projection
+
+    # the forward pass uses the feature: its activation on the prompt is what the op's
+    # vectors give on the FFN input (numpy, from the op), and it is switched on
+    u = ffn_inputs(s.vindex, PROMPT, [L])[L]
+    out = run(s.vindex, PROMPT, record=Record(ffn_activations=True))
+    act_fn = ACTIVATIONS[str(s.vindex.model_config["activation"])]
+    if fam == "gpt2":
+        bias = float(np.asarray(s.vindex.weights[f"h.{L}.mlp.c_fc.bias"])[f])
+        want = float(act_fn(np.array([gate @ u + bias], np.float32))[0])
+    else:
+        want = float(act_fn(np.array([gate @ u], np.float32))[0]) * float(up @ u)
+    got = float(np.asarray(out.ffn_activations[L])[f])
+    assert want > 0 and got == pytest.approx(want, rel=1e-3, abs=1e-4)
+    logit1 = float(out.logits[pose])
+    assert logit1 > logit0 + 1.0                         # the target's logit rises
+    if fam in ("qwen3", "gpt2"):
+        assert predict(s.vindex, PROMPT).top1 == pose    # these tiny models can be forced
+    elif predict(s.vindex, PROMPT).top1 != pose:
+        assert "NOT top-1" in r.message                  # gemma2: post-FFN norm caps the push
+
+    s.query('COMPILE CURRENT INTO MODEL "edited"')
+    t = load_file(tmp_path / "edited" / "model.safetensors")
+    g_hf, up_hf, down_hf = HF_FFN[fam](t, L, f)
+    np.testing.assert_array_equal(g_hf, gate)
+    np.testing.assert_array_equal(down_hf, down)
+    if up is not None:
+        np.testing.assert_array_equal(up_hf, up)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "edited", dtype=torch.float32, attn_implementation="eager").eval()
+    for prompt in (PROMPT, OTHER):
+        ids = tok.encode(prompt).ids
+        ref = _hf_probs(model, ids)
+        mine = s.query(f'INFER "{prompt}" TOP 10 RAW')
+        want_top = np.argsort(-ref, kind="stable")[:10].tolist()
+        assert [x["token_id"] for x in mine.rows] == want_top, prompt
+        for x in mine.rows:
+            assert abs(x["probability"] - ref[x["token_id"]]) <= 1e-4
