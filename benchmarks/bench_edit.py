@@ -5,7 +5,8 @@
 Without --vindex it uses the test cache's f32 ALL vindex (extracting it once).
 Prints: COMPOSE and KNN insertion of 10 invented facts (retrieval on the
 canonical prompt and on a paraphrase, controls whose top-1 changed), DELETE of
-(France, capital, Paris) (suppression, collateral on Germany → Berlin, exact
+(France, capital, Paris) (suppression; collateral on Germany → Berlin, Italy → Rome,
+Spain → Madrid, Japan → Tokyo and France → French (another template); exact
 revert), and timings.  Predictions are raw prompts (no chat template).
 """
 
@@ -76,28 +77,42 @@ def bench_insert(path, mode: str) -> dict:
             "controls_changed": len(changed), "insert_s": t_insert}
 
 
+#: DELETE controls: (prompt, expected answer) — other facts of the same template and one of
+#: another template; the answer must be the base model's top-1 for the row to count
+DELETE_CONTROLS = [("The capital of Germany is", " Berlin"), ("The capital of Italy is", " Rome"),
+                   ("The capital of Spain is", " Madrid"), ("The capital of Japan is", " Tokyo"),
+                   ("The official language of France is", " French")]
+
+
 def bench_delete(path) -> dict:
-    from lql.edit.delete import delete_fact
+    from lql.edit.delete import delete_fact, sibling_prompts
     from lql.edit.forward import predict
-    from lql.edit.insert import REFERENCE_ENTITIES
     base, ov, v = fresh(path)
     tok = base.tokenizer
     paris = tok.encode(" Paris", add_special_tokens=False).ids[0]
-    berlin = tok.encode(" Berlin", add_special_tokens=False).ids[0]
-    fr, de = "The capital of France is", "The capital of Germany is"
-    p_fr0, p_de0 = predict(v, fr).probs[paris], predict(v, de).probs[berlin]
+    fr = "The capital of France is"
+    ctl = [(c, tok.encode(a, add_special_tokens=False).ids[0]) for c, a in DELETE_CONTROLS]
+    p_fr0 = float(predict(v, fr).probs[paris])
+    before = [predict(v, c) for c, _ in ctl]
     t0 = time.perf_counter()
     rep = delete_fact(ov, v, fr, paris, reason="bench",
-                      references=[f"The capital of {e} is" for e in REFERENCE_ENTITIES
-                                  if e != "France"])
+                      references=sibling_prompts("The capital of {entity} is", "France"))
     t_del = time.perf_counter() - t0
-    p_fr1, p_de1 = predict(v, fr).probs[paris], predict(v, de).probs[berlin]
+    p_fr1 = float(predict(v, fr).probs[paris])
+    after = [predict(v, c) for c, _ in ctl]
+    rows = []
+    for (c, tid), b, a in zip(ctl, before, after):
+        p0, p1 = float(b.probs[tid]), float(a.probs[tid])
+        rows.append({"prompt": c, "answer": v.token_text(tid), "base_top1": b.top1 == tid,
+                     "p0": p0, "p1": p1, "collateral": abs(p1 - p0) / p0 if p0 else 0.0,
+                     "top1_kept": a.top1 == tid, "now_top1": v.token_text(a.top1)})
     ov.remove(ov.recording)
-    p_fr2, p_de2 = predict(v, fr).probs[paris], predict(v, de).probs[berlin]
-    return {"features": len(rep.features), "p_paris": (float(p_fr0), float(p_fr1)),
-            "p_berlin": (float(p_de0), float(p_de1)),
-            "suppression": float(1 - p_fr1 / p_fr0), "collateral": float(abs(p_de1 - p_de0) / p_de0),
-            "revert_exact": bool(p_fr2 == p_fr0 and p_de2 == p_de0), "delete_s": t_del}
+    p_fr2 = float(predict(v, fr).probs[paris])
+    exact = p_fr2 == p_fr0 and all(float(predict(v, c).probs[t]) == float(b.probs[t])
+                                   for (c, t), b in zip(ctl, before))
+    return {"features": len(rep.features), "p_paris": (p_fr0, p_fr1),
+            "suppression": 1 - p_fr1 / p_fr0, "controls": rows, "revert_exact": bool(exact),
+            "delete_s": t_del}
 
 
 def main() -> None:
@@ -117,9 +132,12 @@ def main() -> None:
     d = bench_delete(path)
     print(f"DELETE (France, capital, Paris): {d['features']} features; P(' Paris') "
           f"{d['p_paris'][0]:.3f} → {d['p_paris'][1]:.3f} (suppression {d['suppression']:.0%}); "
-          f"P(' Berlin' | Germany) {d['p_berlin'][0]:.3f} → {d['p_berlin'][1]:.3f} "
-          f"(collateral {d['collateral']:.0%}); REMOVE restores exactly: {d['revert_exact']}; "
-          f"{d['delete_s']:.1f} s")
+          f"REMOVE restores exactly: {d['revert_exact']}; {d['delete_s']:.1f} s")
+    for r in d["controls"]:
+        print(f"  control {r['prompt']!r:40s} P({r['answer']!r}) {r['p0']:.3f} → {r['p1']:.3f} "
+              f"(collateral {r['collateral']:.0%}); top-1 kept: {r['top1_kept']}"
+              + ("" if r["top1_kept"] else f" (now {r['now_top1']!r})")
+              + ("" if r["base_top1"] else " [not the base top-1]"))
 
 
 if __name__ == "__main__":

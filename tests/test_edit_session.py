@@ -163,3 +163,79 @@ def test_update_target_of_a_base_feature(tiny, tmp_path):
     np.testing.assert_allclose(new / np.linalg.norm(new), unembed_direction(s.vindex, tid),
                                atol=1e-5)
     assert s.vindex.down_meta.top_ids(1)[3, 0] == tid
+
+
+def test_compile_on_conflict_policies(tiny, tmp_path):
+    """Two stacked patches edit (layer 1, feature 3): FAIL refuses, LAST_WINS bakes the
+    upper patch, HIGHEST_CONFIDENCE the more confident one; other edits are kept."""
+    from lql.edit.insert import unembed_direction
+    from lql.vindex import open_vindex
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny}"')
+    key = "layers.1.mlp.down_proj.weight"
+    norm = float(np.linalg.norm(np.asarray(s.vindex.weights[key])[:, 3]))
+    tok = s.vindex.tokenizer
+    paris = tok.encode(" Paris", add_special_tokens=False).ids[0]
+    berlin = tok.encode(" Berlin", add_special_tokens=False).ids[0]
+    s.query('BEGIN PATCH "a.vlp"')
+    s.query('UPDATE EDGES SET target = "Paris", confidence = 0.9 WHERE layer = 1 AND feature = 3')
+    s.query("SAVE PATCH")
+    s.query('BEGIN PATCH "b.vlp"')
+    s.query('UPDATE EDGES SET target = "Berlin", confidence = 0.2 WHERE layer = 1 AND feature = 3')
+    s.query("DELETE FROM EDGES WHERE layer = 0 AND feature = 2")
+    s.query("SAVE PATCH")
+    want = {paris: unembed_direction(s.vindex, paris) * norm,
+            berlin: unembed_direction(s.vindex, berlin) * norm}
+
+    with pytest.raises(ExecutionError, match=r"L1:F3.*LAST_WINS"):
+        s.query('COMPILE CURRENT INTO VINDEX "fail.vindex" ON CONFLICT FAIL')
+    assert not (tmp_path / "fail.vindex").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fail")]
+
+    for policy, winner in (("LAST_WINS", berlin), ("HIGHEST_CONFIDENCE", paris)):
+        out_path = tmp_path / f"{policy}.vindex"
+        s.query(f'COMPILE CURRENT INTO VINDEX "{out_path.name}" ON CONFLICT {policy}')
+        out = open_vindex(out_path, verify=True)
+        np.testing.assert_allclose(np.asarray(out.weights[key])[:, 3], want[winner], atol=1e-6)
+        assert out.down_meta.top_ids(1)[3, 0] == winner
+        assert not out.gate(0)[2].any()                  # b's other edit is baked either way
+    # the session itself is unchanged by compiling (last patch wins in the view)
+    np.testing.assert_allclose(np.asarray(s.vindex.weights[key])[:, 3], want[berlin], atol=1e-6)
+
+
+def test_knn_insert_on_a_browse_vindex(tmp_path):
+    """BROWSE: the KNN key is the entity's mean token embedding × embed_scale; the entry is
+    stored, saved, shown by DESCRIBE as inserted; INFER is a LevelError anyway."""
+    from vindex_fixtures import tiny_vindex
+    from lql.errors import LevelError
+    from lql.vindex import open_vindex
+    path = tiny_vindex("llama", "browse", "f32")
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{path}"')
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+                '"Birnin")')
+    assert r.rows[0]["mode"] == "knn" and r.rows[0]["feature"] is None
+    assert "embedding" in r.message and "BROWSE" in r.message
+    [entry] = s.overlay.knn
+    base = open_vindex(path)
+    ids = base.tokenizer.encode(" Wakanda", add_special_tokens=False).ids
+    emb = np.asarray(base.weights["embed_tokens.weight"], np.float32)      # Llama's name
+    key = emb[ids].mean(0) * float(base.embed_scale)
+    np.testing.assert_allclose(entry.key, key / np.linalg.norm(key), atol=1e-6)
+    assert entry.center is None
+    assert entry.target_id == base.tokenizer.encode(" Birnin", add_special_tokens=False).ids[0]
+    rows = s.query('DESCRIBE "Wakanda"').rows
+    ins = [x for x in rows if x.get("source") == "inserted"]
+    assert [(x["relation"], x["target"], x["mode"]) for x in ins] == [("capital", "Birnin", "knn")]
+    assert not [x for x in s.query('DESCRIBE "France"').rows if x.get("source") == "inserted"]
+    with pytest.raises(LevelError, match="BROWSE"):
+        s.query('INFER "The capital of Wakanda is"')
+    s.query('SAVE PATCH "k.vlp"')
+    doc = json.loads((tmp_path / "k.vlp").read_text())
+    assert [o["op"] for o in doc["operations"]] == ["insert_knn"]
+    s2 = Session(cwd=tmp_path)
+    s2.query(f'USE "{path}"')
+    s2.query('APPLY PATCH "k.vlp"')
+    np.testing.assert_allclose(s2.overlay.knn[0].key, entry.key, atol=1e-7)
+    s2.query('DELETE FROM EDGES WHERE entity = "Wakanda"')
+    assert s2.overlay.knn == []

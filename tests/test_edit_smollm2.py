@@ -102,6 +102,9 @@ def test_delete_fact_suppresses_and_reverts(smol, tmp_path):
     fr, de = "The capital of France is", "The capital of Germany is"
     p_fr0, p_de0 = _p(s, fr).probs[paris], _p(s, de).probs[berlin]
     assert p_fr0 > 0.5                                # the model knows it (p ≈ 0.77)
+    others = {"The capital of Italy is": _tid(s, " Rome"),
+              "The capital of Spain is": _tid(s, " Madrid")}
+    assert all(_p(s, c).top1 == t for c, t in others.items())
     s.query('BEGIN PATCH "del.vlp"')
     r = s.query('DELETE FROM EDGES WHERE entity = "France" AND relation = "capital" '
                 'AND target = "Paris"')
@@ -109,6 +112,8 @@ def test_delete_fact_suppresses_and_reverts(smol, tmp_path):
     p_fr1, p_de1 = _p(s, fr).probs[paris], _p(s, de).probs[berlin]
     assert p_fr1 <= 0.30 * p_fr0                      # ≥ 70 % suppression
     assert abs(p_de1 - p_de0) <= 0.30 * p_de0         # ≤ 30 % collateral
+    # neighbours outside DELETE's sibling list keep their answer (the first version lost both)
+    assert all(_p(s, c).top1 == t for c, t in others.items())
     s.query("SAVE PATCH")
     s.query('REMOVE PATCH "del.vlp"')
     assert _p(s, fr).probs[paris] == p_fr0 and _p(s, de).probs[berlin] == p_de0
@@ -141,3 +146,25 @@ def test_compile_model_loads_in_transformers(smol, tmp_path):
         with torch.no_grad():
             top = int(model(ids).logits[0, -1].argmax())
         assert top == _p(s, prompt).top1, prompt
+
+
+def test_insert_trains_on_the_raw_prompt_and_says_so(smol, tmp_path):
+    """SmolLM2-Instruct has a chat template: under the default SET CHAT AUTO, INFER wraps
+    prompts, but INSERT trains on the raw canonical prompt — it says so, and the fact is
+    retrieved by INFER ... RAW and by a SET CHAT OFF session."""
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{smol}"')                          # chat mode: the default (AUTO)
+    birnin = _tid(s, " Birnin")
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+                '"Birnin")')
+    assert r.meta["prompt_form"] == "raw"
+    assert "raw" in r.message and "INFER ... RAW or SET CHAT OFF" in r.message
+    raw = s.query('INFER "The capital of Wakanda is" TOP 3 RAW')
+    assert raw.rows[0]["token_id"] == birnin and raw.meta.get("chat_wrapped") in (False, None)
+    wrapped = s.query('INFER "The capital of Wakanda is" TOP 3')
+    assert wrapped.rows[0]["token_id"] != birnin       # documented: not installed for chat
+    s.query("SET CHAT OFF")
+    assert s.query('INFER "The capital of Wakanda is" TOP 3').rows[0]["token_id"] == birnin
+    r2 = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Genovia", "capital", '
+                 '"Pyrus")')
+    assert "raw" in r2.message and "SET CHAT AUTO" not in r2.message   # no warning needed

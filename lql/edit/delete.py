@@ -16,10 +16,16 @@ feature that fires for every "The capital of X is" (and pushes every capital)
 is not what makes this fact, and deleting it would break the others.  A feature
 is further penalised by the most it contributes to any reference prompt's own
 answer (act_ref · down · (u(answer_ref) − mean u(others))), so features that
-carry "capital city" for every country are kept.  DELETE removes the highest-scoring
-features a few at a time (re-measuring after each round) until the target's
+carry "capital city" for every country are kept; the penalty is weighted by
+``PENALTY`` (0.5) and the siblings are the template filled with the 16
+:data:`SIBLING_ENTITIES` (countries).  DELETE removes the highest-scoring
+features two at a time (re-measuring after each round) until the target's
 probability on the prompt fell below ``keep`` × its starting value (default
-0.25, i.e. ≥ 75 % suppression) or ``max_features`` are gone.
+0.30, i.e. ≥ 70 % suppression) or ``max_features`` (96) are gone.  Measured on
+SmolLM2 (benchmarks/bench_edit.py): fewer siblings or a full penalty trade
+suppression against collateral (8 references, penalty 1: 76 % suppression but
+Rome and Madrid lose top-1; 16 siblings, penalty 1: 56 % suppression after 96
+features; penalty 0.5, batches of 4: 90 % suppression, Madrid loses top-1).
 """
 
 from __future__ import annotations
@@ -32,11 +38,26 @@ from ..model import Record
 from .forward import model_for, predict, run
 from .patch import PatchOp
 
-__all__ = ["fact_feature_scores", "delete_fact"]
+__all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "SIBLING_ENTITIES"]
 
-BATCH = 4
-MAX_FEATURES = 48
-KEEP = 0.25
+#: fillers of the fact's template whose own answers DELETE must not break (the entity itself
+#: is left out); countries dominate because most relations of the prompt table are about them
+SIBLING_ENTITIES = ("France", "Japan", "Brazil", "Egypt", "Canada", "India", "Mexico", "Russia",
+                    "China", "Poland", "Sweden", "Turkey", "Australia", "Argentina", "Kenya",
+                    "Greece")
+
+BATCH = 2
+MAX_FEATURES = 96
+KEEP = 0.30
+#: weight of the sibling penalty (1: a feature is kept if it helps any sibling's answer as much
+#: as it helps this fact; lower: more suppression, more collateral — see docs/EDITING.md)
+PENALTY = 0.5
+
+
+def sibling_prompts(template: str, entity: str) -> list[str]:
+    """``template`` filled with :data:`SIBLING_ENTITIES` other than ``entity``."""
+    low = entity.strip().lower()
+    return [template.replace("{entity}", e) for e in SIBLING_ENTITIES if e.lower() != low]
 
 
 def _directions(view, ids) -> np.ndarray:
@@ -92,7 +113,7 @@ def fact_feature_scores(view, prompt: str, target_id: int, *, exclude=frozenset(
             # what the feature does for each reference's own answer: don't break those
             ref_dirs = rival_dirs @ cols                                    # (refs, features)
             penalty = np.maximum((ref_acts * ref_dirs).max(0), 0.0)
-        score = np.asarray(act, dtype=np.float32) * (direction @ cols) - penalty
+        score = np.asarray(act, dtype=np.float32) * (direction @ cols) - PENALTY * penalty
         top = np.argsort(-score)[:BATCH * 4]
         found += [(float(score[f]), layer, int(f)) for f in top
                   if score[f] > 0 and (layer, int(f)) not in exclude]

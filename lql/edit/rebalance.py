@@ -4,7 +4,12 @@ probability on its canonical prompt lies in [FLOOR, CEILING].
 Per fact, the scale moves geometrically (×1.6 up when below FLOOR, ×0.6 down
 when above CEILING) until the probability is bracketed, then bisects the scale
 in log space.  Every round re-measures every fact, because facts installed in
-one layer interact.  The result is recorded as ``update`` operations carrying
+one layer interact; for the same reason a remembered bound can go stale (another
+fact's change moved the answer outside the bracket), so a bracket that has
+closed (hi/lo < 1.05) without success is dropped and the search widens again.
+A fact that still lies outside [FLOOR, CEILING] after MAX rounds (or whose scale
+hit its limit, 1/64 or 64 times the inserted down vector) is reported ``low`` /
+``high`` with the reason.  The result is recorded as ``update`` operations carrying
 the new down vectors.
 """
 
@@ -24,6 +29,9 @@ FLOOR, CEILING, MAX_ITERATIONS = 0.30, 0.90, 16
 UP, DOWN = 1.6, 0.6
 #: the scale never leaves [1/MAX_SCALE, MAX_SCALE] (a fact that cannot reach FLOOR stays "low")
 MAX_SCALE = 64.0
+#: a bracket [lo, hi] narrower than this ratio that still fails is dropped: the other facts
+#: moved (facts in one layer interact), so the remembered bound no longer holds
+STALE = 1.05
 
 
 @dataclass
@@ -40,6 +48,7 @@ class _Fact:
     lo: float | None = None      # largest scale known to be too weak
     hi: float | None = None      # smallest scale known to be too strong
     p: float = 0.0
+    prev: tuple | None = None    # (scale, probability) of the previous measurement
 
 
 def compose_facts(view) -> list[_Fact]:
@@ -73,11 +82,25 @@ def rebalance(overlay, view, *, floor: float = FLOOR, ceiling: float = CEILING,
         if it == max_iterations:
             break
         for fa in out:
-            if fa.p < floor:
+            if fa.p < floor and fa.prev is not None and fa.prev[0] < fa.scale \
+                    and fa.prev[1] > fa.p:
+                # stronger made it worse: past the peak (a push this long derails the later
+                # layers), so this scale is too strong
+                fa.prev = (fa.scale, fa.p)
+                fa.hi = fa.scale
+                fa.scale = float(np.sqrt(fa.scale * fa.lo)) if fa.lo is not None \
+                    else fa.scale * DOWN
+            elif fa.p < floor:
+                fa.prev = (fa.scale, fa.p)
                 fa.lo = fa.scale
+                if fa.hi is not None and fa.hi <= fa.lo * STALE:
+                    fa.hi = None        # the bracket closed without success: it was stale
                 fa.scale = fa.scale * UP if fa.hi is None else float(np.sqrt(fa.scale * fa.hi))
             else:
+                fa.prev = (fa.scale, fa.p)
                 fa.hi = fa.scale
+                if fa.lo is not None and fa.lo >= fa.hi / STALE:
+                    fa.lo = None
                 fa.scale = fa.scale * DOWN if fa.lo is None else float(np.sqrt(fa.scale * fa.lo))
             fa.scale = float(np.clip(fa.scale, 1.0 / MAX_SCALE, MAX_SCALE))
             overlay.record(PatchOp.make("update", layer=fa.layer, feature=fa.feature,
@@ -87,5 +110,14 @@ def rebalance(overlay, view, *, floor: float = FLOOR, ceiling: float = CEILING,
              "relation": fa.relation, "target": fa.target, "mode": "compose",
              "probability": round(fa.p, 4), "scale": round(fa.scale, 4),
              "status": "ok" if floor <= fa.p <= ceiling else
-             ("low" if fa.p < floor else "high")} for fa in facts]
+             ("low" if fa.p < floor else "high"),
+             "reason": None if floor <= fa.p <= ceiling else _reason(fa, floor)} for fa in facts]
     return rows, it, converged
+
+
+def _reason(fa: _Fact, floor: float) -> str:
+    if fa.p < floor and fa.scale >= MAX_SCALE:
+        return f"scale at its limit ({MAX_SCALE:g}x): the feature cannot push the target higher"
+    if fa.p >= floor and fa.scale <= 1.0 / MAX_SCALE:
+        return f"scale at its limit (1/{MAX_SCALE:g}): the model prefers the target without it"
+    return "not within range after MAX iterations (raise MAX)"

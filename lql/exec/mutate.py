@@ -68,14 +68,35 @@ def insert(session, stmt: ast.Insert) -> Result:
         plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
                       confidence=stmt.confidence, prompt=stmt.prompt)
         started = ov.record(plan.op)
-        detail = f"KNN key from {plan.prompt!r}"
+        if getattr(view, "level", "inference") == "browse":
+            detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
+                      f"no forward pass; the entry is stored, INFER needs INFERENCE)")
+        else:
+            detail = f"KNN key from the raw prompt {plan.prompt!r}"
         meta = {}
+    wraps = _session_wraps(session, view)
+    if getattr(view, "level", "inference") != "browse":
+        detail += ("; trained on the raw (completion-style) prompt"
+                   + (" — this session wraps INFER prompts in the chat template (SET CHAT "
+                      "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
+                      if wraps else ""))
+    meta["prompt_form"] = "raw"
     row = {"layer": layer, "feature": plan.feature, "entity": stmt.entity,
            "relation": stmt.relation, "target": stmt.target, "mode": mode}
     msg = (f"inserted ({stmt.entity}, {stmt.relation}, {stmt.target}) MODE {mode.upper()} at "
            f"layer {layer}, {detail}{_note(started, ov)}")
     return Result.table("INSERT", COLUMNS, [row], message=msg, auto_patch=started,
                         prompt=plan.prompt, target_token=plan.target_text, **meta)
+
+
+def _session_wraps(session, view) -> bool:
+    """Whether a plain INFER in this session would wrap its prompt in the chat template."""
+    try:
+        from ..infer.prompt import should_wrap
+        template = getattr(view, "chat_template", None)
+        return should_wrap(None, getattr(session, "chat_mode", None), bool(template))
+    except Exception:          # no template machinery / BROWSE target: nothing is wrapped
+        return False
 
 
 # --------------------------------------------------------------------------- matching
@@ -192,9 +213,9 @@ def delete(session, stmt: ast.Delete) -> Result:
 
 
 def _delete_base_fact(session, ov, view, entity, relation, target, reason):
-    from ..edit.delete import delete_fact
+    from ..edit.delete import delete_fact, sibling_prompts
     from ..edit.forward import predict
-    from ..edit.insert import REFERENCE_ENTITIES, target_token
+    from ..edit.insert import target_token
     from ..edit.prompts import canonical_prompt, template_for
     _needs_forward(view, "DELETE of a fact the model knows")
     prompt = canonical_prompt(entity, relation)
@@ -205,8 +226,7 @@ def _delete_base_fact(session, ov, view, entity, relation, target, reason):
     else:
         tid, ttext = target_token(view, target)
     template = template_for(relation)
-    refs = [template.replace("{entity}", r) for r in REFERENCE_ENTITIES
-            if r.lower() != entity.strip().lower()]
+    refs = sibling_prompts(template, entity)
     started = ov.recording is None
     rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
     rows = [{"layer": l, "feature": f, "entity": entity, "relation": relation,
@@ -355,13 +375,19 @@ def rebalance(session, stmt: ast.Rebalance) -> Result:
         raise ExecutionError("MAX must be at least 1")
     rows, it, ok = run(ov, view, floor=floor, ceiling=ceiling, max_iterations=n)
     if not rows:
-        return Result.table("REBALANCE", COLUMNS + ["probability", "scale", "status"], [],
+        return Result.table("REBALANCE", COLUMNS + ["probability", "scale", "status", "reason"], [],
                             message="no COMPOSE-inserted facts to rebalance")
     msg = (f"rebalanced {len(rows)} fact{'s' if len(rows) != 1 else ''} in {it} "
            f"iteration{'s' if it != 1 else ''}: " + ("all within" if ok else "not all within")
            + f" [{floor:g}, {ceiling:g}]")
-    return Result.table("REBALANCE", COLUMNS + ["probability", "scale", "status"], rows,
-                        message=msg, converged=ok, iterations=it)
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        msg += "; did not converge: " + "; ".join(
+            f"({r['entity']}, {r['relation']}, {r['target']}) P = {r['probability']:.3f} "
+            f"({r['status']}: {r['reason']})" for r in bad)
+    cols = COLUMNS + ["probability", "scale", "status", "reason"]
+    return Result.table("REBALANCE", cols, rows, message=msg, converged=ok, iterations=it,
+                        not_converged=[(r["entity"], r["relation"], r["target"]) for r in bad])
 
 
 # COMPILE and DIFF handlers live in lql/exec/compile.py; the registry maps them to the
