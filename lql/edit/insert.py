@@ -305,18 +305,22 @@ def calibrate_compose(overlay, view, plan: InsertPlan, max_doublings: int = 3) -
         op.data["down_meta"] = meta
         overlay._changed()
 
+    # the response is not monotonic (it can dip, then rise; or collapse when the push
+    # derails the later layers): take the first doubling that puts the target on top,
+    # else the scale where its probability was highest
     p = predict(view, plan.prompt, top=1)
+    best = (float(p.probs[plan.target_id]), 1.0, p)
     for _ in range(max_doublings):
         if p.top1 == plan.target_id:
             break
         rescale(2.0)
-        q = predict(view, plan.prompt, top=1)
-        if float(q.probs[plan.target_id]) < float(p.probs[plan.target_id]):
-            # past the peak: a push this long derails the later layers — undo and stop
-            rescale(0.5)
-            break
         scale *= 2.0
-        p = q
+        p = predict(view, plan.prompt, top=1)
+        if float(p.probs[plan.target_id]) > best[0]:
+            best = (float(p.probs[plan.target_id]), scale, p)
+    if p.top1 != plan.target_id and best[1] != scale:
+        rescale(best[1] / scale)
+        scale, p = best[1], best[2]
     return {"retrieved": p.top1 == plan.target_id, "probability": p.top[0][1]
             if p.top1 == plan.target_id else float(p.probs[plan.target_id]),
             "scale": scale, "alpha": float(op.data.get("alpha", DEFAULT_ALPHA))}
