@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from edit_fakes import FakeVindex  # noqa: E402
 
-from lql.edit import atomic  # noqa: E402
+from lql import atomic  # noqa: E402
 from lql.edit.overlay import Overlay, OverlayVindex  # noqa: E402
 from lql.edit.patch import Patch, PatchOp, decode_vector, encode_vector, read_patch, write_patch  # noqa: E402
 from lql.errors import ExecutionError, VindexError  # noqa: E402

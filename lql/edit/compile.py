@@ -20,23 +20,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import AtomicDir
 from ..errors import ExecutionError, LevelError, MissingTensorError, NotBuiltError
-from .atomic import fsync_dir, replace_dir
 from .overlay import Overlay, OverlayVindex, ffn_layout
 
 __all__ = ["compile_vindex", "compile_model", "resolve_conflicts"]
 
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
-def _tmp_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
 
 def _check_out(out: Path, force: bool, base_path: Path | None) -> None:
@@ -113,8 +107,8 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
                 (entry["offset"], np.asarray(view.weights[key], np.float32)))
     changed = set(writes) | ({"down_meta.bin"} if edited_layers else set())
 
-    tmp = _tmp_dir(out)
-    try:
+    with AtomicDir(out, force, hint="FORCE") as staging:
+        tmp = staging.tmp
         for item in sorted(src.iterdir()):
             if item.name.startswith(".") or item.name == "index.json":
                 continue
@@ -135,8 +129,6 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
                 for offset, arr in parts:
                     fh.seek(offset)
                     fh.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
         if edited_layers:
             dm = view.down_meta
             with open(tmp / "down_meta.bin", "wb") as fh:
@@ -146,8 +138,6 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
                     w.write_layer(layer, np.ascontiguousarray(dm.layer_records(layer))
                                   if n else None)
                 w.finish()
-                fh.flush()
-                os.fsync(fh.fileno())
         sums = dict(index.get("checksums") or {})
         for name in changed:
             sums[name] = sha256_file(tmp / name)
@@ -160,13 +150,6 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
         with open(tmp / "index.json", "w", encoding="utf-8") as fh:
             json.dump(index, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        replace_dir(tmp, out, force=force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"path": str(out), "rewritten": sorted(changed), "edited_features": len(feats),
             "knn_left_out": len(ov.knn) if ov is not None else 0}
 
@@ -210,8 +193,8 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
         tensors[fam.hf_key(k)] = np.ascontiguousarray(arr.astype(np_dtype))
     cfg = fam.hf_config(mc)
     cfg["torch_dtype"] = "float16" if np_dtype == np.float16 else "float32"
-    tmp = _tmp_dir(out)
-    try:
+    with AtomicDir(out, force, hint="FORCE") as staging:
+        tmp = staging.tmp
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del tensors
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
@@ -219,14 +202,6 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
             p = Path(base.path) / name
             if p.is_file():
                 shutil.copyfile(p, tmp / name)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        replace_dir(tmp, out, force=force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     ov = getattr(view, "overlay", None)
     return {"path": str(out), "tensors": len(keys), "dtype": cfg["torch_dtype"],
             "edited_features": len(ov.features) if ov is not None else 0,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExecutionError, VindexError
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 __all__ = ["Patch", "PatchOp", "encode_vector", "decode_vector", "read_patch", "write_patch",
            "OPS", "VECTOR_KEYS", "now_iso"]
