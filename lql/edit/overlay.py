@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExecutionError, NoVindexError
+from ..vindex.down_meta import RecordAccess
 from .patch import Patch, PatchOp
 
 __all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "session_overlay",
@@ -433,7 +434,7 @@ class OverlayWeights(Mapping):
         return getattr(self._base(), name)
 
 
-class OverlayDownMeta:
+class OverlayDownMeta(RecordAccess):
     """``v.down_meta`` with edited features' records replaced (computed from their down
     vectors against the embeddings, or taken from the patch's ``down_meta``)."""
 
@@ -466,27 +467,6 @@ class OverlayDownMeta:
         recs.flags.writeable = False
         self._cache[layer] = recs
         return recs
-
-    def top_ids(self, layer: int) -> np.ndarray:
-        return self.layer_records(layer)["top"]["id"].astype(np.int64)
-
-    def top_scores(self, layer: int) -> np.ndarray:
-        return np.ascontiguousarray(self.layer_records(layer)["top"]["score"])
-
-    def c_scores(self, layer: int) -> np.ndarray:
-        return np.ascontiguousarray(self.layer_records(layer)["c_score"])
-
-    def record(self, layer: int, feature: int) -> dict | None:
-        if (layer, feature) not in self._view.overlay.features:
-            return self._base.record(layer, feature)
-        r = self.layer_records(layer)[feature]
-        if not r.tobytes().strip(b"\0"):
-            return None
-        top = [(int(i), float(s)) for i, s in zip(r["top"]["id"], r["top"]["score"])]
-        while top and top[-1] == (0, 0.0):
-            top.pop()
-        return {"top_token_id": int(r["top_token_id"]), "c_score": float(r["c_score"]),
-                "top": top}
 
 
 def record_for(view, e: FeatureEdit, dtype: np.dtype) -> np.ndarray:

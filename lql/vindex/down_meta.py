@@ -43,7 +43,42 @@ def record_dtype(top_k: int) -> np.dtype:
 
 # --------------------------------------------------------------------- reading
 
-class DownMeta:
+class RecordAccess:
+    """Per-layer accessors derived from ``layer_records(layer)`` (a structured array);
+    shared by the file reader and by any view that patches records (the edit overlay)."""
+
+    def layer_records(self, layer: int) -> np.ndarray:          # pragma: no cover
+        raise NotImplementedError
+
+    def top_ids(self, layer: int) -> np.ndarray:
+        """(num_features, top_k) token ids, best first (int64)."""
+        return self.layer_records(layer)["top"]["id"].astype(np.int64)
+
+    def top_scores(self, layer: int) -> np.ndarray:
+        """(num_features, top_k) scores, best first (f32)."""
+        return np.ascontiguousarray(self.layer_records(layer)["top"]["score"])
+
+    def c_scores(self, layer: int) -> np.ndarray:
+        return np.ascontiguousarray(self.layer_records(layer)["c_score"])
+
+    def record(self, layer: int, feature: int) -> dict | None:
+        """``{"top_token_id", "c_score", "top": [(id, score), ...]}`` or ``None`` (no metadata)."""
+        recs = self.layer_records(layer)
+        if not 0 <= feature < len(recs):
+            raise IndexError(f"feature {feature} out of range for layer {layer} "
+                             f"({len(recs)} features)")
+        r = recs[feature]
+        if not r.tobytes().strip(b"\0"):
+            return None
+        top = [(int(i), float(s)) for i, s in zip(r["top"]["id"], r["top"]["score"])]
+        n = len(top)
+        while n and top[n - 1] == (0, 0.0):   # zero padding when fewer than top_k
+            n -= 1
+        return {"top_token_id": int(r["top_token_id"]), "c_score": float(r["c_score"]),
+                "top": top[:n]}
+
+
+class DownMeta(RecordAccess):
     """Memory-mapped ``down_meta.bin``: only the layer headers are read at open."""
 
     def __init__(self, path: Path, *, expected_layers: int | None = None,
@@ -111,34 +146,6 @@ class DownMeta:
         n, off = self._counts[layer], self._offsets[layer]
         raw = self._map()[off: off + n * self.dtype.itemsize]
         return raw.view(self.dtype)
-
-    def top_ids(self, layer: int) -> np.ndarray:
-        """(num_features, top_k) token ids, best first (int64)."""
-        return self.layer_records(layer)["top"]["id"].astype(np.int64)
-
-    def top_scores(self, layer: int) -> np.ndarray:
-        """(num_features, top_k) scores, best first (f32)."""
-        return np.ascontiguousarray(self.layer_records(layer)["top"]["score"])
-
-    def c_scores(self, layer: int) -> np.ndarray:
-        return np.ascontiguousarray(self.layer_records(layer)["c_score"])
-
-    def record(self, layer: int, feature: int) -> dict | None:
-        """``{"top_token_id", "c_score", "top": [(id, score), ...]}`` or ``None`` (no metadata)."""
-        recs = self.layer_records(layer)
-        if not 0 <= feature < len(recs):
-            raise IndexError(f"feature {feature} out of range for layer {layer} "
-                             f"({len(recs)} features)")
-        r = recs[feature]
-        if not r.tobytes().strip(b"\0"):
-            return None
-        top = [(int(i), float(s)) for i, s in zip(r["top"]["id"], r["top"]["score"])]
-        n = len(top)
-        while n and top[n - 1] == (0, 0.0):   # zero padding when fewer than top_k
-            n -= 1
-        return {"top_token_id": int(r["top_token_id"]), "c_score": float(r["c_score"]),
-                "top": top[:n]}
-
 
 # --------------------------------------------------------------------- computing
 
