@@ -228,6 +228,12 @@ def test_knn_insert_on_a_browse_vindex(tmp_path):
     ins = [x for x in rows if x.get("source") == "inserted"]
     assert [(x["relation"], x["target"], x["mode"]) for x in ins] == [("capital", "Birnin", "knn")]
     assert not [x for x in s.query('DESCRIBE "France"').rows if x.get("source") == "inserted"]
+    # SELECT FROM EDGES lists the KNN entry (an edge without a feature slot)
+    sel = s.query('SELECT entity, target, feature FROM EDGES WHERE entity = "Wakanda"').rows
+    assert {"entity": "Wakanda", "target": "Birnin", "feature": None} in sel
+    sel = s.query('SELECT entity, target FROM EDGES WHERE relation = "capital"').rows
+    assert sel == [{"entity": "Wakanda", "target": "Birnin"}]
+    assert not s.query('SELECT * FROM EDGES WHERE relation = "language"').rows
     with pytest.raises(LevelError, match="BROWSE"):
         s.query('INFER "The capital of Wakanda is"')
     s.query('SAVE PATCH "k.vlp"')

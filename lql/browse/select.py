@@ -92,6 +92,21 @@ def _edge_rows(view, entity: str, layer_conds, check) -> list[dict]:
     return rows
 
 
+def _knn_rows(view, where) -> list[dict]:
+    """The overlay's KNN entries as edge rows (they are edges without a feature slot)."""
+    fn = getattr(view, "inserted_edges", None)
+    rows = []
+    for e in (fn() if fn is not None else []):
+        if e.get("mode") != "knn":
+            continue
+        r = {"entity": e["entity"], "relation": e["relation"], "target": e["target"],
+             "layer": e["layer"], "feature": None, "confidence": e["confidence"], "gate": None,
+             "distance": None, "source": "inserted (knn)"}
+        if row_matches(r, where):
+            rows.append(r)
+    return rows
+
+
 def _nearest_rows(view, entity: str, layer: int) -> list[dict]:
     layer = check_layer(view, int(layer))
     query, _ids = entity_query(view, entity)
@@ -198,7 +213,7 @@ def select(view, source, *, fields=None, nearest=None, where=(), order_by=None,
             rows = []
             for name in _entities(ent_conds):
                 rows.extend(_edge_rows(view, name, layer_conds, check))
-            rows = [r for r in rows if row_matches(r, rest)]
+            rows = [r for r in rows if row_matches(r, rest)] + _knn_rows(view, where)
             default_limit = None
         else:
             if ent_conds:                        # FROM FEATURES has no entity
@@ -219,6 +234,8 @@ def select(view, source, *, fields=None, nearest=None, where=(), order_by=None,
                         capped = True
                         rows = rows[:SCAN_LIMIT]
                         break
+                if src == "EDGES":
+                    rows += _knn_rows(view, where)
             default_limit = None
     if order_by is not None:
         key = order_by.field.lower()
