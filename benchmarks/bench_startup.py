@@ -53,4 +53,7 @@ def main(runs: int = 10) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 10))
+    import argparse
+    ap = argparse.ArgumentParser(description="Cold start time of lql -e 'SHOW MODELS'.")
+    ap.add_argument("runs", nargs="?", type=int, default=10)
+    sys.exit(main(ap.parse_args().runs))
