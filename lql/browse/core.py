@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from ..errors import ExecutionError, LevelError
+from .memo import PerVindex
 from .tokens import entity_ids, prompt_ids, tokens_of
 
 __all__ = ["resolve_layers", "check_layer", "query_vector", "entity_query", "gate_scores",
@@ -219,7 +218,7 @@ def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a
 
 
-_DM_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_down_meta = PerVindex(lambda view: DownMeta(view))
 
 
 def down_meta_of(view) -> DownMeta:
@@ -227,14 +226,7 @@ def down_meta_of(view) -> DownMeta:
     overlay's down-meta changes with its edits, so it gets a fresh one each time)."""
     if getattr(view, "is_overlay", False):
         return DownMeta(view)
-    try:
-        dm = _DM_CACHE.get(view)
-        if dm is None:
-            dm = DownMeta(view)
-            _DM_CACHE[view] = dm
-        return dm
-    except TypeError:
-        return DownMeta(view)
+    return _down_meta(view)
 
 
 def token_text(view, token_id):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import weakref
 from dataclasses import dataclass, field
+
+from .memo import PerVindex
 
 __all__ = ["Labels", "labels_of"]
 
@@ -106,16 +107,5 @@ def _build(view) -> Labels:
     return Labels(probe, cluster, clusters if clusters else None)
 
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def labels_of(view) -> Labels:
-    """The labels of ``view`` (memoised per vindex object)."""
-    try:
-        lab = _CACHE.get(view)
-        if lab is None:
-            lab = _build(view)
-            _CACHE[view] = lab
-        return lab
-    except TypeError:
-        return _build(view)
+labels_of = PerVindex(_build)
+"""``labels_of(view)``: the labels of ``view`` (memoised per vindex object)."""

@@ -17,9 +17,9 @@ The entity's own tokens are dropped by DESCRIBE itself (it knows the entity).
 from __future__ import annotations
 
 import re
-import weakref
 
 from ..errors import ExecutionError
+from .memo import PerVindex
 
 __all__ = ["STOP_WORDS", "prompt_ids", "entity_ids", "TokenCache", "tokens_of"]
 
@@ -124,17 +124,9 @@ class TokenCache:
         return False
 
 
-_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_token_caches = PerVindex(TokenCache)
 
 
 def tokens_of(view) -> TokenCache:
     """The (per-vindex, memoised) :class:`TokenCache` of ``view``."""
-    base = getattr(view, "base", None) or view     # an overlay shares its base's tokens
-    try:
-        cache = _CACHES.get(base)
-        if cache is None:
-            cache = TokenCache(base)
-            _CACHES[base] = cache
-        return cache
-    except TypeError:                                 # not weak-referenceable
-        return TokenCache(base)
+    return _token_caches(getattr(view, "base", None) or view)   # an overlay shares its base's
