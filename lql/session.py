@@ -163,6 +163,13 @@ class Session:
             self._cancel.clear()
             raise Cancelled()
 
+    def vocabulary_words(self, prefix: str = "") -> list[str]:
+        """Entity-like words of the vindex vocabulary starting with ``prefix`` (REPL completion)."""
+        if self.vindex is None or getattr(self.vindex, "tokenizer", None) is None:
+            return []
+        from .browse.tokens import tokens_of
+        return tokens_of(self.vindex).words_with_prefix(prefix)
+
     def has_unsaved_edits(self) -> bool:
         """True when the overlay holds edits not yet written to a patch file."""
         return bool(self.overlay is not None and self.overlay.has_unsaved_edits())

@@ -181,3 +181,16 @@ def test_ctrl_c_cancels_running_statement_and_ctrl_d_warns(spawn):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_entity_completion_from_the_vindex_vocabulary(tmp_path):
+    """Inside DESCRIBE's quotes, Tab offers whole words of the vindex's own vocabulary."""
+    from vindex_fixtures import tiny_vindex
+    s = Session(cwd=tmp_path)
+    assert s.vocabulary_words("Fra") == []                  # no vindex in use: nothing
+    s.query(f'USE "{tiny_vindex("llama", "browse", "f32")}"')
+    tok = s.vindex.tokenizer
+    words = complete('DESCRIBE "Fra', s)
+    assert "France" in words and all(w.startswith("Fra") for w in words)
+    assert all(len(tok.encode(" " + w, add_special_tokens=False).ids) == 1 for w in words)
+    assert "Paris" in s.vocabulary_words("pari")            # case-insensitive underneath

@@ -16,6 +16,7 @@ The entity's own tokens are dropped by DESCRIBE itself (it knows the entity).
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from ..errors import ExecutionError
@@ -70,6 +71,9 @@ def entity_ids(view, entity: str) -> list[int]:
     return list(_tokenizer(view).encode(text, add_special_tokens=False).ids)
 
 
+_WORD = re.compile(r"[^\W_][\w'-]*")
+
+
 class TokenCache:
     """Decoded token text and noise decisions for one vindex (memoised)."""
 
@@ -86,6 +90,8 @@ class TokenCache:
             except AttributeError:                    # older tokenizers
                 special = set()
         self.special_ids = frozenset(special)
+        self._words: list[str] | None = None
+        self._keys: list[str] = []
 
     def text(self, token_id: int) -> str:
         t = self._text.get(token_id)
@@ -96,6 +102,27 @@ class TokenCache:
 
     def texts(self, ids) -> list[str]:
         return [self.text(int(i)) for i in ids]
+
+    def words_with_prefix(self, prefix: str, limit: int = 200) -> list[str]:
+        """Whole-word vocabulary entries (leading-space tokens made of letters, digits,
+        ``-`` or ``'``) starting with ``prefix``, case-insensitively, sorted — for the
+        REPL's entity completion.  The word list is decoded once, on first use."""
+        if self._words is None:
+            tok = _tokenizer(self._view)
+            size = tok.get_vocab_size()
+            texts = tok.decode_batch([[i] for i in range(size)], skip_special_tokens=True)
+            words = {t[1:] for i, t in enumerate(texts)
+                     if i not in self.special_ids and t[:1] == " " and _WORD.fullmatch(t[1:])}
+            self._words = sorted(words, key=lambda w: (w.lower(), w))
+            self._keys = [w.lower() for w in self._words]
+        low = prefix.lower()
+        start = bisect.bisect_left(self._keys, low)
+        out = []
+        for key, word in zip(self._keys[start:], self._words[start:]):
+            if not key.startswith(low) or len(out) >= limit:
+                break
+            out.append(word)
+        return out
 
     def is_word(self, text: str) -> bool:
         """A token text without a leading space that is a word on its own."""
