@@ -328,3 +328,21 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path, arch, head):
         assert ours.encode(text).ids == ref(text).input_ids, text
     assert src.tokenizer_config["add_bos_token"] is True
     assert src.tokenizer_config["bos_token"] == ref.bos_token
+
+
+def test_fast_reader_reads_what_the_gguf_package_reads():
+    """The sped-up reader (lql.sources.gguf._reader_class) sees exactly the library's bytes."""
+    import gguf
+    from lql.sources.gguf import _reader_class
+    path = str(smollm2_gguf())
+    ref, fast = gguf.GGUFReader(path, "r"), _reader_class(gguf)(path, "r")
+    assert type(fast) is not gguf.GGUFReader                # the fast path is in use here
+    assert list(ref.fields) == list(fast.fields)
+    for name, field in ref.fields.items():
+        other = fast.fields[name]
+        assert field.types == other.types and field.data == other.data, name
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype
+                   for a, b in zip(field.parts, other.parts)), name
+    assert [t.name for t in ref.tensors] == [t.name for t in fast.tensors]
+    for a, b in zip(ref.tensors[::17], fast.tensors[::17]):
+        assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data)
