@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -60,11 +59,9 @@ def test_smollm2_same_model_config(smol_gguf, smol_hf):
     assert {k: a[k] for k in shared} == {k: b[k] for k in shared}
 
 
-def test_smollm2_every_tensor_equal_and_fast(smol_gguf, smol_hf):
-    start = time.perf_counter()
+def test_smollm2_every_tensor_equal(smol_gguf, smol_hf):
+    # (speed is measured in benchmarks/bench_extract.py, never asserted here)
     tensors = {k: smol_gguf.tensor(k) for k in smol_gguf.keys()}
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"dequantising SmolLM2 took {elapsed:.1f} s"
     for key, value in tensors.items():
         ref = smol_hf.tensor(key)
         assert value.dtype == np.float32 and value.shape == ref.shape == smol_gguf.shape(key), key
