@@ -63,13 +63,8 @@ def _drop_stale(target: Path, max_age_s: float = 3600.0) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def smollm2_vindex(level: str = "browse", dtype: str = "f16", source: str = "gguf") -> Path:
-    """Path of a cached SmolLM2-135M vindex extracted at ``level`` / ``dtype`` from ``source``."""
-    if level not in LEVELS or dtype not in DTYPES:
-        raise ValueError(f"level in {LEVELS}, dtype in {DTYPES}")
-    src, skey = _source_key(source)
-    key = hashlib.sha256(f"{skey}|{code_version()}".encode()).hexdigest()[:12]
-    target = cache_root() / f"vindex-smollm2-{source}-{level}-{dtype}-{key}"
+def _extract_once(src, target: Path, level: str, dtype: str) -> Path:
+    """Extract ``src`` into the cache path ``target`` unless a finished copy is there."""
     if (target / "index.json").is_file():
         return target
     from lql.vindex import extract
@@ -83,23 +78,23 @@ def smollm2_vindex(level: str = "browse", dtype: str = "f16", source: str = "ggu
     return target
 
 
+def smollm2_vindex(level: str = "browse", dtype: str = "f16", source: str = "gguf") -> Path:
+    """Path of a cached SmolLM2-135M vindex extracted at ``level`` / ``dtype`` from ``source``."""
+    if level not in LEVELS or dtype not in DTYPES:
+        raise ValueError(f"level in {LEVELS}, dtype in {DTYPES}")
+    src, skey = _source_key(source)
+    key = hashlib.sha256(f"{skey}|{code_version()}".encode()).hexdigest()[:12]
+    target = cache_root() / f"vindex-smollm2-{source}-{level}-{dtype}-{key}"
+    return _extract_once(src, target, level, dtype)
+
+
 def tiny_vindex(family: str, level: str = "all", dtype: str = "f32") -> Path:
     """A cached vindex of ``model_fixtures.tiny_model_dir(family)``."""
     from model_fixtures import tiny_model_dir
     src = tiny_model_dir(family)
     key = hashlib.sha256(f"{src.name}|{code_version()}".encode()).hexdigest()[:12]
     target = cache_root() / f"vindex-tiny-{family}-{level}-{dtype}-{key}"
-    if (target / "index.json").is_file():
-        return target
-    from lql.vindex import extract
-    from lql.vindex.atomic import TargetExistsError
-    try:
-        extract(src, target, level=level, dtype=dtype, progress=False)
-    except TargetExistsError:
-        if not (target / "index.json").is_file():
-            raise
-    _drop_stale(target)
-    return target
+    return _extract_once(src, target, level, dtype)
 
 
 __all__ = ["smollm2_vindex", "tiny_vindex", "code_version"]
