@@ -24,6 +24,6 @@ def __getattr__(name: str):
         from .errors import LqlError
         return LqlError
     if name == "open_vindex":
-        from .api import open_vindex      # a browse view over lql.vindex.open_vindex
+        from .api import open_vindex  # a browse view over lql.vindex.open_vindex
         return open_vindex
     raise AttributeError(f"module 'lql' has no attribute {name!r}")

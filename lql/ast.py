@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 __all__ = [
     # helpers
@@ -192,8 +192,8 @@ class AllLayers:
 
 
 ALL_LAYERS = AllLayers()
-LayerSpec = Union[Range, AllLayers]
-Value = Union[str, int, float]
+LayerSpec = Range | AllLayers
+Value = str | int | float
 
 
 @dataclass(frozen=True)

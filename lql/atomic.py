@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from .errors import ExecutionError
 
@@ -93,7 +94,7 @@ class AtomicDir:
         self.hint = hint
         self.tmp: Path | None = None
 
-    def __enter__(self) -> "AtomicDir":
+    def __enter__(self) -> AtomicDir:
         check_target(self.target, self.force, hint=self.hint)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-",

@@ -798,7 +798,7 @@ def _check_table(table) -> None:
     for row in states.values():
         for shift, arg in row.values():
             assert (arg in states) if shift else (0 <= arg < len(rules))
-    for size, origin, name, keep, splice, expand1 in rules:
+    for _size, _origin, name, _keep, _splice, expand1 in rules:
         assert name.startswith("_") or hasattr(_Builder, name) or expand1, name
 
 

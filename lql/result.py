@@ -27,19 +27,19 @@ class Result:
         }
 
     @classmethod
-    def table(cls, statement: str, columns, rows, *, message=None, **meta) -> "Result":
+    def table(cls, statement: str, columns, rows, *, message=None, **meta) -> Result:
         return cls(statement, "table", list(columns), list(rows), message, dict(meta))
 
     @classmethod
-    def msg(cls, statement: str, message: str, **meta) -> "Result":
+    def msg(cls, statement: str, message: str, **meta) -> Result:
         return cls(statement, "message", [], [], message, dict(meta))
 
     @classmethod
-    def text(cls, statement: str, text: str, **meta) -> "Result":
+    def text(cls, statement: str, text: str, **meta) -> Result:
         return cls(statement, "text", [], [], text, dict(meta))
 
     @classmethod
-    def error(cls, statement: str, message: str, **meta) -> "Result":
+    def error(cls, statement: str, message: str, **meta) -> Result:
         return cls(statement, "error", [], [], message, dict(meta))
 
 

@@ -30,8 +30,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ExecutionError, LqlError, LqlSyntaxError, NotBuiltError
 from .result import Result

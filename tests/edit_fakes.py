@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lql.vindex.down_meta import layer_records, record_dtype
+from lql.vindex.down_meta import layer_records
 
 
 class FakeDownMeta:

@@ -190,7 +190,7 @@ def hub_tokens(vpath, share=0.002, minimum=20):
 
 def independent_edges(source, entity: str, layers, per_layer=20, floor=0.25, hubs=()):
     """DESCRIBE's documented pipeline, reimplemented on the source weights."""
-    from lql.browse.tokens import STOP_WORDS        # the word list is data, not logic
+    from lql.browse.tokens import STOP_WORDS  # the word list is data, not logic
     tok = source["tok"]
     special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
     ids = tok.encode(" " + entity, add_special_tokens=False).ids

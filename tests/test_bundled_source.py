@@ -3,10 +3,9 @@
 import importlib.util
 
 import pytest
-
-from lql.sources import SourceError, open_source
-from lql.sources import bundled
 from model_fixtures import smollm2_gguf
+
+from lql.sources import SourceError, bundled, open_source
 
 
 def test_bundled_name_opens_the_packaged_gguf():

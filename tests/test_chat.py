@@ -9,7 +9,13 @@ from datetime import datetime
 import pytest
 from model_fixtures import smollm2_hf_dir
 
-from lql.model.chat import ChatTemplateError, chat_token_ids, render_chat, special_tokens, user_prompt
+from lql.model.chat import (
+    ChatTemplateError,
+    chat_token_ids,
+    render_chat,
+    special_tokens,
+    user_prompt,
+)
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.parity

@@ -74,6 +74,7 @@ def test_compile_model_without_edits_writes_the_source(fam, tmp_path):
 @pytest.mark.parametrize("fam", ["gemma2", "qwen3", "gpt2"])
 def test_compose_insert_and_compile_model(fam, tmp_path):
     from safetensors.numpy import load_file
+
     from lql.edit.forward import ffn_inputs, predict, run
     from lql.model import Record
     from lql.model.ffn import ACTIVATIONS

@@ -207,6 +207,7 @@ def test_knn_insert_on_a_browse_vindex(tmp_path):
     """BROWSE: the KNN key is the entity's mean token embedding × embed_scale; the entry is
     stored, saved, shown by DESCRIBE as inserted; INFER is a LevelError anyway."""
     from vindex_fixtures import tiny_vindex
+
     from lql.errors import LevelError
     from lql.vindex import open_vindex
     path = tiny_vindex("llama", "browse", "f32")

@@ -122,8 +122,8 @@ def test_delete_fact_suppresses_and_reverts(smol, tmp_path):
 def test_compile_model_loads_in_transformers(smol, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from safetensors.numpy import load_file
     from model_fixtures import smollm2_hf_dir
+    from safetensors.numpy import load_file
     s = _session(smol, tmp_path)
     # no edits: the written tensors are the source's (f32, exactly)
     s.query('COMPILE CURRENT INTO MODEL "plain"')

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from vindex_fixtures import smollm2_vindex
 
 REPO = Path(__file__).resolve().parent.parent

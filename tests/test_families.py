@@ -10,12 +10,18 @@ import json
 
 import numpy as np
 import pytest
-
-from lql.errors import UnsupportedArchitectureError
-from lql.families import (FAMILIES, SUPPORTED_ROPE_TYPES, derive_bands, family_for_config,
-                          get_family, supported)
 from model_fixtures import FAMILIES as FIXTURE_FAMILIES
 from model_fixtures import tiny_model_dir
+
+from lql.errors import UnsupportedArchitectureError
+from lql.families import (
+    FAMILIES,
+    SUPPORTED_ROPE_TYPES,
+    derive_bands,
+    family_for_config,
+    get_family,
+    supported,
+)
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")

@@ -92,7 +92,7 @@ def _numpy_llama(w, cfg, ids):
 
     mask = np.triu(np.full((T, T), -np.inf), 1)
     for i in range(cfg["num_layers"]):
-        g = lambda k: np.asarray(w[f"layers.{i}.{k}"], dtype=np.float64)  # noqa: E731
+        g = lambda k, i=i: np.asarray(w[f"layers.{i}.{k}"], dtype=np.float64)  # noqa: E731
         x = rms(h, g("input_layernorm.weight"))
         q = (x @ g("self_attn.q_proj.weight").T).reshape(T, nq, d).transpose(1, 0, 2)
         k = (x @ g("self_attn.k_proj.weight").T).reshape(T, nkv, d).transpose(1, 0, 2)

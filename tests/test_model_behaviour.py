@@ -16,7 +16,7 @@ from lql.model import Hooks, Record, build_model
 IDS = [504, 3458, 282, 4649, 314, 1069, 28, 253, 1345, 6341, 30, 378, 800, 2]  # 14 tokens > window 6
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def inputs(family):
     import json
     folder = tiny_model_dir(family)

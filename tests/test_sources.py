@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import FAMILIES, tiny_model_dir
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from lql.errors import LqlError, MissingTensorError, UnsupportedArchitectureError
 from lql.sources import SourceError, open_source
-from model_fixtures import FAMILIES, tiny_model_dir
 
 PREFIXES = ("model.", "transformer.")
 

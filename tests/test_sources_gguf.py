@@ -15,11 +15,11 @@ import json
 
 import numpy as np
 import pytest
+from model_fixtures import smollm2_gguf, smollm2_hf_dir, tiny_model_dir
 from safetensors.numpy import load_file
 
 from lql.errors import UnsupportedArchitectureError
 from lql.sources import SourceError, open_source
-from model_fixtures import smollm2_gguf, smollm2_hf_dir, tiny_model_dir
 
 gguf = pytest.importorskip("gguf")
 
@@ -233,7 +233,7 @@ def test_gguf_without_tokenizer_fails_on_use(tmp_path):
     src = open_source(path)
     src.tensor("embed_tokens.weight")
     with pytest.raises(SourceError, match="tokenizer model None"):
-        src.tokenizer_json
+        _ = src.tokenizer_json
 
 
 def test_gguf_refusals(tmp_path):
@@ -330,6 +330,7 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path, arch, head):
 def test_fast_reader_reads_what_the_gguf_package_reads():
     """The sped-up reader (lql.sources.gguf._reader_class) sees exactly the library's bytes."""
     import gguf
+
     from lql.sources.gguf import _reader_class
     path = str(smollm2_gguf())
     ref, fast = gguf.GGUFReader(path, "r"), _reader_class(gguf)(path, "r")

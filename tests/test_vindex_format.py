@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 from dataclasses import dataclass
@@ -14,10 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lql.errors import (ExecutionError, LqlError, MissingTensorError, NoVindexError,  # noqa: E402
-                        VindexError)
-from lql.vindex import extract, open_vindex, verify  # noqa: E402
+from lql.errors import ExecutionError, LqlError, MissingTensorError, NoVindexError, VindexError  # noqa: E402
 from lql.vindex import down_meta as dmod  # noqa: E402
+from lql.vindex import extract, open_vindex, verify  # noqa: E402
 from lql.vindex.format import derive_layer_bands  # noqa: E402
 
 VOCAB, HIDDEN, FEAT, LAYERS = 700, 16, 24, 3
@@ -358,6 +356,7 @@ def test_gate_cache_is_bounded(tmp_path, monkeypatch):
 
 def test_cli_verify(tmp_path, capsys):
     from argparse import Namespace
+
     from lql.vindex import cli_verify
     out = _extract(tmp_path)
     assert cli_verify(Namespace(path=str(out))) == 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ DTYPES = ("f16", "f32")
 SOURCES = ("gguf", "hf")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version() -> str:
     """Hash of the code that decides what an extracted vindex contains (computed once
     per process, so one test session uses one key even while the code is edited)."""

@@ -9,7 +9,7 @@ these functions, so the CLI, the REPL and Python always agree.
 from __future__ import annotations
 
 from .describe import describe, describe_edges
-from .info import (show_entities, show_features, show_layers, show_relations, stats)
+from .info import show_entities, show_features, show_layers, show_relations, stats
 from .select import select
 from .walk import walk
 

@@ -36,9 +36,15 @@ import numpy as np
 
 from ..errors import ExecutionError
 from ..result import Result
-from .core import (DownMeta, band_layers, band_of, bands_of, check_layer, down_meta_of,
-                   entity_query,
-                   gate_scores)
+from .core import (
+    band_layers,
+    band_of,
+    bands_of,
+    check_layer,
+    down_meta_of,
+    entity_query,
+    gate_scores,
+)
 from .labels import labels_of
 from .tokens import tokens_of
 from .walk import inserted_features
@@ -167,7 +173,7 @@ def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], 
         e.also = e.also[:ALSO_MAX]
         if lab:
             best_probe = best_cluster = None
-            for l, f, s in sorted(e.hits, key=lambda h: -h[2]):
+            for l, f, _s in sorted(e.hits, key=lambda h: -h[2]):
                 name, src = lab.get(l, f)
                 if src == "probe" and best_probe is None:
                     best_probe = name

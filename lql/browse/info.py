@@ -8,8 +8,15 @@ import numpy as np
 
 from ..errors import ExecutionError
 from ..result import Result
-from .core import (DownMeta, band_layers, band_of, bands_of, check_layer, down_meta_of,
-                   resolve_layers)
+from .core import (
+    DownMeta,
+    band_layers,
+    band_of,
+    bands_of,
+    check_layer,
+    down_meta_of,
+    resolve_layers,
+)
 from .labels import labels_of
 from .tokens import tokens_of
 from .where import check_field, row_matches

@@ -30,7 +30,7 @@ from .core import band_layers, check_layer, down_meta_of, entity_query
 from .describe import describe_edges, edge_row
 from .info import entity_rows, feature_row, layer_feature_rows
 from .labels import labels_of
-from .where import FIELDS, check_field, matches, row_matches
+from .where import check_field, matches, row_matches
 
 __all__ = ["select", "SCAN_LIMIT"]
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..result import Result
-from .core import (DownMeta, down_meta_of, gate_scores, query_vector, resolve_layers,
-                   top_by_abs)
+from .core import DownMeta, down_meta_of, gate_scores, query_vector, resolve_layers, top_by_abs
 from .labels import labels_of
 from .tokens import tokens_of
 

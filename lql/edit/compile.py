@@ -158,6 +158,7 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
 
 def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False) -> dict:
     from safetensors.numpy import save_file
+
     from ..families import get_family
     if format.upper() == "GGUF":
         raise NotBuiltError("COMPILE ... INTO MODEL ... FORMAT GGUF is not supported yet; "

@@ -21,7 +21,7 @@ from ..errors import LevelError
 
 __all__ = ["model_for", "prompt_ids", "run", "predict", "Prediction", "ffn_inputs"]
 
-_BASE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_BASE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _level_check(v) -> None:

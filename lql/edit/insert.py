@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ExecutionError
-from .forward import ffn_inputs, model_for, prompt_ids, run
+from .forward import ffn_inputs, model_for, run
 from .overlay import ffn_layout
 from .patch import PatchOp
 from .prompts import canonical_prompt, template_for

@@ -374,7 +374,7 @@ class Overlay:
 class OverlayWeights(Mapping):
     """``v.weights`` with the overlay's gate / up / down rows applied (copies; base untouched)."""
 
-    def __init__(self, view: "OverlayVindex"):
+    def __init__(self, view: OverlayVindex):
         self._view = view
         self._roles: dict[str, tuple[int, str]] | None = None
         self._cache: dict[str, np.ndarray] = {}
@@ -438,7 +438,7 @@ class OverlayDownMeta(RecordAccess):
     """``v.down_meta`` with edited features' records replaced (computed from their down
     vectors against the embeddings, or taken from the patch's ``down_meta``)."""
 
-    def __init__(self, view: "OverlayVindex"):
+    def __init__(self, view: OverlayVindex):
         self._view = view
         self._cache: dict[int, np.ndarray] = {}
         self._version = -1

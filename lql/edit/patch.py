@@ -18,14 +18,14 @@ import base64
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ExecutionError, VindexError
 from ..atomic import atomic_write_text
+from ..errors import ExecutionError, VindexError
 
 __all__ = ["Patch", "PatchOp", "encode_vector", "decode_vector", "read_patch", "write_patch",
            "OPS", "VECTOR_KEYS", "now_iso"]
@@ -37,7 +37,7 @@ VECTOR_KEYS = {"gate": "gate_vector_b64", "up": "up_vector_b64", "down": "down_v
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def encode_vector(vec) -> str:
@@ -67,7 +67,7 @@ class PatchOp:
         self._vectors: dict[str, np.ndarray | None] = {}
 
     @classmethod
-    def make(cls, op: str, *, vectors: dict[str, np.ndarray] | None = None, **fields) -> "PatchOp":
+    def make(cls, op: str, *, vectors: dict[str, np.ndarray] | None = None, **fields) -> PatchOp:
         data: dict[str, Any] = {"op": op}
         for k, v in fields.items():
             if v is not None:
@@ -107,7 +107,7 @@ class PatchOp:
         self.data[VECTOR_KEYS[name]] = encode_vector(arr)
         self._vectors[name] = arr
 
-    def copy(self) -> "PatchOp":
+    def copy(self) -> PatchOp:
         return PatchOp(json.loads(json.dumps(self.data)))
 
     def __repr__(self) -> str:
@@ -151,7 +151,7 @@ class Patch:
         return doc
 
     @classmethod
-    def from_json(cls, doc: Any, *, path: Path | None = None) -> "Patch":
+    def from_json(cls, doc: Any, *, path: Path | None = None) -> Patch:
         where = str(path) if path else "patch"
         if not isinstance(doc, dict):
             raise VindexError(f"{where}: a patch must be a JSON object", path=where)

@@ -18,7 +18,7 @@ A group module that does not exist yet is fine: the statement then raises
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["handler", "lookup", "registered", "GROUPS", "CAPABILITIES", "import_errors"]
 

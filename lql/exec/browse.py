@@ -10,11 +10,10 @@ overlay-free vindex that ``WALK ... COMPARE`` compares against.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .. import ast
-from ..errors import ExecutionError, NotBuiltError, NoVindexError, VindexError
+from ..errors import NotBuiltError, NoVindexError, VindexError
 from ..result import Result
 from . import handler
 

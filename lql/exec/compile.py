@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .. import ast
+from ..edit.patch import Patch, PatchOp, write_patch
 from ..errors import ExecutionError, NoVindexError
 from ..result import Result
-from ..edit.patch import Patch, PatchOp, write_patch
 from . import handler
 
 

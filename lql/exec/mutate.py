@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import ast
-from ..errors import ExecutionError, LevelError
-from ..result import Result
 from ..edit.conditions import all_match, condition_map
 from ..edit.overlay import session_overlay
 from ..edit.patch import PatchOp
+from ..errors import ExecutionError, LevelError
+from ..result import Result
 from . import handler
 
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
@@ -275,7 +275,7 @@ def update(session, stmt: ast.Update) -> Result:
     else:
         feats, knns = _overlay_matches(view, cmap)
         targets = [(e.layer, e.feature, e) for e, _ in feats]
-        for k, rec in knns:
+        for k, _rec in knns:
             op = PatchOp.make("insert_knn", layer=k.layer, entity=k.entity, relation=k.relation,
                               target=str(sets.get("target", k.target)),
                               target_id=new_tid if new_tid is not None else k.target_id,
@@ -362,7 +362,8 @@ def merge(session, stmt: ast.Merge) -> Result:
 
 @handler(ast.Rebalance)
 def rebalance(session, stmt: ast.Rebalance) -> Result:
-    from ..edit.rebalance import CEILING, FLOOR, MAX_ITERATIONS, rebalance as run
+    from ..edit.rebalance import CEILING, FLOOR, MAX_ITERATIONS
+    from ..edit.rebalance import rebalance as run
     ov = session_overlay(session)
     view = session.vindex
     _needs_forward(view, "REBALANCE")

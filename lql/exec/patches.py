@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from .. import ast
-from ..errors import ExecutionError, VindexError
-from ..result import Result
 from ..edit.overlay import session_overlay
 from ..edit.patch import read_patch, write_patch
+from ..errors import ExecutionError, VindexError
+from ..result import Result
 from . import handler
 
 

@@ -11,8 +11,8 @@ See docs/FAMILIES.md for what each family maps and its caveats.
 from __future__ import annotations
 
 from ..errors import UnsupportedArchitectureError
-from .base import LEVELS, ROLE_FILES, ROLES, Family, TensorSpec, level_index
 from .bands import derive_bands
+from .base import LEVELS, ROLE_FILES, ROLES, Family, TensorSpec, level_index
 from .gemma import Gemma, Gemma2, Gemma3
 from .gpt2 import GPT2
 from .hfconfig import SUPPORTED_ACTIVATIONS, SUPPORTED_ROPE_TYPES

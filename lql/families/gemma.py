@@ -9,8 +9,14 @@ a sliding/full pattern of 5:1 and a separate RoPE base for sliding layers."""
 from __future__ import annotations
 
 from .decoder import DecoderFamily, sliding_or_none
-from .hfconfig import (check_layer_types, is_nested_rope, optional_float, partial_rotary,
-                       refuse, rope_scaling_of)
+from .hfconfig import (
+    check_layer_types,
+    is_nested_rope,
+    optional_float,
+    partial_rotary,
+    refuse,
+    rope_scaling_of,
+)
 
 _GEMMA_COMMON = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
                      rms_norm_eps=1e-6, attention_bias=False, head_dim=256)

@@ -30,8 +30,8 @@ from ..errors import LevelError, NoVindexError
 
 __all__ = ["Target", "target_for", "check_level"]
 
-_SOURCE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_VINDEX_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SOURCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_VINDEX_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_level(v, statement: str = "INFER") -> None:
@@ -87,7 +87,7 @@ class Target:
     def is_overlay(self) -> bool:
         return self.kind == "vindex" and bool(getattr(self.view, "is_overlay", False))
 
-    def base(self) -> "Target":
+    def base(self) -> Target:
         """The overlay-free target (itself when there is no overlay)."""
         if not self.is_overlay:
             return self

@@ -39,7 +39,7 @@ class FinalNormLinear:
     bias: np.ndarray | None   # LayerNorm bias [hidden] float64
 
     @classmethod
-    def at(cls, model, r_final: np.ndarray) -> "FinalNormLinear":
+    def at(cls, model, r_final: np.ndarray) -> FinalNormLinear:
         norm = model.final_norm
         r = np.asarray(r_final, dtype=np.float64)
         if hasattr(norm, "scale"):                                   # RMSNorm (offset folded in)

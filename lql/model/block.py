@@ -4,8 +4,8 @@ added to the residual stream; Gemma 2/3 also norm each sub-block's *output*
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Record:
         return self.layers is None or layer in self.layers
 
     @classmethod
-    def everything(cls, where: Literal["last", "all"] = "last") -> "Record":
+    def everything(cls, where: Literal["last", "all"] = "last") -> Record:
         return cls(residuals=where, deltas=where, ffn_activations=True, attention=where)
 
 

@@ -100,7 +100,7 @@ class ModelSource:
             raise MissingTensorError(missing, str(self.path))
 
     @cached_property
-    def weights(self) -> "SourceWeights":
+    def weights(self) -> SourceWeights:
         """A read-only mapping key → float32 tensor that keeps what it has read."""
         return SourceWeights(self)
 

@@ -12,8 +12,15 @@ import numpy as np
 
 from ..families import get_family
 from .base import ModelSource, SourceError
-from .gguf_arch import (GGUF_FAMILIES, hf_config_from_gguf, norm_shift, permute_heads,
-                        reverse_permute, transposed, unsupported)
+from .gguf_arch import (
+    GGUF_FAMILIES,
+    hf_config_from_gguf,
+    norm_shift,
+    permute_heads,
+    reverse_permute,
+    transposed,
+    unsupported,
+)
 
 _QUANT_SUFFIX = re.compile(r"[.\-_](I?Q\d\w*|F16|F32|BF16|FP16|FP32)$", re.IGNORECASE)
 _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",

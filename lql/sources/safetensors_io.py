@@ -76,7 +76,8 @@ def safetensors_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError):
-            raise SourceError(f"{index} is not a valid safetensors index (no weight_map)", index)
+            raise SourceError(f"{index} is not a valid safetensors index (no weight_map)",
+                              index) from None
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:

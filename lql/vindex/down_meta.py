@@ -15,9 +15,10 @@ This module has the record dtype, a memory-mapped reader with random access by
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,7 +36,7 @@ SUB_CHUNK = 16
 GROUP = 8
 
 
-@lru_cache(maxsize=None)
+@cache
 def record_dtype(top_k: int) -> np.dtype:
     pair = np.dtype([("id", "<u4"), ("score", "<f4")])
     return np.dtype([("top_token_id", "<u4"), ("c_score", "<f4"), ("top", pair, (top_k,))])

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..errors import ExecutionError, MissingTensorError
 from . import format as fmt
 from .atomic import AtomicDir, BinWriter, check_target
-
-FORCE_HINT = "FORCE (lql extract --force)"
 from .down_meta import DownMetaWriter, layer_records
 from .progress import progress_display
+
+FORCE_HINT = "FORCE (lql extract --force)"
 
 
 def _family_of(source):
@@ -70,7 +71,7 @@ def _text_bytes(obj: Any) -> bytes:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace(
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace(
         "+00:00", "Z")
 
 
@@ -192,7 +193,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
                         raise ExecutionError(f"{down_keys[layer]} gives down columns of shape "
                                              f"{cols.shape}, expected ({hidden}, {n_feat})")
                     dm.write_layer(layer, layer_records(
-                        emb, lambda lo, hi: cols[:, lo:hi], n_feat, top_k, block))
+                        emb, lambda lo, hi, c=cols: c[:, lo:hi], n_feat, top_k, block))
                     if level != "browse":
                         for s in by_layer.get(layer, ()):
                             if s.key in primary:

@@ -31,7 +31,7 @@ from .weights import VindexWeights, validate_manifest
 GATE_CACHE_BYTES = int(float(os.environ.get("LQL_GATE_CACHE_MB", "512")) * (1 << 20))
 
 
-def open_vindex(path, *, verify: bool = False) -> "Vindex":
+def open_vindex(path, *, verify: bool = False) -> Vindex:
     """Open the vindex at ``path``; ``verify=True`` also recomputes every checksum."""
     v = Vindex(path)
     if verify:

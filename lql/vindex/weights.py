@@ -27,7 +27,7 @@ DEFAULT_GATE_KEY = "layers.{layer}.mlp.gate_proj.weight"
 class VindexWeights(Mapping):
     """Lazy, read-only view of every stored tensor; values are f32 ndarrays."""
 
-    def __init__(self, vindex: "Vindex", manifest: list[dict[str, Any]] | None):
+    def __init__(self, vindex: Vindex, manifest: list[dict[str, Any]] | None):
         self._v = vindex
         keys = vindex.index.get("weight_keys") or {}
         embed = keys.get("embed")
