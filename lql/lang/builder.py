@@ -59,6 +59,19 @@ class Clause:
         self.token = token
 
 
+class At:
+    """A position without a token (where an error about a whole statement points)."""
+    __slots__ = ("type", "value", "line", "column")
+
+    def __init__(self, line: int, column: int):
+        self.type, self.value, self.line, self.column = "", "", line, column
+
+
+#: The most statements one pipe may join. A pipe is a left-nested ``Pipe`` node, and
+#: comparing, printing or running one recurses once per stage: past ~400 stages that
+#: would hit Python's recursion limit, so the parser refuses long chains up front.
+MAX_PIPE = 256
+
 Children = Sequence[Any]
 E = TypeVar("E", bound=enum.Enum)
 
@@ -533,6 +546,13 @@ class Builder:
 
     def pipe(self, c: Children) -> ast.Pipe:
         left, right = c                          # pipeline |> statement (the |> is filtered)
+        stages, node = 2, left
+        while isinstance(node, ast.Pipe):        # bounded: longer chains never get built
+            stages, node = stages + 1, node.left
+        if stages > MAX_PIPE:
+            raise NodeError(f"pipe too long: more than {MAX_PIPE} statements joined by |> "
+                            "(end statements with ; to run them one after another)",
+                            At(right.line or 1, right.column or 1))
         return ast.Pipe(left, right, line=left.line, column=left.column)
 
     def start(self, c: Children) -> list[ast.Statement]:
