@@ -115,7 +115,7 @@ def _choice(c: Children, enum_cls: type[E]) -> E:
     members = enum_cls.__members__
     for x in c:
         kind = getattr(x, "type", None)
-        if kind in members and not isinstance(x, Clause):
+        if isinstance(kind, str) and kind in members and not isinstance(x, Clause):
             return members[kind]
     raise AssertionError(f"no {enum_cls.__name__} keyword among {c!r}")
 
@@ -305,13 +305,13 @@ class Builder:
         d = _collect(c)
         return ast.Compile(d["source"], ast.CompileTarget.VINDEX, string(_tok(c, "STRING")),
                            on_conflict=d.get("on_conflict"), force=d.get("force", False),
-                           **_pos(_head(c)))
+                           line=_head(c).line, column=_head(c).column)
 
     def compile_model(self, c: Children) -> ast.Compile:
         d = _collect(c)
         return ast.Compile(d["source"], ast.CompileTarget.MODEL, string(_tok(c, "STRING")),
                            format=d.get("format"), force=d.get("force", False),
-                           **_pos(_head(c)))
+                           line=_head(c).line, column=_head(c).column)
 
     def diff_layer(self, c: Children) -> Clause:
         return Clause("layer", _int(_tok(c, "NUMBER"), "a layer"), _head(c))

@@ -274,7 +274,7 @@ def drive(text: str, complete: bool = True) -> Any:
             line_start = text.rfind("\n", 0, pos) + 1
             raise LexFailure(pos, line, pos - line_start + 1,
                              viable(states, state_stack, _terminals(states[state_stack[-1]])))
-        kind = m.lastgroup
+        kind = m.lastgroup or "EOF"
         start = m.start(kind)
         if start != pos and (start - pos > 1 or text[pos] == "\n"):  # blanks: count lines
             newlines = text.count("\n", pos, start)

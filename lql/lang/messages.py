@@ -102,7 +102,8 @@ def convert(text: str, err: BaseException) -> LqlSyntaxError:
     if isinstance(err, UnexpectedToken):
         return _unexpected_token(text, err.token, set(err.expected or ()))
     if isinstance(err, UnexpectedCharacters):
-        return _bad_character(text, err.pos_in_stream, err.line, err.column, err.allowed or ())
+        return _bad_character(text, err.pos_in_stream or 0, err.line or 1, err.column or 1,
+                              err.allowed or ())
     if isinstance(err, UnexpectedEOF):
         line, column = end_position(text)
         return syntax_error(text, UNEXPECTED_END, line, column, friendly(err.expected or ()))
