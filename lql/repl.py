@@ -12,7 +12,7 @@ Input rules (the choices, as in psql / sqlite3):
   the first Ctrl-D only warns; a second one exits.
 * History is kept in ``~/.lql_history`` (or ``$LQL_HISTORY``).
 * Tab completes keywords for the position in the statement (from the grammar:
-  ``lql.parser.expected_at``), field names, file paths inside quotes after
+  ``lql.lang.expected_at``), field names, file paths inside quotes after
   path-taking keywords (USE, INTO, PATCH, ...), and entity names inside quotes
   elsewhere when the session offers ``vocabulary_words(prefix)``.
 """
@@ -29,13 +29,20 @@ from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.lexers import Lexer
 
-from .session import _SCAN, Session, is_complete
+from .lang.grammar import FIELDS, KEYWORDS
+from .lang.text import (
+    ends_in_comment,
+    highlight,
+    is_complete,
+    last_word,
+    open_string_at_end,
+    statement_tail,
+)
+from .session import Session
 
 PROMPT = "lql> "
 CONTINUATION = "  ...> "
 REPL_COMMANDS = {"exit", "quit", "\\q", "help"}
-
-FIELDS = ("entity", "relation", "target", "layer", "feature", "confidence", "gate", "distance")
 
 #: keywords after which a quoted value is a file-system path
 PATH_KEYWORDS = {"USE", "INTO", "PATCH", "SAVE", "STATS", "MERGE", "DIFF", "VINDEX", "MODEL",
@@ -44,37 +51,12 @@ PATH_KEYWORDS = {"USE", "INTO", "PATCH", "SAVE", "STATS", "MERGE", "DIFF", "VIND
 ENTITY_KEYWORDS = {"DESCRIBE", "WALK", "INFER", "TRACE", "TO", "FOR", "VALUES", "ENTITY", "=",
                    ",", "(", "TARGET", "LIKE"}
 
-_FALLBACK_KEYWORDS = (
-    "EXTRACT MODEL INTO WITH BROWSE INFERENCE ALL LAYERS DTYPE F16 F32 USE REMOTE COMPILE "
-    "CURRENT VINDEX ON CONFLICT LAST_WINS HIGHEST_CONFIDENCE FAIL FORMAT SAFETENSORS GGUF "
-    "DIFF LAYER RELATION LIMIT PATCH WALK TOP MODE HYBRID PURE DENSE COMPARE DESCRIBE SYNTAX "
-    "KNOWLEDGE OUTPUT AT RELATIONS ONLY BRIEF VERBOSE RAW SELECT FROM EDGES FEATURES ENTITIES "
-    "NEAREST TO WHERE AND ORDER BY ASC DESC LIKE IN EXPLAIN INFER CHAT SYSTEM GENERATE "
-    "ATTENTION TRACE FOR DECOMPOSE POSITIONS LAST SAVE INSERT VALUES CONFIDENCE ALPHA KNN "
-    "COMPOSE DELETE UPDATE SET MERGE KEEP_SOURCE KEEP_TARGET REBALANCE UNTIL CONVERGED MAX "
-    "FLOOR CEILING BEGIN APPLY REMOVE SHOW PATCHES LAYERS RANGE MODELS STATS AUTO OFF HELP"
-).split()
-
-
 def keywords() -> set[str]:
-    try:
-        from .parser import KEYWORDS
-        return {str(k).upper() for k in KEYWORDS}
-    except Exception:
-        return set(_FALLBACK_KEYWORDS)
+    """Every LQL keyword (from the grammar)."""
+    return set(KEYWORDS)
 
 
 # --------------------------------------------------------------------------- lexer
-
-_TOKEN = re.compile(r"""
-    (?P<comment>--[^\n]*)
-  | (?P<block>/\*.*?(?:\*/|\Z))
-  | (?P<string>"(?:[^"\\]|\\.)*(?:"|\Z)|'(?:[^'\\]|\\.)*(?:'|\Z))
-  | (?P<number>-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?:-\d+)?)
-  | (?P<word>[A-Za-z_][A-Za-z_0-9]*)
-  | (?P<operator>\|>|<=|>=|!=|<>|[=<>*,();])
-  | (?P<other>\s+|.)
-""", re.VERBOSE | re.DOTALL)
 
 STYLE_RULES = {
     "lql.keyword": "bold ansiblue",
@@ -87,26 +69,9 @@ STYLE_RULES = {
 
 
 def lex(text: str, kws: set[str]) -> list[tuple[str, str]]:
-    """(style, text) fragments of LQL source."""
-    out: list[tuple[str, str]] = []
-    for m in _TOKEN.finditer(text):
-        kind, s = m.lastgroup, m.group(0)
-        if kind in ("comment", "block"):
-            style = "class:lql.comment"
-        elif kind == "string":
-            style = "class:lql.string"
-        elif kind == "number":
-            style = "class:lql.number"
-        elif kind == "word":
-            up = s.upper()
-            style = ("class:lql.keyword" if up in kws else
-                     "class:lql.field" if s.lower() in FIELDS else "")
-        elif kind == "operator":
-            style = "class:lql.operator"
-        else:
-            style = ""
-        out.append((style, s))
-    return out
+    """(style, text) fragments of LQL source (cut by lql.lang's token patterns)."""
+    return [(f"class:lql.{cls}" if cls else "", piece)
+            for cls, piece in highlight(text, kws, FIELDS)]
 
 
 class LqlLexer(Lexer):
@@ -138,51 +103,6 @@ class LqlLexer(Lexer):
 
 # --------------------------------------------------------------------------- completion
 
-def _statement_tail(text: str) -> str:
-    """The text of the statement being typed (after the last complete ``;``)."""
-    start = 0
-    for m in _SCAN.finditer(text):
-        if m.lastgroup == "semi":
-            start = m.end()
-    return text[start:]
-
-
-def _open_quote(stmt: str) -> tuple[int, str] | None:
-    """If the cursor is inside an unterminated string: (offset of its quote, quote char)."""
-    last = None
-    for m in _SCAN.finditer(stmt):
-        last = m
-    if last is None or last.end() != len(stmt):
-        return None
-    kind, s = last.lastgroup, last.group(0)
-    if kind in ("dq", "sq"):
-        closed = len(s) >= 2 and s.endswith(s[0]) and not _odd_backslashes(s[1:-1])
-        if not closed:
-            return last.start(), s[0]
-    return None
-
-
-def _odd_backslashes(body: str) -> bool:
-    return (len(body) - len(body.rstrip("\\"))) % 2 == 1
-
-
-def _in_comment(stmt: str) -> bool:
-    last = None
-    for m in _SCAN.finditer(stmt):
-        last = m
-    if last is None or last.end() != len(stmt):
-        return False
-    if last.lastgroup == "comment":
-        return True
-    return last.lastgroup == "block" and not (len(last.group(0)) >= 4
-                                              and last.group(0).endswith("*/"))
-
-
-def _previous_word(text: str) -> str:
-    toks = [m for m in _TOKEN.finditer(text) if m.lastgroup not in ("other", "comment", "block")]
-    return toks[-1].group(0).upper() if toks else ""
-
-
 def _is_keyword_name(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Z][A-Z_0-9]*( [A-Z][A-Z_0-9]*)*", name))
 
@@ -205,24 +125,21 @@ class LqlCompleter(Completer):
         return self._kws
 
     def expected(self, text: str) -> set[str] | None:
-        try:
-            from .parser import expected_at
-        except Exception:
-            return None
+        from .lang.api import expected_at
         try:
             return set(expected_at(text))
         except Exception:
             return None
 
     def get_completions(self, document: Document, complete_event) -> Iterable[Completion]:
-        stmt = _statement_tail(document.text_before_cursor)
-        if _in_comment(stmt):
+        stmt = statement_tail(document.text_before_cursor)
+        if ends_in_comment(stmt):
             return
-        quote = _open_quote(stmt)
+        quote = open_string_at_end(stmt)
         if quote is not None:
             pos, _q = quote
             content = stmt[pos + 1:]
-            before = _previous_word(stmt[:pos])
+            before = last_word(stmt[:pos])
             if before in PATH_KEYWORDS:
                 sub = Document(content, len(content))
                 yield from self._paths.get_completions(sub, complete_event)

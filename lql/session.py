@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExecutionError, LqlError, LqlSyntaxError, NotBuiltError
+from .lang.text import is_complete, split_statements
 from .result import Result
 
 __all__ = ["Session", "Cancelled", "split_statements", "is_complete"]
@@ -51,70 +52,9 @@ class Cancelled(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- text
-# Statement splitting that respects strings and comments. Used for scripts run
-# with continue_on_error (a syntax error in one statement must not hide the
-# others) and by the REPL to decide whether the input is complete.
-
-_SCAN = re.compile(r"""
-    (?P<comment>--[^\n]*)
-  | (?P<block>/\*.*?(?:\*/|\Z))
-  | (?P<dq>"(?:[^"\\]|\\.)*(?:"|\Z))
-  | (?P<sq>'(?:[^'\\]|\\.)*(?:'|\Z))
-  | (?P<semi>;)
-""", re.VERBOSE | re.DOTALL)
-
-
-def split_statements(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` offsets of each ``;``-terminated chunk (``;`` included).
-
-    Chunks holding only whitespace and comments are dropped.
-    """
-    chunks: list[tuple[int, int]] = []
-    start = 0
-    for m in _SCAN.finditer(text):
-        if m.lastgroup == "semi":
-            chunks.append((start, m.end()))
-            start = m.end()
-    chunks.append((start, len(text)))
-    return [(a, b) for a, b in chunks if _has_code(text[a:b])]
-
-
-def _strip_comments(text: str) -> str:
-    return _SCAN.sub(lambda m: "" if m.lastgroup in ("comment", "block") else m.group(0), text)
-
-
-def _has_code(chunk: str) -> bool:
-    return bool(_strip_comments(chunk).strip().strip(";").strip())
-
-
-def is_complete(text: str) -> bool:
-    """True when ``text`` ends with a ``;`` outside strings and comments
-    (trailing whitespace and comments allowed), or holds no code at all."""
-    last_semi = None
-    open_string = False
-    for m in _SCAN.finditer(text):
-        kind = m.lastgroup
-        if kind == "semi":
-            last_semi = m.end()
-        elif kind in ("dq", "sq"):
-            s = m.group(0)
-            open_string = len(s) < 2 or not s.endswith(s[0]) or _escaped_end(s)
-        elif kind == "block":
-            open_string = not m.group(0).endswith("*/") or len(m.group(0)) < 4
-        else:
-            open_string = False
-    if open_string:
-        return False
-    if last_semi is None:
-        return not _has_code(text)
-    return not _has_code(text[last_semi:])
-
-
-def _escaped_end(s: str) -> bool:
-    """A string token whose closing quote is really an escaped one (unterminated)."""
-    body = s[1:-1]
-    n = len(body) - len(body.rstrip("\\"))
-    return n % 2 == 1
+# Statement splitting that respects strings and comments (lql.lang owns LQL text).
+# Used for scripts run with continue_on_error: a syntax error in one statement
+# must not hide the others. ``is_complete`` is re-exported for the REPL.
 
 
 def _mask(prefix: str) -> str:

@@ -68,16 +68,17 @@ def test_parse_is_exported_from_the_package():
 
 
 def test_table_cache_is_written_and_survives_corruption(tmp_path, monkeypatch):
+    import lql.lang.lalr as L
     import lql.parser as P
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("LQL_NO_GRAMMAR_CACHE", raising=False)
-    monkeypatch.setattr(P, "_tables", None)
+    monkeypatch.setattr(L, "_tables", None)
     assert P.parse('WALK "x" TOP 2') == [A.Walk("x", top=2)]
     cached = list((tmp_path / "lql").glob("grammar-table*.marshal"))
     assert len(cached) == 1
     for garbage in (b"", b"\x00garbage", cached[0].read_bytes()[:100]):
         cached[0].write_bytes(garbage)
-        monkeypatch.setattr(P, "_tables", None)
+        monkeypatch.setattr(L, "_tables", None)
         assert P.parse('WALK "x" TOP 2') == [A.Walk("x", top=2)]
-    monkeypatch.setattr(P, "_tables", None)  # the next test rebuilds from the real cache
+    monkeypatch.setattr(L, "_tables", None)  # the next test rebuilds from the real cache
