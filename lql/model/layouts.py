@@ -1,8 +1,12 @@
-"""Weight layouts: which normalised tensor names hold what, per family naming scheme.
+"""Weight layouts: which normalised tensor names hold what, chosen by ``model_config["qkv_layout"]``.
 
-* :class:`HFLayout` — Llama-style names (Llama, Mistral, Qwen2/3, Gemma 1/2/3):
-  ``layers.N.self_attn.q_proj.weight`` ``[out, in]`` etc.
-* :class:`GPT2Layout` — ``h.N.attn.c_attn.weight`` (Conv1D, ``[in, out]``, fused QKV) etc.
+* ``"split"`` — :class:`HFLayout`: ``layers.N.self_attn.{q,k,v,o}_proj.weight``
+  ``[out, in]``, gated FFN ``mlp.{gate,up,down}_proj`` (the Llama-style decoder).
+* ``"fused_conv1d"`` — :class:`GPT2Layout`: ``h.N.attn.c_attn.weight`` (Conv1D,
+  ``[in, out]``, fused QKV), dense FFN ``mlp.c_fc`` / ``mlp.c_proj``, learned positions.
+
+A new computation comes as a new layout class registered in :data:`LAYOUTS` under
+its flag value (the families write the flag; ``lql.model`` never sees a family name).
 
 A layout first lists every key the forward pass will read (so a missing tensor is
 reported up front, all names at once), then builds the layer objects.  Every
@@ -13,6 +17,7 @@ that makes the matmuls faster); the source mapping is not kept.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +79,9 @@ class HFLayout:
         return self._norm(spec, t, self.final_norm, spec.hidden_size)
 
     def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
-        p, h, d = self.layer_prefix(i), spec.hidden_size, spec.head_dim
-        nq, nkv = spec.num_q_heads * d, spec.num_kv_heads * d
+        heads = spec.heads(i)
+        p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
+        nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d
         q = t.get(p + "self_attn.q_proj.weight", (nq, h))
         k = t.get(p + "self_attn.k_proj.weight", (nkv, h))
         v = t.get(p + "self_attn.v_proj.weight", (nkv, h))
@@ -93,7 +99,7 @@ class HFLayout:
         attention = Attention(
             qkv_t=np.concatenate([q, k, v], axis=0).T, qkv_bias=qkv_bias,
             o_t=t.get(p + "self_attn.o_proj.weight", (h, nq)).T, o_bias=o_bias,
-            n_q=spec.num_q_heads, n_kv=spec.num_kv_heads, head_dim=d, scale=spec.attn_scale,
+            n_q=heads.num_q_heads, n_kv=heads.num_kv_heads, head_dim=d, scale=heads.attn_scale,
             softcap=spec.attn_softcap, window=spec.sliding[i], q_norm=q_norm, k_norm=k_norm, rope=rope)
         gate = t.get(p + "mlp.gate_proj.weight")
         ff = gate.shape[0]
@@ -143,12 +149,12 @@ class GPT2Layout(HFLayout):
         return self._ln(spec, t, "ln_f", spec.hidden_size)
 
     def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
-        p, h = self.layer_prefix(i), spec.hidden_size
+        p, h, heads = self.layer_prefix(i), spec.hidden_size, spec.heads(i)
         attention = Attention(
             qkv_t=t.get(p + "attn.c_attn.weight", (h, 3 * h)), qkv_bias=t.get(p + "attn.c_attn.bias", (3 * h,)),
             o_t=t.get(p + "attn.c_proj.weight", (h, h)), o_bias=t.get(p + "attn.c_proj.bias", (h,)),
-            n_q=spec.num_q_heads, n_kv=spec.num_kv_heads, head_dim=spec.head_dim, scale=spec.attn_scale,
-            softcap=spec.attn_softcap, window=spec.sliding[i], rope=rope)
+            n_q=heads.num_q_heads, n_kv=heads.num_kv_heads, head_dim=heads.head_dim,
+            scale=heads.attn_scale, softcap=spec.attn_softcap, window=spec.sliding[i], rope=rope)
         fc = t.get(p + "mlp.c_fc.weight")
         if fc.ndim != 2 or fc.shape[0] != h:
             raise LqlError(f"tensor {p}mlp.c_fc.weight has shape {fc.shape}, expected ({h}, *)")
@@ -162,5 +168,23 @@ class GPT2Layout(HFLayout):
         return np.ascontiguousarray(t.get(self.position_table))
 
 
-def layout_for(model_type: str) -> HFLayout:
-    return GPT2Layout() if model_type == "gpt2" else HFLayout()
+#: ``model_config["qkv_layout"]`` → the layout that reads its tensors
+LAYOUTS: dict[str, type[HFLayout]] = {"split": HFLayout, "fused_conv1d": GPT2Layout}
+
+
+def layout_for(model_config: Mapping[str, Any] | str | None) -> HFLayout:
+    """The layout of a ``model_config`` (by its ``qkv_layout`` flag).
+
+    A string is taken as a ``qkv_layout`` value; any other string (a ``model_type``,
+    from callers written before the flag existed) is resolved through
+    ``lql.families.complete_model_config``, the one place that knows families."""
+    if isinstance(model_config, str) or model_config is None:
+        if model_config in LAYOUTS:
+            return LAYOUTS[model_config]()
+        from lql.families import complete_model_config
+        model_config = complete_model_config({"model_type": model_config})
+    name = model_config.get("qkv_layout") or "split"
+    if name not in LAYOUTS:
+        from lql.errors import UnsupportedArchitectureError
+        raise UnsupportedArchitectureError(f"qkv_layout {name!r}", tuple(LAYOUTS))
+    return LAYOUTS[name]()
