@@ -52,8 +52,8 @@ class Gemma(_GemmaGguf):
 
 class Gemma2(_GemmaGguf):
     name = "gemma2"
-    model_types = ("gemma2",)
-    architectures = ("Gemma2ForCausalLM", "Gemma2Model")
+    model_types: tuple[str, ...] = ("gemma2",)
+    architectures: tuple[str, ...] = ("Gemma2ForCausalLM", "Gemma2Model")
     hf_architecture = "Gemma2ForCausalLM"
     gguf_architectures = ("gemma2",)
     gguf_config_keys = dict(GGUF_DECODER_KEYS, **{

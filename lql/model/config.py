@@ -30,6 +30,7 @@ Semantics of the keys (see docs/INFERENCE.md for the full table):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
 QKV_LAYOUTS = ("split", "fused_conv1d")
 #: ``per_layer`` keys the forward pass reads
 PER_LAYER = ("num_q_heads", "num_kv_heads", "head_dim")
+
+#: a model_config (the dict stored in index.json)
+Cfg = Mapping[str, Any]
 
 # keys that, when truthy, describe behaviour we do not implement
 REFUSED_FLAGS = ("use_bidirectional_attention", "scale_attn_by_inverse_layer_idx",
@@ -55,7 +59,7 @@ class RopeSpec:
     max_position_embeddings: int | None
 
     @property
-    def scaling_dict(self) -> dict | None:
+    def scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.scaling) if self.scaling is not None else None
 
 
@@ -104,19 +108,19 @@ class ArchSpec:
         return LayerHeads(self.num_q_heads, self.num_kv_heads, self.head_dim, self.attn_scale)
 
 
-def _get(cfg: dict, key: str, default: Any = None) -> Any:
+def _get(cfg: Cfg, key: str, default: Any = None) -> Any:
     """``cfg[key]``, or ``default`` when it is absent or null."""
     value = cfg.get(key)
     return default if value is None else value
 
 
-def _freeze(d: dict | None) -> tuple[tuple[str, Any], ...] | None:
+def _freeze(d: dict[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
     if d is None:
         return None
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
 
 
-def _rope_dict(scaling: Any) -> dict | None:
+def _rope_dict(scaling: Any) -> dict[str, Any] | None:
     """Normalise a rope dict: ``type`` → ``rope_type``; ``default`` → None."""
     if scaling is None:
         return None
@@ -131,10 +135,11 @@ def _rope_dict(scaling: Any) -> dict | None:
     if kind == "default":
         return None
     scaling["rope_type"] = kind
-    return scaling
+    out: dict[str, Any] = scaling
+    return out
 
 
-def _layer_types(cfg: dict, n_layers: int) -> list[str]:
+def _layer_types(cfg: Cfg, n_layers: int) -> list[str]:
     types = cfg.get("layer_types")
     window = cfg.get("sliding_window")
     if types is None:
@@ -150,7 +155,7 @@ def _layer_types(cfg: dict, n_layers: int) -> list[str]:
     return types
 
 
-def _rope_specs(cfg: dict, types: list[str], head_dims: list[int]) -> list[RopeSpec | None]:
+def _rope_specs(cfg: Cfg, types: list[str], head_dims: list[int]) -> list[RopeSpec | None]:
     if _get(cfg, "position_embedding", "rope") != "rope":
         return [None] * len(types)
     partial = float(cfg.get("partial_rotary_factor") or 1.0)
@@ -167,7 +172,7 @@ def _rope_specs(cfg: dict, types: list[str], head_dims: list[int]) -> list[RopeS
     specs: list[RopeSpec | None] = []
     for t, head_dim in zip(types, head_dims):
         if per_type:
-            params = dict(scaling.get(t) or {})
+            params = dict((scaling or {}).get(t) or {})
             layer_base = params.get("rope_theta") or (local_base if t == "sliding_attention" and local_base
                                                       else base)
             rope = _rope_dict(params)
@@ -179,7 +184,7 @@ def _rope_specs(cfg: dict, types: list[str], head_dims: list[int]) -> list[RopeS
     return specs
 
 
-def _per_layer(cfg: dict, num_layers: int) -> dict[str, list[int]]:
+def _per_layer(cfg: Cfg, num_layers: int) -> dict[str, list[int]]:
     per_layer = cfg.get("per_layer") or {}
     if not isinstance(per_layer, dict):
         raise LqlError(f"model_config per_layer must be a dict of lists, got {per_layer!r}")
@@ -194,7 +199,7 @@ def _per_layer(cfg: dict, num_layers: int) -> dict[str, list[int]]:
     return out
 
 
-def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
+def arch_spec(cfg: Cfg, *, num_layers: int, hidden_size: int) -> ArchSpec:
     """Check ``cfg`` (a normalised model_config) and return the spec the model runs on.
 
     ``num_layers`` / ``hidden_size`` come from the config when it has them, else
@@ -240,7 +245,7 @@ def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
     qpas = cfg.get("query_pre_attn_scalar")
 
     def scale(dim: int) -> float:
-        return float(qpas) ** -0.5 if qpas else float(dim) ** -0.5
+        return float(float(qpas) ** -0.5 if qpas else float(dim) ** -0.5)
 
     per_layer = _per_layer(cfg, num_layers)
     layer_heads: tuple[LayerHeads, ...] = ()
@@ -258,7 +263,7 @@ def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
 
     types = _layer_types(cfg, num_layers)
     window = cfg.get("sliding_window")
-    sliding = tuple(int(window) if t == "sliding_attention" else None for t in types)
+    sliding = tuple(int(window) if t == "sliding_attention" and window else None for t in types)
     eos = cfg.get("eos_token_id")
     eos = () if eos is None else (tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
 

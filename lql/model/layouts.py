@@ -26,6 +26,9 @@ from lql.model.block import Attention, Block
 from lql.model.config import ArchSpec
 from lql.model.ffn import DenseFFN, GatedFFN
 from lql.model.norms import LayerNorm, RMSNorm
+from lql.model.rope import Rope
+
+Norm = RMSNorm | LayerNorm
 
 F32 = np.float32
 
@@ -33,16 +36,17 @@ F32 = np.float32
 class Tensors:
     """Reads keys from the source mapping as float32, checking shapes."""
 
-    def __init__(self, weights: Mapping):
+    def __init__(self, weights: Mapping[str, Any]):
         self.weights = weights
 
-    def get(self, key: str, shape: tuple | None = None) -> np.ndarray:
+    def get(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         arr = np.asarray(self.weights[key], dtype=F32)
         if shape is not None and tuple(arr.shape) != tuple(shape):
             raise LqlError(f"tensor {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
         return arr
 
-    def opt(self, key: str, present: set[str], shape=None):
+    def opt(self, key: str, present: set[str],
+            shape: tuple[int, ...] | None = None) -> np.ndarray | None:
         return self.get(key, shape) if key in present else None
 
 
@@ -72,13 +76,13 @@ class HFLayout:
                 keys += [p + f"mlp.{n}_proj.bias" for n in ("gate", "up", "down")]
         return keys
 
-    def _norm(self, spec, t: Tensors, key: str, dim: int):
+    def _norm(self, spec: ArchSpec, t: Tensors, key: str, dim: int) -> Norm:
         return RMSNorm(t.get(key, (dim,)), spec.norm_eps, spec.norm_offset)
 
-    def final(self, spec, t: Tensors):
+    def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._norm(spec, t, self.final_norm, spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
         heads = spec.heads(i)
         p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
         nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d
@@ -112,7 +116,9 @@ class HFLayout:
                           down_bias=t.get(p + "mlp.down_proj.bias", (h,)))
         ffn = GatedFFN(gate, t.get(p + "mlp.up_proj.weight", (ff, h)),
                        t.get(p + "mlp.down_proj.weight", (h, ff)), spec.activation, **biases)
-        norm = lambda name: self._norm(spec, t, p + name, h)  # noqa: E731
+        def norm(name: str) -> Norm:
+            return self._norm(spec, t, p + name, h)
+
         if spec.sandwich_norms:
             return Block(i, attn_norm=norm("input_layernorm.weight"), attention=attention,
                          post_attn_norm=norm("post_attention_layernorm.weight"),
@@ -121,7 +127,7 @@ class HFLayout:
         return Block(i, attn_norm=norm("input_layernorm.weight"), attention=attention,
                      ffn_norm=norm("post_attention_layernorm.weight"), ffn=ffn)
 
-    def positions(self, t: Tensors):
+    def positions(self, t: Tensors) -> np.ndarray | None:
         return None
 
 
@@ -142,13 +148,13 @@ class GPT2Layout(HFLayout):
                 keys += [p + name + ".weight", p + name + ".bias"]
         return keys
 
-    def _ln(self, spec, t, name: str, dim: int):
+    def _ln(self, spec: ArchSpec, t: Tensors, name: str, dim: int) -> Norm:
         return LayerNorm(t.get(name + ".weight", (dim,)), t.get(name + ".bias", (dim,)), spec.norm_eps)
 
-    def final(self, spec, t):
+    def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._ln(spec, t, "ln_f", spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
         p, h, heads = self.layer_prefix(i), spec.hidden_size, spec.heads(i)
         attention = Attention(
             qkv_t=t.get(p + "attn.c_attn.weight", (h, 3 * h)), qkv_bias=t.get(p + "attn.c_attn.bias", (3 * h,)),
@@ -164,7 +170,7 @@ class GPT2Layout(HFLayout):
         return Block(i, attn_norm=self._ln(spec, t, p + "ln_1", h), attention=attention,
                      ffn_norm=self._ln(spec, t, p + "ln_2", h), ffn=ffn)
 
-    def positions(self, t: Tensors):
+    def positions(self, t: Tensors) -> np.ndarray | None:
         return np.ascontiguousarray(t.get(self.position_table))
 
 
