@@ -421,3 +421,176 @@ def test_known_bands_for_smollm2_depth():
     assert fam.layer_bands(30) == {"syntax": [0, 9], "knowledge": [10, 23], "output": [24, 29]}
     assert not fam.bands_are_known(31)
     assert fam.layer_bands(31) == derive_bands(31)
+
+
+# ------------------------------------------------------------------ the family seams
+# (lql.model reads flags only; each family owns its flags, GGUF names and extra tensors)
+
+FLAG_KEYS = ("qkv_layout", "norm_type", "norm_offset", "activation", "position_embedding",
+             "embed_scale", "qk_norm", "sandwich_norms", "attention_bias", "mlp_bias")
+
+
+@pytest.mark.parametrize("mt", FIXTURE_FAMILIES)
+def test_model_layout_reads_exactly_the_forward_keys(mt):
+    """The tensors lql.model's layout (picked by the qkv_layout flag) reads are the ones
+    the family declares its forward pass needs."""
+    from lql.model.config import arch_spec
+    from lql.model.layouts import layout_for
+    fam = get_family(mt)
+    mc = fam.model_config(tiny_config(mt))
+    spec = arch_spec(mc, num_layers=mc["num_layers"], hidden_size=mc["hidden_size"])
+    required = layout_for(mc).required(spec, mc["tie_word_embeddings"])
+    optional = {k for k in fam.forward_keys(mc) if k.endswith("o_proj.bias")}  # read if present
+    assert set(required) == set(fam.forward_keys(mc)) - optional
+
+
+@pytest.mark.parametrize("mt", FIXTURE_FAMILIES)
+def test_model_flags_agree_with_model_config(mt):
+    fam = get_family(mt)
+    mc = fam.model_config(tiny_config(mt))
+    flags = fam.model_flags(mc)
+    assert "qkv_layout" in flags
+    for key, value in flags.items():
+        assert mc[key] == value, key
+
+
+@pytest.mark.parametrize("mt", FIXTURE_FAMILIES)
+def test_legacy_model_config_is_completed_from_model_type(mt):
+    """An index.json model_config written before the flags existed builds the same model."""
+    from test_model_adapter import hf_weights
+
+    from lql.families import complete_model_config
+    from lql.model import build_model
+    fam = get_family(mt)
+    mc = fam.model_config(tiny_config(mt))
+    legacy = {k: v for k, v in mc.items() if k not in fam.model_flags(mc)}
+    legacy.pop("qkv_layout", None)
+    assert complete_model_config(legacy) == mc
+    weights = hf_weights(tiny_model_dir(mt))
+    ids = [1, 5, 9, 3]
+    np.testing.assert_array_equal(build_model(legacy, weights).forward(ids).logits,
+                                  build_model(mc, weights).forward(ids).logits)
+
+
+def test_complete_model_config_refuses_an_unknown_model_type():
+    from lql.families import complete_model_config
+    with pytest.raises(UnsupportedArchitectureError, match="mamba"):
+        complete_model_config({"model_type": "mamba"})
+
+
+def test_lql_model_holds_no_family_names():
+    """No model_type comparisons and no family-name literals in lql/model's code
+    (docstrings may name the families a computation came from)."""
+    import ast
+    from pathlib import Path
+
+    import lql.model
+    names = set(supported()) | set(FAMILIES)
+    for path in Path(lql.model.__file__).parent.glob("*.py"):
+        if path.name == "chat.py":
+            continue  # chat templates: token text, not architecture
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr)
+                      and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in docstrings:
+                assert node.value not in names, f"{path.name}: {node.value!r}"
+        assert "model_type ==" not in path.read_text(), path.name
+
+
+def test_gguf_architectures_come_from_the_families():
+    from lql.families import family_for_gguf, gguf_architectures
+    assert gguf_architectures() == ["gemma", "gemma2", "gemma3", "gpt2", "llama", "qwen2", "qwen3"]
+    assert family_for_gguf("gemma3").model_types[0] == "gemma3_text"
+    assert family_for_gguf("llama") is get_family("llama")
+    with pytest.raises(UnsupportedArchitectureError, match="mamba GGUF"):
+        family_for_gguf("mamba")
+    gemma, gpt2, llama = get_family("gemma2"), get_family("gpt2"), get_family("llama")
+    assert gemma.gguf_norm_shift("blk.0.attn_norm.weight") == 1.0
+    assert gemma.gguf_norm_shift("blk.0.attn_q.weight") == 0.0
+    assert llama.gguf_norm_shift("blk.0.attn_norm.weight") == 0.0
+    assert gpt2.gguf_transposed("blk.0.ffn_up.weight") and not llama.gguf_transposed("blk.0.ffn_up.weight")
+    assert llama.gguf_permute_heads("blk.0.attn_k.weight",
+                                    {"num_attention_heads": 8, "num_key_value_heads": 2}) == 2
+    assert get_family("qwen2").gguf_permute_heads("blk.0.attn_k.weight",
+                                                  {"num_attention_heads": 8}) is None
+
+
+def test_a_new_family_declares_extra_tensors_geometry_and_ignored_tensors():
+    """The seams a family like Gemma 4 needs, on a made-up subclass."""
+    from lql.families.base import TensorSpec, spec
+    from lql.families.llama import Llama
+
+    class PerLayerLlama(Llama):
+        name = "per_layer_llama"
+        ignored_prefixes = ("audio_tower.",)
+
+        def extra_tensors(self, mc):
+            return [spec("embed_tokens_per_layer.weight", "embed", "inference", None,
+                         "per_layer_embeddings.bin")]
+
+    fam = PerLayerLlama()
+    mc = get_family("llama").model_config(tiny_config("llama"))
+    n = mc["num_layers"]
+    mc["per_layer"] = {"head_dim": [mc["head_dim"]] * (n - 1) + [2 * mc["head_dim"]],
+                       "intermediate_size": [7] * n}
+    extra = [s for s in fam.tensors(mc, "inference") if s.file == "per_layer_embeddings.bin"]
+    assert extra == [TensorSpec("embed_tokens_per_layer.weight", "embed", "inference", None,
+                                "per_layer_embeddings.bin")]
+    assert not [s for s in fam.tensors(mc, "browse") if s.file == "per_layer_embeddings.bin"]
+    assert fam.layer_geometry(mc, n - 1).head_dim == 2 * mc["head_dim"]
+    assert fam.layer_geometry(mc, 0).head_dim == mc["head_dim"]
+    assert fam.num_features(mc, 0) == 7
+    keys = fam.keys(mc) + ["audio_tower.conv.weight", "layers.0.mlp.router.weight"]
+    assert fam.unclaimed(mc, keys) == ["layers.0.mlp.router.weight"]
+    assert fam.normalise_key("model.audio_tower.conv.weight") is None
+
+
+def test_lql_model_runs_per_layer_head_geometry():
+    """per_layer head counts equal to the model-wide ones change nothing; a wrong length
+    is refused."""
+    from test_model_adapter import hf_weights
+
+    from lql.errors import LqlError
+    from lql.model import build_model
+    mc = get_family("qwen2").model_config(tiny_config("qwen2"))
+    n = mc["num_layers"]
+    weights = hf_weights(tiny_model_dir("qwen2"))
+    per = dict(mc, per_layer={"num_kv_heads": [mc["num_kv_heads"]] * n,
+                              "head_dim": [mc["head_dim"]] * n})
+    ids = [4, 2, 7]
+    np.testing.assert_array_equal(build_model(per, weights).forward(ids).logits,
+                                  build_model(mc, weights).forward(ids).logits)
+    with pytest.raises(LqlError, match="per_layer.head_dim"):
+        build_model(dict(mc, per_layer={"head_dim": [mc["head_dim"]]}), weights)
+    # a real per-layer change reaches the layer: layer 0 with twice the KV heads no longer fits
+    kv = [2 * mc["num_kv_heads"]] + [mc["num_kv_heads"]] * (n - 1)
+    if mc["num_q_heads"] % (2 * mc["num_kv_heads"]) == 0:
+        with pytest.raises(LqlError, match="layers.0.self_attn.k_proj"):
+            build_model(dict(mc, per_layer={"num_kv_heads": kv}), weights)
+
+
+def test_vindex_weights_without_weight_keys_use_the_family_names():
+    from lql.vindex.weights import VindexWeights
+
+    class FakeVindex:
+        index: dict = {}
+        layers = [0, 1]
+        level = "browse"
+        path = "x"
+
+        def __init__(self, family):
+            self.family = family
+
+        def gate(self, layer):
+            return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    w = VindexWeights(FakeVindex("gpt2"), [])
+    assert "wte.weight" in w and "h.1.mlp.c_fc.weight" in w and "embed_tokens.weight" not in w
+    assert w["h.0.mlp.c_fc.weight"].shape == (2, 3)  # Conv1D: stored transposed
+    w = VindexWeights(FakeVindex("llama"), [])
+    assert "layers.1.mlp.gate_proj.weight" in w and "wte.weight" not in w
+    assert w["layers.0.mlp.gate_proj.weight"].shape == (3, 2)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExecutionError, NoVindexError
+from ..families import Family, family_or_default
 from ..vindex.down_meta import RecordAccess
 from .patch import Patch, PatchOp
 
@@ -39,42 +40,34 @@ KNN_THRESHOLD = 0.75
 # --------------------------------------------------------------------------- FFN key layout
 
 class FfnLayout:
-    """Where a layer's gate / up / down live in ``v.weights`` and how to index features.
-
-    Uses the family description when one is available (``lql.families``);
-    otherwise Llama-style names (``layers.N.mlp.{gate,up,down}_proj.weight``).
-    """
+    """Where a layer's gate / up / down live in ``v.weights`` and how to index features:
+    all from the vindex's family description (``lql.families``; the default,
+    Llama-style family when the vindex names none we know)."""
 
     def __init__(self, vindex):
         self.family = _family_of(vindex)
         self.num_layers = int(vindex.num_layers)
 
     def gate_key(self, layer: int) -> str:
-        if self.family is not None:
-            return self.family.gate_key(layer)
-        return f"layers.{layer}.mlp.gate_proj.weight"
+        return self.family.gate_key(layer)
 
     def up_key(self, layer: int) -> str | None:
-        if self.family is not None:
-            return self.family.up_key(layer)
-        return f"layers.{layer}.mlp.up_proj.weight"
+        return self.family.up_key(layer)
 
     def down_key(self, layer: int) -> str:
-        if self.family is not None:
-            return self.family.down_key(layer)
-        return f"layers.{layer}.mlp.down_proj.weight"
+        return self.family.down_key(layer)
 
     def rows(self, weight: np.ndarray) -> np.ndarray:
-        return self.family.gate_rows(weight) if self.family is not None else weight
+        return self.family.gate_rows(weight)
 
     def unrows(self, rows: np.ndarray) -> np.ndarray:
-        return self.family.gate_weight(rows) if self.family is not None else rows
+        return self.family.gate_weight(rows)
 
     def columns(self, weight: np.ndarray) -> np.ndarray:
-        return self.family.down_columns(weight) if self.family is not None else weight
+        return self.family.down_columns(weight)
 
     def uncolumns(self, cols: np.ndarray) -> np.ndarray:
-        return self.family.down_weight(cols) if self.family is not None else cols
+        return self.family.down_weight(cols)
 
     def key_roles(self) -> dict[str, tuple[int, str]]:
         out: dict[str, tuple[int, str]] = {}
@@ -87,27 +80,12 @@ class FfnLayout:
         return out
 
 
-def _family_of(vindex):
+def _family_of(vindex) -> Family:
     fam = getattr(vindex, "family_spec", None)
-    if fam is not None and hasattr(fam, "gate_key"):
+    if isinstance(fam, Family):
         return fam
     name = getattr(vindex, "family", None)
-    if hasattr(name, "gate_key"):
-        return name
-    try:
-        from .. import families
-    except ImportError:
-        return None
-    for getter in ("get_family", "family", "by_name", "get"):
-        fn = getattr(families, getter, None)
-        if callable(fn) and name:
-            try:
-                fam = fn(name)
-            except Exception:
-                continue
-            if hasattr(fam, "gate_key"):
-                return fam
-    return None
+    return name if isinstance(name, Family) else family_or_default(name)
 
 
 def ffn_layout(vindex) -> FfnLayout:

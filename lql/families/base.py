@@ -1,12 +1,18 @@
 """What every architecture family description provides.
 
-A :class:`Family` is pure description: no I/O. It turns a Hugging Face
-``config.json`` dict into the normalised ``model_config`` (docs/ARCHITECTURE.md,
-"model_config keys"), lists the tensors of a model of that family by their
-normalised keys (Hugging Face names without the ``model.`` / ``transformer.``
-prefix), says which tensors each extract level needs and which vindex file
-they belong in, and maps back to Hugging Face names and ``config.json`` for
-COMPILE INTO MODEL.
+A :class:`Family` is pure description: no I/O. It is the one place that knows a
+family: it turns a Hugging Face ``config.json`` dict (or GGUF metadata) into the
+normalised ``model_config`` (docs/ARCHITECTURE.md, "model_config keys"),
+including the computation flags ``lql.model`` runs on (:meth:`Family.model_flags`);
+lists the tensors of a model of that family by their normalised keys (Hugging
+Face names without the ``model.`` / ``transformer.`` prefix), with the GGUF names
+and fix-ups behind them; says which tensors each extract level needs, which
+vindex file they belong in, which the forward pass reads and which source
+tensors are deliberately ignored; gives per-layer geometry; and maps back to
+Hugging Face names and ``config.json`` for COMPILE INTO MODEL.
+
+The interface a new family implements is listed in docs/FAMILIES.md,
+"How to add a family".
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedArchitectureError
 from .bands import derive_bands
 
 #: extract levels, lowest first
@@ -50,6 +57,20 @@ class TensorSpec:
     file: str
 
 
+@dataclass(frozen=True)
+class LayerGeometry:
+    """The shapes of one layer: attention heads and FFN width."""
+
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+
+
+#: ``model_config["per_layer"]`` may hold a list (one value per layer) for these keys
+PER_LAYER_KEYS = ("num_q_heads", "num_kv_heads", "head_dim", "intermediate_size")
+
+
 def level_index(level: str) -> int:
     try:
         return LEVELS.index(level.lower())
@@ -78,6 +99,10 @@ class Family:
     #: the normalised key of the token embedding / final norm
     embed_key: str = "embed_tokens.weight"
     lm_head_key: str = "lm_head.weight"
+    #: GGUF ``general.architecture`` values read as this family
+    gguf_architectures: tuple[str, ...] = ()
+    #: GGUF metadata suffix (after ``<arch>.``) → Hugging Face config key
+    gguf_config_keys: dict[str, str] = {}
 
     # ------------------------------------------------------------ config
     def model_config(self, hf_config: dict) -> dict:
@@ -94,6 +119,39 @@ class Family:
     def embed_scale(self, model_config: dict) -> float:
         return float(model_config.get("embed_scale", 1.0))
 
+    def model_flags(self, model_config: dict) -> dict:
+        """The ``model_config`` keys that select ``lql.model``'s computation, with the
+        values this family implies (``qkv_layout``, ``norm_type``, ``norm_offset``,
+        ``activation``, ``position_embedding``, ``embed_scale``, ...).
+
+        :meth:`model_config` writes them; :meth:`complete` fills them into a
+        ``model_config`` written before a flag existed (old vindexes)."""
+        return {}
+
+    def complete(self, model_config: dict) -> dict:
+        """A copy of ``model_config`` with every flag of :meth:`model_flags` it lacks
+        (absent or ``None``) filled in.  Values already there win."""
+        out = dict(model_config)
+        for key, value in self.model_flags(out).items():
+            if out.get(key) is None:
+                out[key] = value
+        return out
+
+    # ------------------------------------------------------------ geometry
+    def layer_geometry(self, model_config: dict, layer: int) -> LayerGeometry:
+        """Heads, head size and FFN width of ``layer``: the model-wide values, or the
+        layer's entry in ``model_config["per_layer"][key]`` (a list, one per layer)."""
+        mc = model_config
+        per_layer = mc.get("per_layer") or {}
+        n_q = int(mc["num_q_heads"])
+        values = {"num_q_heads": n_q, "num_kv_heads": int(mc.get("num_kv_heads") or n_q),
+                  "head_dim": int(mc.get("head_dim") or int(mc["hidden_size"]) // n_q),
+                  "intermediate_size": int(mc["intermediate_size"])}
+        for key in PER_LAYER_KEYS:
+            if per_layer.get(key) is not None:
+                values[key] = int(per_layer[key][layer])
+        return LayerGeometry(**values)
+
     # ------------------------------------------------------------ tensors
     def layer_tensors(self, model_config: dict, layer: int) -> list[TensorSpec]:
         raise NotImplementedError
@@ -101,17 +159,41 @@ class Family:
     def global_tensors(self, model_config: dict) -> list[TensorSpec]:
         raise NotImplementedError
 
+    def extra_tensors(self, model_config: dict) -> list[TensorSpec]:
+        """Tensors outside the per-role vindex files (e.g. per-layer embeddings), each
+        with its own ``file``; the extractor writes them, like every spec, to that file
+        and the weight manifest.  None for the families here."""
+        return []
+
     def tensors(self, model_config: dict, level: str = "all") -> list[TensorSpec]:
         """Every tensor a model of this config has that ``level`` needs
-        (global tensors first, then layer by layer)."""
+        (global tensors first, then layer by layer, then :meth:`extra_tensors`)."""
         upto = level_index(level)
         specs = list(self.global_tensors(model_config))
         for layer in range(model_config["num_layers"]):
             specs.extend(self.layer_tensors(model_config, layer))
+        specs.extend(self.extra_tensors(model_config))
         return [s for s in specs if level_index(s.level) <= upto]
 
     def keys(self, model_config: dict, level: str = "all") -> list[str]:
         return [s.key for s in self.tensors(model_config, level)]
+
+    def forward_keys(self, model_config: dict) -> list[str]:
+        """The tensors the forward pass reads (``lql.model``'s layout for this
+        config's flags reads exactly these; tests/test_families.py checks it)."""
+        return self.keys(model_config, "inference")
+
+    def ignores(self, key: str) -> bool:
+        """True for a source tensor (normalised or checkpoint name) this family
+        deliberately does not read: buffers, vision towers."""
+        return any(key.startswith(p) for p in self.ignored_prefixes) or \
+            any(key.endswith(s) for s in self.ignored_suffixes)
+
+    def unclaimed(self, model_config: dict, keys) -> list[str]:
+        """Source keys that are neither a tensor of :meth:`tensors` nor ignored (an
+        extractor can refuse these instead of dropping them silently)."""
+        claimed = set(self.keys(model_config, "all")) | {self.lm_head_key}
+        return sorted(k for k in keys if k not in claimed and not self.ignores(k))
 
     def gate_key(self, layer: int) -> str:
         raise NotImplementedError
@@ -122,8 +204,18 @@ class Family:
     def down_key(self, layer: int) -> str:
         raise NotImplementedError
 
+    def gate_key_pattern(self) -> str:
+        """:meth:`gate_key` with ``{layer}`` for the layer number (index.json ``weight_keys``)."""
+        return self.gate_key(987654).replace("987654", "{layer}")
+
+    def gate_is_transposed(self) -> bool:
+        """True when :meth:`gate_rows` transposes the stored weight (GPT-2's Conv1D)."""
+        probe = np.zeros((2, 3), np.float32)
+        return self.gate_rows(probe).shape != probe.shape
+
     def num_features(self, model_config: dict, layer: int) -> int:
-        return int(model_config["intermediate_size"])
+        per_layer = (model_config.get("per_layer") or {}).get("intermediate_size")
+        return int(per_layer[layer] if per_layer is not None else model_config["intermediate_size"])
 
     def gate_rows(self, weight: np.ndarray) -> np.ndarray:
         """Gate (FFN input) weight as stored → ``(num_features, hidden)`` rows."""
@@ -145,8 +237,7 @@ class Family:
     def normalise_key(self, hf_key: str) -> str | None:
         """A checkpoint key → normalised key, or ``None`` when it is not a weight
         of the language model (a buffer, a vision-tower tensor)."""
-        if any(hf_key.startswith(p) for p in self.ignored_prefixes) or \
-                any(hf_key.endswith(s) for s in self.ignored_suffixes):
+        if self.ignores(hf_key):
             return None
         for prefix in self.extra_prefixes + (self.hf_prefix,):
             if prefix and hf_key.startswith(prefix):
@@ -154,8 +245,7 @@ class Family:
                 break
         else:
             key = hf_key
-        if any(key.startswith(p) for p in self.ignored_prefixes) or \
-                any(key.endswith(s) for s in self.ignored_suffixes):
+        if self.ignores(key):
             return None
         return key
 
@@ -164,6 +254,23 @@ class Family:
         if key == self.lm_head_key:
             return key
         return self.hf_prefix + key
+
+    # ------------------------------------------------------------ GGUF
+    def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
+        """Family-specific ``config.json`` keys from GGUF metadata, added to ``cfg``
+        (which already holds :attr:`gguf_config_keys`, vocabulary, tying and token ids)."""
+
+    def gguf_permute_heads(self, gguf_name: str, cfg: dict) -> int | None:
+        """Heads to undo llama.cpp's Q/K row permutation by, or ``None``."""
+        return None
+
+    def gguf_norm_shift(self, gguf_name: str) -> float:
+        """What llama.cpp's converter added to this tensor (subtracted when read)."""
+        return 0.0
+
+    def gguf_transposed(self, gguf_name: str) -> bool:
+        """True when llama.cpp stored this tensor transposed relative to Hugging Face."""
+        return False
 
     # ------------------------------------------------------------ bands
     def layer_bands(self, num_layers: int) -> dict[str, list[int]]:
@@ -180,6 +287,13 @@ class Family:
 
 def spec(key: str, role: str, level: str, layer: int | None, file: str | None = None) -> TensorSpec:
     return TensorSpec(key, role, level, layer, file or ROLE_FILES[role])
+
+
+def gguf_refusal(arch: str, detail: str = "") -> UnsupportedArchitectureError:
+    """The error for a GGUF detail no family here implements."""
+    from . import gguf_architectures  # the registry; imported late (it imports the families)
+    name = f"{arch} GGUF" + (f" with {detail}" if detail else "")
+    return UnsupportedArchitectureError(name, gguf_architectures())
 
 
 def sqrt_hidden(hidden: int) -> float:

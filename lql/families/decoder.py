@@ -7,8 +7,24 @@ Subclasses set class attributes for their traits and override the hooks
 
 from __future__ import annotations
 
-from .base import Family, spec, sqrt_hidden
+from .base import Family, gguf_refusal, spec, sqrt_hidden
 from .hfconfig import activation, eos_list, flat_rope, optional_int, refuse, refuse_unimplemented
+
+#: GGUF metadata suffix (after ``<arch>.``) → Hugging Face config key, decoder families
+GGUF_DECODER_KEYS = {
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "rope.freq_base": "rope_theta",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.key_length": "head_dim",
+}
+#: GGUF metadata that must equal the head size when present
+_GGUF_HEAD_SIZED_KEYS = ("attention.key_length_swa", "attention.value_length_swa",
+                         "rope.dimension_count_swa", "attention.value_length")
 
 
 class DecoderFamily(Family):
@@ -30,6 +46,7 @@ class DecoderFamily(Family):
     #: "config"-free: whether the family has q_norm/k_norm
     qk_norm: bool = False
     ignored_suffixes = (".rotary_emb.inv_freq",)
+    gguf_config_keys = GGUF_DECODER_KEYS
 
     # ------------------------------------------------------------ config
     def model_config(self, hf_config: dict) -> dict:
@@ -85,6 +102,7 @@ class DecoderFamily(Family):
             "qk_norm": self.qk_norm,
             "sandwich_norms": self.sandwich_norms,
             "position_embedding": "rope",
+            "qkv_layout": "split",
             "max_position_embeddings": optional_int(cfg.get("max_position_embeddings")),
             "bos_token_id": optional_int(cfg.get("bos_token_id")),
             "eos_token_id": eos_list(cfg.get("eos_token_id")),
@@ -92,6 +110,18 @@ class DecoderFamily(Family):
         }
         self.family_extras(mc, cfg)
         return mc
+
+    def model_flags(self, model_config: dict) -> dict:
+        hidden = model_config.get("hidden_size")
+        flags = {"qkv_layout": "split", "norm_type": "rms", "norm_offset": self.norm_offset,
+                 "activation": self.defaults.get(self.activation_key, "silu"),
+                 "position_embedding": "rope", "qk_norm": self.qk_norm,
+                 "sandwich_norms": self.sandwich_norms,
+                 "embed_scale": 1.0 if not self.scaled_embeddings else
+                 (sqrt_hidden(int(hidden)) if hidden else "sqrt_hidden")}
+        if isinstance(self.qkv_bias, bool):
+            flags["attention_bias"] = self.qkv_bias
+        return flags
 
     @staticmethod
     def _flag(how, cfg: dict, key: str) -> bool:
@@ -107,6 +137,26 @@ class DecoderFamily(Family):
 
     def family_extras(self, mc: dict, cfg: dict) -> None:
         """Family-specific ``model_config`` keys (softcaps, query scalar, ...)."""
+
+    # ------------------------------------------------------------ GGUF
+    def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
+        # RoPE: partial rotation and scaling are passed on for model_config to accept or refuse
+        heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+        cfg["head_dim"] = head_dim
+        for suffix in _GGUF_HEAD_SIZED_KEYS:
+            value = meta.get(f"{arch}.{suffix}")
+            if value is not None and int(value) != head_dim:
+                raise gguf_refusal(arch, f"{arch}.{suffix}={value} (head size {head_dim})")
+        rot = meta.get(f"{arch}.rope.dimension_count")
+        if rot is not None and int(rot) != head_dim:
+            cfg["partial_rotary_factor"] = int(rot) / head_dim
+        kind = meta.get(f"{arch}.rope.scaling.type")
+        if kind not in (None, "none"):
+            scaling = {"rope_type": kind}
+            if meta.get(f"{arch}.rope.scaling.factor") is not None:
+                scaling["factor"] = float(meta[f"{arch}.rope.scaling.factor"])
+            cfg["rope_scaling"] = scaling
 
     # ------------------------------------------------------------ config.json
     def hf_config(self, model_config: dict) -> dict:

@@ -8,7 +8,7 @@ a sliding/full pattern of 5:1 and a separate RoPE base for sliding layers."""
 
 from __future__ import annotations
 
-from .decoder import DecoderFamily, sliding_or_none
+from .decoder import GGUF_DECODER_KEYS, DecoderFamily, sliding_or_none
 from .hfconfig import (
     check_layer_types,
     is_nested_rope,
@@ -22,11 +22,18 @@ _GEMMA_COMMON = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_em
                      rms_norm_eps=1e-6, attention_bias=False, head_dim=256)
 
 
-class Gemma(DecoderFamily):
+class _GemmaGguf(DecoderFamily):
+    def gguf_norm_shift(self, gguf_name: str) -> float:
+        # llama.cpp folds Gemma's (1 + w) into every norm weight
+        return 1.0 if gguf_name.endswith("norm.weight") else 0.0
+
+
+class Gemma(_GemmaGguf):
     name = "gemma"
     model_types = ("gemma",)
     architectures = ("GemmaForCausalLM", "GemmaModel")
     hf_architecture = "GemmaForCausalLM"
+    gguf_architectures = ("gemma",)
     norm_offset = 1.0
     scaled_embeddings = True
     defaults = dict(_GEMMA_COMMON, vocab_size=256000, hidden_size=3072, intermediate_size=24576,
@@ -43,11 +50,20 @@ class Gemma(DecoderFamily):
         out["attention_bias"] = mc["attention_bias"]
 
 
-class Gemma2(DecoderFamily):
+class Gemma2(_GemmaGguf):
     name = "gemma2"
-    model_types = ("gemma2",)
-    architectures = ("Gemma2ForCausalLM", "Gemma2Model")
+    model_types: tuple[str, ...] = ("gemma2",)
+    architectures: tuple[str, ...] = ("Gemma2ForCausalLM", "Gemma2Model")
     hf_architecture = "Gemma2ForCausalLM"
+    gguf_architectures = ("gemma2",)
+    gguf_config_keys = dict(GGUF_DECODER_KEYS, **{
+        "attention.sliding_window": "sliding_window",
+        "attn_logit_softcapping": "attn_logit_softcapping",
+        "final_logit_softcapping": "final_logit_softcapping",
+    })
+    #: layer count of llama.cpp's "27B", whose attention scale is 1/sqrt(hidden / heads)
+    #: rather than 1/sqrt(head_dim)
+    gguf_27b_layers = 46
     activation_key = "hidden_activation"
     norm_offset = 1.0
     scaled_embeddings = True
@@ -83,6 +99,18 @@ class Gemma2(DecoderFamily):
         if mc["query_pre_attn_scalar"] is None:
             raise refuse(self.name, "query_pre_attn_scalar=None", ("a number",))
 
+    def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
+        super().gguf_config(arch, meta, tensor_names, cfg)
+        pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
+        if pattern is not None:
+            if isinstance(pattern, list):  # one flag per layer: True = sliding window
+                cfg["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+            else:
+                cfg["sliding_window_pattern"] = int(pattern)
+        heads = int(cfg["num_attention_heads"])
+        cfg["query_pre_attn_scalar"] = int(cfg["hidden_size"]) // heads \
+            if int(cfg["num_hidden_layers"]) == self.gguf_27b_layers else cfg["head_dim"]
+
     def hf_extras(self, out: dict, mc: dict) -> None:
         out["attention_bias"] = mc["attention_bias"]
         q = mc["query_pre_attn_scalar"]
@@ -98,6 +126,9 @@ class Gemma3(Gemma2):
     model_types = ("gemma3_text", "gemma3")
     architectures = ("Gemma3ForCausalLM", "Gemma3TextModel", "Gemma3ForConditionalGeneration")
     hf_architecture = "Gemma3ForCausalLM"
+    gguf_architectures = ("gemma3",)
+    gguf_config_keys = dict(Gemma2.gguf_config_keys, **{"rope.freq_base_swa": "rope_local_base_freq"})
+    gguf_27b_layers = 62
     qk_norm = True
     sliding_pattern = 6
     # multimodal checkpoints: the language model sits under one of these

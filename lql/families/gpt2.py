@@ -18,6 +18,15 @@ class GPT2(Family):
     # old checkpoints carry the causal-mask buffers
     ignored_suffixes = (".attn.bias", ".attn.masked_bias")
     embed_key = "wte.weight"
+    gguf_architectures = ("gpt2",)
+    gguf_config_keys = {
+        "context_length": "n_positions",
+        "block_count": "n_layer",
+        "embedding_length": "n_embd",
+        "feed_forward_length": "n_inner",
+        "attention.head_count": "n_head",
+        "attention.layer_norm_epsilon": "layer_norm_epsilon",
+    }
     defaults = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                     n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
                     scale_attn_weights=True, bos_token_id=50256, eos_token_id=50256,
@@ -68,6 +77,7 @@ class GPT2(Family):
             "qk_norm": False,
             "sandwich_norms": False,
             "position_embedding": "learned",
+            "qkv_layout": "fused_conv1d",
             "max_position_embeddings": int(cfg["n_positions"]),
             "bos_token_id": optional_int(cfg.get("bos_token_id")),
             "eos_token_id": eos_list(cfg.get("eos_token_id")),
@@ -94,6 +104,17 @@ class GPT2(Family):
             "tie_word_embeddings": mc["tie_word_embeddings"],
             "torch_dtype": "float32",
         }
+
+    def model_flags(self, model_config: dict) -> dict:
+        return {"qkv_layout": "fused_conv1d", "norm_type": "layer", "norm_offset": 0.0,
+                "activation": self.defaults["activation_function"],
+                "position_embedding": "learned", "attention_bias": True, "mlp_bias": True,
+                "embed_scale": 1.0}
+
+    def gguf_transposed(self, gguf_name: str) -> bool:
+        # Conv1D weights ([in, out]) stored by llama.cpp as [out, in]
+        return gguf_name.endswith(("attn_qkv.weight", "attn_output.weight", "ffn_up.weight",
+                                   "ffn_down.weight"))
 
     # ------------------------------------------------------------ tensors
     def gate_key(self, layer: int) -> str:

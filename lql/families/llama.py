@@ -19,9 +19,25 @@ class Llama(DecoderFamily):
                     bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
                     attention_bias=False, mlp_bias=False, head_dim=None)
 
+    # llama.cpp's "llama" GGUFs (Mistral's too) read as Llama
+    gguf_architectures = ("llama",)
+
     def hf_extras(self, out: dict, mc: dict) -> None:
         out["attention_bias"] = mc["attention_bias"]
         out["mlp_bias"] = mc["mlp_bias"]
+
+    def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
+        super().gguf_config(arch, meta, tensor_names, cfg)
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+        cfg["mlp_bias"] = "blk.0.ffn_gate.bias" in tensor_names
+
+    def gguf_permute_heads(self, gguf_name: str, cfg: dict) -> int | None:
+        # llama.cpp permutes Q and K rows for its (non-NEOX) RoPE layout
+        if ".attn_q." in gguf_name:
+            return int(cfg["num_attention_heads"])
+        if ".attn_k." in gguf_name:
+            return int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+        return None
 
 
 class Mistral(DecoderFamily):

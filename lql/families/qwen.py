@@ -33,6 +33,7 @@ class Qwen2(_Qwen):
     model_types = ("qwen2",)
     architectures = ("Qwen2ForCausalLM", "Qwen2Model")
     hf_architecture = "Qwen2ForCausalLM"
+    gguf_architectures = ("qwen2",)
     qkv_bias = True      # hard-wired in transformers' Qwen2Attention
     out_bias = False
     defaults = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016,
@@ -47,9 +48,14 @@ class Qwen3(_Qwen):
     model_types = ("qwen3",)
     architectures = ("Qwen3ForCausalLM", "Qwen3Model")
     hf_architecture = "Qwen3ForCausalLM"
+    gguf_architectures = ("qwen3",)
     qk_norm = True
     defaults = dict(Qwen2.defaults, head_dim=128, attention_bias=False)
 
     def hf_extras(self, out: dict, mc: dict) -> None:
         super().hf_extras(out, mc)
         out["attention_bias"] = mc["attention_bias"]
+
+    def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
+        super().gguf_config(arch, meta, tensor_names, cfg)
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names  # Qwen2's are not optional

@@ -6,8 +6,8 @@ See docs/INFERENCE.md.
 """
 
 from lql.model.cache import KVCache
-from lql.model.config import SUPPORTED, ArchSpec
+from lql.model.config import ArchSpec
 from lql.model.model import Model, build_model
 from lql.model.records import ForwardOutput, Hooks, Record
 
-__all__ = ["ArchSpec", "ForwardOutput", "Hooks", "KVCache", "Model", "Record", "SUPPORTED", "build_model"]
+__all__ = ["ArchSpec", "ForwardOutput", "Hooks", "KVCache", "Model", "Record", "build_model"]

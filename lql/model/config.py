@@ -1,51 +1,49 @@
 """Validate a normalised ``model_config`` into an :class:`ArchSpec` the forward pass runs on.
 
-The forward pass is driven by flags, not by family names: each family only chooses
-a weight *layout* (which tensor names hold what, see :mod:`lql.model.layouts`) and
-default values for keys a config may leave out.  Every key that changes the
-arithmetic is read here; a value we do not implement is refused with an
+The forward pass knows no family: it reads flags.  Every key that changes the
+arithmetic is read here, with one generic default when a config leaves it out;
+a value we do not implement is refused with an
 :class:`~lql.errors.UnsupportedArchitectureError` / :class:`~lql.errors.LqlError`
-rather than ignored.
+rather than ignored.  The families (``lql/families``) write every flag; an older
+``model_config`` that lacks one is completed by ``lql.families.complete_model_config``
+before it gets here.
 
 Semantics of the keys (see docs/INFERENCE.md for the full table):
 
+* ``qkv_layout``: which weight layout (:mod:`lql.model.layouts`) holds the tensors:
+  ``"split"`` (``layers.N.self_attn.{q,k,v,o}_proj``, gated FFN; the default) or
+  ``"fused_conv1d"`` (``h.N.attn.c_attn``, Conv1D ``[in, out]``, dense FFN).
+* ``norm_type`` (``"rms"`` | ``"layer"``), ``norm_offset`` (1.0: norms apply ``1 + w``),
+  ``activation``, ``position_embedding`` (``"rope"`` | ``"learned"``),
+  ``attention_bias``, ``mlp_bias``, ``qk_norm``, ``sandwich_norms``.
 * ``layer_types`` (list of ``"full_attention"`` / ``"sliding_attention"``) wins;
-  when it is null and ``sliding_window`` is set, *every* layer is sliding (Mistral).
+  when it is null and ``sliding_window`` is set, *every* layer is sliding.
 * ``rope_scaling``: a Hugging Face rope dict (``{"rope_type": "linear", "factor": 8}``)
   applied to the layers that use ``rope_base``; or a dict keyed by layer type
   (``{"full_attention": {...}, "sliding_attention": {...}}``, transformers 5 style).
-  Sliding layers use ``rope_local_base`` (default rope) when it is set (Gemma 3).
-* ``embed_scale``: optional; defaults to √hidden for the Gemma families, else 1.
+  Sliding layers use ``rope_local_base`` (default rope) when it is set.
+* ``embed_scale``: a number, or ``"sqrt_hidden"``; default 1.
+* ``per_layer``: optional ``{key: [one value per layer]}`` for ``num_q_heads``,
+  ``num_kv_heads``, ``head_dim`` (the FFN width is read from the weights).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lql.errors import LqlError, UnsupportedArchitectureError
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2")
-GEMMA = ("gemma", "gemma2", "gemma3_text")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_tanh", "gelu_new")  # exact erf GELU: refused
 ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
+QKV_LAYOUTS = ("split", "fused_conv1d")
+#: ``per_layer`` keys the forward pass reads
+PER_LAYER = ("num_q_heads", "num_kv_heads", "head_dim")
 
-# What each family implies when a config leaves a key out (values HF hard-codes in
-# the modeling file rather than writing to config.json).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(norm_type="rms", norm_offset=0.0, activation="silu"),
-    "mistral": dict(norm_type="rms", norm_offset=0.0, activation="silu"),
-    "qwen2": dict(norm_type="rms", norm_offset=0.0, activation="silu", attention_bias=True),
-    "qwen3": dict(norm_type="rms", norm_offset=0.0, activation="silu", qk_norm=True),
-    "gemma": dict(norm_type="rms", norm_offset=1.0, activation="gelu_pytorch_tanh"),
-    "gemma2": dict(norm_type="rms", norm_offset=1.0, activation="gelu_pytorch_tanh",
-                   sandwich_norms=True),
-    "gemma3_text": dict(norm_type="rms", norm_offset=1.0, activation="gelu_pytorch_tanh",
-                        sandwich_norms=True, qk_norm=True),
-    "gpt2": dict(norm_type="layer", norm_offset=0.0, activation="gelu_new",
-                 position_embedding="learned", attention_bias=True, mlp_bias=True),
-}
+#: a model_config (the dict stored in index.json)
+Cfg = Mapping[str, Any]
 
 # keys that, when truthy, describe behaviour we do not implement
 REFUSED_FLAGS = ("use_bidirectional_attention", "scale_attn_by_inverse_layer_idx",
@@ -61,13 +59,23 @@ class RopeSpec:
     max_position_embeddings: int | None
 
     @property
-    def scaling_dict(self) -> dict | None:
+    def scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.scaling) if self.scaling is not None else None
 
 
 @dataclass(frozen=True)
+class LayerHeads:
+    """One layer's attention geometry."""
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    attn_scale: float
+
+
+@dataclass(frozen=True)
 class ArchSpec:
-    model_type: str
+    model_type: str | None
+    qkv_layout: str           # "split" | "fused_conv1d" (lql.model.layouts)
     num_layers: int
     hidden_size: int
     num_q_heads: int
@@ -91,22 +99,28 @@ class ArchSpec:
     sliding: tuple[int | None, ...]        # per layer: window size or None (full)
     rope: tuple[RopeSpec | None, ...]      # per layer
     eos_token_ids: tuple[int, ...]
+    layer_heads: tuple[LayerHeads, ...] = ()  # per layer
+
+    def heads(self, layer: int) -> LayerHeads:
+        """Layer ``layer``'s heads (the model-wide values unless ``per_layer`` says otherwise)."""
+        if self.layer_heads:
+            return self.layer_heads[layer]
+        return LayerHeads(self.num_q_heads, self.num_kv_heads, self.head_dim, self.attn_scale)
 
 
-def _get(cfg: dict, key: str, default=None):
+def _get(cfg: Cfg, key: str, default: Any = None) -> Any:
+    """``cfg[key]``, or ``default`` when it is absent or null."""
     value = cfg.get(key)
-    if value is None:
-        return FAMILY_DEFAULTS.get(cfg.get("model_type"), {}).get(key, default)
-    return value
+    return default if value is None else value
 
 
-def _freeze(d: dict | None):
+def _freeze(d: dict[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
     if d is None:
         return None
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
 
 
-def _rope_dict(scaling) -> dict | None:
+def _rope_dict(scaling: Any) -> dict[str, Any] | None:
     """Normalise a rope dict: ``type`` → ``rope_type``; ``default`` → None."""
     if scaling is None:
         return None
@@ -121,10 +135,11 @@ def _rope_dict(scaling) -> dict | None:
     if kind == "default":
         return None
     scaling["rope_type"] = kind
-    return scaling
+    out: dict[str, Any] = scaling
+    return out
 
 
-def _layer_types(cfg: dict, n_layers: int) -> list[str]:
+def _layer_types(cfg: Cfg, n_layers: int) -> list[str]:
     types = cfg.get("layer_types")
     window = cfg.get("sliding_window")
     if types is None:
@@ -140,7 +155,7 @@ def _layer_types(cfg: dict, n_layers: int) -> list[str]:
     return types
 
 
-def _rope_specs(cfg: dict, types: list[str], head_dim: int) -> list[RopeSpec | None]:
+def _rope_specs(cfg: Cfg, types: list[str], head_dims: list[int]) -> list[RopeSpec | None]:
     if _get(cfg, "position_embedding", "rope") != "rope":
         return [None] * len(types)
     partial = float(cfg.get("partial_rotary_factor") or 1.0)
@@ -154,10 +169,10 @@ def _rope_specs(cfg: dict, types: list[str], head_dim: int) -> list[RopeSpec | N
     scaling = cfg.get("rope_scaling")
     per_type = isinstance(scaling, dict) and set(scaling) <= {"full_attention", "sliding_attention"} \
         and bool(scaling)
-    specs = []
-    for t in types:
+    specs: list[RopeSpec | None] = []
+    for t, head_dim in zip(types, head_dims):
         if per_type:
-            params = dict(scaling.get(t) or {})
+            params = dict((scaling or {}).get(t) or {})
             layer_base = params.get("rope_theta") or (local_base if t == "sliding_attention" and local_base
                                                       else base)
             rope = _rope_dict(params)
@@ -169,17 +184,35 @@ def _rope_specs(cfg: dict, types: list[str], head_dim: int) -> list[RopeSpec | N
     return specs
 
 
-def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
+def _per_layer(cfg: Cfg, num_layers: int) -> dict[str, list[int]]:
+    per_layer = cfg.get("per_layer") or {}
+    if not isinstance(per_layer, dict):
+        raise LqlError(f"model_config per_layer must be a dict of lists, got {per_layer!r}")
+    out = {}
+    for key, values in per_layer.items():
+        if values is None or key not in PER_LAYER:
+            continue  # keys the weights answer (intermediate_size) or other readers' keys
+        if not isinstance(values, (list, tuple)) or len(values) != num_layers:
+            raise LqlError(f"model_config per_layer.{key} must list one value per layer "
+                           f"({num_layers})")
+        out[key] = [int(v) for v in values]
+    return out
+
+
+def arch_spec(cfg: Cfg, *, num_layers: int, hidden_size: int) -> ArchSpec:
     """Check ``cfg`` (a normalised model_config) and return the spec the model runs on.
 
     ``num_layers`` / ``hidden_size`` come from the config when it has them, else
     from the weights (the caller infers them)."""
     model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED:
-        raise UnsupportedArchitectureError(str(model_type), SUPPORTED)
+    what = str(model_type or "model_config")
     for flag in REFUSED_FLAGS:
         if cfg.get(flag):
-            raise UnsupportedArchitectureError(f"{model_type} with {flag}={cfg[flag]!r}", SUPPORTED)
+            raise UnsupportedArchitectureError(f"{what} with {flag}={cfg[flag]!r}",
+                                               (f"configs without {flag}",))
+    layout = _get(cfg, "qkv_layout", "split")
+    if layout not in QKV_LAYOUTS:
+        raise UnsupportedArchitectureError(f"qkv_layout {layout!r}", QKV_LAYOUTS)
 
     n_q = cfg.get("num_q_heads")
     if not n_q:
@@ -189,7 +222,7 @@ def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
         raise LqlError(f"num_q_heads={n_q} is not a multiple of num_kv_heads={n_kv}")
     head_dim = cfg.get("head_dim") or hidden_size // n_q
 
-    activation = _get(cfg, "activation")
+    activation = cfg.get("activation")
     if activation not in ACTIVATIONS:
         raise UnsupportedArchitectureError(f"activation {activation!r}", ACTIVATIONS)
     norm_type = _get(cfg, "norm_type", "rms")
@@ -204,20 +237,38 @@ def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
     if eps is None:
         raise LqlError("model_config has neither norm_eps nor rms_norm_eps")
 
-    embed_scale = cfg.get("embed_scale")
-    if embed_scale is None:
-        embed_scale = math.sqrt(hidden_size) if model_type in GEMMA else 1.0
+    embed_scale = _get(cfg, "embed_scale", 1.0)
+    if embed_scale == "sqrt_hidden":
+        embed_scale = math.sqrt(hidden_size)
+    elif isinstance(embed_scale, str):
+        raise UnsupportedArchitectureError(f"embed_scale {embed_scale!r}", ("a number", "sqrt_hidden"))
     qpas = cfg.get("query_pre_attn_scalar")
-    attn_scale = float(qpas) ** -0.5 if qpas else head_dim ** -0.5
+
+    def scale(dim: int) -> float:
+        return float(float(qpas) ** -0.5 if qpas else float(dim) ** -0.5)
+
+    per_layer = _per_layer(cfg, num_layers)
+    layer_heads: tuple[LayerHeads, ...] = ()
+    if per_layer:
+        layer_heads = tuple(
+            LayerHeads(q, kv, d, scale(d)) for q, kv, d in zip(
+                per_layer.get("num_q_heads", [int(n_q)] * num_layers),
+                per_layer.get("num_kv_heads", [int(n_kv)] * num_layers),
+                per_layer.get("head_dim", [int(head_dim)] * num_layers)))
+        for i, lh in enumerate(layer_heads):
+            if lh.num_q_heads % lh.num_kv_heads:
+                raise LqlError(f"layer {i}: num_q_heads={lh.num_q_heads} is not a multiple of "
+                               f"num_kv_heads={lh.num_kv_heads}")
+    head_dims = [lh.head_dim for lh in layer_heads] or [int(head_dim)] * num_layers
 
     types = _layer_types(cfg, num_layers)
     window = cfg.get("sliding_window")
-    sliding = tuple(int(window) if t == "sliding_attention" else None for t in types)
+    sliding = tuple(int(window) if t == "sliding_attention" and window else None for t in types)
     eos = cfg.get("eos_token_id")
     eos = () if eos is None else (tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
 
     return ArchSpec(
-        model_type=model_type, num_layers=num_layers, hidden_size=hidden_size,
+        model_type=model_type, qkv_layout=layout, num_layers=num_layers, hidden_size=hidden_size,
         num_q_heads=int(n_q), num_kv_heads=int(n_kv), head_dim=int(head_dim),
         norm_type=norm_type, norm_offset=float(_get(cfg, "norm_offset", 0.0)), norm_eps=float(eps),
         embed_scale=float(embed_scale), activation=activation, position_embedding=position,
@@ -226,10 +277,10 @@ def arch_spec(cfg: dict, *, num_layers: int, hidden_size: int) -> ArchSpec:
         mlp_bias=bool(_get(cfg, "mlp_bias", False)),
         qk_norm=bool(_get(cfg, "qk_norm", False)),
         sandwich_norms=bool(_get(cfg, "sandwich_norms", False)),
-        attn_scale=float(attn_scale),
+        attn_scale=scale(int(head_dim)),
         attn_softcap=cfg.get("attn_logit_softcapping") or None,
         final_softcap=cfg.get("final_logit_softcapping") or None,
         tie_word_embeddings=cfg.get("tie_word_embeddings"),
-        sliding=sliding, rope=tuple(_rope_specs(cfg, types, int(head_dim))),
-        eos_token_ids=tuple(int(e) for e in eos),
+        sliding=sliding, rope=tuple(_rope_specs(cfg, types, head_dims)),
+        eos_token_ids=tuple(int(e) for e in eos), layer_heads=layer_heads,
     )

@@ -1,8 +1,12 @@
-"""Weight layouts: which normalised tensor names hold what, per family naming scheme.
+"""Weight layouts: which normalised tensor names hold what, chosen by ``model_config["qkv_layout"]``.
 
-* :class:`HFLayout` — Llama-style names (Llama, Mistral, Qwen2/3, Gemma 1/2/3):
-  ``layers.N.self_attn.q_proj.weight`` ``[out, in]`` etc.
-* :class:`GPT2Layout` — ``h.N.attn.c_attn.weight`` (Conv1D, ``[in, out]``, fused QKV) etc.
+* ``"split"`` — :class:`HFLayout`: ``layers.N.self_attn.{q,k,v,o}_proj.weight``
+  ``[out, in]``, gated FFN ``mlp.{gate,up,down}_proj`` (the Llama-style decoder).
+* ``"fused_conv1d"`` — :class:`GPT2Layout`: ``h.N.attn.c_attn.weight`` (Conv1D,
+  ``[in, out]``, fused QKV), dense FFN ``mlp.c_fc`` / ``mlp.c_proj``, learned positions.
+
+A new computation comes as a new layout class registered in :data:`LAYOUTS` under
+its flag value (the families write the flag; ``lql.model`` never sees a family name).
 
 A layout first lists every key the forward pass will read (so a missing tensor is
 reported up front, all names at once), then builds the layer objects.  Every
@@ -13,6 +17,7 @@ that makes the matmuls faster); the source mapping is not kept.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +26,9 @@ from lql.model.block import Attention, Block
 from lql.model.config import ArchSpec
 from lql.model.ffn import DenseFFN, GatedFFN
 from lql.model.norms import LayerNorm, RMSNorm
+from lql.model.rope import Rope
+
+Norm = RMSNorm | LayerNorm
 
 F32 = np.float32
 
@@ -28,16 +36,17 @@ F32 = np.float32
 class Tensors:
     """Reads keys from the source mapping as float32, checking shapes."""
 
-    def __init__(self, weights: Mapping):
+    def __init__(self, weights: Mapping[str, Any]):
         self.weights = weights
 
-    def get(self, key: str, shape: tuple | None = None) -> np.ndarray:
+    def get(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         arr = np.asarray(self.weights[key], dtype=F32)
         if shape is not None and tuple(arr.shape) != tuple(shape):
             raise LqlError(f"tensor {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
         return arr
 
-    def opt(self, key: str, present: set[str], shape=None):
+    def opt(self, key: str, present: set[str],
+            shape: tuple[int, ...] | None = None) -> np.ndarray | None:
         return self.get(key, shape) if key in present else None
 
 
@@ -67,15 +76,16 @@ class HFLayout:
                 keys += [p + f"mlp.{n}_proj.bias" for n in ("gate", "up", "down")]
         return keys
 
-    def _norm(self, spec, t: Tensors, key: str, dim: int):
+    def _norm(self, spec: ArchSpec, t: Tensors, key: str, dim: int) -> Norm:
         return RMSNorm(t.get(key, (dim,)), spec.norm_eps, spec.norm_offset)
 
-    def final(self, spec, t: Tensors):
+    def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._norm(spec, t, self.final_norm, spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
-        p, h, d = self.layer_prefix(i), spec.hidden_size, spec.head_dim
-        nq, nkv = spec.num_q_heads * d, spec.num_kv_heads * d
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
+        heads = spec.heads(i)
+        p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
+        nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d
         q = t.get(p + "self_attn.q_proj.weight", (nq, h))
         k = t.get(p + "self_attn.k_proj.weight", (nkv, h))
         v = t.get(p + "self_attn.v_proj.weight", (nkv, h))
@@ -93,7 +103,7 @@ class HFLayout:
         attention = Attention(
             qkv_t=np.concatenate([q, k, v], axis=0).T, qkv_bias=qkv_bias,
             o_t=t.get(p + "self_attn.o_proj.weight", (h, nq)).T, o_bias=o_bias,
-            n_q=spec.num_q_heads, n_kv=spec.num_kv_heads, head_dim=d, scale=spec.attn_scale,
+            n_q=heads.num_q_heads, n_kv=heads.num_kv_heads, head_dim=d, scale=heads.attn_scale,
             softcap=spec.attn_softcap, window=spec.sliding[i], q_norm=q_norm, k_norm=k_norm, rope=rope)
         gate = t.get(p + "mlp.gate_proj.weight")
         ff = gate.shape[0]
@@ -106,7 +116,9 @@ class HFLayout:
                           down_bias=t.get(p + "mlp.down_proj.bias", (h,)))
         ffn = GatedFFN(gate, t.get(p + "mlp.up_proj.weight", (ff, h)),
                        t.get(p + "mlp.down_proj.weight", (h, ff)), spec.activation, **biases)
-        norm = lambda name: self._norm(spec, t, p + name, h)  # noqa: E731
+        def norm(name: str) -> Norm:
+            return self._norm(spec, t, p + name, h)
+
         if spec.sandwich_norms:
             return Block(i, attn_norm=norm("input_layernorm.weight"), attention=attention,
                          post_attn_norm=norm("post_attention_layernorm.weight"),
@@ -115,7 +127,7 @@ class HFLayout:
         return Block(i, attn_norm=norm("input_layernorm.weight"), attention=attention,
                      ffn_norm=norm("post_attention_layernorm.weight"), ffn=ffn)
 
-    def positions(self, t: Tensors):
+    def positions(self, t: Tensors) -> np.ndarray | None:
         return None
 
 
@@ -136,19 +148,19 @@ class GPT2Layout(HFLayout):
                 keys += [p + name + ".weight", p + name + ".bias"]
         return keys
 
-    def _ln(self, spec, t, name: str, dim: int):
+    def _ln(self, spec: ArchSpec, t: Tensors, name: str, dim: int) -> Norm:
         return LayerNorm(t.get(name + ".weight", (dim,)), t.get(name + ".bias", (dim,)), spec.norm_eps)
 
-    def final(self, spec, t):
+    def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._ln(spec, t, "ln_f", spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope) -> Block:
-        p, h = self.layer_prefix(i), spec.hidden_size
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
+        p, h, heads = self.layer_prefix(i), spec.hidden_size, spec.heads(i)
         attention = Attention(
             qkv_t=t.get(p + "attn.c_attn.weight", (h, 3 * h)), qkv_bias=t.get(p + "attn.c_attn.bias", (3 * h,)),
             o_t=t.get(p + "attn.c_proj.weight", (h, h)), o_bias=t.get(p + "attn.c_proj.bias", (h,)),
-            n_q=spec.num_q_heads, n_kv=spec.num_kv_heads, head_dim=spec.head_dim, scale=spec.attn_scale,
-            softcap=spec.attn_softcap, window=spec.sliding[i], rope=rope)
+            n_q=heads.num_q_heads, n_kv=heads.num_kv_heads, head_dim=heads.head_dim,
+            scale=heads.attn_scale, softcap=spec.attn_softcap, window=spec.sliding[i], rope=rope)
         fc = t.get(p + "mlp.c_fc.weight")
         if fc.ndim != 2 or fc.shape[0] != h:
             raise LqlError(f"tensor {p}mlp.c_fc.weight has shape {fc.shape}, expected ({h}, *)")
@@ -158,9 +170,27 @@ class GPT2Layout(HFLayout):
         return Block(i, attn_norm=self._ln(spec, t, p + "ln_1", h), attention=attention,
                      ffn_norm=self._ln(spec, t, p + "ln_2", h), ffn=ffn)
 
-    def positions(self, t: Tensors):
+    def positions(self, t: Tensors) -> np.ndarray | None:
         return np.ascontiguousarray(t.get(self.position_table))
 
 
-def layout_for(model_type: str) -> HFLayout:
-    return GPT2Layout() if model_type == "gpt2" else HFLayout()
+#: ``model_config["qkv_layout"]`` → the layout that reads its tensors
+LAYOUTS: dict[str, type[HFLayout]] = {"split": HFLayout, "fused_conv1d": GPT2Layout}
+
+
+def layout_for(model_config: Mapping[str, Any] | str | None) -> HFLayout:
+    """The layout of a ``model_config`` (by its ``qkv_layout`` flag).
+
+    A string is taken as a ``qkv_layout`` value; any other string (a ``model_type``,
+    from callers written before the flag existed) is resolved through
+    ``lql.families.complete_model_config``, the one place that knows families."""
+    if isinstance(model_config, str) or model_config is None:
+        if model_config in LAYOUTS:
+            return LAYOUTS[model_config]()
+        from lql.families import complete_model_config
+        model_config = complete_model_config({"model_type": model_config})
+    name = model_config.get("qkv_layout") or "split"
+    if name not in LAYOUTS:
+        from lql.errors import UnsupportedArchitectureError
+        raise UnsupportedArchitectureError(f"qkv_layout {name!r}", tuple(LAYOUTS))
+    return LAYOUTS[name]()

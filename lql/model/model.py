@@ -148,8 +148,11 @@ def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
     :class:`UnsupportedArchitectureError` / :class:`LqlError` for configs we do not implement."""
     if not isinstance(model_config, Mapping):
         raise LqlError("model_config must be a dict")
-    model_config = dict(model_config)
-    layout = layout_for(model_config.get("model_type"))
+    # the one seam to the families: a model_config written before a flag existed gets it
+    # (and an unknown model_type is refused) there, never by a table here
+    from lql.families import complete_model_config
+    model_config = complete_model_config(dict(model_config))
+    layout = layout_for(model_config)
     present = set(weights.keys())
     if layout.embed not in present:
         raise MissingTensorError([layout.embed])

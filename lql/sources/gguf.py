@@ -10,17 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..families import get_family
 from .base import ModelSource, SourceError
-from .gguf_arch import (
-    GGUF_FAMILIES,
-    hf_config_from_gguf,
-    norm_shift,
-    permute_heads,
-    reverse_permute,
-    transposed,
-    unsupported,
-)
+from .gguf_arch import family_of_gguf, hf_config_from_gguf, reverse_permute, unsupported
 
 _QUANT_SUFFIX = re.compile(r"[.\-_](I?Q\d\w*|F16|F32|BF16|FP16|FP32)$", re.IGNORECASE)
 _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
@@ -80,9 +71,7 @@ class GgufSource(ModelSource):
                               "(llama.cpp's gguf-split --merge)", path)
         arch = meta.get("general.architecture")
         self.arch = arch
-        if arch not in GGUF_FAMILIES:
-            raise unsupported(str(arch))
-        self.family_spec = get_family(GGUF_FAMILIES[arch])
+        self.family_spec = family_of_gguf(str(arch))
 
         self._tensors = {t.name: t for t in self._reader.tensors}
         embed = self._tensors.get("token_embd.weight")
@@ -131,7 +120,7 @@ class GgufSource(ModelSource):
     def _shape(self, key: str):
         name = self._names[key]
         shape = tuple(int(d) for d in reversed(self._tensors[name].shape))
-        return shape[::-1] if transposed(self.arch, name) else shape
+        return shape[::-1] if self.family_spec.gguf_transposed(name) else shape
 
     def _read(self, key: str) -> np.ndarray:
         name = self._names[key]
@@ -144,13 +133,14 @@ class GgufSource(ModelSource):
                               f"{t.tensor_type.name}, which the gguf package cannot dequantise",
                               self.path) from None
         w = np.array(w, dtype=np.float32, copy=True).reshape(shape)
-        heads = permute_heads(self.arch, name, self.hf_config)
+        fam = self.family_spec
+        heads = fam.gguf_permute_heads(name, self.hf_config)
         if heads is not None:
             w = np.ascontiguousarray(reverse_permute(w, heads))
-        shift = norm_shift(self.arch, name)
+        shift = fam.gguf_norm_shift(name)
         if shift:
             w -= np.float32(shift)
-        if transposed(self.arch, name):
+        if fam.gguf_transposed(name):
             w = np.ascontiguousarray(w.T)
         return w
 

@@ -4,7 +4,8 @@ Keys are Hugging Face names without ``model.`` / ``transformer.``.  Tensors in
 the split weight files come from ``weight_manifest.json``; the embedding key
 resolves to ``embeddings.bin`` and each layer's gate key to its rows in
 ``gate_vectors.bin`` (transposed back when the family stores the FFN input
-projection as hidden × features, like GPT-2's Conv1D ``c_fc``).
+projection as hidden × features, like GPT-2's Conv1D ``c_fc``).  The names come
+from index.json ``weight_keys``, else from the vindex's family.
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import MissingTensorError, VindexError
+from ..families import family_or_default
 
 if TYPE_CHECKING:
     from .reader import Vindex
-
-#: embedding keys recognised when index.json does not name its own
-DEFAULT_EMBED_KEYS = ("embed_tokens.weight", "wte.weight")
-DEFAULT_GATE_KEY = "layers.{layer}.mlp.gate_proj.weight"
 
 
 class VindexWeights(Mapping):
@@ -30,10 +28,11 @@ class VindexWeights(Mapping):
     def __init__(self, vindex: Vindex, manifest: list[dict[str, Any]] | None):
         self._v = vindex
         keys = vindex.index.get("weight_keys") or {}
-        embed = keys.get("embed")
-        self._embed_keys = (embed,) if embed else DEFAULT_EMBED_KEYS
-        self._gate_pattern = keys.get("gate") or DEFAULT_GATE_KEY
-        self._gate_transposed = bool(keys.get("gate_transposed", False))
+        # an index.json without weight_keys: the names its family gives them
+        fam = family_or_default(getattr(vindex, "family", None))
+        self._embed_keys = (keys.get("embed") or fam.embed_key,)
+        self._gate_pattern = keys.get("gate") or fam.gate_key_pattern()
+        self._gate_transposed = bool(keys.get("gate_transposed", fam.gate_is_transposed()))
         self._gate_keys = {self._gate_pattern.format(layer=layer): layer
                            for layer in vindex.layers}
         self._entries: dict[str, dict[str, Any]] = {}
