@@ -178,7 +178,7 @@ class Gemma4(Family):
             "head_dim": head_dim,
             "num_q_heads": heads,
             "num_kv_heads": kv,
-            "rope_base": float(rope.get("full_attention", rope.get("sliding_attention"))["rope_theta"]),
+            "rope_base": float((rope.get("full_attention") or rope["sliding_attention"])["rope_theta"]),
             "rope_local_base": float(rope["sliding_attention"]["rope_theta"]) if "sliding_attention" in rope
             else None,
             "rope_scaling": rope,
@@ -222,9 +222,9 @@ class Gemma4(Family):
     # ------------------------------------------------------------ naming
     def normalise_key(self, hf_key: str) -> str | None:
         key = super().normalise_key(hf_key)
-        if key is not None and _SHARED_KV.match(key) and self._shared_layers is not None:
-            if int(_SHARED_KV.match(key).group(1)) in self._shared_layers:
-                return None
+        match = _SHARED_KV.match(key) if key is not None else None
+        if match is not None and self._shared_layers is not None and int(match.group(1)) in self._shared_layers:
+            return None
         return key
 
     _shared_layers: frozenset[int] | None = None

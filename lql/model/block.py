@@ -72,7 +72,7 @@ class Attention:
                 k = self.k_norm(k)
             if self.v_norm is not None:
                 v = self.v_norm(v)
-            if cos is not None:
+            if cos is not None and sin is not None:
                 k = apply_rope(k, cos, sin)
             if cache is not None:
                 k, v = cache.append(k, v)

@@ -81,9 +81,11 @@ def _layer_types(cfg: Mapping, n: int) -> list[str]:
 
 
 def _rope_spec(cfg: Mapping, layer_type: str, head_dim: int) -> RopeSpec:
-    scaling = cfg.get("rope_scaling")
-    per_type = isinstance(scaling, dict) and bool(scaling) and set(scaling) <= set(LAYER_TYPES)
-    params = dict((scaling.get(layer_type) or {}) if per_type else (scaling or {}))
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(scaling, dict):
+        raise LqlError(f"model_config rope_scaling must be a dict or null, got {scaling!r}")
+    per_type = bool(scaling) and set(scaling) <= set(LAYER_TYPES)
+    params = dict((scaling.get(layer_type) or {}) if per_type else scaling)
     base = params.pop("rope_theta", None)
     if base is None:
         base = cfg.get("rope_local_base") if layer_type == "sliding_attention" else None
@@ -141,7 +143,7 @@ def mixed_spec(cfg: Mapping, num_layers: int, hidden: int) -> ArchSpec:
         attn_softcap=cfg.get("attn_logit_softcapping") or None,
         final_softcap=cfg.get("final_logit_softcapping") or None,
         tie_word_embeddings=cfg.get("tie_word_embeddings"),
-        sliding=tuple(int(window) if t == "sliding_attention" else None for t in types),
+        sliding=tuple(int(window) if t == "sliding_attention" and window else None for t in types),
         rope=tuple(_rope_spec(cfg, t, d) for t, d in zip(types, head_dims, strict=True)),
         eos_token_ids=tuple(int(e) for e in eos))
 
@@ -293,9 +295,12 @@ def build_mixed_model(model_config: Mapping, weights: Mapping):
     missing = [k for k in plan.required(spec, tied) if k not in present]
     if missing:
         raise MissingTensorError(missing)
-    ropes: dict = {}
-    blocks = [_block(spec, plan, t, i, ropes.setdefault(spec.rope[i], Rope(spec.rope[i])))
-              for i in range(num_layers)]
+    ropes: dict[RopeSpec, Rope] = {}
+    blocks = []
+    for i in range(num_layers):
+        rope_spec = spec.rope[i]
+        assert rope_spec is not None  # mixed_spec gives every layer RoPE
+        blocks.append(_block(spec, plan, t, i, ropes.setdefault(rope_spec, Rope(rope_spec))))
     per_layer_embed = None
     if plan.ple:
         table = weights["embed_tokens_per_layer.weight"]  # as stored: gathered per token, never cast whole
