@@ -1,6 +1,19 @@
 """One transformer layer: attention sub-block then FFN sub-block, each pre-normed and
-added to the residual stream; Gemma 2/3 also norm each sub-block's *output*
-("sandwich" norms: ``post_attention_layernorm`` / ``post_feedforward_layernorm``)."""
+added to the residual stream; Gemma 2/3/4 also norm each sub-block's *output*
+("sandwich" norms: ``post_attention_layernorm`` / ``post_feedforward_layernorm``).
+
+Optional pieces (Gemma 4), all off unless the builder passes them:
+
+* attention ``kv_shared``: no k/v projections — keys/values are the (RoPE'd, cached)
+  ones of the layer whose :class:`LayerCache` this layer aliases;
+  ``k_eq_v``: no v projection — values are the raw k projection (before ``k_norm``);
+  ``v_norm``: a (weightless) norm on the values.
+* block ``moe``: an expert branch beside the dense FFN (:class:`lql.model.moe.MoEBranch`),
+  combined before ``post_feedforward_layernorm``;
+  ``per_layer``: the per-layer-embedding branch added after the FFN
+  (:class:`lql.model.ple.PerLayerBranch`), fed ``per_layer_input``;
+  ``layer_scalar``: multiplies the whole residual at the end of the layer.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +35,11 @@ class Attention:
 
     def __init__(self, *, qkv_t: np.ndarray, qkv_bias, o_t: np.ndarray, o_bias, n_q: int, n_kv: int,
                  head_dim: int, scale: float, softcap: float | None, window: int | None,
-                 q_norm: Norm | None = None, k_norm: Norm | None = None, rope=None):
+                 q_norm: Norm | None = None, k_norm: Norm | None = None, rope=None,
+                 v_norm: Norm | None = None, k_eq_v: bool = False, kv_shared: bool = False):
+        """``qkv_t`` is ``[hidden, q | k | v]``; ``[hidden, q | k]`` when ``k_eq_v``; ``[hidden, q]``
+        when ``kv_shared``."""
+        self.v_norm, self.k_eq_v, self.kv_shared = v_norm, k_eq_v, kv_shared
         self.qkv = np.ascontiguousarray(qkv_t, dtype=F32)
         self.qkv_bias = None if qkv_bias is None else np.asarray(qkv_bias, dtype=F32)
         self.o = np.ascontiguousarray(o_t, dtype=F32)
@@ -38,15 +55,27 @@ class Attention:
             qkv += self.qkv_bias
         nq, nkv = self.n_q * d, self.n_kv * d
         q = qkv[:, :nq].reshape(t, self.n_q, d).transpose(1, 0, 2)
-        k = qkv[:, nq:nq + nkv].reshape(t, self.n_kv, d).transpose(1, 0, 2)
-        v = qkv[:, nq + nkv:].reshape(t, self.n_kv, d).transpose(1, 0, 2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
+        cos = sin = None
         if self.rope is not None:
             cos, sin = tables(self.rope)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(k, v)
+            q = apply_rope(q, cos, sin)
+        if self.kv_shared:
+            if cache is None:
+                raise RuntimeError("a KV-sharing layer needs the KV cache of its source layer")
+            k, v = cache.view()
+        else:
+            k = qkv[:, nq:nq + nkv].reshape(t, self.n_kv, d).transpose(1, 0, 2)
+            v = k if self.k_eq_v else qkv[:, nq + nkv:].reshape(t, self.n_kv, d).transpose(1, 0, 2)
+            if self.k_norm is not None:
+                k = self.k_norm(k)
+            if self.v_norm is not None:
+                v = self.v_norm(v)
+            if cos is not None and sin is not None:
+                k = apply_rope(k, cos, sin)
+            if cache is not None:
+                k, v = cache.append(k, v)
         k_positions = np.arange(k.shape[1]) if cache is not None else positions
         mask = attention_mask(positions, k_positions, self.window)
         out, probs = attend(np.ascontiguousarray(q), k, v, mask, scale=self.scale, softcap=self.softcap)
@@ -68,13 +97,17 @@ class LayerTrace:
 
 class Block:
     def __init__(self, index: int, *, attn_norm: Norm, attention: Attention, ffn_norm: Norm, ffn,
-                 post_attn_norm: Norm | None = None, post_ffn_norm: Norm | None = None):
+                 post_attn_norm: Norm | None = None, post_ffn_norm: Norm | None = None,
+                 moe=None, per_layer=None, layer_scalar: float | None = None):
         self.index = index
         self.attn_norm, self.attention = attn_norm, attention
         self.ffn_norm, self.ffn = ffn_norm, ffn
         self.post_attn_norm, self.post_ffn_norm = post_attn_norm, post_ffn_norm
+        self.moe, self.per_layer = moe, per_layer
+        self.layer_scalar = None if layer_scalar is None else F32(layer_scalar)
 
-    def __call__(self, h: np.ndarray, positions, tables, cache, hooks) -> tuple[np.ndarray, LayerTrace]:
+    def __call__(self, h: np.ndarray, positions, tables, cache, hooks,
+                 per_layer_input: np.ndarray | None = None) -> tuple[np.ndarray, LayerTrace]:
         x = self.attn_norm(h)
         attn_out, probs = self.attention(x, positions, tables, cache)
         if hooks is not None and hooks.attention is not None:
@@ -87,9 +120,15 @@ class Block:
         ffn_out, hidden = self.ffn(x)
         if hooks is not None and hooks.ffn is not None:
             ffn_out = hooks.ffn(self.index, x, ffn_out)
+        if self.moe is not None:
+            ffn_out = self.moe(ffn_out, h)  # the expert branch reads the residual itself
         if self.post_ffn_norm is not None:
             ffn_out = self.post_ffn_norm(ffn_out)
         h = h + ffn_out
+        if self.per_layer is not None:
+            h = h + self.per_layer(h, per_layer_input)
+        if self.layer_scalar is not None:
+            h = h * self.layer_scalar
         if hooks is not None and hooks.residual is not None:
             h = hooks.residual(self.index, h)
         return h, LayerTrace(attn_out, ffn_out, hidden, probs)

@@ -4,6 +4,10 @@ Keys are stored after RoPE (as transformers does), per layer ``[num_kv_heads, ca
 float32, growing geometrically.  Positions are contiguous from 0, so the next
 position is ``cache.length``.  Sliding-window layers keep every key (the mask
 hides the old ones), so memory is ``2 · layers · kv_heads · head_dim · 4`` bytes per token.
+
+KV sharing (Gemma 4): ``KVCache(n, sources=[None, …, 2, 2])`` makes layer ``i``'s entry
+*the same* :class:`LayerCache` object as layer ``sources[i]``'s — the sharing layer reads
+its source's keys and values (:meth:`LayerCache.view`) and never appends.
 """
 
 from __future__ import annotations
@@ -35,13 +39,23 @@ class LayerCache:
         self.length = needed
         return self.keys[:, :needed], self.values[:, :needed]
 
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        """Views of every cached key/value (for a layer that shares this cache)."""
+        if self.keys is None:
+            raise RuntimeError("a KV-sharing layer ran before the layer it shares keys with")
+        return self.keys[:, :self.length], self.values[:, :self.length]
+
 
 class KVCache:
     """One :class:`LayerCache` per layer; pass the same object to successive ``forward`` calls."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, sources: list[int | None] | None = None):
         self.layers = [LayerCache() for _ in range(num_layers)]
+        for i, src in enumerate(sources or ()):
+            if src is not None:
+                self.layers[i] = self.layers[src]  # an alias, not a copy
         self.length = 0  # tokens already processed (= next position)
 
     def nbytes(self) -> int:
-        return sum(0 if c.keys is None else c.keys.nbytes + c.values.nbytes for c in self.layers)
+        unique = {id(c): c for c in self.layers}.values()
+        return sum(0 if c.keys is None else c.keys.nbytes + c.values.nbytes for c in unique)

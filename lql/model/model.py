@@ -32,8 +32,11 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
 
 class Model:
     def __init__(self, spec: ArchSpec, *, embed: np.ndarray, position_table: np.ndarray | None,
-                 blocks: list, final_norm, head: np.ndarray, model_config: dict):
+                 blocks: list, final_norm, head: np.ndarray, model_config: dict,
+                 per_layer_embed=None, kv_sources: list[int | None] | None = None):
         self.spec = spec
+        self.per_layer_embed = per_layer_embed  # lql.model.ple.PerLayerEmbeddings (Gemma 4 PLE) or None
+        self.kv_sources = kv_sources            # per layer: the layer whose KV cache it shares, or None
         self.model_config = model_config
         self.embed_matrix = embed            # [vocab, hidden], unscaled
         self.position_table = position_table  # GPT-2's learned positions, or None
@@ -71,7 +74,7 @@ class Model:
         return logits.astype(F32, copy=False)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.num_layers)
+        return KVCache(self.num_layers, self.kv_sources)
 
     # ------------------------------------------------------------------ forward
     def forward(self, ids, *, cache: KVCache | None = None, record: Record | None = None,
@@ -82,6 +85,8 @@ class Model:
             raise ExecutionError("forward needs at least one token")
         record = record or _NO_RECORD
         hooks = hooks if hooks is not None else self.hooks
+        if cache is None and self.kv_sources is not None:
+            cache = self.new_cache()  # KV-sharing layers read their source's keys from a cache
         start = cache.length if cache is not None else 0
         positions = np.arange(start, start + ids.size)
 
@@ -105,8 +110,13 @@ class Model:
 
         h = self.embed(ids, positions)
         embedding = pick(h, record.residuals) if record.residuals else None
+        per_layer = self.per_layer_embed(ids, h) if self.per_layer_embed is not None else None
         for i, block in enumerate(self.blocks):
-            h, trace = block(h, positions, tables, cache.layers[i] if cache is not None else None, hooks)
+            layer_cache = cache.layers[i] if cache is not None else None
+            if per_layer is None:
+                h, trace = block(h, positions, tables, layer_cache, hooks)
+            else:
+                h, trace = block(h, positions, tables, layer_cache, hooks, per_layer_input=per_layer[:, i])
             if not record.wants(i):
                 continue
             if residuals is not None:
@@ -152,6 +162,9 @@ def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
     # (and an unknown model_type is refused) there, never by a table here
     from lql.families import complete_model_config
     model_config = complete_model_config(dict(model_config))
+    from lql.model.mixed import build_mixed_model, is_mixed
+    if is_mixed(model_config):  # per-layer shapes, KV sharing, PLE, MoE (docs/FAMILIES.md, Gemma 4)
+        return build_mixed_model(model_config, weights)
     layout = layout_for(model_config)
     present = set(weights.keys())
     if layout.embed not in present:

@@ -1,5 +1,6 @@
 """Rotary position embeddings, with the scaling types transformers' ``ROPE_INIT_FUNCTIONS``
-implements for our families: ``default``, ``linear``, ``llama3``, ``yarn``, ``dynamic``.
+implements for our families: ``default``, ``linear``, ``llama3``, ``yarn``, ``dynamic``,
+``proportional`` (Gemma 4 full-attention layers, see :func:`proportional_inv_freq`).
 
 Inverse frequencies are computed in float32 the way transformers computes them
 (``1 / base ** (arange(0, dim, 2) / dim)``), angles as ``float32(position) * inv_freq``,
@@ -81,6 +82,22 @@ def _yarn(base: float, dim: int, p: dict, max_pos: int | None) -> tuple[np.ndarr
     return inv.astype(F32), float(attention)
 
 
+def proportional_inv_freq(base: float, head_dim: int, partial_rotary_factor: float = 1.0,
+                          factor: float = 1.0) -> np.ndarray:
+    """transformers' ``proportional`` RoPE (``_compute_proportional_rope_parameters``).
+
+    Unlike Llama-style partial rotary, the tables keep the full ``head_dim``: the first
+    ``ra = int(partial_rotary_factor * head_dim // 2)`` inverse frequencies are
+    ``1 / base ** (arange(0, 2·ra, 2) / head_dim)`` (divided by the *whole* head size),
+    the remaining ``head_dim // 2 - ra`` are zero (angle 0: cos 1, sin 0, no rotation),
+    all under the usual rotate-half pairing (dimension ``j`` with ``j + head_dim/2``)."""
+    angles = int(partial_rotary_factor * head_dim // 2)
+    exponents = np.arange(0, 2 * angles, 2, dtype=np.int64).astype(F32) / F32(head_dim)
+    rotated = (F32(1.0) / (F32(base) ** exponents)).astype(F32)
+    inv = np.concatenate([rotated, np.zeros(head_dim // 2 - angles, dtype=F32)])
+    return (inv / F32(factor)).astype(F32)
+
+
 class Rope:
     """cos/sin tables for one :class:`RopeSpec`; ``dynamic`` recomputes per sequence length."""
 
@@ -105,6 +122,10 @@ class Rope:
             if not spec.max_position_embeddings:
                 raise LqlError("rope_scaling 'dynamic' needs max_position_embeddings")
             self.inv_freq = _default_inv_freq(spec.base, spec.dim)
+        elif self.kind == "proportional":
+            self.inv_freq = proportional_inv_freq(spec.base, spec.dim,
+                                                  float(params.get("partial_rotary_factor") or 1.0),
+                                                  float(params.get("factor") or 1.0))
         else:  # config.py already refused anything else
             raise LqlError(f"rope type {self.kind!r} is not implemented")
 
