@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ExecutionError, LevelError, NotBuiltError
+from ..errors import ExecutionError
 
 __all__ = ["residual_query_fn", "ffn_inputs_for"]
 
 
 def ffn_inputs_for(view, text: str) -> dict[int, np.ndarray]:
-    level = str(getattr(view, "level", "browse")).lower()
-    if level == "browse":
-        raise LevelError("DESCRIBE ... VIA RESIDUAL runs a forward pass: this vindex was "
-                         "extracted at BROWSE — re-extract WITH INFERENCE")
-    try:
-        from ..edit.forward import run
-        from ..model import Hooks
-    except ImportError as exc:
-        raise NotBuiltError(f"VIA RESIDUAL needs the inference engine (lql.model): {exc}") from None
+    from ..model import Hooks
+    from ..runtime import check_level, run
+    check_level(view, "DESCRIBE ... VIA RESIDUAL")
     ids = list(view.tokenizer.encode(text).ids)
     if not ids:
         raise ExecutionError(f"{text!r} produced no tokens")

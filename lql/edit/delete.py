@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model import Record
-from .forward import model_for, predict, run
+from ..runtime import model_for, predict, run
 from .patch import PatchOp
 
 __all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "SIBLING_ENTITIES"]

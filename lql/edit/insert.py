@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ExecutionError
-from .forward import ffn_inputs, model_for, run
+from ..runtime import can_forward, ffn_inputs, model_for, run
 from .overlay import ffn_layout
 from .patch import PatchOp
 from .prompts import canonical_prompt, template_for
@@ -266,7 +266,7 @@ def knn_op(view, entity: str, relation: str, target: str, *, layer: int,
     tid, ttext = target_token(view, target)
     text = canonical_prompt(entity, relation, prompt)
     center = None
-    if getattr(view, "level", "inference") == "browse":
+    if not can_forward(view):
         ids = view.tokenizer.encode(" " + entity.strip(), add_special_tokens=False).ids
         if not ids:
             raise ExecutionError(f"entity {entity!r} does not tokenize")
@@ -292,7 +292,7 @@ def knn_op(view, entity: str, relation: str, target: str, *, layer: int,
 def calibrate_compose(overlay, view, plan: InsertPlan, max_doublings: int = 3) -> dict:
     """After ``plan.op`` is recorded: double its down vector (at most ``max_doublings``
     times) until the target is top-1 on the canonical prompt.  Returns what happened."""
-    from .forward import predict
+    from ..runtime import predict
     op = plan.op
     scale = 1.0
 

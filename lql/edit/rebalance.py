@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forward import predict
+from ..runtime import predict
 from .insert import target_token
 from .patch import PatchOp
 

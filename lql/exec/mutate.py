@@ -15,19 +15,14 @@ from .. import ast
 from ..edit.conditions import all_match, condition_map
 from ..edit.overlay import session_overlay
 from ..edit.patch import PatchOp
-from ..errors import ExecutionError, LevelError
+from ..errors import ExecutionError
 from ..result import Result
+from ..runtime import can_forward, check_level
 from . import handler
 
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
 AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
              'SAVE PATCH "file.vlp" keeps them')
-
-
-def _needs_forward(view, what: str) -> None:
-    if getattr(view, "level", "inference") == "browse":
-        raise LevelError(f"this vindex was extracted at BROWSE; {what} needs a forward pass "
-                         f"(INFERENCE) — re-extract WITH INFERENCE")
 
 
 def _note(started: bool, ov) -> str:
@@ -53,7 +48,7 @@ def insert(session, stmt: ast.Insert) -> Result:
     if stmt.confidence is not None and not 0.0 <= stmt.confidence <= 1.0:
         raise ExecutionError("CONFIDENCE must be between 0 and 1")
     if mode == "compose":
-        _needs_forward(view, "INSERT ... MODE COMPOSE")
+        check_level(view, "INSERT ... MODE COMPOSE")
         if stmt.alpha is not None and stmt.alpha <= 0:
             raise ExecutionError("ALPHA must be positive")
         plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
@@ -68,14 +63,14 @@ def insert(session, stmt: ast.Insert) -> Result:
         plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
                       confidence=stmt.confidence, prompt=stmt.prompt)
         started = ov.record(plan.op)
-        if getattr(view, "level", "inference") == "browse":
+        if not can_forward(view):
             detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
                       f"no forward pass; the entry is stored, INFER needs INFERENCE)")
         else:
             detail = f"KNN key from the raw prompt {plan.prompt!r}"
         meta = {}
     wraps = _session_wraps(session, view)
-    if getattr(view, "level", "inference") != "browse":
+    if can_forward(view):
         detail += ("; trained on the raw (completion-style) prompt"
                    + (" — this session wraps INFER prompts in the chat template (SET CHAT "
                       "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
@@ -214,10 +209,10 @@ def delete(session, stmt: ast.Delete) -> Result:
 
 def _delete_base_fact(session, ov, view, entity, relation, target, reason):
     from ..edit.delete import delete_fact, sibling_prompts
-    from ..edit.forward import predict
     from ..edit.insert import target_token
     from ..edit.prompts import canonical_prompt, template_for
-    _needs_forward(view, "DELETE of a fact the model knows")
+    from ..runtime import predict
+    check_level(view, "DELETE of a fact the model knows")
     prompt = canonical_prompt(entity, relation)
     if target is None:
         tid = predict(view, prompt).top1
@@ -297,7 +292,7 @@ def update(session, stmt: ast.Update) -> Result:
             if e is not None and e.down is not None:
                 old = e.down
             else:
-                _needs_forward(view, "UPDATE ... SET target")
+                check_level(view, "UPDATE ... SET target")
                 old = lay.columns(np.asarray(view.weights[lay.down_key(layer)]))[:, f]
             down = unembed_direction(view, new_tid) * float(np.linalg.norm(old))
             vectors["down"] = down
@@ -366,7 +361,7 @@ def rebalance(session, stmt: ast.Rebalance) -> Result:
     from ..edit.rebalance import rebalance as run
     ov = session_overlay(session)
     view = session.vindex
-    _needs_forward(view, "REBALANCE")
+    check_level(view, "REBALANCE")
     floor = FLOOR if stmt.floor is None else float(stmt.floor)
     ceiling = CEILING if stmt.ceiling is None else float(stmt.ceiling)
     if not 0.0 <= floor < ceiling <= 1.0:
