@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ExecutionError, NoVindexError
+from ..errors import ExecutionError
 from ..vindex.down_meta import RecordAccess
 from .patch import Patch, PatchOp
 
-__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "session_overlay",
+__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "overlay_view",
            "ffn_layout", "KNN_THRESHOLD"]
 
 #: cosine above which a stored KNN key takes over the prediction
@@ -571,31 +571,15 @@ class OverlayVindex:
         return out
 
 
-# --------------------------------------------------------------------------- session glue
+# --------------------------------------------------------------------------- the edit target
 
-def session_overlay(session, *, create: bool = True) -> Overlay | None:
-    """The session's overlay, wrapping ``session.vindex`` on first use.
+def overlay_view(vindex: Any) -> OverlayVindex:
+    """The patched view edits go through: ``vindex`` itself when it already is one, else a
+    new :class:`OverlayVindex` over it with a fresh :class:`Overlay`.
 
-    After this, ``session.vindex`` is an :class:`OverlayVindex`, ``session.base_vindex``
-    the unpatched base and ``session.overlay`` the :class:`Overlay`.  A ``USE`` that
-    replaces ``session.vindex`` with another base starts a fresh overlay next time.
+    Nothing is assigned anywhere: the caller (:meth:`lql.session.Session.edit_overlay`)
+    installs the returned view as the session's vindex.
     """
-    v = getattr(session, "vindex", None)
-    if v is None:
-        if getattr(session, "model_source", None) is not None:
-            raise ExecutionError(
-                "edits need a vindex, not live model weights (USE MODEL); run "
-                'EXTRACT MODEL "<source>" INTO "model.vindex" WITH INFERENCE; '
-                'USE "model.vindex"; first')
-        raise NoVindexError()
-    if isinstance(v, OverlayVindex):
-        if session.overlay is not v.overlay:
-            session.overlay = v.overlay
-        return v.overlay
-    if not create:
-        return None
-    ov = Overlay(v)
-    session.overlay = ov
-    session.base_vindex = v
-    session.vindex = OverlayVindex(v, ov)
-    return ov
+    if isinstance(vindex, OverlayVindex):
+        return vindex
+    return OverlayVindex(vindex, Overlay(vindex))

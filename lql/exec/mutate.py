@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import ast
 from ..edit.conditions import all_match, condition_map
-from ..edit.overlay import session_overlay
 from ..edit.patch import PatchOp
 from ..errors import ExecutionError
 from ..result import Result
@@ -38,16 +37,17 @@ def _note(started: bool, ov) -> str:
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
     from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     for name in ("entity", "relation", "target"):
         if not str(getattr(stmt, name)).strip():
             raise ExecutionError(f"INSERT needs a non-empty {name}")
     layer = install_layer(view, stmt.layer)
-    mode = (stmt.mode or ast.InsertMode.KNN).value.lower()
+    insert_mode = stmt.mode or ast.InsertMode.KNN
+    mode = insert_mode.value.lower()             # the row / message spelling
     if stmt.confidence is not None and not 0.0 <= stmt.confidence <= 1.0:
         raise ExecutionError("CONFIDENCE must be between 0 and 1")
-    if mode == "compose":
+    if insert_mode is ast.InsertMode.COMPOSE:
         check_level(view, "INSERT ... MODE COMPOSE")
         if stmt.alpha is not None and stmt.alpha <= 0:
             raise ExecutionError("ALPHA must be positive")
@@ -88,8 +88,7 @@ def _session_wraps(session, view) -> bool:
     """Whether a plain INFER in this session would wrap its prompt in the chat template."""
     try:
         from ..infer.prompt import should_wrap
-        template = getattr(view, "chat_template", None)
-        return should_wrap(None, getattr(session, "chat_mode", None), bool(template))
+        return should_wrap(None, session.chat_mode, bool(view.chat_template))
     except Exception:          # no template machinery / BROWSE target: nothing is wrapped
         return False
 
@@ -163,7 +162,7 @@ def _restore_op(view, layer: int, feature: int, reason: str) -> PatchOp:
 
 @handler(ast.Delete)
 def delete(session, stmt: ast.Delete) -> Result:
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     if not stmt.where:
         raise ExecutionError("DELETE needs a WHERE clause (DELETE FROM EDGES WHERE ...)")
@@ -236,7 +235,7 @@ def _delete_base_fact(session, ov, view, entity, relation, target, reason):
 @handler(ast.Update)
 def update(session, stmt: ast.Update) -> Result:
     from ..edit.insert import target_token, unembed_direction
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     sets = {}
     for a in stmt.assignments:
@@ -316,7 +315,7 @@ def update(session, stmt: ast.Update) -> Result:
 def merge(session, stmt: ast.Merge) -> Result:
     from ..edit.diff import diff_features, diff_ops
     from ..edit.patch import read_patch
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     if stmt.target is not None:
         tgt = session.resolve_path(stmt.target).resolve()
@@ -359,7 +358,7 @@ def merge(session, stmt: ast.Merge) -> Result:
 def rebalance(session, stmt: ast.Rebalance) -> Result:
     from ..edit.rebalance import CEILING, FLOOR, MAX_ITERATIONS
     from ..edit.rebalance import rebalance as run
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     check_level(view, "REBALANCE")
     floor = FLOOR if stmt.floor is None else float(stmt.floor)
