@@ -8,6 +8,7 @@ open); see lql/edit/ and docs/EDITING.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,10 @@ from ..errors import ExecutionError
 from ..result import Result
 from ..runtime import can_forward, check_level
 from . import handler
+
+if TYPE_CHECKING:
+    from ..edit.overlay import OverlayVindex
+    from ..runtime.view import VindexView
 
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
 AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
@@ -84,7 +89,7 @@ def insert(session, stmt: ast.Insert) -> Result:
                         prompt=plan.prompt, target_token=plan.target_text, **meta)
 
 
-def _session_wraps(session, view) -> bool:
+def _session_wraps(session, view: VindexView) -> bool:
     """Whether a plain INFER in this session would wrap its prompt in the chat template."""
     try:
         from ..infer.prompt import should_wrap
@@ -95,7 +100,7 @@ def _session_wraps(session, view) -> bool:
 
 # --------------------------------------------------------------------------- matching
 
-def _overlay_matches(view, cmap):
+def _overlay_matches(view: OverlayVindex, cmap):
     """Inserted COMPOSE features and KNN entries of the overlay that satisfy ``cmap``."""
     feats, knns = [], []
     for (l, f), e in sorted(view.overlay.features.items()):
@@ -113,7 +118,7 @@ def _overlay_matches(view, cmap):
     return feats, knns
 
 
-def _direct_features(view, cmap) -> list[tuple[int, int]] | None:
+def _direct_features(view: VindexView, cmap) -> list[tuple[int, int]] | None:
     """``WHERE layer = L AND feature = F`` (or IN lists): the addressed features, else None."""
     if "layer" not in cmap or "feature" not in cmap:
         return None
@@ -144,7 +149,7 @@ def _eq(cmap, field):
     return None
 
 
-def _restore_op(view, layer: int, feature: int, reason: str) -> PatchOp:
+def _restore_op(view: OverlayVindex, layer: int, feature: int, reason: str) -> PatchOp:
     """An update that puts a slot back to its base vectors (``restore``: drop the edit)."""
     base = view.base
     lay = view.overlay.layout
@@ -206,7 +211,7 @@ def delete(session, stmt: ast.Delete) -> Result:
                         removed=n, auto_patch=started, **meta)
 
 
-def _delete_base_fact(session, ov, view, entity, relation, target, reason):
+def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target, reason):
     from ..edit.delete import delete_fact, sibling_prompts
     from ..edit.insert import target_token
     from ..edit.prompts import canonical_prompt, template_for
