@@ -46,8 +46,8 @@ def fresh(path):
 
 
 def bench_insert(path, mode: str) -> dict:
-    from lql.edit.forward import predict
     from lql.edit.insert import calibrate_compose, compose_op, install_layer, knn_op
+    from lql.runtime import predict
     base, ov, v = fresh(path)
     layer = install_layer(v, None)
     before = [predict(v, c).top1 for c in CONTROLS]
@@ -86,7 +86,7 @@ DELETE_CONTROLS = [("The capital of Germany is", " Berlin"), ("The capital of It
 
 def bench_delete(path) -> dict:
     from lql.edit.delete import delete_fact, sibling_prompts
-    from lql.edit.forward import predict
+    from lql.runtime import predict
     base, ov, v = fresh(path)
     tok = base.tokenizer
     paris = tok.encode(" Paris", add_special_tokens=False).ids[0]

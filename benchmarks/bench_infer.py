@@ -62,6 +62,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from lql.model import build_model
+    from lql.runtime import greedy
 
     folder = smollm2_hf_dir()
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -74,7 +75,7 @@ def main() -> None:
     base_rss = rss_mb()
     t_build, model = timed(lambda: build_model(*load_model_inputs(folder)))
     model.forward(short)
-    ours_gen = list(model.generate(story, ARGS.gen, stop_ids=()))
+    ours_gen = list(greedy(model, story, ARGS.gen, stop_ids=()))
     ours_rss, ours_peak = rss_mb() - base_rss, peak_mb()
 
     import torch
@@ -103,7 +104,7 @@ def main() -> None:
     cases = {
         f"forward, {len(short)}-token prompt": (lambda: model.forward(short), lambda: torch_forward(short)),
         f"forward, {len(long)}-token prompt": (lambda: model.forward(long), lambda: torch_forward(long)),
-        f"greedy generate {ARGS.gen} tokens": (lambda: list(model.generate(story, ARGS.gen, stop_ids=())),
+        f"greedy generate {ARGS.gen} tokens": (lambda: list(greedy(model, story, ARGS.gen, stop_ids=())),
                                                lambda: torch_generate(story)),
     }
     for name, (ours_fn, ref_fn) in cases.items():

@@ -48,8 +48,8 @@ def main() -> None:
     from lql.browse.core import band_layers, down_meta_of, entity_query
     from lql.browse.describe import HUB_SHARE
     from lql.browse.tokens import entity_ids, tokens_of
-    from lql.edit.forward import run
     from lql.model import Hooks
+    from lql.runtime import run
     from lql.vindex.reader import Vindex
 
     v = Vindex(args.vindex)

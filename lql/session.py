@@ -30,13 +30,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ExecutionError, LqlError, LqlSyntaxError, NotBuiltError
+from . import ast
+from .errors import ExecutionError, LqlError, LqlSyntaxError, NotBuiltError, NoVindexError
 from .lang.text import is_complete, split_statements
 from .result import Result
+
+if TYPE_CHECKING:
+    from .edit.overlay import Overlay
+    from .remote.client import RemoteVindex
 
 __all__ = ["Session", "Cancelled", "split_statements", "is_complete"]
 
@@ -79,19 +84,58 @@ class Session:
 
     def __init__(self, cwd: str | os.PathLike | None = None):
         self.cwd: Path = Path(cwd if cwd is not None else os.getcwd()).resolve()
-        self.vindex = None
-        self.model_source = None
-        try:
-            from .ast import ChatMode
-            self.chat_mode = ChatMode.AUTO
-        except ImportError:                      # pragma: no cover - parser not built
-            self.chat_mode = "AUTO"
-        self.overlay = None          # lql.edit.overlay.Overlay once a mutation or patch is applied
-        self.base_vindex = None      # the unpatched base while an overlay is active
+        self.vindex: Any = None      # the Vindex in use, or its OverlayVindex once edited
+        self.model_source: Any = None  # the ModelSource of USE MODEL
+        self.chat_mode: ast.ChatMode = ast.ChatMode.AUTO
+        self.overlay: Overlay | None = None   # set once a mutation or patch is applied
+        self.base_vindex: Any = None  # the unpatched base while an overlay is active
         self.last_result: Result | None = None
-        self.on_token = None         # GENERATE streaming: callable(str) set by the REPL
-        self.remote = None           # lql.server.client.RemoteVindex while USE REMOTE is in effect
+        self.on_token: Callable[[str], None] | None = None   # GENERATE streaming (the REPL)
+        self.remote: RemoteVindex | None = None   # while USE REMOTE is in effect
         self._cancel = threading.Event()
+
+    # ------------------------------------------------------------ state changes
+    # Handlers and editing code never assign these attributes: they call these methods.
+
+    def use_vindex(self, vindex: Any) -> None:
+        """``USE``: browse ``vindex``; edits start a fresh overlay over it."""
+        self.vindex = vindex
+        self.model_source = None
+        self.overlay = None
+        self.base_vindex = None
+
+    def use_source(self, source: Any) -> None:
+        """``USE MODEL``: run inference on live weights (no vindex, no overlay)."""
+        self.model_source = source
+        self.vindex = None
+        self.overlay = None
+        self.base_vindex = None
+
+    def use_remote(self, remote: RemoteVindex) -> None:
+        """``USE REMOTE``: read-only statements go to ``remote``; nothing local stays in use."""
+        self.use_vindex(None)
+        self.remote = remote
+
+    def edit_overlay(self, *, create: bool = True) -> Overlay | None:
+        """The overlay edits record into. On first use (``create``) ``self.vindex`` becomes
+        its patched view (:func:`lql.edit.overlay.overlay_view`) and ``self.base_vindex`` the
+        unpatched base; with ``create=False`` and no overlay yet, ``None``."""
+        if self.vindex is None:
+            if self.model_source is not None:
+                raise ExecutionError(
+                    "edits need a vindex, not live model weights (USE MODEL); run "
+                    'EXTRACT MODEL "<source>" INTO "model.vindex" WITH INFERENCE; '
+                    'USE "model.vindex"; first')
+            raise NoVindexError()
+        from .edit.overlay import OverlayVindex, overlay_view
+        if not create and not isinstance(self.vindex, OverlayVindex):
+            return None
+        view = overlay_view(self.vindex)
+        if view is not self.vindex:
+            self.base_vindex = self.vindex
+            self.vindex = view
+        self.overlay = view.overlay
+        return view.overlay
 
     # ------------------------------------------------------------ cancellation
     def cancel(self) -> None:
@@ -106,7 +150,7 @@ class Session:
 
     def vocabulary_words(self, prefix: str = "") -> list[str]:
         """Entity-like words of the vindex vocabulary starting with ``prefix`` (REPL completion)."""
-        if self.vindex is None or getattr(self.vindex, "tokenizer", None) is None:
+        if self.vindex is None or self.vindex.tokenizer is None:
             return []
         from .browse.tokens import tokens_of
         return tokens_of(self.vindex).words_with_prefix(prefix)
@@ -161,10 +205,7 @@ class Session:
 
     @staticmethod
     def parse(text: str) -> list:
-        try:
-            from .parser import parse
-        except ImportError as exc:                # pragma: no cover - parser not built
-            raise NotBuiltError(f"the LQL parser is not built yet ({exc})") from None
+        from .parser import parse
         return parse(text)
 
     def execute_iter(self, text: str, *, continue_on_error: bool = False,
@@ -230,19 +271,29 @@ class Session:
     def _run(self, stmt, *, script: bool) -> list[Result]:
         """Run one statement (a pipe runs both sides); results in order."""
         from . import exec as registry
-        if type(stmt).__name__ == "Pipe":
+        if isinstance(stmt, ast.Pipe):
             left = self._run(stmt.left, script=script)
             self.last_result = left[-1] if left else None
             right = self._run(stmt.right, script=script)
             return left + right
         if self.remote is not None and self.remote.claims(stmt):
-            return self.remote.run(self, stmt)      # sent to the server, refused, or USE
+            remote = self.remote
+            if remote.leaves(stmt):               # USE / USE MODEL: local again
+                self.remote = None
+                try:
+                    return self._run(stmt, script=script)
+                except BaseException:
+                    self.remote = remote          # the USE failed: still remote
+                    raise
+            sent = remote.run(stmt, chat_mode=self.chat_mode)   # sent to the server, or refused
+            if sent:
+                self.last_result = sent[-1]
+            return sent
         fn = registry.lookup(type(stmt))
         if fn is None:
-            cap = registry.capability(type(stmt))
             group = registry.GROUPS.get(type(stmt).__name__)
             why = registry.import_errors.get(group) if group else None
-            msg = f"{_keyword(stmt)} is not built yet ({cap})"
+            msg = f"{_keyword(stmt)} is not built yet ({registry.capability(type(stmt))})"
             if why is not None:
                 msg += f"; lql.exec.{group} failed to import: {type(why).__name__}: {why}"
             raise NotBuiltError(msg)

@@ -75,9 +75,9 @@ def test_compile_model_without_edits_writes_the_source(fam, tmp_path):
 def test_compose_insert_and_compile_model(fam, tmp_path):
     from safetensors.numpy import load_file
 
-    from lql.edit.forward import ffn_inputs, predict, run
     from lql.model import Record
     from lql.model.ffn import ACTIVATIONS
+    from lql.runtime import ffn_inputs, predict, run
     s = _session(fam, tmp_path)
     tok = s.vindex.tokenizer
     pose = tok.encode(" Poseidon", add_special_tokens=False).ids[0]

@@ -39,7 +39,7 @@ def _insert(s, entity, relation, target, extra=""):
 
 
 def _p(s, prompt, target):
-    from lql.edit.forward import predict
+    from lql.runtime import predict
     tid = s.vindex.tokenizer.encode(" " + target, add_special_tokens=False).ids[0]
     return float(predict(s.vindex, prompt).probs[tid])
 

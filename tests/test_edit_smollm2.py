@@ -43,7 +43,7 @@ def _tid(s, text):
 
 
 def _p(s, prompt):
-    from lql.edit.forward import predict
+    from lql.runtime import predict
     return predict(s.vindex, prompt)
 
 

@@ -12,6 +12,7 @@ from test_model_adapter import hf_model_config, hf_weights
 
 from lql.errors import ExecutionError, LqlError, MissingTensorError, UnsupportedArchitectureError
 from lql.model import Hooks, Record, build_model
+from lql.runtime import greedy
 
 IDS = [504, 3458, 282, 4649, 314, 1069, 28, 253, 1345, 6341, 30, 378, 800, 2]  # 14 tokens > window 6
 
@@ -93,13 +94,13 @@ def test_kv_cache_matches_full_forward(family):
 
 def test_generate_is_argmax_of_full_forward_and_stops():
     m = model("qwen2")
-    got = list(m.generate(IDS[:4], 6, stop_ids=()))
+    got = list(greedy(m, IDS[:4], 6, stop_ids=()))
     seq = list(IDS[:4])
     for token in got:
         assert token == int(np.argmax(m.forward(seq).logits))
         seq.append(token)
     assert len(got) == 6
-    stopped = list(m.generate(IDS[:4], 6, stop_ids=[got[2]]))
+    stopped = list(greedy(m, IDS[:4], 6, stop_ids=[got[2]]))
     assert stopped == got[:3]
 
 

@@ -11,6 +11,7 @@ from model_fixtures import FAMILIES, smollm2_hf_dir, tiny_model_dir
 from test_model_adapter import load_model_inputs
 
 from lql.model import Record, build_model
+from lql.runtime import greedy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -109,13 +110,13 @@ def ref_generate(name: str, ids: list[int], n: int) -> list[int]:
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2"])
 def test_tiny_greedy_generation_matches_transformers(family):
     ids = encode(PROMPTS[0])
-    assert list(ours(family).generate(ids, 20)) == ref_generate(family, ids, 20)
+    assert list(greedy(ours(family), ids, 20)) == ref_generate(family, ids, 20)
 
 
 @pytest.mark.slow
 def test_smollm2_greedy_generation_matches_transformers():
     ids = encode("Once upon a time")
-    got = list(ours("smollm2").generate(ids, 20))
+    got = list(greedy(ours("smollm2"), ids, 20))
     assert len(got) == 20
     assert got == ref_generate("smollm2", ids, 20)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import ExecutionError, LevelError
 from .memo import PerVindex
 from .tokens import entity_ids, prompt_ids, tokens_of
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["resolve_layers", "check_layer", "query_vector", "entity_query", "gate_scores",
            "top_by_abs", "DownMeta", "down_meta_of", "band_layers", "bands_of", "band_of"]
@@ -16,14 +21,14 @@ BAND_NAMES = ("syntax", "knowledge", "output")
 
 # --------------------------------------------------------------------------- layers
 
-def _present(view, layer: int) -> bool:
+def _present(view: VindexView, layer: int) -> bool:
     try:
         return int(view.num_features(layer)) > 0
     except Exception:                          # absent layer
         return False
 
 
-def check_layer(view, layer: int) -> int:
+def check_layer(view: VindexView, layer: int) -> int:
     n = int(view.num_layers)
     if not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < n:
         raise ExecutionError(f"layer {layer} is out of range: this vindex has layers 0-{n - 1}")
@@ -33,7 +38,7 @@ def check_layer(view, layer: int) -> int:
     return int(layer)
 
 
-def resolve_layers(view, spec) -> list[int]:
+def resolve_layers(view: VindexView, spec) -> list[int]:
     """Layers named by a ``Range`` / ``AllLayers`` / ``None`` (= all) / int / iterable.
 
     Out-of-range layers are an error; layers absent from a partial extract are
@@ -65,7 +70,7 @@ def resolve_layers(view, spec) -> list[int]:
     return present
 
 
-def bands_of(view) -> dict[str, tuple[int, int]]:
+def bands_of(view: VindexView) -> dict[str, tuple[int, int]]:
     """``{band: (lo, hi)}`` from the vindex (which derives them when index.json has none)."""
     bands = getattr(view, "layer_bands", None) or {}
     out = {}
@@ -83,17 +88,17 @@ def bands_of(view) -> dict[str, tuple[int, int]]:
     return out
 
 
-def bands_derived(view) -> bool:
+def bands_derived(view: VindexView) -> bool:
     index = getattr(view, "index", None)
     return not (isinstance(index, dict) and index.get("layer_bands"))
 
 
-def band_layers(view, band: str) -> list[int]:
+def band_layers(view: VindexView, band: str) -> list[int]:
     lo, hi = bands_of(view)[band]
     return [l for l in range(lo, hi + 1) if 0 <= l < int(view.num_layers) and _present(view, l)]
 
 
-def band_of(view, layer: int) -> str | None:
+def band_of(view: VindexView, layer: int) -> str | None:
     for name, (lo, hi) in bands_of(view).items():
         if lo <= layer <= hi:
             return name
@@ -102,18 +107,18 @@ def band_of(view, layer: int) -> str | None:
 
 # --------------------------------------------------------------------------- queries
 
-def _scaled(view, ids) -> np.ndarray:
+def _scaled(view: VindexView, ids) -> np.ndarray:
     rows = np.asarray(view.embed(list(ids)), dtype=np.float32)
     return rows * np.float32(getattr(view, "embed_scale", 1.0) or 1.0)
 
 
-def query_vector(view, prompt: str) -> tuple[np.ndarray, list[int]]:
+def query_vector(view: VindexView, prompt: str) -> tuple[np.ndarray, list[int]]:
     """WALK's query: the last token's embedding × embed_scale; and the prompt's ids."""
     ids = prompt_ids(view, prompt)
     return _scaled(view, [ids[-1]])[0], ids
 
 
-def entity_query(view, entity: str) -> tuple[np.ndarray | None, list[int]]:
+def entity_query(view: VindexView, entity: str) -> tuple[np.ndarray | None, list[int]]:
     """DESCRIBE's query: mean of the entity's token embeddings × embed_scale (None if no tokens)."""
     ids = entity_ids(view, entity)
     if not ids:
@@ -121,7 +126,7 @@ def entity_query(view, entity: str) -> tuple[np.ndarray | None, list[int]]:
     return _scaled(view, ids).mean(axis=0, dtype=np.float32), ids
 
 
-def gate_scores(view, layer: int, query: np.ndarray) -> np.ndarray:
+def gate_scores(view: VindexView, layer: int, query: np.ndarray) -> np.ndarray:
     """``gate(layer) @ query``: one score per feature (f32)."""
     g = view.gate(layer)
     return np.asarray(g @ query, dtype=np.float32)
@@ -147,7 +152,7 @@ def top_by_abs(scores: np.ndarray, k: int) -> np.ndarray:
 class DownMeta:
     """Per-layer down-meta arrays of a view (top ids, top scores, c_score)."""
 
-    def __init__(self, view):
+    def __init__(self, view: VindexView):
         self.view = view
         self._dm = getattr(view, "down_meta", None)
         if self._dm is None:
@@ -221,7 +226,7 @@ def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _down_meta = PerVindex(lambda view: DownMeta(view))
 
 
-def down_meta_of(view) -> DownMeta:
+def down_meta_of(view: VindexView) -> DownMeta:
     """The view's :class:`DownMeta`, kept across statements for a plain vindex (an
     overlay's down-meta changes with its edits, so it gets a fresh one each time)."""
     if getattr(view, "is_overlay", False):
@@ -229,5 +234,5 @@ def down_meta_of(view) -> DownMeta:
     return _down_meta(view)
 
 
-def token_text(view, token_id):
+def token_text(view: VindexView, token_id):
     return None if token_id is None else tokens_of(view).text(int(token_id))

@@ -31,6 +31,7 @@ Pipeline (per band, see docs/BROWSE.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,6 +49,9 @@ from .core import (
 from .labels import labels_of
 from .tokens import tokens_of
 from .walk import inserted_features
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["describe", "describe_edges", "Edge", "DESCRIBE_COLUMNS", "PER_LAYER", "FLOOR"]
 
@@ -95,7 +99,7 @@ def top_positive(scores: np.ndarray, k: int) -> np.ndarray:
     return idx[scores[idx] > 0]
 
 
-def describe_edges(view, entity_ids: list[int], entity: str, layers: list[int], query_at, *,
+def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers: list[int], query_at, *,
                    per_layer: int = PER_LAYER, floor: float = FLOOR, filter_noise: bool = True,
                    labels: bool = True, check=None) -> list[Edge]:
     """Merged, labelled, sorted edges of an entity over ``layers``.
@@ -196,13 +200,13 @@ def _verbosity(v) -> str:
     return "BRIEF" if v is None else str(getattr(v, "value", v)).upper()
 
 
-def residual_queries(view, entity: str):
+def residual_queries(view: VindexView, entity: str):
     """``query_at(layer)`` from a real forward pass (VIA RESIDUAL)."""
     from .residual import residual_query_fn
     return residual_query_fn(view, entity)
 
 
-def describe(view, entity: str, *, band=None, layer: int | None = None,
+def describe(view: VindexView, entity: str, *, band=None, layer: int | None = None,
              relations_only: bool = False, verbosity=None, via=None, check=None) -> Result:
     """The DESCRIBE result for ``entity`` on ``view``."""
     verb = _verbosity(verbosity)
@@ -257,7 +261,7 @@ def describe(view, entity: str, *, band=None, layer: int | None = None,
     return Result.table("DESCRIBE", DESCRIBE_COLUMNS, rows, message=message, found=True, **meta)
 
 
-def _inserted_rows(view, entity: str, groups, rows, relations_only) -> list[dict]:
+def _inserted_rows(view: VindexView, entity: str, groups, rows, relations_only) -> list[dict]:
     """Facts an overlay inserted for this entity that the gate scan did not surface
     (KNN entries, or COMPOSE features outside the top hits), marked ``inserted``."""
     fn = getattr(view, "inserted_edges", None)

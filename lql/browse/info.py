@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from .labels import labels_of
 from .tokens import tokens_of
 from .where import check_field, row_matches
 
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
+
 __all__ = ["stats", "show_layers", "show_features", "show_relations", "show_entities",
            "feature_row", "layer_feature_rows", "entity_rows", "total_features"]
 
@@ -33,7 +37,7 @@ SHOW_FEATURES_LIMIT = 50
 SHOW_ENTITIES_LIMIT = 50
 
 
-def total_features(view) -> int:
+def total_features(view: VindexView) -> int:
     return sum(int(view.num_features(l)) for l in range(int(view.num_layers)))
 
 
@@ -52,7 +56,7 @@ def _patch_count(overlay) -> int:
     return 0
 
 
-def stats(view, *, overlay=None) -> Result:
+def stats(view: VindexView, *, overlay=None) -> Result:
     sizes = {}
     fs = getattr(view, "file_sizes", None)
     if callable(fs):
@@ -82,7 +86,7 @@ def stats(view, *, overlay=None) -> Result:
                         if derived else None)
 
 
-def show_layers(view, layers=None) -> Result:
+def show_layers(view: VindexView, layers=None) -> Result:
     lab = labels_of(view)
     per_layer = Counter(l for (l, _f) in lab.all_labelled())
     n = int(view.num_layers)
@@ -98,7 +102,7 @@ def show_layers(view, layers=None) -> Result:
                         bands={b: list(r) for b, r in bands_of(view).items()})
 
 
-def feature_row(view, layer: int, feature: int, dm: DownMeta | None = None, *, gate_norms=None,
+def feature_row(view: VindexView, layer: int, feature: int, dm: DownMeta | None = None, *, gate_norms=None,
                 n_down: int = 5) -> dict:
     """One feature as a row: ``layer, feature, target, confidence, relation, gate, down_tokens``.
 
@@ -124,7 +128,7 @@ def feature_row(view, layer: int, feature: int, dm: DownMeta | None = None, *, g
             "down_tokens": [toks.text(i) for i, _ in pairs], "label_source": src}
 
 
-def layer_feature_rows(view, layer: int, dm: DownMeta | None = None):
+def layer_feature_rows(view: VindexView, layer: int, dm: DownMeta | None = None):
     """Every feature of ``layer`` as a :func:`feature_row` (generator)."""
     dm = dm or down_meta_of(view)
     norms = np.linalg.norm(view.gate(layer), axis=1)
@@ -132,7 +136,7 @@ def layer_feature_rows(view, layer: int, dm: DownMeta | None = None):
         yield feature_row(view, layer, f, dm, gate_norms=norms)
 
 
-def show_features(view, layer: int, where=(), limit: int | None = None) -> Result:
+def show_features(view: VindexView, layer: int, where=(), limit: int | None = None) -> Result:
     layer = check_layer(view, int(layer))
     for c in where:
         check_field(c.field, FEATURE_FIELDS)
@@ -151,7 +155,7 @@ def show_features(view, layer: int, where=(), limit: int | None = None) -> Resul
                         total=total)
 
 
-def entity_rows(view, layers: list[int], check=None) -> list[dict]:
+def entity_rows(view: VindexView, layers: list[int], check=None) -> list[dict]:
     """The entities of ``layers``: distinct non-noise top tokens of their features.
 
     Per entity: ``count`` of features whose top token it is, ``layer`` / ``feature``
@@ -186,7 +190,7 @@ def entity_rows(view, layers: list[int], check=None) -> list[dict]:
     return sorted(agg.values(), key=lambda e: (-e["count"], -e["confidence"], e["entity"]))
 
 
-def show_entities(view, layer: int | None = None, limit: int | None = None, check=None) -> Result:
+def show_entities(view: VindexView, layer: int | None = None, limit: int | None = None, check=None) -> Result:
     if layer is not None:
         layers = [check_layer(view, int(layer))]
         scope = f"layer {layers[0]}"
@@ -203,7 +207,7 @@ def show_entities(view, layer: int | None = None, limit: int | None = None, chec
                                 f"(tokens that features push, by number of features)")
 
 
-def show_relations(view, layer: int | None = None, with_examples: bool = False,
+def show_relations(view: VindexView, layer: int | None = None, with_examples: bool = False,
                    verbosity=None) -> Result:
     lab = labels_of(view)
     verb = str(getattr(verbosity, "value", verbosity or "BRIEF")).upper()

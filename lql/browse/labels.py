@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .memo import PerVindex
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["Labels", "labels_of"]
 
@@ -85,7 +89,7 @@ def _read_feature_clusters(path: str, names: list) -> dict[tuple[int, int], str]
     return out
 
 
-def _build(view) -> Labels:
+def _build(view: VindexView) -> Labels:
     probe_raw = getattr(view, "feature_labels", None) or {}
     probe: dict[tuple[int, int], str] = {}
     for k, v in dict(probe_raw).items():

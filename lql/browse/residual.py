@@ -12,23 +12,22 @@ position — exactly what the layer's gate rows are multiplied with — so
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..errors import ExecutionError, LevelError, NotBuiltError
+from ..errors import ExecutionError
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["residual_query_fn", "ffn_inputs_for"]
 
 
-def ffn_inputs_for(view, text: str) -> dict[int, np.ndarray]:
-    level = str(getattr(view, "level", "browse")).lower()
-    if level == "browse":
-        raise LevelError("DESCRIBE ... VIA RESIDUAL runs a forward pass: this vindex was "
-                         "extracted at BROWSE — re-extract WITH INFERENCE")
-    try:
-        from ..edit.forward import run
-        from ..model import Hooks
-    except ImportError as exc:
-        raise NotBuiltError(f"VIA RESIDUAL needs the inference engine (lql.model): {exc}") from None
+def ffn_inputs_for(view: VindexView, text: str) -> dict[int, np.ndarray]:
+    from ..model import Hooks
+    from ..runtime import check_level, run
+    check_level(view, "DESCRIBE ... VIA RESIDUAL")
     ids = list(view.tokenizer.encode(text).ids)
     if not ids:
         raise ExecutionError(f"{text!r} produced no tokens")
@@ -45,7 +44,7 @@ def ffn_inputs_for(view, text: str) -> dict[int, np.ndarray]:
     return got
 
 
-def _bos_id(view) -> int | None:
+def _bos_id(view: VindexView) -> int | None:
     """The model's BOS id (``bos_token_id`` of its config), or None."""
     cfg = getattr(view, "model_config", None) or {}
     bos = cfg.get("bos_token_id") if isinstance(cfg, dict) else None
@@ -57,7 +56,7 @@ def _bos_id(view) -> int | None:
         return None
 
 
-def residual_query_fn(view, entity: str):
+def residual_query_fn(view: VindexView, entity: str):
     """``query_at(layer)`` for an entity (one forward pass, then cached)."""
     inputs = ffn_inputs_for(view, entity.strip())
 

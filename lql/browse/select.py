@@ -22,6 +22,8 @@ distance; scans: layer, feature). A scan without LIMIT stops at
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import ExecutionError
@@ -31,6 +33,9 @@ from .describe import describe_edges, edge_row
 from .info import entity_rows, feature_row, layer_feature_rows
 from .labels import labels_of
 from .where import check_field, matches, row_matches
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["select", "SCAN_LIMIT"]
 
@@ -53,7 +58,7 @@ def _split(where, field):
     return mine, rest
 
 
-def _layers_for(view, layer_conds) -> list[int]:
+def _layers_for(view: VindexView, layer_conds) -> list[int]:
     n = int(view.num_layers)
     for c in layer_conds:                     # a single "layer = L" must be a real layer
         if c.op == "=":
@@ -75,7 +80,7 @@ def _entities(conds) -> list[str]:
     return names
 
 
-def _edge_rows(view, entity: str, layer_conds, check) -> list[dict]:
+def _edge_rows(view: VindexView, entity: str, layer_conds, check) -> list[dict]:
     query, ids = entity_query(view, entity)
     if query is None:
         return []
@@ -92,7 +97,7 @@ def _edge_rows(view, entity: str, layer_conds, check) -> list[dict]:
     return rows
 
 
-def _knn_rows(view, where) -> list[dict]:
+def _knn_rows(view: VindexView, where) -> list[dict]:
     """The overlay's KNN entries as edge rows (they are edges without a feature slot)."""
     fn = getattr(view, "inserted_edges", None)
     rows = []
@@ -107,7 +112,7 @@ def _knn_rows(view, where) -> list[dict]:
     return rows
 
 
-def _nearest_rows(view, entity: str, layer: int) -> list[dict]:
+def _nearest_rows(view: VindexView, entity: str, layer: int) -> list[dict]:
     layer = check_layer(view, int(layer))
     query, _ids = entity_query(view, entity)
     if query is None:
@@ -122,7 +127,7 @@ def _nearest_rows(view, entity: str, layer: int) -> list[dict]:
             for f in order.tolist()]
 
 
-def _nearest_row(view, layer, f, cos, dot, dm, entity):
+def _nearest_row(view: VindexView, layer, f, cos, dot, dm, entity):
     from .tokens import tokens_of
     toks = tokens_of(view)
     pairs = dm.tokens(layer, f, 1)
@@ -133,7 +138,7 @@ def _nearest_row(view, layer, f, cos, dot, dm, entity):
             "distance": round(1.0 - cos, 6)}
 
 
-def _feature_scan(view, where, check):
+def _feature_scan(view: VindexView, where, check):
     layer_conds, rest = _split(where, "layer")
     feat_conds = [c for c in rest if c.field.lower() == "feature"]
     rel_conds = [c for c in rest if c.field.lower() == "relation"]
@@ -170,7 +175,7 @@ def _feature_scan(view, where, check):
         yield from layer_feature_rows(view, l, dm)
 
 
-def select(view, source, *, fields=None, nearest=None, where=(), order_by=None,
+def select(view: VindexView, source, *, fields=None, nearest=None, where=(), order_by=None,
            limit: int | None = None, check=None) -> Result:
     src = _src(source)
     if src not in DEFAULT_COLUMNS:

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import bisect
 import re
+from typing import TYPE_CHECKING
 
 from ..errors import ExecutionError
 from .memo import PerVindex
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["STOP_WORDS", "prompt_ids", "entity_ids", "TokenCache", "tokens_of"]
 
@@ -43,14 +47,14 @@ s t d ll m re ve
 _ALNUM = re.compile(r"[^\W_]", re.UNICODE)
 
 
-def _tokenizer(view):
+def _tokenizer(view: VindexView):
     tok = getattr(view, "tokenizer", None)
     if tok is None:
         raise ExecutionError("this vindex has no tokenizer (tokenizer.json)")
     return tok
 
 
-def prompt_ids(view, prompt: str) -> list[int]:
+def prompt_ids(view: VindexView, prompt: str) -> list[int]:
     """Token ids of ``prompt`` as the model reads it (no special tokens added)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ExecutionError("the prompt is empty: give some text, e.g. WALK \"The capital of France is\"")
@@ -60,7 +64,7 @@ def prompt_ids(view, prompt: str) -> list[int]:
     return list(ids)
 
 
-def entity_ids(view, entity: str) -> list[int]:
+def entity_ids(view: VindexView, entity: str) -> list[int]:
     """Token ids of ``entity`` read as a word in running text (leading space added).
 
     Empty when the entity is blank or does not tokenize.
@@ -77,7 +81,7 @@ _WORD = re.compile(r"[^\W_][\w'-]*")
 class TokenCache:
     """Decoded token text and noise decisions for one vindex (memoised)."""
 
-    def __init__(self, view):
+    def __init__(self, view: VindexView):
         self._view = view
         self._text: dict[int, str] = {}
         self._noise: dict[int, bool] = {}
@@ -154,6 +158,6 @@ class TokenCache:
 _token_caches = PerVindex(TokenCache)
 
 
-def tokens_of(view) -> TokenCache:
+def tokens_of(view: VindexView) -> TokenCache:
     """The (per-vindex, memoised) :class:`TokenCache` of ``view``."""
     return _token_caches(getattr(view, "base", None) or view)   # an overlay shares its base's

@@ -23,12 +23,17 @@ overlay, COMPARE says so and the walk is the base walk.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..result import Result
 from .core import DownMeta, down_meta_of, gate_scores, query_vector, resolve_layers, top_by_abs
 from .labels import labels_of
 from .tokens import tokens_of
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["walk", "WALK_COLUMNS", "walk_hits", "inserted_features"]
 
@@ -45,7 +50,7 @@ def _mode_name(mode) -> str:
     return str(name).upper()
 
 
-def inserted_features(view) -> set[tuple[int, int]]:
+def inserted_features(view: VindexView) -> set[tuple[int, int]]:
     """Features an overlay inserted (empty for a plain vindex): from ``view.inserted_edges()``."""
     fn = getattr(view, "inserted_edges", None)
     if not callable(fn):
@@ -57,7 +62,7 @@ def inserted_features(view) -> set[tuple[int, int]]:
     return out
 
 
-def walk_hits(view, query: np.ndarray, layers: list[int], top: int, mode: str = "HYBRID",
+def walk_hits(view: VindexView, query: np.ndarray, layers: list[int], top: int, mode: str = "HYBRID",
               dm: DownMeta | None = None, check=None):
     """``[(layer, feature, gate, score)]`` per layer, best first (the numeric core)."""
     out = []
@@ -82,7 +87,7 @@ def walk_hits(view, query: np.ndarray, layers: list[int], top: int, mode: str = 
     return out
 
 
-def _row(view, dm: DownMeta, labels, toks, layer, feature, gate, score, *, mode, n_down,
+def _row(view: VindexView, dm: DownMeta, labels, toks, layer, feature, gate, score, *, mode, n_down,
          verbose=False, inserted=frozenset()):
     pairs = dm.tokens(layer, feature, max(n_down, 1))
     top_id = pairs[0][0] if pairs else None
@@ -104,7 +109,7 @@ def _row(view, dm: DownMeta, labels, toks, layer, feature, gate, score, *, mode,
     return row
 
 
-def walk(view, prompt: str, *, top: int | None = None, layers=None, mode=None,
+def walk(view: VindexView, prompt: str, *, top: int | None = None, layers=None, mode=None,
          compare_base=None, compare: bool = False, explain: bool = False,
          verbose: bool = False, check=None) -> Result:
     """The WALK (or, with ``explain``, EXPLAIN WALK) result for ``prompt`` on ``view``."""
@@ -167,7 +172,7 @@ def _ranked(hits):
         yield rank, h
 
 
-def _compare(rows, base, query, layers, k, mode, view):
+def _compare(rows, base, query, layers, k, mode, view: VindexView):
     base_hits = walk_hits(base, query, layers, k, mode)
     base_top = {(l, f): g for l, f, g, _ in base_hits}
     toks = tokens_of(view)

@@ -31,12 +31,17 @@ features; penalty 0.5, batches of 4: 90 % suppression, Madrid loses top-1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..model import Record
-from .forward import model_for, predict, run
+from ..runtime import model_for, predict, run
 from .patch import PatchOp
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
+    from .overlay import OverlayVindex
 
 __all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "SIBLING_ENTITIES"]
 
@@ -60,7 +65,7 @@ def sibling_prompts(template: str, entity: str) -> list[str]:
     return [template.replace("{entity}", e) for e in SIBLING_ENTITIES if e.lower() != low]
 
 
-def _directions(view, ids) -> np.ndarray:
+def _directions(view: VindexView, ids) -> np.ndarray:
     m = model_for(view)
     rows = np.asarray(m.head[np.asarray(ids)], dtype=np.float32)
     if str(view.model_config.get("norm_type", "rms")) == "rms":
@@ -69,7 +74,7 @@ def _directions(view, ids) -> np.ndarray:
     return rows
 
 
-def reference_activations(view, references: list[str]) -> tuple[list | None, list[int]]:
+def reference_activations(view: VindexView, references: list[str]) -> tuple[list | None, list[int]]:
     """Mean last-position FFN activations per layer over ``references`` (other fillers of
     the same template) and each reference's top-1 token; ``(None, [])`` without references."""
     if not references:
@@ -83,7 +88,7 @@ def reference_activations(view, references: list[str]) -> tuple[list | None, lis
     return per_ref, answers
 
 
-def fact_feature_scores(view, prompt: str, target_id: int, *, exclude=frozenset(),
+def fact_feature_scores(view: OverlayVindex, prompt: str, target_id: int, *, exclude=frozenset(),
                         layers=None, baseline=None, rivals=()) -> list[tuple[float, int, int]]:
     """``[(score, layer, feature)]`` best first (positive scores only).  With ``baseline``
     (:func:`reference_activations`) a feature counts by how much *more* it fires on this
@@ -128,7 +133,7 @@ class DeleteReport:
     p_after: float
 
 
-def delete_fact(overlay, view, prompt: str, target_id: int, *, reason: str,
+def delete_fact(overlay, view: OverlayVindex, prompt: str, target_id: int, *, reason: str,
                 references: list[str] = (), keep: float = KEEP,
                 max_features: int = MAX_FEATURES, layers=None) -> DeleteReport:
     """Record ``delete`` operations until P(target | prompt) ≤ keep × its starting value.

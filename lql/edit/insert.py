@@ -33,14 +33,18 @@ canonical prompt the feature writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ExecutionError
-from .forward import ffn_inputs, model_for, run
-from .overlay import ffn_layout
+from ..runtime import can_forward, ffn_inputs, model_for, run
+from .overlay import OverlayVindex, ffn_layout
 from .patch import PatchOp
 from .prompts import canonical_prompt, template_for
+
+if TYPE_CHECKING:
+    from ..runtime.view import VindexView
 
 __all__ = ["REFERENCE_ENTITIES", "DEFAULT_ALPHA", "install_layer", "target_token", "compose_op",
            "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD"]
@@ -55,7 +59,7 @@ GATE_THRESHOLD = 0.75
 ALPHA_UNIT = 10.0
 
 
-def install_layer(view, at_layer: int | None) -> int:
+def install_layer(view: VindexView, at_layer: int | None) -> int:
     n = int(view.num_layers)
     if at_layer is not None:
         if not 0 <= at_layer < n:
@@ -68,7 +72,7 @@ def install_layer(view, at_layer: int | None) -> int:
     return max(0, (3 * n) // 4 - 1)
 
 
-def target_token(view, target: str) -> tuple[int, str]:
+def target_token(view: VindexView, target: str) -> tuple[int, str]:
     """The first token of the target as it follows a prompt (leading space added)."""
     text = target if target.startswith(" ") else " " + target.strip()
     ids = view.tokenizer.encode(text, add_special_tokens=False).ids
@@ -81,7 +85,7 @@ def target_token(view, target: str) -> tuple[int, str]:
 NEIGHBOURS = 8
 
 
-def unembed_direction(view, token_id: int) -> np.ndarray:
+def unembed_direction(view: VindexView, token_id: int) -> np.ndarray:
     """Unit vector in the residual basis along the target's unembedding direction as the
     final norm sees it (head row ⊙ final-norm weight), contrasted with its
     :data:`NEIGHBOURS` most similar head rows so the target itself wins, not a look-alike."""
@@ -106,7 +110,7 @@ def _references(entity: str) -> list[str]:
     return [e for e in REFERENCE_ENTITIES if e.lower() != low]
 
 
-def _centers(view, template: str, entity: str, layer: int, want: str) -> np.ndarray:
+def _centers(view: VindexView, template: str, entity: str, layer: int, want: str) -> np.ndarray:
     """Mean over the reference fillers of the FFN input (``want="ffn"``) or the residual
     after the layer (``want="residual"``) at the last position."""
     from ..model import Record
@@ -121,7 +125,7 @@ def _centers(view, template: str, entity: str, layer: int, want: str) -> np.ndar
     return np.mean(vecs, axis=0).astype(np.float32)
 
 
-def choose_slot(view, layer: int, exclude: set[int] = frozenset()) -> tuple[int, str]:
+def choose_slot(view: VindexView, layer: int, exclude: set[int] = frozenset()) -> tuple[int, str]:
     """A free feature slot (all-zero gate, not edited) or else the weakest one."""
     g = np.asarray(view.gate(layer), dtype=np.float32)
     lay = view.overlay.layout if hasattr(view, "overlay") else None
@@ -156,7 +160,7 @@ class InsertPlan:
     target_text: str
 
 
-def compose_op(view, entity: str, relation: str, target: str, *, layer: int,
+def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, layer: int,
                alpha: float | None = None, confidence: float | None = None,
                prompt: str | None = None) -> InsertPlan:
     from ..model import Record
@@ -212,7 +216,7 @@ GENERIC_NEGATIVES = ("Once upon a time", "The weather today is", "My favourite f
 NEGATIVE_MARGIN = -3.0
 
 
-def _ffn_input(view, prompt: str, layer: int) -> np.ndarray:
+def _ffn_input(view: VindexView, prompt: str, layer: int) -> np.ndarray:
     """FFN input at ``layer`` (last position), memoised per overlay state below ``layer``."""
     ov = getattr(view, "overlay", None)
     below = () if ov is None else tuple(sorted(
@@ -231,7 +235,7 @@ def _ffn_input(view, prompt: str, layer: int) -> np.ndarray:
     return vec
 
 
-def _negatives(view, template: str, entity: str, prompt: str, layer: int) -> np.ndarray:
+def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer: int) -> np.ndarray:
     """FFN inputs the new feature must not fire on: the template with the reference
     fillers (first, in order), generic prompts, and other facts already inserted here."""
     prompts = [template.replace("{entity}", r) for r in _references(entity)]
@@ -260,13 +264,13 @@ def selective_direction(u: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     return (w / s).astype(np.float32)
 
 
-def knn_op(view, entity: str, relation: str, target: str, *, layer: int,
+def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: int,
            confidence: float | None = None, prompt: str | None = None) -> InsertPlan:
     from ..model import Record
     tid, ttext = target_token(view, target)
     text = canonical_prompt(entity, relation, prompt)
     center = None
-    if getattr(view, "level", "inference") == "browse":
+    if not can_forward(view):
         ids = view.tokenizer.encode(" " + entity.strip(), add_special_tokens=False).ids
         if not ids:
             raise ExecutionError(f"entity {entity!r} does not tokenize")
@@ -289,10 +293,10 @@ def knn_op(view, entity: str, relation: str, target: str, *, layer: int,
     return InsertPlan(op, layer, None, None, text, tid, ttext)
 
 
-def calibrate_compose(overlay, view, plan: InsertPlan, max_doublings: int = 3) -> dict:
+def calibrate_compose(overlay, view: VindexView, plan: InsertPlan, max_doublings: int = 3) -> dict:
     """After ``plan.op`` is recorded: double its down vector (at most ``max_doublings``
     times) until the target is top-1 on the canonical prompt.  Returns what happened."""
-    from .forward import predict
+    from ..runtime import predict
     op = plan.op
     scale = 1.0
 
@@ -326,7 +330,7 @@ def calibrate_compose(overlay, view, plan: InsertPlan, max_doublings: int = 3) -
             "scale": scale, "alpha": float(op.data.get("alpha", DEFAULT_ALPHA))}
 
 
-def _ffn_bias(view, layer: int, feature: int) -> float:
+def _ffn_bias(view: VindexView, layer: int, feature: int) -> float:
     """The FFN input bias of ``feature`` (GPT-2's ``c_fc.bias``), 0.0 when there is none."""
     key = ffn_layout(view).gate_key(layer)
     if key.endswith(".weight"):
@@ -336,7 +340,7 @@ def _ffn_bias(view, layer: int, feature: int) -> float:
     return 0.0
 
 
-def _through_post_norm(view, layer: int, direction: np.ndarray) -> np.ndarray:
+def _through_post_norm(view: VindexView, layer: int, direction: np.ndarray) -> np.ndarray:
     """The FFN-output direction that lands on ``direction`` in the residual stream.  Families
     with a post-FFN norm (Gemma 2/3 "sandwich" norms: ``post_feedforward_layernorm``, weight
     applied as ``1 + w``) multiply the FFN output elementwise by the norm's scale, so the down
@@ -351,7 +355,7 @@ def _through_post_norm(view, layer: int, direction: np.ndarray) -> np.ndarray:
     return (d / float(np.linalg.norm(d))).astype(np.float32)
 
 
-def _activation(view, x: float) -> float:
+def _activation(view: VindexView, x: float) -> float:
     from ..model.ffn import ACTIVATIONS, silu
     fn = ACTIVATIONS.get(str(view.model_config.get("activation", "silu")), silu)
     return float(fn(np.array([x], dtype=np.float32))[0])

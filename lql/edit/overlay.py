@@ -8,7 +8,8 @@ rows nobody edits are always read from the base files, which never change.
 
 :class:`OverlayVindex` wraps the base ``Vindex`` and presents the same
 interface with the edits applied (``gate(layer)``, ``weights``,
-``down_meta``, ``feature_labels``, everything else delegated), plus:
+``down_meta``, ``feature_labels``; every other attribute of the
+``lql.runtime.VindexView`` protocol is an explicit pass-through to the base), plus:
 
 * ``knn_override(layer, residual) -> (token_id, cosine) | None`` -- the KNN
   store hook INFER calls at each layer of ``knn_layers()``;
@@ -21,17 +22,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ..errors import ExecutionError, NoVindexError
+from ..errors import ExecutionError
 from ..families import Family, family_or_default
 from ..vindex.down_meta import RecordAccess
 from .patch import Patch, PatchOp
 
-__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "session_overlay",
+__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "overlay_view",
            "ffn_layout", "KNN_THRESHOLD"]
+
+T = TypeVar("T")
 
 #: cosine above which a stored KNN key takes over the prediction
 KNN_THRESHOLD = 0.75
@@ -408,8 +411,14 @@ class OverlayWeights(Mapping):
     def __len__(self) -> int:
         return len(self._base())
 
-    def __getattr__(self, name: str):          # shape(), entry(), missing() ...
-        return getattr(self._base(), name)
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._base().shape(key)          # edits never change a tensor's shape
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        return self._base().entry(key)
+
+    def missing(self, keys) -> list[str]:
+        return self._base().missing(keys)
 
 
 class OverlayDownMeta(RecordAccess):
@@ -425,8 +434,25 @@ class OverlayDownMeta(RecordAccess):
     def _base(self):
         return self._view.base.down_meta
 
-    def __getattr__(self, name: str):
-        return getattr(self._base, name)
+    # the base file's shape (edits replace records, never add or remove them)
+    @property
+    def path(self) -> Path:
+        return self._base.path
+
+    @property
+    def num_layers(self) -> int:
+        return self._base.num_layers
+
+    @property
+    def top_k(self) -> int:
+        return self._base.top_k
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._base.dtype
+
+    def num_features(self, layer: int) -> int:
+        return self._base.num_features(layer)
 
     def layer_records(self, layer: int) -> np.ndarray:
         ov = self._view.overlay
@@ -447,7 +473,7 @@ class OverlayDownMeta(RecordAccess):
         return recs
 
 
-def record_for(view, e: FeatureEdit, dtype: np.dtype) -> np.ndarray:
+def record_for(view: OverlayVindex, e: FeatureEdit, dtype: np.dtype) -> np.ndarray:
     """The down_meta record (structured, ``dtype``) of an edited feature."""
     rec = np.zeros((), dtype=dtype)
     if e.deleted:
@@ -481,10 +507,75 @@ def record_for(view, e: FeatureEdit, dtype: np.dtype) -> np.ndarray:
     return np.array(base, copy=True)
 
 
+class _FromBase(Generic[T]):
+    """An :class:`OverlayVindex` attribute read unchanged from its base vindex."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, view: OverlayVindex | None, owner: type | None = None) -> T:
+        if view is None:                       # class access (help(), inspect)
+            return self                        # type: ignore[return-value]
+        return getattr(view.base, self.name)
+
+
 class OverlayVindex:
-    """The base ``Vindex`` seen through an :class:`Overlay` (same interface)."""
+    """The base ``Vindex`` seen through an :class:`Overlay` (a ``lql.runtime.VindexView``).
+
+    Edited: ``gate``, ``weights``, ``down_meta``, ``feature_labels``. Every other attribute
+    is listed below and read from the base (edits change no shape, text or metadata)."""
 
     is_overlay = True
+
+    path: _FromBase[Any] = _FromBase()
+    index: _FromBase[dict[str, Any]] = _FromBase()
+    version: _FromBase[int] = _FromBase()              # the vindex format version
+    model: _FromBase[str | None] = _FromBase()
+    family: _FromBase[str | None] = _FromBase()
+    dtype: _FromBase[str] = _FromBase()
+    np_dtype: _FromBase[Any] = _FromBase()
+    level: _FromBase[str] = _FromBase()
+    source: _FromBase[dict[str, Any]] = _FromBase()
+    checksums: _FromBase[dict[str, str]] = _FromBase()
+    has_model_weights: _FromBase[bool] = _FromBase()
+    model_config: _FromBase[dict[str, Any]] = _FromBase()
+    num_layers: _FromBase[int] = _FromBase()
+    layers: _FromBase[list[int]] = _FromBase()
+    hidden_size: _FromBase[int] = _FromBase()
+    intermediate_size: _FromBase[int] = _FromBase()
+    vocab_size: _FromBase[int] = _FromBase()
+    embed_scale: _FromBase[float] = _FromBase()
+    down_top_k: _FromBase[int] = _FromBase()
+    layer_bands: _FromBase[dict[str, tuple[int, int]]] = _FromBase()
+    layer_bands_derived: _FromBase[bool] = _FromBase()
+    embeddings: _FromBase[np.ndarray] = _FromBase()
+    tokenizer: _FromBase[Any] = _FromBase()
+    tokenizer_config: _FromBase[dict[str, Any]] = _FromBase()
+    chat_template: _FromBase[str | None] = _FromBase()
+    relation_clusters: _FromBase[dict[str, Any] | None] = _FromBase()
+    manifest: _FromBase[list[dict[str, Any]] | None] = _FromBase()
+
+    def num_features(self, layer: int) -> int:
+        return self.base.num_features(layer)
+
+    def has_layer(self, layer: int) -> bool:
+        return self.base.has_layer(layer)
+
+    def embed(self, ids) -> np.ndarray:
+        return self.base.embed(ids)
+
+    def token_text(self, token_id: int) -> str:
+        return self.base.token_text(token_id)
+
+    def gate_raw(self, layer: int) -> np.ndarray:
+        """The base's stored gate rows (storage dtype; edits not applied — use ``gate``)."""
+        return self.base.gate_raw(layer)
+
+    def file_sizes(self) -> dict[str, int]:
+        return self.base.file_sizes()
+
+    def verify(self):
+        return self.base.verify()
 
     def __init__(self, base, overlay: Overlay):
         self.base = base
@@ -493,9 +584,6 @@ class OverlayVindex:
         self.down_meta = OverlayDownMeta(self)
         self._gates: dict[int, np.ndarray] = {}
         self._gates_version = -1
-
-    def __getattr__(self, name: str):
-        return getattr(self.base, name)
 
     def __repr__(self) -> str:
         return f"<OverlayVindex {getattr(self.base, 'path', '?')} +{len(self.overlay.stack)} patches>"
@@ -549,31 +637,15 @@ class OverlayVindex:
         return out
 
 
-# --------------------------------------------------------------------------- session glue
+# --------------------------------------------------------------------------- the edit target
 
-def session_overlay(session, *, create: bool = True) -> Overlay | None:
-    """The session's overlay, wrapping ``session.vindex`` on first use.
+def overlay_view(vindex: Any) -> OverlayVindex:
+    """The patched view edits go through: ``vindex`` itself when it already is one, else a
+    new :class:`OverlayVindex` over it with a fresh :class:`Overlay`.
 
-    After this, ``session.vindex`` is an :class:`OverlayVindex`, ``session.base_vindex``
-    the unpatched base and ``session.overlay`` the :class:`Overlay`.  A ``USE`` that
-    replaces ``session.vindex`` with another base starts a fresh overlay next time.
+    Nothing is assigned anywhere: the caller (:meth:`lql.session.Session.edit_overlay`)
+    installs the returned view as the session's vindex.
     """
-    v = getattr(session, "vindex", None)
-    if v is None:
-        if getattr(session, "model_source", None) is not None:
-            raise ExecutionError(
-                "edits need a vindex, not live model weights (USE MODEL); run "
-                'EXTRACT MODEL "<source>" INTO "model.vindex" WITH INFERENCE; '
-                'USE "model.vindex"; first')
-        raise NoVindexError()
-    if isinstance(v, OverlayVindex):
-        if session.overlay is not v.overlay:
-            session.overlay = v.overlay
-        return v.overlay
-    if not create:
-        return None
-    ov = Overlay(v)
-    session.overlay = ov
-    session.base_vindex = v
-    session.vindex = OverlayVindex(v, ov)
-    return ov
+    if isinstance(vindex, OverlayVindex):
+        return vindex
+    return OverlayVindex(vindex, Overlay(vindex))

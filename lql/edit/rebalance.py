@@ -16,12 +16,16 @@ the new down vectors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .forward import predict
+from ..runtime import predict
 from .insert import target_token
 from .patch import PatchOp
+
+if TYPE_CHECKING:
+    from .overlay import OverlayVindex
 
 __all__ = ["rebalance", "FLOOR", "CEILING", "MAX_ITERATIONS"]
 
@@ -51,7 +55,7 @@ class _Fact:
     prev: tuple | None = None    # (scale, probability) of the previous measurement
 
 
-def compose_facts(view) -> list[_Fact]:
+def compose_facts(view: OverlayVindex) -> list[_Fact]:
     facts = []
     for (l, f), e in sorted(view.overlay.features.items()):
         if e.inserted and e.info.get("mode") == "compose" and e.down is not None \
@@ -65,7 +69,7 @@ def compose_facts(view) -> list[_Fact]:
     return facts
 
 
-def rebalance(overlay, view, *, floor: float = FLOOR, ceiling: float = CEILING,
+def rebalance(overlay, view: OverlayVindex, *, floor: float = FLOOR, ceiling: float = CEILING,
               max_iterations: int = MAX_ITERATIONS) -> tuple[list[dict], int, bool]:
     """Returns (rows, iterations run, converged)."""
     facts = compose_facts(view)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import ast
-from ..errors import NotBuiltError, NoVindexError, VindexError
+from ..errors import NoVindexError, VindexError
 from ..result import Result
+from ..runtime.view import EditedView, VindexView, overlay_of
 from . import handler
 
 __all__ = ["open_vindex_checked", "current_view"]
@@ -46,18 +47,15 @@ def open_vindex_checked(session, given: str):
                               path=str(path))
         raise VindexError(f"{given} is not a vindex (no index.json); make one with "
                           f'EXTRACT MODEL "<model folder or .gguf>" INTO "{given}"', path=str(path))
-    try:
-        from ..vindex import open_vindex
-    except ImportError as exc:                       # pragma: no cover - storage not built
-        raise NotBuiltError(f"USE is not built yet (vindex reader: {exc})") from None
+    from ..vindex import open_vindex
     return open_vindex(path)
 
 
-def current_view(session):
+def current_view(session) -> VindexView:
     """The vindex (or overlay view) statements browse; a clear error when there is none."""
-    v = getattr(session, "vindex", None)
+    v = session.vindex
     if v is None:
-        if getattr(session, "model_source", None) is not None:
+        if session.model_source is not None:
             raise NoVindexError("this statement browses a vindex, but the session uses live "
                                 "weights (USE MODEL); run EXTRACT MODEL \"<source>\" INTO "
                                 "\"model.vindex\"; USE \"model.vindex\"; first")
@@ -65,12 +63,12 @@ def current_view(session):
     return v
 
 
-def _base_of(view):
-    return view.base if getattr(view, "is_overlay", False) else None
+def _base_of(view: VindexView) -> VindexView | None:
+    return view.base if isinstance(view, EditedView) else None
 
 
 def _check(session):
-    return getattr(session, "check_cancelled", None)
+    return session.check_cancelled
 
 
 # --------------------------------------------------------------------------- USE
@@ -80,11 +78,7 @@ def use(session, stmt) -> Result:
     from ..browse.info import total_features
     from ..browse.labels import labels_of
     v = open_vindex_checked(session, stmt.path)
-    session.vindex = v
-    session.overlay = None                 # a new base: edits start a fresh overlay
-    if hasattr(session, "base_vindex"):
-        session.base_vindex = None
-    session.model_source = None
+    session.use_vindex(v)                  # a new base: edits start a fresh overlay
     lab = labels_of(v)
     n_clusters = len((lab.clusters or {}).get("labels") or []) if isinstance(lab.clusters, dict) else 0
     present = sum(1 for l in range(v.num_layers) if v.num_features(l) > 0)
@@ -100,34 +94,26 @@ def use(session, stmt) -> Result:
 
 @handler(ast.UseModel)
 def use_model(session, stmt) -> Result:
-    try:
-        from ..sources import open_source
-    except ImportError as exc:
-        raise NotBuiltError(f"USE MODEL is not built yet (model source readers: {exc})") from None
+    from ..sources import open_source
     where = session.resolve_source(stmt.source)
     src = open_source(where)
-    session.model_source = src
-    session.vindex = None
-    session.overlay = None
-    if hasattr(session, "base_vindex"):
-        session.base_vindex = None
-    cfg = getattr(src, "model_config", {}) or {}
-    layers = cfg.get("num_layers") or (getattr(src, "hf_config", {}) or {}).get("num_hidden_layers")
-    return Result.msg("USE MODEL", f"Using live weights of {stmt.source}: {getattr(src, 'name', '?')} "
-                      f"({getattr(src, 'family', '?')}), {layers} layers — INFER, EXPLAIN INFER, "
+    session.use_source(src)
+    cfg = src.model_config or {}
+    layers = cfg.get("num_layers") or (src.hf_config or {}).get("num_hidden_layers")
+    return Result.msg("USE MODEL", f"Using live weights of {stmt.source}: {src.name or '?'} "
+                      f"({src.family or '?'}), {layers} layers — INFER, EXPLAIN INFER, "
                       f"TRACE and STATS work on it; browsing and edits need a vindex",
-                      path=str(getattr(src, "path", where)), model=getattr(src, "name", None),
-                      family=getattr(src, "family", None))
+                      path=str(src.path or where), model=src.name, family=src.family)
 
 
 # --------------------------------------------------------------------------- STATS / SHOW
 
 def _source_stats(src) -> Result:
-    cfg = dict(getattr(src, "model_config", {}) or {})
-    hf = dict(getattr(src, "hf_config", {}) or {})
+    cfg = dict(src.model_config or {})
+    hf = dict(src.hf_config or {})
     layers = cfg.get("num_layers") or hf.get("num_hidden_layers") or hf.get("n_layer")
     ffn = cfg.get("intermediate_size") or hf.get("intermediate_size") or hf.get("n_inner")
-    row = {"model": getattr(src, "name", None), "family": getattr(src, "family", None),
+    row = {"model": src.name, "family": src.family,
            "num_layers": layers, "hidden_size": cfg.get("hidden_size") or hf.get("hidden_size"),
            "vocab_size": cfg.get("vocab_size") or hf.get("vocab_size"),
            "features": (layers * ffn) if (layers and ffn) else None, "dtype": "live",
@@ -140,12 +126,10 @@ def stats(session, stmt) -> Result:
     from ..browse.info import stats as compute
     if stmt.path is not None:
         return compute(open_vindex_checked(session, stmt.path))
-    v = getattr(session, "vindex", None)
-    if v is None and getattr(session, "model_source", None) is not None:
+    if session.vindex is None and session.model_source is not None:
         return _source_stats(session.model_source)
     v = current_view(session)
-    overlay = getattr(session, "overlay", None) or getattr(v, "overlay", None)
-    return compute(v, overlay=overlay)
+    return compute(v, overlay=session.overlay or overlay_of(v))
 
 
 @handler(ast.ShowLayers)

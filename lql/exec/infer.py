@@ -17,8 +17,8 @@ from . import handler
 
 def _prepare(session, stmt, target):
     from ..infer.prompt import prepare
-    return prepare(target, stmt.prompt, wrap=stmt.wrap, system=getattr(stmt, "system", None),
-                   chat_mode=getattr(session, "chat_mode", None))
+    return prepare(target, stmt.prompt, wrap=stmt.wrap, system=stmt.system,
+                   chat_mode=session.chat_mode)
 
 
 @handler(ast.Infer)
@@ -29,10 +29,10 @@ def infer(session, stmt) -> Result:
     prep = _prepare(session, stmt, target)
     if stmt.generate is not None:
         return generate_result(target, prep, int(stmt.generate),
-                               on_token=getattr(session, "on_token", None),
-                               check=getattr(session, "check_cancelled", None))
+                               on_token=session.on_token,
+                               check=session.check_cancelled)
     return infer_result(target, prep, top=stmt.top, compare=stmt.compare,
-                        verbose=getattr(stmt, "verbose", False))
+                        verbose=stmt.verbose)
 
 
 @handler(ast.ExplainInfer)
@@ -43,7 +43,7 @@ def explain_infer(session, stmt) -> Result:
     prep = _prepare(session, stmt, target)
     return explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
                    with_attention=stmt.with_attention,
-                   check=getattr(session, "check_cancelled", None))
+                   check=session.check_cancelled)
 
 
 @handler(ast.Trace)

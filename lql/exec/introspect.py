@@ -18,9 +18,9 @@ from . import handler
 # --------------------------------------------------------------------------- SET CHAT
 
 _CHAT_EXPLAIN = {
-    "AUTO": "prompts are wrapped in the model's chat template when it has one",
-    "ON": "prompts are always wrapped in the model's chat template",
-    "OFF": "prompts are sent raw, never wrapped",
+    ast.ChatMode.AUTO: "prompts are wrapped in the model's chat template when it has one",
+    ast.ChatMode.ON: "prompts are always wrapped in the model's chat template",
+    ast.ChatMode.OFF: "prompts are sent raw, never wrapped",
 }
 
 
@@ -28,8 +28,8 @@ _CHAT_EXPLAIN = {
 def set_chat(session, stmt) -> Result:
     mode = stmt.mode
     session.chat_mode = mode
-    name = getattr(mode, "name", str(mode)).upper()
-    return Result.msg("SET CHAT", f"chat mode set to {name}: {_CHAT_EXPLAIN.get(name, '')}".rstrip(": "),
+    name = mode.name
+    return Result.msg("SET CHAT", f"chat mode set to {name}: {_CHAT_EXPLAIN[mode]}",
                       chat_mode=name)
 
 

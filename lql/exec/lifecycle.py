@@ -18,10 +18,9 @@ EXTRACT_COLUMNS = ["path", "model", "family", "level", "dtype", "layers", "num_l
                    "size_mb", "seconds"]
 
 
-def _enum_value(value, default: str) -> str:
-    if value is None:
-        return default
-    return str(getattr(value, "value", value)).lower()
+def _enum_value(value: ast.Level | ast.DType | None, default: str) -> str:
+    """The storage layer's spelling of an AST enum (``lql.vindex`` knows nothing of LQL)."""
+    return default if value is None else value.value.lower()
 
 
 @handler(ast.Extract)

@@ -8,26 +8,25 @@ open); see lql/edit/ and docs/EDITING.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import ast
 from ..edit.conditions import all_match, condition_map
-from ..edit.overlay import session_overlay
 from ..edit.patch import PatchOp
-from ..errors import ExecutionError, LevelError
+from ..errors import ExecutionError
 from ..result import Result
+from ..runtime import can_forward, check_level
 from . import handler
+
+if TYPE_CHECKING:
+    from ..edit.overlay import OverlayVindex
+    from ..runtime.view import VindexView
 
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
 AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
              'SAVE PATCH "file.vlp" keeps them')
-
-
-def _needs_forward(view, what: str) -> None:
-    if getattr(view, "level", "inference") == "browse":
-        raise LevelError(f"this vindex was extracted at BROWSE; {what} needs a forward pass "
-                         f"(INFERENCE) — re-extract WITH INFERENCE")
 
 
 def _note(started: bool, ov) -> str:
@@ -43,17 +42,18 @@ def _note(started: bool, ov) -> str:
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
     from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     for name in ("entity", "relation", "target"):
         if not str(getattr(stmt, name)).strip():
             raise ExecutionError(f"INSERT needs a non-empty {name}")
     layer = install_layer(view, stmt.layer)
-    mode = (stmt.mode or ast.InsertMode.KNN).value.lower()
+    insert_mode = stmt.mode or ast.InsertMode.KNN
+    mode = insert_mode.value.lower()             # the row / message spelling
     if stmt.confidence is not None and not 0.0 <= stmt.confidence <= 1.0:
         raise ExecutionError("CONFIDENCE must be between 0 and 1")
-    if mode == "compose":
-        _needs_forward(view, "INSERT ... MODE COMPOSE")
+    if insert_mode is ast.InsertMode.COMPOSE:
+        check_level(view, "INSERT ... MODE COMPOSE")
         if stmt.alpha is not None and stmt.alpha <= 0:
             raise ExecutionError("ALPHA must be positive")
         plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
@@ -68,14 +68,14 @@ def insert(session, stmt: ast.Insert) -> Result:
         plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
                       confidence=stmt.confidence, prompt=stmt.prompt)
         started = ov.record(plan.op)
-        if getattr(view, "level", "inference") == "browse":
+        if not can_forward(view):
             detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
                       f"no forward pass; the entry is stored, INFER needs INFERENCE)")
         else:
             detail = f"KNN key from the raw prompt {plan.prompt!r}"
         meta = {}
     wraps = _session_wraps(session, view)
-    if getattr(view, "level", "inference") != "browse":
+    if can_forward(view):
         detail += ("; trained on the raw (completion-style) prompt"
                    + (" — this session wraps INFER prompts in the chat template (SET CHAT "
                       "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
@@ -89,19 +89,18 @@ def insert(session, stmt: ast.Insert) -> Result:
                         prompt=plan.prompt, target_token=plan.target_text, **meta)
 
 
-def _session_wraps(session, view) -> bool:
+def _session_wraps(session, view: VindexView) -> bool:
     """Whether a plain INFER in this session would wrap its prompt in the chat template."""
     try:
         from ..infer.prompt import should_wrap
-        template = getattr(view, "chat_template", None)
-        return should_wrap(None, getattr(session, "chat_mode", None), bool(template))
+        return should_wrap(None, session.chat_mode, bool(view.chat_template))
     except Exception:          # no template machinery / BROWSE target: nothing is wrapped
         return False
 
 
 # --------------------------------------------------------------------------- matching
 
-def _overlay_matches(view, cmap):
+def _overlay_matches(view: OverlayVindex, cmap):
     """Inserted COMPOSE features and KNN entries of the overlay that satisfy ``cmap``."""
     feats, knns = [], []
     for (l, f), e in sorted(view.overlay.features.items()):
@@ -119,7 +118,7 @@ def _overlay_matches(view, cmap):
     return feats, knns
 
 
-def _direct_features(view, cmap) -> list[tuple[int, int]] | None:
+def _direct_features(view: VindexView, cmap) -> list[tuple[int, int]] | None:
     """``WHERE layer = L AND feature = F`` (or IN lists): the addressed features, else None."""
     if "layer" not in cmap or "feature" not in cmap:
         return None
@@ -150,7 +149,7 @@ def _eq(cmap, field):
     return None
 
 
-def _restore_op(view, layer: int, feature: int, reason: str) -> PatchOp:
+def _restore_op(view: OverlayVindex, layer: int, feature: int, reason: str) -> PatchOp:
     """An update that puts a slot back to its base vectors (``restore``: drop the edit)."""
     base = view.base
     lay = view.overlay.layout
@@ -168,7 +167,7 @@ def _restore_op(view, layer: int, feature: int, reason: str) -> PatchOp:
 
 @handler(ast.Delete)
 def delete(session, stmt: ast.Delete) -> Result:
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     if not stmt.where:
         raise ExecutionError("DELETE needs a WHERE clause (DELETE FROM EDGES WHERE ...)")
@@ -212,12 +211,12 @@ def delete(session, stmt: ast.Delete) -> Result:
                         removed=n, auto_patch=started, **meta)
 
 
-def _delete_base_fact(session, ov, view, entity, relation, target, reason):
+def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target, reason):
     from ..edit.delete import delete_fact, sibling_prompts
-    from ..edit.forward import predict
     from ..edit.insert import target_token
     from ..edit.prompts import canonical_prompt, template_for
-    _needs_forward(view, "DELETE of a fact the model knows")
+    from ..runtime import predict
+    check_level(view, "DELETE of a fact the model knows")
     prompt = canonical_prompt(entity, relation)
     if target is None:
         tid = predict(view, prompt).top1
@@ -241,7 +240,7 @@ def _delete_base_fact(session, ov, view, entity, relation, target, reason):
 @handler(ast.Update)
 def update(session, stmt: ast.Update) -> Result:
     from ..edit.insert import target_token, unembed_direction
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     sets = {}
     for a in stmt.assignments:
@@ -297,7 +296,7 @@ def update(session, stmt: ast.Update) -> Result:
             if e is not None and e.down is not None:
                 old = e.down
             else:
-                _needs_forward(view, "UPDATE ... SET target")
+                check_level(view, "UPDATE ... SET target")
                 old = lay.columns(np.asarray(view.weights[lay.down_key(layer)]))[:, f]
             down = unembed_direction(view, new_tid) * float(np.linalg.norm(old))
             vectors["down"] = down
@@ -321,7 +320,7 @@ def update(session, stmt: ast.Update) -> Result:
 def merge(session, stmt: ast.Merge) -> Result:
     from ..edit.diff import diff_features, diff_ops
     from ..edit.patch import read_patch
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
     if stmt.target is not None:
         tgt = session.resolve_path(stmt.target).resolve()
@@ -364,9 +363,9 @@ def merge(session, stmt: ast.Merge) -> Result:
 def rebalance(session, stmt: ast.Rebalance) -> Result:
     from ..edit.rebalance import CEILING, FLOOR, MAX_ITERATIONS
     from ..edit.rebalance import rebalance as run
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     view = session.vindex
-    _needs_forward(view, "REBALANCE")
+    check_level(view, "REBALANCE")
     floor = FLOOR if stmt.floor is None else float(stmt.floor)
     ceiling = CEILING if stmt.ceiling is None else float(stmt.ceiling)
     if not 0.0 <= floor < ceiling <= 1.0:

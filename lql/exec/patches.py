@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from .. import ast
-from ..edit.overlay import session_overlay
 from ..edit.patch import read_patch, write_patch
 from ..errors import ExecutionError, VindexError
 from ..result import Result
+from ..runtime.view import overlay_of
 from . import handler
 
 
 @handler(ast.BeginPatch)
 def begin_patch(session, stmt: ast.BeginPatch) -> Result:
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     path = session.resolve_path(stmt.path).resolve()
     if ov.find(path) is not None:
         raise ExecutionError(f"patch {str(path)!r} is already applied; REMOVE PATCH it first")
@@ -23,7 +23,7 @@ def begin_patch(session, stmt: ast.BeginPatch) -> Result:
 
 @handler(ast.SavePatch)
 def save_patch(session, stmt: ast.SavePatch) -> Result:
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     patch = ov.recording
     if patch is None:
         raise ExecutionError("no patch is being recorded (BEGIN PATCH \"file.vlp\" or run a "
@@ -71,7 +71,7 @@ def _validate(patch, base, path: str) -> None:
 
 @handler(ast.ApplyPatch)
 def apply_patch(session, stmt: ast.ApplyPatch) -> Result:
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     path = session.resolve_path(stmt.path).resolve()
     if ov.find(path) is not None:
         raise ExecutionError(f"patch {stmt.path!r} is already applied")
@@ -94,7 +94,7 @@ def apply_patch(session, stmt: ast.ApplyPatch) -> Result:
 
 @handler(ast.RemovePatch)
 def remove_patch(session, stmt: ast.RemovePatch) -> Result:
-    ov = session_overlay(session)
+    ov = session.edit_overlay()
     path = session.resolve_path(stmt.path).resolve()
     patch = ov.find(path)
     if patch is None:
@@ -114,9 +114,7 @@ def _summary(patch) -> str:
 
 @handler(ast.ShowPatches)
 def show_patches(session, stmt: ast.ShowPatches) -> Result:
-    ov = session.overlay if session.vindex is not None else None
-    if ov is None or getattr(session.vindex, "overlay", None) is not ov:
-        ov = None
+    ov = session.overlay if overlay_of(session.vindex) is session.overlay else None
     rows = []
     for i, p in enumerate(ov.stack if ov else [], 1):
         c = p.counts()

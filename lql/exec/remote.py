@@ -13,14 +13,9 @@ USE_REMOTE_COLUMNS = ["url", "model", "family", "num_layers", "hidden_size", "vo
 @handler(ast.UseRemote)
 def use_remote(session, stmt) -> Result:
     """Check the server (/health, /info), then send read-only statements there."""
-    from ..server.client import connect
+    from ..remote.client import connect
     remote = connect(stmt.url)                 # raises before the session changes
-    session.remote = remote
-    session.vindex = None
-    session.model_source = None
-    session.overlay = None
-    if hasattr(session, "base_vindex"):
-        session.base_vindex = None
+    session.use_remote(remote)
     info = remote.info
     row = {"url": remote.url, **{k: info.get(k) for k in USE_REMOTE_COLUMNS[1:]}}
     level = str(info.get("extract_level") or "?").upper()

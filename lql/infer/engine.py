@@ -5,21 +5,18 @@ the session uses — an extracted vindex (possibly an overlay view with edits) o
 live weights (``USE MODEL``): the built :class:`lql.model.Model`, the tokenizer,
 the chat template, stop ids, token texts and feature metadata.
 
-Models are built once and cached:
+Models come from :mod:`lql.runtime` (one bounded cache for every caller):
+:func:`lql.runtime.model_for` for a vindex view (the base model once per vindex; for
+an overlay view, the edited layers rebuilt whenever the overlay's ``version``
+changes) and :func:`lql.runtime.model_for_source` for live weights.
 
-* a vindex: through :func:`lql.edit.forward.model_for` (the editing module's
-  cache: the base model once per vindex; for an overlay view, the edited layers
-  rebuilt whenever the overlay's ``version`` changes);
-* a model source: once per source object (weights from ``source.tensor``).
-
-This is the single place where the overlay is integrated: ``Target.view`` is
-the overlay view (KNN store via ``view.knn_override`` / ``view.overlay``) and
-:meth:`Target.base` the overlay-free target that COMPARE uses.
+``Target.view`` is the overlay view (its KNN store is read by
+:func:`lql.runtime.knn_hit`) and :meth:`Target.base` the overlay-free target that
+COMPARE uses.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -27,50 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import LevelError, NoVindexError
+from ..runtime import check_level, knn_layers, model_for, model_for_source
+from ..runtime.view import EditedView, base_of
 
 __all__ = ["Target", "target_for", "check_level"]
-
-_SOURCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_VINDEX_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def check_level(v, statement: str = "INFER") -> None:
-    """A BROWSE vindex has no attention / norm / up / down weights: say what to run."""
-    level = str(getattr(v, "level", "inference")).lower()
-    if level == "browse":
-        src = (getattr(v, "source", None) or {}).get("path") or "<model folder or .gguf>"
-        path = getattr(v, "path", None) or "model.vindex"
-        raise LevelError(
-            f"this vindex was extracted at BROWSE; {statement} needs INFERENCE — re-extract "
-            f'WITH INFERENCE: EXTRACT MODEL "{src}" INTO "{path}" WITH INFERENCE FORCE')
-
-
-def _vindex_model(view):
-    try:
-        from ..edit.forward import model_for
-    except ImportError:                       # editing module absent: plain cache
-        model_for = None
-    if model_for is not None and getattr(view, "is_overlay", False):
-        return model_for(view)
-    base = view
-    m = _VINDEX_MODELS.get(base)
-    if m is None:
-        if model_for is not None:
-            m = model_for(base)
-        else:
-            from ..model import build_model
-            m = build_model(base.model_config, base.weights)
-        _VINDEX_MODELS[base] = m
-    return m
-
-
-def _source_model(src):
-    m = _SOURCE_MODELS.get(src)
-    if m is None:
-        from ..model import build_model
-        m = build_model(src.model_config, src.weights)
-        _SOURCE_MODELS[src] = m
-    return m
 
 
 @dataclass
@@ -85,19 +42,17 @@ class Target:
     # ---------------------------------------------------------------- overlay
     @property
     def is_overlay(self) -> bool:
-        return self.kind == "vindex" and bool(getattr(self.view, "is_overlay", False))
+        return self.kind == "vindex" and isinstance(self.view, EditedView)
 
     def base(self) -> Target:
         """The overlay-free target (itself when there is no overlay)."""
         if not self.is_overlay:
             return self
-        b = self.view.base
-        return Target("vindex", b, _vindex_model(b), self.name)
+        b = base_of(self.view)
+        return Target("vindex", b, model_for(b), self.name)
 
     def knn_layers(self) -> list[int]:
-        if not self.is_overlay or not hasattr(self.view, "knn_layers"):
-            return []
-        return sorted(self.view.knn_layers())
+        return knn_layers(self.view) if self.is_overlay else []
 
     # ---------------------------------------------------------------- text
     @property
@@ -108,15 +63,15 @@ class Target:
 
     @property
     def chat_template(self) -> str | None:
-        return getattr(self.view, "chat_template", None)
+        return self.view.chat_template
 
     @property
     def tokenizer_config(self) -> dict:
-        return dict(getattr(self.view, "tokenizer_config", None) or {})
+        return dict(self.view.tokenizer_config or {})
 
     @property
     def model_config(self) -> dict:
-        return dict(getattr(self.view, "model_config", None) or {})
+        return dict(self.view.model_config or {})
 
     @property
     def max_positions(self) -> int | None:
@@ -153,13 +108,13 @@ class Target:
     # ---------------------------------------------------------------- features
     @property
     def feature_labels(self) -> dict:
-        return dict(getattr(self.view, "feature_labels", None) or {}) if self.kind == "vindex" else {}
+        return dict(self.view.feature_labels or {}) if self.kind == "vindex" else {}
 
     def down_tokens(self, layer: int, features, k: int = 3) -> list[list[int]]:
         """Top output token ids of each feature's down vector: the vindex's down_meta,
         or (live weights) the down column projected on the embeddings."""
         features = [int(f) for f in features]
-        if self.kind == "vindex" and getattr(self.view, "down_meta", None) is not None:
+        if self.kind == "vindex" and self.view.down_meta is not None:
             top = self.view.down_meta.top_ids(layer)
             return [[int(t) for t in top[f, :k]] for f in features]
         block = self.model.blocks[layer]
@@ -197,11 +152,10 @@ def _token_text(tok, tid: int, cache: dict[int, str]) -> str:
 
 def target_for(session, statement: str = "INFER") -> Target:
     """The session's inference target (vindex view or live model), model built once."""
-    v = getattr(session, "vindex", None)
+    v = session.vindex
     if v is not None:
-        check_level(getattr(v, "base", v) if getattr(v, "is_overlay", False) else v, statement)
-        return Target("vindex", v, _vindex_model(v), getattr(v, "model", None))
-    src = getattr(session, "model_source", None)
+        return Target("vindex", v, model_for(v, statement), v.model)
+    src = session.model_source
     if src is not None:
-        return Target("model", src, _source_model(src), getattr(src, "name", None))
+        return Target("model", src, model_for_source(src), src.name)
     raise NoVindexError('No vindex in use — run USE "path" (or USE MODEL "path") first')

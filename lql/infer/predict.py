@@ -1,67 +1,31 @@
 """INFER: the next-token distribution (TOP n, COMPARE) and GENERATE.
 
-Probabilities are a float64 softmax of the model's float32 logits. Through an
-overlay, the prediction is :func:`lql.edit.forward.predict` — the dense edits
-are in the model's weights, and a KNN-store hit (cosine > 0.75 at its layer)
-puts the stored target on top; rows then carry ``source`` (``"knn"`` for the
-override, ``"model"`` for the rest).
+Probabilities are a float64 softmax of the model's float32 logits. The ranking is
+:func:`lql.runtime.rank` — through an overlay the dense edits are in the model's
+weights, and a KNN-store hit (cosine > 0.75 at its layer) puts the stored target on
+top; rows then carry ``source`` (``"knn"`` for the override, ``"model"`` for the rest).
+GENERATE is :func:`lql.runtime.greedy` with the same KNN store picking tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
-
 from ..model import Record
 from ..result import Result
+from ..runtime import Prediction, greedy, knn_hit, rank, softmax64, top_ids
 
-__all__ = ["softmax64", "Ranked", "rank_next", "infer_result", "generate_result", "DEFAULT_TOP"]
+__all__ = ["softmax64", "top_ids", "Prediction", "rank_next", "infer_result", "generate_ids",
+           "generate_result", "DEFAULT_TOP"]
 
 DEFAULT_TOP = 5
 
 
-def softmax64(logits: np.ndarray) -> np.ndarray:
-    """Softmax in float64 (no overflow, tiny probabilities kept)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_ids(p: np.ndarray, k: int) -> np.ndarray:
-    k = max(1, min(int(k), p.shape[-1]))
-    ids = np.argpartition(-p, k - 1)[:k]
-    return ids[np.argsort(-p[ids], kind="stable")]
-
-
-@dataclass
-class Ranked:
-    """The next-token prediction: ``top`` is ``[(token_id, probability, source)]`` best first."""
-    top: list[tuple[int, float, str]]
-    probs: np.ndarray                     # the dense distribution (float64)
-    output: object = None                 # the ForwardOutput
-    knn: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def rank_next(target, ids, top: int, *, record: Record | None = None) -> Ranked:
+def rank_next(target, ids, top: int, *, record: Record | None = None) -> Prediction:
     """Run ``ids`` through ``target`` and rank the next token (KNN store applied)."""
-    if target.is_overlay and target.knn_layers():
-        from ..edit.forward import predict
-        pred = predict(target.view, list(ids), top=top, record=record)
-        out = pred.output
-        probs = softmax64(out.logits)
-        if pred.knn is None:             # no hit: same as dense, but with float64 probabilities
-            return Ranked([(int(t), float(probs[t]), "model") for t in top_ids(probs, top)],
-                          probs, out)
-        return Ranked([(int(t), float(p), s) for t, p, s in pred.top], probs, out, pred.knn)
-    out = target.model.forward(list(ids), record=record)
-    probs = softmax64(out.logits)
-    return Ranked([(int(t), float(probs[t]), "model") for t in top_ids(probs, top)], probs, out)
+    return rank(target.model, ids, top, view=target.view if target.is_overlay else None,
+                record=record)
 
 
-def _rows(target, ranked: Ranked, with_source: bool) -> list[dict]:
+def _rows(target, ranked: Prediction, with_source: bool) -> list[dict]:
     rows = []
     for i, (tid, p, src) in enumerate(ranked.top, 1):
         row = {"rank": i, "token": target.token_text(tid), "token_id": tid, "probability": p}
@@ -109,42 +73,32 @@ def infer_result(target, prep, *, top: int | None = None, compare: bool = False,
 
 # --------------------------------------------------------------------------- GENERATE
 
-def _knn_token(target, out) -> int | None:
-    """A KNN-store hit at the last position → its target id (best cosine), else None."""
-    best = None
-    for layer in target.knn_layers():
-        res = out.residuals[layer] if out.residuals is not None else None
-        if res is None:
-            continue
-        hit = target.view.knn_override(layer, res)
-        if hit is not None and (best is None or hit[1] > best[1]):
-            best = hit
-    return None if best is None else int(best[0])
-
-
 def generate_ids(target, ids, n: int, *, on_token=None, check=None):
-    """Greedy decoding with a KV cache. Yields ``(token_id, new_text)``; stops after an
-    end-of-sequence / end-of-turn id (included), after ``n`` tokens, or at the model's
-    last position. ``new_text`` is the text this token adds (multi-byte characters are
-    emitted once complete). Returns the stop reason via ``StopIteration.value``."""
-    model = target.model
-    knn_layers = target.knn_layers()
-    rec = Record(residuals="last", layers=frozenset(knn_layers)) if knn_layers else None
+    """Greedy decoding (:func:`lql.runtime.greedy`, KNN store applied at each step).
+    Yields ``(token_id, new_text)``; stops after an end-of-sequence / end-of-turn id
+    (included), after ``n`` tokens, or at the model's last position. ``new_text`` is the
+    text this token adds (multi-byte characters are emitted once complete). Returns the
+    stop reason via ``StopIteration.value``."""
+    layers = target.knn_layers()
+    pick = None
+    if layers:
+        def pick(out):
+            hit = knn_hit(target.view, out, layers)
+            return None if hit is None else hit["target_id"]
+    rec = Record(residuals="last", layers=frozenset(layers)) if layers else None
     stop = target.stop_ids
-    limit = target.max_positions
-    cache = model.new_cache()
-    out = model.forward(list(ids), cache=cache, record=rec)
+    gen = greedy(target.model, ids, n, stop_ids=stop, pick=pick, record=rec,
+                 max_positions=target.max_positions, check=check)
     produced: list[int] = []
     shown = ""
-    for step in range(n):
-        if check is not None:
-            check()
-        token = _knn_token(target, out) if knn_layers else None
-        if token is None:
-            token = int(np.argmax(out.logits))
+    while True:
+        try:
+            token = next(gen)
+        except StopIteration as done:
+            return done.value
         if token in stop:                # the end-of-turn token adds no text
             yield token, ""
-            return "eos"
+            continue
         produced.append(token)
         text = target.decode(produced)
         new = text[len(shown):] if text.startswith(shown) and not text.endswith("\ufffd") else ""
@@ -153,12 +107,6 @@ def generate_ids(target, ids, n: int, *, on_token=None, check=None):
         if on_token is not None and new:
             on_token(new)
         yield token, new
-        if step == n - 1:
-            return "length"
-        if limit is not None and cache.length >= limit:
-            return "max_positions"
-        out = model.forward([token], cache=cache, record=rec)
-    return "length"
 
 
 def generate_result(target, prep, n: int, *, on_token=None, check=None) -> Result:

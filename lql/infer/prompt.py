@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import ast
 from ..errors import ExecutionError
 
 __all__ = ["Prepared", "prepare", "should_wrap"]
@@ -29,25 +30,20 @@ class Prepared:
     prompt: str           # the user's prompt as given
 
 
-def _mode_name(mode) -> str:
-    return str(getattr(mode, "value", mode) or "AUTO").upper()
-
-
-def should_wrap(wrap, chat_mode, has_template: bool) -> bool:
+def should_wrap(wrap: ast.PromptWrap | None, chat_mode: ast.ChatMode | None,
+                has_template: bool) -> bool:
     """Decide wrapping; raise when wrapping is forced but there is no template."""
-    forced = _mode_name(wrap) if wrap is not None else None
-    if forced == "RAW":
+    if wrap is ast.PromptWrap.RAW:
         return False
-    if forced == "CHAT":
+    if wrap is ast.PromptWrap.CHAT:
         if not has_template:
             raise ExecutionError("CHAT: this model has no chat template (nothing in "
                                  "tokenizer_config.json, chat_template.jinja or the GGUF) — "
                                  "drop CHAT or use RAW")
         return True
-    mode = _mode_name(chat_mode)
-    if mode == "OFF":
+    if chat_mode is ast.ChatMode.OFF:
         return False
-    if mode == "ON":
+    if chat_mode is ast.ChatMode.ON:
         if not has_template:
             raise ExecutionError("SET CHAT ON: this model has no chat template — "
                                  "SET CHAT AUTO (or OFF), or use RAW")

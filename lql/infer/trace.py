@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import ast
 from ..atomic import atomic_writer
 from ..errors import ExecutionError
 from ..model import Record
@@ -75,7 +76,7 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
     model = target.model
     n_layers = model.num_layers
     chosen = select_layers(layers, n_layers)
-    all_positions = str(getattr(positions, "value", positions) or "LAST").upper() == "ALL"
+    all_positions = positions is ast.Positions.ALL
     want_all = all_positions or save is not None
     where = "all" if want_all else "last"
     out = model.forward(list(prep.ids), record=Record(residuals=where, deltas=where))

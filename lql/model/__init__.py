@@ -1,7 +1,7 @@
 """Numpy forward pass for every supported family; knows nothing of LQL or vindex files.
 
 ``build_model(model_config, weights) -> Model``; ``model.forward(ids, cache=, record=, hooks=)``;
-``model.generate(ids, n, stop_ids)``; chat templates in :mod:`lql.model.chat`.
+greedy decoding is ``lql.runtime.greedy(model, ids, n)``; chat templates in :mod:`lql.model.chat`.
 See docs/INFERENCE.md.
 """
 

@@ -9,7 +9,7 @@ originals; a tied head shares the embedding array), so the resident cost is abou
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -134,21 +134,6 @@ class Model:
         return ForwardOutput(logits=self.logits_from_hidden(last), hidden=last.copy(), positions=positions,
                              embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
                              ffn_activations=acts, attention=attn_p)
-
-    def generate(self, ids, n: int, stop_ids: Iterable[int] | None = None, *, cache: KVCache | None = None,
-                 hooks: Hooks | None = None) -> Iterator[int]:
-        """Greedy decoding, streaming: yields up to ``n`` token ids; a stop id is yielded, then it stops.
-
-        ``stop_ids`` defaults to the model's ``eos_token_id``s; pass ``()`` for none."""
-        stop = set(self.spec.eos_token_ids if stop_ids is None else stop_ids)
-        cache = cache if cache is not None else self.new_cache()
-        out = self.forward(ids, cache=cache, hooks=hooks)
-        for step in range(n):
-            token = int(np.argmax(out.logits))
-            yield token
-            if token in stop or step == n - 1:
-                return
-            out = self.forward([token], cache=cache, hooks=hooks)
 
 
 def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:

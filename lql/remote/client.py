@@ -1,0 +1,180 @@
+"""The client side of ``USE REMOTE``: a session's link to a vindex served by ``lql serve``.
+
+While ``session.remote`` holds a :class:`RemoteVindex`, :meth:`Session._run`
+asks it first (:meth:`RemoteVindex.claims`): read-only statements are sent to
+the server as their canonical text (``stmt.to_lql()``) and its results come back
+as :class:`~lql.result.Result` objects with ``meta.remote`` set to the URL;
+statements that edit or write from the vindex are refused; ``USE`` / ``USE
+MODEL`` run locally and end remote mode. The rest (SET CHAT, HELP, SHOW MODELS,
+EXTRACT, STATS/COMPILE/DIFF of local paths, USE REMOTE) run locally as usual.
+The session's chat mode (``SET CHAT``) travels with every query.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ..errors import LqlError
+from ..result import Result
+from ..server.policy import route
+
+__all__ = ["RemoteVindex", "RemoteError", "connect", "normalize_url"]
+
+#: seconds to wait for /health and /info
+CONNECT_TIMEOUT_S = 10.0
+#: seconds to wait for a query's answer (GENERATE on a large model can be slow)
+QUERY_TIMEOUT_S = 600.0
+
+
+class RemoteError(LqlError):
+    """A remote server that cannot be reached, answers oddly, or reports an error.
+
+    ``url`` is the server; ``remote_type`` the error class the server reported
+    (``"LevelError"``, ``"RefusedError"``, ...) when it reported one.
+    """
+
+    def __init__(self, message: str, url: str, remote_type: str | None = None):
+        self.url = url
+        self.remote_type = remote_type
+        super().__init__(message)
+
+
+def normalize_url(given: str) -> str:
+    """``http(s)://host[:port]`` without a trailing slash; a clear error for anything else."""
+    url = given.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise RemoteError(f"USE REMOTE needs an http:// URL such as \"http://127.0.0.1:8080\" "
+                          f"(the address `lql serve` prints), not {given!r}", given)
+    if parts.query or parts.fragment:
+        raise RemoteError(f"USE REMOTE takes the server's base URL, without a query or "
+                          f"fragment: {given!r}", given)
+    return url
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RemoteVindex:
+    """A connection to one ``lql serve`` URL (stateless HTTP; nothing stays open)."""
+
+    def __init__(self, url: str, info: dict[str, Any]):
+        self.url = url
+        self.info = info
+        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(
+            urllib.parse.urlsplit(url).hostname) else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    # ------------------------------------------------------------ HTTP
+    def _request(self, path: str, body: dict | None = None,
+                 timeout: float = CONNECT_TIMEOUT_S) -> tuple[int, Any]:
+        """``(status, decoded JSON)`` of a GET (``body=None``) or a JSON POST."""
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.url + path, data=data, method="GET" if body is None
+                                     else "POST")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:     # 4xx / 5xx: the body still says why
+            status, raw = exc.code, exc.read()
+            exc.close()
+        except urllib.error.URLError as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RemoteError(f"cannot reach the lql server at {self.url}: {reason}",
+                              self.url) from None
+        except (OSError, ValueError) as exc:      # timeouts, resets, bad URLs
+            raise RemoteError(f"cannot reach the lql server at {self.url}: "
+                              f"{type(exc).__name__}: {exc}", self.url) from None
+        try:
+            return status, json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RemoteError(f"{self.url}{path} did not answer like an lql server "
+                              f"(HTTP {status}, not JSON)", self.url) from None
+
+    def query(self, text: str, chat: str = "AUTO") -> list[Result]:
+        """Run ``text`` on the server; its results, or a :class:`RemoteError`."""
+        status, payload = self._request("/query", {"lql": text, "chat": chat},
+                                        timeout=QUERY_TIMEOUT_S)
+        results = [self._result(d) for d in self._result_list(payload, status)]
+        for r in results:
+            if r.kind == "error":
+                raise RemoteError(f"{r.message} (remote vindex at {self.url})", self.url,
+                                  r.meta.get("error_type"))
+        if status != 200:
+            raise RemoteError(f"the lql server at {self.url} answered HTTP {status}", self.url)
+        return results
+
+    def _result_list(self, payload: Any, status: int) -> list[dict]:
+        if not isinstance(payload, list) or not all(
+                isinstance(d, dict) and isinstance(d.get("statement"), str)
+                and isinstance(d.get("kind"), str) for d in payload):
+            raise RemoteError(f"{self.url}/query did not answer like an lql server "
+                              f"(HTTP {status}, not a list of results)", self.url)
+        return payload
+
+    def _result(self, d: dict) -> Result:
+        meta = dict(d.get("meta") or {})
+        meta["remote"] = self.url
+        return Result(d["statement"], d["kind"], list(d.get("columns") or []),
+                      [dict(row) for row in d.get("rows") or []], d.get("message"), meta)
+
+    # ------------------------------------------------------------ session hook
+    def claims(self, stmt) -> bool:
+        """True when this remote link decides ``stmt`` (sends, refuses or ends remote mode)."""
+        return route(stmt) != "local"
+
+    def leaves(self, stmt) -> bool:
+        """True for a statement that ends remote mode (``USE "<local path>"`` ...): the
+        session drops this link and runs it locally."""
+        return route(stmt) == "leave"
+
+    def run(self, stmt, *, chat_mode: Any = None) -> list[Result]:
+        """Send a statement :meth:`claims` returned True for (and :meth:`leaves` False),
+        or refuse it with a clear error. ``chat_mode`` is the session's ``ast.ChatMode``."""
+        if route(stmt) == "refuse":
+            from ..errors import ExecutionError
+            kw = stmt.keyword
+            if kw == "TRACE":
+                raise ExecutionError(
+                    f"TRACE ... SAVE writes the activations to a local file, and the vindex in "
+                    f"use is remote ({self.url}): run TRACE without SAVE, or USE a local vindex")
+            raise ExecutionError(
+                f"{kw} needs a local vindex, but the session uses the read-only remote vindex "
+                f"at {self.url}: edits need a local vindex — EXTRACT MODEL \"<source>\" INTO "
+                f"\"<name>.vindex\" or USE \"<local vindex path>\" first")
+        chat = "AUTO" if chat_mode is None else chat_mode.value     # the wire format: a keyword
+        return self.query(stmt.to_lql(), chat=chat)
+
+    def __repr__(self) -> str:
+        return f"RemoteVindex({self.url!r})"
+
+
+def connect(given: str) -> RemoteVindex:
+    """Check ``/health`` and ``/info`` at ``given``; a :class:`RemoteVindex` for it."""
+    url = normalize_url(given)
+    probe = RemoteVindex(url, {})
+    status, health = probe._request("/health")
+    if status != 200 or not isinstance(health, dict) or health.get("status") != "ok":
+        raise RemoteError(f"{url} is not a healthy lql server (/health answered HTTP {status})",
+                          url)
+    status, info = probe._request("/info")
+    if status != 200 or not isinstance(info, dict) or "num_layers" not in info:
+        raise RemoteError(f"{url} did not describe its vindex (/info answered HTTP {status})",
+                          url)
+    probe.info = info
+    return probe

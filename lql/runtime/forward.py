@@ -1,0 +1,188 @@
+"""Forward passes through a view: next-token prediction with the KNN store, and greedy decoding.
+
+* :func:`predict` / :func:`rank` — the INFER computation: a float64 softmax of the
+  model's logits; when the view's overlay holds KNN entries the residual after each of
+  their layers is recorded (last position) and :func:`knn_hit` compares it with the
+  stored keys; a hit (cosine > 0.75) puts the stored target first (``source = "knn"``),
+  distribution ``(1 − c)·p + c·onehot(target)`` with ``c`` the entry's confidence.
+* :func:`greedy` — the one greedy decoding loop (KV cache, stop ids, optional KNN pick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExecutionError
+from .models import model_for
+from .view import VindexView, overlay_of
+
+__all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit",
+           "Prediction", "rank", "predict", "greedy"]
+
+
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    """Softmax in float64 (no overflow, tiny probabilities kept)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_ids(p: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` most probable ids, best first (ties: lower id first)."""
+    k = max(1, min(int(k), p.shape[-1]))
+    ids = np.argpartition(-p, k - 1)[:k]
+    return ids[np.argsort(-p[ids], kind="stable")]
+
+
+# --------------------------------------------------------------------------- forward
+
+def prompt_ids(view: VindexView, prompt: str) -> list[int]:
+    ids = view.tokenizer.encode(prompt).ids
+    if not ids:
+        raise ExecutionError(f"the prompt {prompt!r} produced no tokens")
+    return list(ids)
+
+
+def run(view: VindexView, prompt_or_ids: str | Sequence[int], *, record: Any = None,
+        hooks: Any = None) -> Any:
+    """One forward pass of ``view``'s model (overlay edits included) → ``ForwardOutput``."""
+    ids = prompt_ids(view, prompt_or_ids) if isinstance(prompt_or_ids, str) else prompt_or_ids
+    return model_for(view).forward(list(ids), record=record, hooks=hooks)
+
+
+def ffn_inputs(view: VindexView, prompt: str, layers: Iterable[int]) -> dict[int, np.ndarray]:
+    """The FFN input (the residual after the FFN's input norm) at the last position, per layer."""
+    from ..model import Hooks
+    want = set(layers)
+    got: dict[int, np.ndarray] = {}
+
+    def grab(layer: int, x: np.ndarray, out: Any) -> Any:
+        if layer in want:
+            got[layer] = np.array(x[-1], dtype=np.float32, copy=True)
+        return out
+
+    run(view, prompt, hooks=Hooks(ffn=grab))
+    return got
+
+
+# --------------------------------------------------------------------------- KNN store
+
+def knn_layers(view: object) -> list[int]:
+    """Layers at which ``view``'s overlay holds KNN keys (``[]`` without an overlay)."""
+    ov = overlay_of(view)
+    return sorted(ov.knn_layers()) if ov is not None else []
+
+
+def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] | None:
+    """The best-matching KNN entry for ``output``'s last-position residuals at ``layers``:
+    ``{"layer", "cosine", "target_id", "entity", "relation", "target", "confidence",
+    "weight"}`` (weight = confidence clipped to [0, 1]), or ``None``."""
+    ov = overlay_of(view)
+    if ov is None or output.residuals is None:
+        return None
+    best: dict[str, Any] | None = None
+    for layer in layers:
+        res = output.residuals[layer]
+        if res is None:
+            continue
+        hit = ov.knn_match(layer, res)
+        if hit is not None and (best is None or hit[1] > best["cosine"]):
+            entry, cos = hit
+            best = {"layer": layer, "cosine": cos, "target_id": int(entry.target_id),
+                    "entity": entry.entity, "relation": entry.relation, "target": entry.target,
+                    "confidence": entry.confidence}
+    if best is not None:
+        best["weight"] = float(min(max(best["confidence"], 0.0), 1.0))
+    return best
+
+
+def _knn_record(layers: list[int], record: Any) -> Any:
+    if not layers or record is not None:
+        return record
+    from ..model import Record
+    return Record(residuals="last", layers=frozenset(layers))
+
+
+# --------------------------------------------------------------------------- prediction
+
+@dataclass
+class Prediction:
+    """The next-token prediction: ``top`` is ``[(token_id, probability, source)]`` best
+    first (``source`` is ``"knn"`` for a KNN override, else ``"model"``)."""
+    top: list[tuple[int, float, str]]
+    probs: np.ndarray                     # the dense distribution (float64, edits applied)
+    output: Any = None                    # the ForwardOutput
+    knn: dict[str, Any] | None = None     # the KNN hit (see knn_hit), None without one
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top1(self) -> int:
+        return self.top[0][0]
+
+    def p(self, token_id: int) -> float:
+        """Probability of ``token_id`` in the reported distribution."""
+        for t, p, _ in self.top:
+            if t == token_id:
+                return p
+        scale = 1.0 - (self.knn["weight"] if self.knn else 0.0)
+        return float(self.probs[token_id]) * scale
+
+
+def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
+         record: Any = None) -> Prediction:
+    """Run ``ids`` through ``model`` and rank the next token; ``view``'s KNN store applied."""
+    layers = knn_layers(view) if view is not None else []
+    out = model.forward(list(ids), record=_knn_record(layers, record))
+    probs = softmax64(out.logits)
+    hit = knn_hit(view, out, layers) if layers else None
+    ranked = [(int(t), float(probs[t]), "model")
+              for t in top_ids(probs, top + (1 if hit is not None else 0))]
+    if hit is not None:
+        # the stored target takes over: p' = (1 - w)·p_dense + w·onehot(target), w = confidence
+        w, tid = hit["weight"], hit["target_id"]
+        rest = [(t, p * (1.0 - w), s) for t, p, s in ranked if t != tid]
+        ranked = [(tid, float(probs[tid]) * (1.0 - w) + w, "knn")] + rest
+    return Prediction(top=ranked[:max(int(top), 1)], probs=probs, output=out, knn=hit)
+
+
+def predict(view: VindexView, prompt_or_ids: str | Sequence[int], *, top: int = 5,
+            record: Any = None) -> Prediction:
+    """The INFER computation through ``view`` (overlay edits and KNN store included)."""
+    ids = prompt_ids(view, prompt_or_ids) if isinstance(prompt_or_ids, str) else prompt_or_ids
+    return rank(model_for(view), ids, top, view=view, record=record)
+
+
+# --------------------------------------------------------------------------- generation
+
+def greedy(model: Any, ids: Sequence[int], n: int, *, stop_ids: Iterable[int] | None = None,
+           pick: Callable[[Any], int | None] | None = None, record: Any = None,
+           hooks: Any = None, max_positions: int | None = None,
+           check: Callable[[], None] | None = None) -> Generator[int, None, str]:
+    """Greedy decoding with a KV cache: yields up to ``n`` token ids. A stop id
+    (default: the model's ``eos_token_id``s; ``()`` for none) is yielded, then it stops.
+    ``pick(output)`` may choose a token before the argmax (the KNN store); ``check()`` is
+    called before each step (cancellation). Returns the stop reason (``"eos"``,
+    ``"length"``, ``"max_positions"``) as ``StopIteration.value``."""
+    stop = frozenset(int(t) for t in (model.spec.eos_token_ids if stop_ids is None else stop_ids))
+    cache = model.new_cache()
+    out = model.forward(list(ids), cache=cache, record=record, hooks=hooks)
+    for step in range(n):
+        if check is not None:
+            check()
+        token = pick(out) if pick is not None else None
+        if token is None:
+            token = int(np.argmax(out.logits))
+        yield token
+        if token in stop:
+            return "eos"
+        if step == n - 1:
+            return "length"
+        if max_positions is not None and cache.length >= max_positions:
+            return "max_positions"
+        out = model.forward([token], cache=cache, record=record, hooks=hooks)
+    return "length"

@@ -1,0 +1,126 @@
+"""The one place a model is built for a view: a bounded cache keyed by identity + overlay version.
+
+``model_for(view)`` builds the model of a vindex (once) and, for an overlay view, a
+copy with only the edited layers rebuilt from the patched weights (once per
+``overlay.version``). ``model_for_source(src)`` does the same for ``USE MODEL`` live
+weights. Entries hold weak references to their vindex / overlay / source, so a vindex
+the session dropped is not kept alive; the cache keeps the :data:`CACHE_SIZE` most
+recently used models.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import LevelError
+from .view import VindexView, base_of, overlay_of
+
+__all__ = ["model_for", "model_for_source", "can_forward", "check_level", "clear_cache", "CACHE_SIZE"]
+
+#: models kept (base models, overlay versions and live sources together)
+CACHE_SIZE = 6
+
+
+def _ref(obj: object) -> Callable[[], object]:
+    try:
+        return weakref.ref(obj)
+    except TypeError:                        # objects without weakref support: hold them
+        return lambda: obj
+
+
+class _ModelCache:
+    """LRU of built models keyed by ``(id(owner), id(overlay), version)``; a key whose
+    objects were collected (or whose id was reused) is a miss."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[tuple[int, int, int], tuple[Callable, Callable, Any]] = \
+            OrderedDict()
+
+    def get(self, owner: object, overlay: object | None, version: int,
+            build: Callable[[], Any]) -> Any:
+        key = (id(owner), id(overlay), version)
+        hit = self._items.get(key)
+        if hit is not None and hit[0]() is owner and hit[1]() is overlay:
+            self._items.move_to_end(key)
+            return hit[2]
+        model = build()
+        self._items[key] = (_ref(owner), _ref(overlay) if overlay is not None else _none, model)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return model
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _none() -> None:
+    return None
+
+
+_CACHE = _ModelCache(CACHE_SIZE)
+
+
+def clear_cache() -> None:
+    """Forget every built model (tests, memory pressure)."""
+    _CACHE.clear()
+
+
+def can_forward(view: VindexView) -> bool:
+    """False for a BROWSE vindex (gate vectors and embeddings only, no forward pass)."""
+    return str(getattr(base_of(view), "level", "inference")).lower() != "browse"
+
+
+def check_level(view: VindexView, what: str = "this statement") -> None:
+    """A BROWSE vindex has no attention / norm / up / down weights: say what to run."""
+    if can_forward(view):
+        return
+    v = base_of(view)
+    src = (getattr(v, "source", None) or {}).get("path") or "<model folder or .gguf>"
+    path = getattr(v, "path", None) or "model.vindex"
+    raise LevelError(
+        f"this vindex was extracted at BROWSE; {what} needs a forward pass (INFERENCE) — "
+        f're-extract WITH INFERENCE: EXTRACT MODEL "{src}" INTO "{path}" WITH INFERENCE FORCE')
+
+
+def _build(owner: Any) -> Any:
+    from ..model import build_model
+    return build_model(owner.model_config, owner.weights)
+
+
+def model_for(view: VindexView, what: str = "this statement") -> Any:
+    """The model of ``view`` (a vindex or an overlay view), built once per version."""
+    check_level(view, what)
+    base = base_of(view)
+    bm = _CACHE.get(base, None, -1, lambda: _build(base))
+    ov = overlay_of(view)
+    if ov is None:
+        return bm
+    layers = sorted(ov.edited_layers())
+    if not layers:
+        return bm
+    return _CACHE.get(base, ov, ov.version, lambda: _rebuild(bm, view, layers))
+
+
+def _rebuild(bm: Any, view: VindexView, layers: list[int]) -> Any:
+    """A shallow copy of ``bm`` with ``layers`` rebuilt from ``view.weights``."""
+    from ..model.layouts import Tensors, layout_for
+    layout = layout_for(bm.model_config.get("model_type"))
+    tensors = Tensors(view.weights)
+    present = set(view.weights.keys())
+    m = copy.copy(bm)
+    m.blocks = list(bm.blocks)
+    for i in layers:
+        rope = getattr(bm.blocks[i].attention, "rope", None)
+        m.blocks[i] = layout.block(bm.spec, tensors, i, present, rope)
+    return m
+
+
+def model_for_source(src: Any) -> Any:
+    """The model of a ``USE MODEL`` source (``ModelSource``), built once."""
+    return _CACHE.get(src, None, -1, lambda: _build(src))
