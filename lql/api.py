@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from . import browse
+from . import ast, browse
 from .browse.core import check_layer, entity_query, query_vector, top_by_abs
 from .browse.describe import top_positive
 from .errors import ExecutionError
@@ -34,7 +34,6 @@ __all__ = ["open_vindex", "BrowseView"]
 def _enum(cls_name: str, value):
     if value is None or not isinstance(value, str):
         return value
-    from . import ast
     cls = getattr(ast, cls_name)
     key = value.strip().upper().replace("_", " ")
     for member in cls:
@@ -46,7 +45,6 @@ def _enum(cls_name: str, value):
 
 def _layers(layers):
     """``None`` / ``"ALL"`` / int / ``(lo, hi)`` / ``"14-27"`` / iterable → a layer spec."""
-    from . import ast
     if layers is None or (isinstance(layers, str) and layers.strip().upper() == "ALL"):
         return None
     if isinstance(layers, str):
@@ -65,8 +63,41 @@ class BrowseView:
     def __init__(self, vindex):
         self.vindex = vindex
 
-    def __getattr__(self, name):
-        return getattr(self.vindex, name)
+    # the vindex's own attributes, listed one by one (`embed` below takes text, not ids)
+    path = property(lambda self: self.vindex.path)
+    index = property(lambda self: self.vindex.index)
+    model = property(lambda self: self.vindex.model)
+    family = property(lambda self: self.vindex.family)
+    dtype = property(lambda self: self.vindex.dtype)
+    level = property(lambda self: self.vindex.level)
+    source = property(lambda self: self.vindex.source)
+    num_layers = property(lambda self: self.vindex.num_layers)
+    layers = property(lambda self: self.vindex.layers)
+    hidden_size = property(lambda self: self.vindex.hidden_size)
+    vocab_size = property(lambda self: self.vindex.vocab_size)
+    embed_scale = property(lambda self: self.vindex.embed_scale)
+    model_config = property(lambda self: self.vindex.model_config)
+    layer_bands = property(lambda self: self.vindex.layer_bands)
+    weights = property(lambda self: self.vindex.weights)
+    embeddings = property(lambda self: self.vindex.embeddings)
+    down_meta = property(lambda self: self.vindex.down_meta)
+    tokenizer = property(lambda self: self.vindex.tokenizer)
+    chat_template = property(lambda self: self.vindex.chat_template)
+    tokenizer_config = property(lambda self: self.vindex.tokenizer_config)
+    feature_labels = property(lambda self: self.vindex.feature_labels)
+    relation_clusters = property(lambda self: self.vindex.relation_clusters)
+
+    def num_features(self, layer: int) -> int:
+        return int(self.vindex.num_features(layer))
+
+    def has_layer(self, layer: int) -> bool:
+        return bool(self.vindex.has_layer(layer))
+
+    def gate(self, layer: int) -> np.ndarray:
+        return self.vindex.gate(layer)
+
+    def token_text(self, token_id: int) -> str:
+        return str(self.vindex.token_text(token_id))
 
     def __repr__(self) -> str:
         return f"<BrowseView {self.vindex!r}>"
@@ -93,7 +124,7 @@ class BrowseView:
         """Run one ``SELECT ...`` statement given as LQL text."""
         from .parser import parse
         stmts = parse(text)
-        if len(stmts) != 1 or type(stmts[0]).__name__ != "Select":
+        if len(stmts) != 1 or not isinstance(stmts[0], ast.Select):
             raise ExecutionError("select() takes exactly one SELECT statement")
         s = stmts[0]
         return browse.select(self.vindex, s.source, fields=s.fields, nearest=s.nearest,

@@ -175,14 +175,8 @@ class LqlCompleter(Completer):
                 yield Completion(text, start_position=-len(prefix), display_meta=words[w])
 
     def _vocabulary(self, content: str) -> Iterable[Completion]:
-        fn = getattr(self.session, "vocabulary_words", None)
-        if fn is None:
-            return
         try:
-            try:
-                words = fn(content)
-            except TypeError:
-                words = fn()
+            words = self.session.vocabulary_words(content)
             n = 0
             for w in words:
                 w = str(w)
@@ -289,11 +283,8 @@ def run_statements(session: Session, text: str, console) -> bool:
 
 
 def _unsaved(session: Session) -> bool:
-    fn = getattr(session, "has_unsaved_edits", None)
-    if fn is None:
-        return False
     try:
-        return bool(fn())
+        return bool(session.has_unsaved_edits())
     except Exception:
         return False
 

@@ -291,7 +291,7 @@ class Session:
             return sent
         fn = registry.lookup(type(stmt))
         if fn is None:
-            group = registry.GROUPS.get(type(stmt).__name__)
+            group = registry.GROUPS.get(type(stmt))
             why = registry.import_errors.get(group) if group else None
             msg = f"{_keyword(stmt)} is not built yet ({registry.capability(type(stmt))})"
             if why is not None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..ast import AllLayers
 from ..errors import ExecutionError, LevelError
 from .memo import PerVindex
 from .tokens import entity_ids, prompt_ids, tokens_of
@@ -45,7 +46,7 @@ def resolve_layers(view: VindexView, spec) -> list[int]:
     skipped (an explicit single absent layer is an error).
     """
     n = int(view.num_layers)
-    if spec is None or type(spec).__name__ == "AllLayers" or spec == "ALL":
+    if spec is None or isinstance(spec, AllLayers) or spec == "ALL":
         layers = list(range(n))
     elif isinstance(spec, (int, np.integer)):
         return [check_layer(view, int(spec))]

@@ -20,40 +20,42 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from .. import ast
+
 __all__ = ["handler", "lookup", "registered", "GROUPS", "CAPABILITIES", "import_errors"]
 
-#: handler group module (under ``lql.exec``) for each AST class name
+#: handler group module (under ``lql.exec``) for each AST class
 #: (a hint: a handler registered in another group module is still found, at the
 #: cost of importing the group modules in order until it turns up)
-GROUPS: dict[str, str] = {
-    "Extract": "lifecycle", "Use": "browse", "UseModel": "browse",
-    "UseRemote": "remote", "Compile": "compile", "Diff": "compile",
-    "Walk": "browse", "Describe": "browse", "Select": "browse", "ExplainWalk": "browse",
-    "Infer": "infer", "ExplainInfer": "infer", "Trace": "infer",
-    "Insert": "mutate", "Delete": "mutate", "Update": "mutate", "Merge": "mutate",
-    "Rebalance": "mutate",
-    "BeginPatch": "patches", "SavePatch": "patches", "ApplyPatch": "patches",
-    "RemovePatch": "patches", "ShowPatches": "patches",
-    "ShowRelations": "browse", "ShowLayers": "browse", "ShowFeatures": "browse",
-    "ShowEntities": "browse", "ShowModels": "introspect", "Stats": "browse",
-    "SetChat": "introspect", "Help": "introspect",
+GROUPS: dict[type, str] = {
+    ast.Extract: "lifecycle", ast.Use: "browse", ast.UseModel: "browse",
+    ast.UseRemote: "remote", ast.Compile: "compile", ast.Diff: "compile",
+    ast.Walk: "browse", ast.Describe: "browse", ast.Select: "browse", ast.ExplainWalk: "browse",
+    ast.Infer: "infer", ast.ExplainInfer: "infer", ast.Trace: "infer",
+    ast.Insert: "mutate", ast.Delete: "mutate", ast.Update: "mutate", ast.Merge: "mutate",
+    ast.Rebalance: "mutate",
+    ast.BeginPatch: "patches", ast.SavePatch: "patches", ast.ApplyPatch: "patches",
+    ast.RemovePatch: "patches", ast.ShowPatches: "patches",
+    ast.ShowRelations: "browse", ast.ShowLayers: "browse", ast.ShowFeatures: "browse",
+    ast.ShowEntities: "browse", ast.ShowModels: "introspect", ast.Stats: "browse",
+    ast.SetChat: "introspect", ast.Help: "introspect",
 }
 
 #: what is missing when a statement has no handler, as a user reads it
-CAPABILITIES: dict[str, str] = {
-    "Extract": "vindex extraction", "Use": "vindex reader", "UseModel": "live model loading",
-    "UseRemote": "remote vindex client", "Compile": "compiler", "Diff": "vindex diff",
-    "Walk": "browse engine", "Describe": "browse engine", "Select": "browse engine",
-    "ExplainWalk": "browse engine",
-    "Infer": "inference engine", "ExplainInfer": "inference engine", "Trace": "inference engine",
-    "Insert": "edit overlay", "Delete": "edit overlay", "Update": "edit overlay",
-    "Merge": "edit overlay", "Rebalance": "edit overlay",
-    "BeginPatch": "patch engine", "SavePatch": "patch engine", "ApplyPatch": "patch engine",
-    "RemovePatch": "patch engine", "ShowPatches": "patch engine",
-    "ShowRelations": "introspection", "ShowLayers": "introspection",
-    "ShowFeatures": "introspection", "ShowEntities": "introspection",
-    "ShowModels": "introspection", "Stats": "introspection",
-    "SetChat": "session settings", "Help": "help",
+CAPABILITIES: dict[type, str] = {
+    ast.Extract: "vindex extraction", ast.Use: "vindex reader", ast.UseModel: "live model loading",
+    ast.UseRemote: "remote vindex client", ast.Compile: "compiler", ast.Diff: "vindex diff",
+    ast.Walk: "browse engine", ast.Describe: "browse engine", ast.Select: "browse engine",
+    ast.ExplainWalk: "browse engine",
+    ast.Infer: "inference engine", ast.ExplainInfer: "inference engine", ast.Trace: "inference engine",
+    ast.Insert: "edit overlay", ast.Delete: "edit overlay", ast.Update: "edit overlay",
+    ast.Merge: "edit overlay", ast.Rebalance: "edit overlay",
+    ast.BeginPatch: "patch engine", ast.SavePatch: "patch engine", ast.ApplyPatch: "patch engine",
+    ast.RemovePatch: "patch engine", ast.ShowPatches: "patch engine",
+    ast.ShowRelations: "introspection", ast.ShowLayers: "introspection",
+    ast.ShowFeatures: "introspection", ast.ShowEntities: "introspection",
+    ast.ShowModels: "introspection", ast.Stats: "introspection",
+    ast.SetChat: "session settings", ast.Help: "help",
 }
 
 ALL_GROUPS = ("lifecycle", "browse", "introspect", "infer", "mutate", "patches", "compile",
@@ -110,7 +112,7 @@ def lookup(cls: type) -> Callable | None:
     fn = _find(cls)
     if fn is not None:
         return fn
-    group = GROUPS.get(cls.__name__)
+    group = GROUPS.get(cls)
     if group is not None:
         _import_group(group)
         fn = _find(cls)
@@ -126,4 +128,4 @@ def lookup(cls: type) -> Callable | None:
 
 
 def capability(cls: type) -> str:
-    return CAPABILITIES.get(cls.__name__, "handler")
+    return CAPABILITIES.get(cls, "handler")

@@ -31,9 +31,9 @@ def extract(session, stmt) -> Result:
 
     source = session.resolve_source(stmt.source)
     output = session.resolve_path(stmt.output)
-    layers = stmt.layers
-    if layers is not None and not isinstance(layers, ast.Range):     # ALL LAYERS
-        layers = None
+    # the storage layer takes plain layer numbers (lql.vindex knows nothing of the AST)
+    layers = (range(stmt.layers.start, stmt.layers.end + 1)
+              if isinstance(stmt.layers, ast.Range) else None)     # None: ALL LAYERS
     t0 = time.perf_counter()
     out = run_extract(source, output, level=_enum_value(stmt.level, "browse"),
                       dtype=_enum_value(stmt.dtype, "f16"), layers=layers,

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import LqlError
 from ..result import Result
-from ..server.policy import route
+from .policy import route
 
 __all__ = ["RemoteVindex", "RemoteError", "connect", "normalize_url"]
 

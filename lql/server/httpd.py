@@ -25,8 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..errors import LqlError, LqlSyntaxError
+from ..remote.policy import server_refusal
 from ..result import Result
-from .policy import server_refusal
 
 __all__ = ["VindexServer", "make_server", "MAX_BODY_BYTES", "vindex_info"]
 

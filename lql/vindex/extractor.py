@@ -48,10 +48,6 @@ def _family_of(source):
 def _normalise_layers(layers, num_layers: int) -> list[int]:
     if layers is None:
         return list(range(num_layers))
-    if hasattr(layers, "start") and hasattr(layers, "end"):       # ast.Range
-        layers = range(int(layers.start), int(layers.end) + 1)
-    elif type(layers).__name__ == "AllLayers":
-        return list(range(num_layers))
     out = sorted({int(x) for x in layers})
     bad = [x for x in out if not 0 <= x < num_layers]
     if bad:
