@@ -221,7 +221,8 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
             write_text(fmt.MANIFEST, manifest)
         index = _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries,
                             checksums, gate_transposed)
-        fmt.write_json_atomic(tmp / fmt.INDEX, index)
+        from .checksums import seal_index
+        fmt.write_json_atomic(tmp / fmt.INDEX, seal_index(index))
     return output
 
 
