@@ -65,8 +65,9 @@ def _is_patch_file(path: Path) -> bool:
 
 
 def _check_save_target(session, path: Path, patch) -> None:
-    """SAVE PATCH writes a new file, the patch's own file, or over an existing ``.vlp``
-    patch; never over another file, never inside a vindex folder (SAVE PATCH has no FORCE)."""
+    """SAVE PATCH writes a new file or over an existing ``.vlp`` patch (a file that reads
+    as one); never over another file (BEGIN PATCH "notes.txt" included), never inside a
+    vindex folder.  SAVE PATCH has no FORCE."""
     vindex_dir = getattr(getattr(session, "vindex", None), "path", None)
     base = getattr(getattr(session_overlay(session), "base", None), "path", None)
     for folder in (vindex_dir, base):
@@ -78,8 +79,6 @@ def _check_save_target(session, path: Path, patch) -> None:
                              f"({path.parent}); save it elsewhere")
     if not (path.exists() or path.is_symlink()):
         return
-    if patch.path is not None and Path(patch.path) == path:
-        return                                     # BEGIN PATCH "x.vlp" ... SAVE PATCH
     if path.is_dir():
         raise ExecutionError(f"cannot write patch {str(path)!r}: it is a directory")
     if path.suffix != ".vlp" or not _is_patch_file(path):

@@ -35,7 +35,7 @@ def cli_extract(args) -> int:
     out = extract(args.source, args.output, level=getattr(args, "level", None) or "browse",
                   dtype=getattr(args, "dtype", None) or "f16",
                   layers=parse_layers(getattr(args, "layers", None)),
-                  force=bool(getattr(args, "force", False)))
+                  force=bool(getattr(args, "force", False)), progress="plain")
     index = load_index(out)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     sys.stdout.write(f"extracted {index.get('model')} ({index.get('family')}, "

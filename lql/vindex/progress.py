@@ -25,6 +25,46 @@ class _QuietStage:
         return False
 
 
+class _Plain:
+    """One plain line on stderr per stage and per ~10% of it (for logs and pipes)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+
+    def stage(self, name: str, total: int | None = None):
+        return _PlainStage(self.stream, name, total)
+
+    def close(self) -> None:
+        pass
+
+
+class _PlainStage:
+    def __init__(self, stream, name: str, total: int | None):
+        import time
+        self.stream, self.name, self.total, self.done = stream, name, total, 0
+        self.t0 = time.perf_counter()
+        self.step = max(1, (total or 1) // 10)
+        self._line("started")
+
+    def _line(self, what: str) -> None:
+        import time
+        self.stream.write(f"extract: {self.name}: {what} ({time.perf_counter() - self.t0:.1f} s)\n")
+        self.stream.flush()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.total and self.done < self.total and self.done % self.step == 0:
+            self._line(f"{self.done}/{self.total}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if exc[0] is None:
+            self._line("done" if not self.total else f"{self.total}/{self.total} done")
+        return False
+
+
 class _Rich:
     def __init__(self):
         from rich.console import Console
@@ -68,11 +108,15 @@ class _RichStage:
 
 
 @contextmanager
-def progress_display(enabled: bool | None = None):
-    """``enabled=None``: a bar only when stderr is a terminal."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    p = _Rich() if enabled else _Quiet()
+def progress_display(enabled: bool | str | None = None):
+    """``enabled=None``: a bar only when stderr is a terminal; ``"plain"``: a bar on a
+    terminal, plain progress lines on stderr otherwise (``lql extract``)."""
+    if enabled == "plain":
+        p = _Rich() if sys.stderr.isatty() else _Plain()
+    else:
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        p = _Rich() if enabled else _Quiet()
     try:
         yield p
     finally:

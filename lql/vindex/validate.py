@@ -42,8 +42,8 @@ def is_int(v: Any) -> bool:
 
 
 def Int(lo: int | None = None, hi: int | None = None) -> Rule:
-    desc = "an integer" + (f" {lo}..{hi}" if lo is not None and hi is not None else
-                           f" >= {lo}" if lo is not None else "")
+    desc = "an integer" + (f" {lo}..{hi}" if lo is not None and hi is not None
+                           and hi < MAX_BYTES else f" >= {lo}" if lo is not None else "")
 
     def rule(v: Any) -> str | None:
         if is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi):
@@ -149,7 +149,7 @@ def _checksums(v: Any) -> str | None:
         return desc
     for k, s in v.items():
         if not safe_file_name(k):
-            return f"{desc} (a plain file name inside the vindex; {_show(k)} is not)"
+            return f"{desc}, keys plain file names inside the vindex ({_show(k)} is not one)"
         if not isinstance(s, str) or not _HEX64.fullmatch(s):
             return f"{desc} ({_show(k)} has {_show(s)})"
     return None
