@@ -201,6 +201,9 @@ MODEL_CONFIG_RULES: dict[str, Rule] = {
     "attention_out_bias": Opt(Bool()), "mlp_bias": Opt(Bool()), "qk_norm": Opt(Bool()),
     "sandwich_norms": Opt(Bool()), "position_embedding": Opt(Str()),
     "max_position_embeddings": Opt(Int(1)),
+    "bos_token_id": Opt(Int(0, MAX_VOCAB)), "pad_token_id": Opt(Int(0, MAX_VOCAB)),
+    "eos_token_id": Opt(AnyOf(Int(0, MAX_VOCAB), List(Int(0, MAX_VOCAB)),
+                              desc="a token id or a list of token ids")),
 }
 
 _WEIGHT_KEYS_RULES: dict[str, Rule] = {"embed": Opt(Str()), "gate": Opt(Str()),
