@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from .errors import ExecutionError
 
@@ -115,7 +115,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` siblings of ``target`` left by a
     process that is no longer running (killed mid-write); says so in one line each."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)-")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(target.parent.iterdir())
     except OSError:
@@ -151,7 +151,7 @@ class AtomicDir:
         self.force = force
         self.hint = hint
         self.tmp: Path | None = None
-        self._prev_handler = None
+        self._prev_handler: Any = None
 
     def __enter__(self) -> AtomicDir:
         check_target(self.target, self.force, hint=self.hint)
@@ -172,7 +172,7 @@ class AtomicDir:
         os.chmod(self.tmp, 0o777 & ~current_umask())     # mkdtemp makes 0700
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
             if exc_type is None:
                 self._commit()

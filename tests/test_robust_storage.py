@@ -16,7 +16,6 @@ from robust_fixtures import base_vindex, broken_copy  # noqa: E402
 
 from lql.errors import LqlError, VindexError  # noqa: E402
 from lql.vindex import open_vindex, verify  # noqa: E402
-from lql.vindex.checksums import index_digest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +186,7 @@ def test_verify_never_hashes_outside_the_vindex(tmp_path, base, key, monkeypatch
 
 
 def test_index_json_is_checksummed(tmp_path, base):
+    from lql.vindex.checksums import index_digest
     ix = json.loads((base / "index.json").read_text())
     assert ix["index_checksum"] == index_digest(ix)
     report = verify(base)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from typing import Literal
 
 
 class _Quiet:
@@ -21,7 +22,7 @@ class _QuietStage:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         return False
 
 
@@ -59,7 +60,7 @@ class _PlainStage:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         if exc[0] is None:
             self._line("done" if not self.total else f"{self.total}/{self.total} done")
         return False
@@ -100,7 +101,7 @@ class _RichStage:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         task = self.progress.tasks[self.task] if self.task < len(self.progress.tasks) else None
         if exc[0] is None and task is not None and task.total is not None:
             self.progress.update(self.task, completed=task.total)
@@ -111,6 +112,7 @@ class _RichStage:
 def progress_display(enabled: bool | str | None = None):
     """``enabled=None``: a bar only when stderr is a terminal; ``"plain"``: a bar on a
     terminal, plain progress lines on stderr otherwise (``lql extract``)."""
+    p: _Rich | _Plain | _Quiet
     if enabled == "plain":
         p = _Rich() if sys.stderr.isatty() else _Plain()
     else:

@@ -53,7 +53,7 @@ class VerifyReport:
                     return (f"{self.path / fmt.INDEX}: checksum key {f.file!r} is not a file "
                             f"inside the vindex (not checked)")
                 return (f"{self.path / f.file}: checksum mismatch (index.json has "
-                        f"{f.expected[:12]}…, file has {f.actual[:12]}…)")
+                        f"{(f.expected or '')[:12]}…, file has {(f.actual or '')[:12]}…)")
         return "ok"
 
     def rows(self) -> list[dict]:
@@ -122,7 +122,7 @@ def verify(path) -> VerifyReport:
         manifest = []
     for e in manifest if isinstance(manifest, list) else ():
         f = e.get("file") if isinstance(e, dict) else None
-        if safe_file_name(f) and f not in names:
+        if isinstance(f, str) and safe_file_name(f) and f not in names:
             names.append(f)
     for p in sorted(root.iterdir()):
         if p.is_file() and not p.name.startswith(".") and p.name != fmt.INDEX \
