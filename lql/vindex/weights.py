@@ -9,6 +9,7 @@ projection as hidden × features, like GPT-2's Conv1D ``c_fc``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,9 @@ class VindexWeights(Mapping):
     """Lazy, read-only view of every stored tensor; values are f32 ndarrays."""
 
     def __init__(self, vindex: Vindex, manifest: list[dict[str, Any]] | None):
-        self._v = vindex
+        # a proxy, not the vindex: no Vindex <-> weights cycle, so dropping the last
+        # reference to a vindex frees it (and its memory maps) at once, without the GC
+        self._v = weakref.proxy(vindex)
         keys = vindex.index.get("weight_keys") or {}
         embed = keys.get("embed")
         self._embed_keys = (embed,) if embed else DEFAULT_EMBED_KEYS
