@@ -10,12 +10,16 @@ half-written one under the target name.  Nothing here knows about LQL.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from .errors import ExecutionError
 
@@ -44,6 +48,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())        # mkstemp makes 0600; honour the umask
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -81,6 +86,59 @@ def check_target(target: Path, force: bool, *, hint: str = "force") -> None:
                                     f"replace it")
 
 
+_UMASK: int | None = None
+
+
+def current_umask() -> int:
+    """The process umask (read once: ``os.umask`` can only be read by setting it)."""
+    global _UMASK
+    if _UMASK is None:
+        old = os.umask(0o022)
+        os.umask(old)
+        _UMASK = old
+    return _UMASK
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` siblings of ``target`` left by a
+    process that is no longer running (killed mid-write); says so in one line each."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)-")
+    removed: list[Path] = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.match(p.name)
+        if m is None or _pid_alive(int(m.group(1))) or int(m.group(1)) == os.getpid():
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+        sys.stderr.write(f"removed stale temporary folder {p} (left by process "
+                         f"{m.group(1)}, no longer running)\n")
+    return removed
+
+
+class _Terminated(SystemExit):
+    """SIGTERM while a folder is being built: unwinds so the temporary folder is removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated(128 + signal.SIGTERM)
+
+
 class AtomicDir:
     """Build a folder in a temporary sibling (``.tmp``), rename it to ``target`` on success.
 
@@ -93,21 +151,40 @@ class AtomicDir:
         self.force = force
         self.hint = hint
         self.tmp: Path | None = None
+        self._prev_handler: Any = None
 
     def __enter__(self) -> AtomicDir:
         check_target(self.target, self.force, hint=self.hint)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-",
+        remove_stale_temps(self.target)
+        self._prev_handler = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                prev = signal.getsignal(signal.SIGTERM)
+                if prev in (signal.SIG_DFL, None):
+                    signal.signal(signal.SIGTERM, _on_sigterm)
+                    self._prev_handler = prev if prev is not None else signal.SIG_DFL
+            except (ValueError, OSError):
+                pass
+        # the pid in the name lets a later run remove a folder a killed process left
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-",
                                          dir=self.target.parent))
+        os.chmod(self.tmp, 0o777 & ~current_umask())     # mkdtemp makes 0700
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
             if exc_type is None:
                 self._commit()
         finally:
             if self.tmp is not None and self.tmp.exists():
                 shutil.rmtree(self.tmp, ignore_errors=True)
+            if self._prev_handler is not None:
+                try:
+                    signal.signal(signal.SIGTERM, self._prev_handler)
+                except (ValueError, OSError):
+                    pass
+                self._prev_handler = None
         return False
 
     def _commit(self) -> None:
@@ -120,7 +197,7 @@ class AtomicDir:
         check_target(self.target, self.force, hint=self.hint)   # may have appeared meanwhile
         old = None
         if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-",
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-",
                                         dir=self.target.parent))
             os.rmdir(old)
             os.rename(self.target, old)

@@ -105,6 +105,18 @@ def _error_text(exc: BaseException) -> str:
             + ("" if _debug() else " (set LQL_DEBUG=1 for the traceback)"))
 
 
+def _not_utf8(text: str) -> str | None:
+    """Why an argv string is not valid UTF-8 (Python keeps bad bytes as surrogates), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        ch = text[exc.start]
+        code = ord(ch)
+        what = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return f"{what} at character {exc.start}"
+    return None
+
+
 def _report(exc: BaseException) -> None:
     if _debug():
         import traceback
@@ -165,9 +177,24 @@ def _run(args) -> int:
         from .render.table import make_console
         console = make_console(sys.stdout, color=False if args.no_color else None)
 
-    jobs = [("text", text, None) for text in args.execute]
+    jobs = []
+    for n, text in enumerate(args.execute, 1):
+        bad = _not_utf8(text)
+        if bad:
+            _eprint(f"error: -e argument {n} is not valid UTF-8 ({bad})")
+            return EXIT_USAGE
+        jobs.append(("text", text, None))
     if args.file == "-":
-        jobs.append(("text", sys.stdin.read(), "<stdin>"))
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                _eprint(f"error: <stdin> is not valid UTF-8 (byte 0x{raw[exc.start]:02X} at "
+                        f"offset {exc.start})")
+                return EXIT_ERROR
+            raw = raw.replace("\r\n", "\n")
+        jobs.append(("text", raw, "<stdin>"))
     elif args.file:
         jobs.append(("file", args.file, args.file))
 

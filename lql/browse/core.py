@@ -177,6 +177,7 @@ class DownMeta:
         if self._hubs is None:
             counts: np.ndarray | None = None
             total = 0
+            vocab = int(getattr(self.view, "vocab_size", 0) or 0)
             for layer in range(int(self.view.num_layers)):
                 try:
                     if int(self.view.num_features(layer)) <= 0:
@@ -185,7 +186,10 @@ class DownMeta:
                     continue
                 ids, sc = self.layer(layer)
                 real = ids[(ids != 0) | (sc != 0)]       # zero padding is not a token
-                c = np.bincount(real.astype(np.int64).ravel())
+                real = real.astype(np.int64).ravel()
+                if vocab:                                # never an array sized by a corrupt id
+                    real = real[(real >= 0) & (real < vocab)]
+                c = np.bincount(real, minlength=vocab)
                 counts = c if counts is None else _add_counts(counts, c)
                 total += ids.shape[0]
             limit = max(int(minimum), share * total)

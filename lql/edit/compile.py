@@ -139,14 +139,16 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
                                   if n else None)
                 w.finish()
         sums = dict(index.get("checksums") or {})
+        base_gate_sum = sums.get("gate_vectors.bin")     # the base's, before any rewrite
         for name in changed:
             sums[name] = sha256_file(tmp / name)
         index["checksums"] = sums
         index["compiled_from"] = {
-            "vindex": str(src), "base_checksum": (index.get("checksums") or {}).get(
-                "gate_vectors.bin"),
+            "vindex": str(src), "base_checksum": base_gate_sum,
             "patches": [p.name for p in ov.stack] if ov is not None else [],
             "edited_features": len(feats)}
+        from ..vindex.checksums import seal_index
+        seal_index(index)
         with open(tmp / "index.json", "w", encoding="utf-8") as fh:
             json.dump(index, fh, indent=2, ensure_ascii=False)
             fh.write("\n")

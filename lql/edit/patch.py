@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from ..atomic import atomic_write_text
 from ..errors import ExecutionError, VindexError
 
 __all__ = ["Patch", "PatchOp", "encode_vector", "decode_vector", "read_patch", "write_patch",
-           "OPS", "VECTOR_KEYS", "now_iso"]
+           "OPS", "VECTOR_KEYS", "now_iso", "validate_patch"]
 
 PATCH_VERSION = 1
 OPS = ("insert", "update", "delete", "insert_knn", "delete_knn")
@@ -164,6 +165,7 @@ class Patch:
         if not isinstance(version, int) or version > PATCH_VERSION:
             raise VindexError(f"{where}: unsupported patch version {version!r} "
                               f"(this tool reads version {PATCH_VERSION})", path=where)
+        check_header(doc, where)
         parsed = []
         for i, o in enumerate(ops):
             if not isinstance(o, dict) or not isinstance(o.get("op"), str):
@@ -172,12 +174,13 @@ class Patch:
                 raise VindexError(f"{where}: operation {i} has unknown op {o['op']!r} "
                                   f"(known: {', '.join(OPS)})", path=where)
             if o["op"] in ("insert", "update", "delete"):
-                if not isinstance(o.get("layer"), int) or not isinstance(o.get("feature"), int):
+                if not _is_int(o.get("layer")) or not _is_int(o.get("feature")):
                     raise VindexError(f"{where}: operation {i} ({o['op']}) needs integer "
                                       f"'layer' and 'feature'", path=where)
             if o["op"] == "insert_knn" and ("key_vector_b64" not in o or "layer" not in o):
                 raise VindexError(f"{where}: operation {i} (insert_knn) needs 'layer' and "
                                   f"'key_vector_b64'", path=where)
+            check_op_fields(o, f"{where}: operation {i} ({o['op']})", where)
             parsed.append(PatchOp(o))
         return cls(base_model=doc.get("base_model"), base_checksum=doc.get("base_checksum"),
                    created_at=doc.get("created_at") or now_iso(),
@@ -189,14 +192,22 @@ class Patch:
 def read_patch(path: str | os.PathLike) -> Patch:
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_PATCH_BYTES:
+            raise VindexError(f"patch {str(p)!r} is {p.stat().st_size} bytes (more than "
+                              f"{MAX_PATCH_BYTES >> 20} MiB)", path=str(p))
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ExecutionError(f"patch file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise VindexError(f"patch {str(p)!r} is not valid UTF-8 ({exc.reason} at byte "
+                          f"{exc.start})", path=str(p)) from None
     except OSError as exc:
         raise VindexError(f"cannot read patch {str(p)!r}: {exc.strerror or exc}",
                           path=str(p)) from None
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise VindexError(f"patch {str(p)!r} nests JSON too deeply", path=str(p)) from None
     except json.JSONDecodeError as exc:
         raise VindexError(f"patch {str(p)!r} is not valid JSON (line {exc.lineno}, "
                           f"column {exc.colno}: {exc.msg})", path=str(p)) from None
@@ -208,3 +219,115 @@ def write_patch(patch: Patch, path: str | os.PathLike) -> Path:
     p = Path(path)
     atomic_write_text(p, json.dumps(patch.to_json(), indent=1) + "\n")
     return p.resolve()
+
+
+# --------------------------------------------------------------------- validation
+
+#: a patch file larger than this is refused before it is read
+MAX_PATCH_BYTES = 1 << 30
+#: largest |component| of a patch vector: what the vindex's f16 storage can hold
+MAX_ABS = 65504.0
+
+_STR_FIELDS = ("entity", "relation", "target", "mode", "prompt", "reason")
+_NUM_FIELDS = ("confidence", "alpha", "scale")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _bad(where: str, path: str, message: str) -> VindexError:
+    return VindexError(f"{where}: {message}", path=path)
+
+
+def check_header(doc: dict[str, Any], path: str) -> None:
+    """Types of the patch's top-level fields."""
+    for key in ("base_model", "base_checksum", "created_at", "description", "author"):
+        v = doc.get(key)
+        if v is not None and not isinstance(v, str):
+            raise _bad(path, path, f"field '{key}' must be a string or null, got {v!r:.60}")
+    tags = doc.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise _bad(path, path, f"field 'tags' must be a list of strings, got {tags!r:.60}")
+
+
+def check_op_fields(o: dict[str, Any], where: str, path: str) -> None:
+    """Types of one operation's fields (ranges against a vindex: :func:`validate_patch`)."""
+    for key in ("layer", "feature", "target_id"):
+        if key in o and o[key] is not None and not _is_int(o[key]):
+            raise _bad(where, path, f"field '{key}' must be an integer, got {o[key]!r:.60}")
+    for key in _STR_FIELDS:
+        if o.get(key) is not None and not isinstance(o[key], str):
+            raise _bad(where, path, f"field '{key}' must be a string, got {o[key]!r:.60}")
+    for key in _NUM_FIELDS:
+        if o.get(key) is not None and not _is_finite(o[key]):
+            raise _bad(where, path, f"field '{key}' must be a finite number, got {o[key]!r:.60}")
+    for key in VECTOR_KEYS.values():
+        if key in o and o[key] is not None and not isinstance(o[key], str):
+            raise _bad(where, path, f"field '{key}' must be a base64 string, got "
+                                    f"{type(o[key]).__name__}")
+    dm = o.get("down_meta")
+    if dm is not None:
+        if not isinstance(dm, dict):
+            raise _bad(where, path, f"field 'down_meta' must be an object "
+                                    f"{{\"t\", \"i\", \"c\"}}, got {dm!r:.60}")
+        if "i" in dm and not _is_int(dm["i"]):
+            raise _bad(where, path, f"field 'down_meta.i' must be a token id (integer), got "
+                                    f"{dm['i']!r:.60}")
+        if "c" in dm and not _is_finite(dm["c"]):
+            raise _bad(where, path, f"field 'down_meta.c' must be a finite number, got "
+                                    f"{dm['c']!r:.60}")
+        if dm.get("t") is not None and not isinstance(dm["t"], str):
+            raise _bad(where, path, f"field 'down_meta.t' must be a string, got {dm['t']!r:.60}")
+
+
+def validate_patch(patch: Patch, base, path: str) -> None:
+    """Every operation of ``patch`` against the vindex ``base``: layers and features in
+    range, token ids < vocab size, vectors of the hidden size with finite components
+    of at most :data:`MAX_ABS`.  Raises :class:`VindexError` naming the operation."""
+    hidden = int(base.hidden_size)
+    n_layers = int(base.num_layers)
+    vocab = int(getattr(base, "vocab_size", 0) or 0)
+    for i, op in enumerate(patch.operations):
+        where = f"{path}: operation {i} ({op.op})"
+        check_op_fields(op.data, where, path)
+        layer = op.get("layer")
+        if layer is not None and not 0 <= int(layer) < n_layers:
+            raise _bad(where, path, f"has layer {layer}, the vindex has layers "
+                                    f"0..{n_layers - 1}")
+        if op.get("feature") is not None:
+            if layer is None:
+                raise _bad(where, path, "has a 'feature' but no 'layer'")
+            nf = int(base.num_features(int(layer)))
+            if not 0 <= int(op.get("feature")) < nf:
+                raise _bad(where, path, f"has feature {op.get('feature')}, layer {layer} has "
+                                        f"{nf} features")
+        tid = op.get("target_id")
+        if tid is not None and vocab and not 0 <= tid < vocab:
+            raise _bad(where, path, f"has target_id {tid}, the vocabulary has ids "
+                                    f"0..{vocab - 1}")
+        dm = op.get("down_meta")
+        if isinstance(dm, dict) and "i" in dm and vocab and not 0 <= dm["i"] < vocab:
+            raise _bad(where, path, f"has down_meta token id {dm['i']}, the vocabulary has "
+                                    f"ids 0..{vocab - 1}")
+        for name in VECTOR_KEYS:
+            vec = op.vector(name)
+            if vec is None:
+                continue
+            if vec.shape[0] != hidden:
+                raise _bad(where, path, f"has a {name} vector of length {vec.shape[0]}, the "
+                                        f"model's hidden size is {hidden}")
+            if not np.isfinite(vec).all():
+                raise _bad(where, path, f"has a {name} vector with NaN or infinite values")
+            if vec.size and float(np.abs(vec).max()) > MAX_ABS:
+                raise _bad(where, path, f"has a {name} vector with a component of magnitude "
+                                        f"{float(np.abs(vec).max()):g} (at most {MAX_ABS:g})")

@@ -174,6 +174,11 @@ def _topic_name(topic) -> str:
 def help_(session, stmt) -> Result:
     name = _topic_name(getattr(stmt, "topic", None))
     stem = "index" if not name else _ALIASES.get(name, name.lower().replace(" ", "-"))
+    # a topic is one of the help files' names, never a path built from arbitrary text
+    # (a 300-character topic would be "File name too long"; "../x" would leave the folder)
+    if stem != "index" and stem not in help_topics():
+        raise ExecutionError(f"no help for {name[:60]!r}; topics: " + ", ".join(
+            t.upper().replace("-", " ") for t in help_topics()))
     path = _HELP_DIR / f"{stem}.md"
     if not path.is_file():
         raise ExecutionError(f"no help for {name!r}; topics: " + ", ".join(

@@ -330,7 +330,10 @@ def merge(session, stmt: ast.Merge) -> Result:
                                  f"\"{stmt.target}\" first, then MERGE \"{stmt.source}\"")
     src = session.resolve_path(stmt.source)
     if src.is_file() and src.suffix == ".vlp":
-        ops = [o.copy() for o in read_patch(src).operations]
+        from ..edit.patch import validate_patch
+        source_patch = read_patch(src)
+        validate_patch(source_patch, ov.base, str(src))
+        ops = [o.copy() for o in source_patch.operations]
         what = f"patch {src.name}"
     else:
         from ..vindex import open_vindex
@@ -339,19 +342,32 @@ def merge(session, stmt: ast.Merge) -> Result:
         what = f"vindex {src.name}"
     policy = (stmt.on_conflict or ast.Conflict.KEEP_SOURCE).value
     taken, skipped, started = 0, 0, False
+    # One fold of the overlay up front, then a running {(layer, feature): confidence}
+    # of the edits taken so far: linear in the number of operations (re-folding the
+    # overlay after each recorded op made MERGE quadratic).
+    current: dict = {k: e.info.get("confidence") for k, e in ov.features.items()}
     for op in ops:
         key = (op.layer, op.feature) if op.feature is not None else None
-        mine = ov.features.get(key) if key else None
-        if mine is not None:
+        if key is not None and key in current:
             if policy == "KEEP_TARGET":
                 skipped += 1
                 continue
             if policy == "HIGHEST_CONFIDENCE" and \
-                    float(op.get("confidence") or 0) <= float(mine.info.get("confidence") or 0):
+                    float(op.get("confidence") or 0) <= float(current[key] or 0):
                 skipped += 1
                 continue
         started |= ov.record(op)
         taken += 1
+        if key is not None:
+            if op.op == "update" and op.get("restore"):
+                current.pop(key, None)
+            elif op.op == "update":
+                if op.get("confidence") is not None or key not in current:
+                    current[key] = op.get("confidence", current.get(key))
+            elif op.op == "delete":
+                current[key] = None
+            else:
+                current[key] = op.get("confidence")
     return Result.msg("MERGE", f"merged {taken} operation{'s' if taken != 1 else ''} from "
                       f"{what} ({skipped} conflicts kept the current edit){_note(started, ov)}",
                       merged=taken, skipped=skipped)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .. import ast
-from ..edit.patch import read_patch, write_patch
-from ..errors import ExecutionError, VindexError
+from ..edit.patch import read_patch, validate_patch, write_patch
+from ..errors import ExecutionError
 from ..result import Result
 from ..runtime.view import overlay_of
 from . import handler
@@ -38,6 +41,7 @@ def save_patch(session, stmt: ast.SavePatch) -> Result:
     if other is not None and other is not patch:
         raise ExecutionError(f"patch {str(path)!r} is applied in this session; REMOVE PATCH it "
                              f"before saving over it")
+    _check_save_target(session, path, patch)
     try:
         write_patch(patch, path)
     except OSError as exc:
@@ -48,25 +52,42 @@ def save_patch(session, stmt: ast.SavePatch) -> Result:
                       path=str(path), operations=n)
 
 
+def _is_patch_file(path: Path) -> bool:
+    """An existing file that reads as a patch (a JSON object with an 'operations' list)."""
+    try:
+        if path.stat().st_size > 1 << 30:
+            return False
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("operations"), list)
+
+
+def _check_save_target(session, path: Path, patch) -> None:
+    """SAVE PATCH writes a new file or over an existing ``.vlp`` patch (a file that reads
+    as one); never over another file (BEGIN PATCH "notes.txt" included), never inside a
+    vindex folder.  SAVE PATCH has no FORCE."""
+    vindex_dir = session.vindex.path if session.vindex is not None else None
+    base = session.base_vindex.path if session.base_vindex is not None else None
+    for folder in (vindex_dir, base):
+        if folder is not None and (Path(folder).resolve() in path.parents):
+            raise ExecutionError(f"refusing to write patch {str(path)!r} inside the vindex "
+                                 f"{str(folder)!r}; save it elsewhere")
+    if (path.parent / "index.json").is_file():
+        raise ExecutionError(f"refusing to write patch {str(path)!r} inside a vindex folder "
+                             f"({path.parent}); save it elsewhere")
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir():
+        raise ExecutionError(f"cannot write patch {str(path)!r}: it is a directory")
+    if path.suffix != ".vlp" or not _is_patch_file(path):
+        raise ExecutionError(f"refusing to overwrite {str(path)!r}: it exists and is not a "
+                             f".vlp patch (delete it or choose another name)")
+
+
 def _validate(patch, base, path: str) -> None:
-    hidden = int(base.hidden_size)
-    n_layers = int(base.num_layers)
-    for i, op in enumerate(patch.operations):
-        layer = op.get("layer")
-        if layer is not None and not 0 <= int(layer) < n_layers:
-            raise VindexError(f"{path}: operation {i} ({op.op}) has layer {layer}, the vindex "
-                              f"has layers 0..{n_layers - 1}", path=path)
-        if op.feature is not None:
-            nf = int(base.num_features(int(layer)))
-            if not 0 <= op.feature < nf:
-                raise VindexError(f"{path}: operation {i} ({op.op}) has feature {op.feature}, "
-                                  f"layer {layer} has {nf} features", path=path)
-        for name in ("gate", "up", "down", "key"):
-            vec = op.vector(name)
-            if vec is not None and vec.shape[0] != hidden:
-                raise VindexError(f"{path}: operation {i} ({op.op}) has a {name} vector of "
-                                  f"length {vec.shape[0]}, the model's hidden size is {hidden}",
-                                  path=path)
+    validate_patch(patch, base, path)
 
 
 @handler(ast.ApplyPatch)

@@ -32,6 +32,8 @@ from lql.errors import LqlError
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                        "mask_token")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+#: a rendered prompt longer than this is refused (a template looping to fill memory)
+MAX_RENDERED_CHARS = 1 << 24
 
 
 class ChatTemplateError(LqlError):
@@ -103,6 +105,8 @@ def _compile(template: str) -> jinja2.Template:
         return env.from_string(template)
     except jinja2.TemplateSyntaxError as err:
         raise ChatTemplateError(f"chat template does not compile: {err.message} (line {err.lineno})") from err
+    except (RecursionError, MemoryError, ValueError, TypeError) as err:
+        raise ChatTemplateError(f"chat template does not compile: {type(err).__name__}") from None
 
 
 def special_tokens(tokenizer_config: dict | None) -> dict[str, str]:
@@ -161,11 +165,21 @@ def render_chat(template: str, messages: list[dict], special_tokens: dict | None
     compiled = _compile(template)
     variables = {**(special_tokens or {}), **kwargs}
     try:
-        return compiled.render(messages=_normalise_messages(messages), tools=_plain(tools),
+        out = compiled.render(messages=_normalise_messages(messages), tools=_plain(tools),
                                documents=_plain(documents), add_generation_prompt=add_generation_prompt,
                                **_plain(variables))
     except jinja2.TemplateError as err:
         raise ChatTemplateError(f"chat template error: {err}") from err
+    except (OverflowError, MemoryError, RecursionError, TypeError, ValueError, KeyError,
+            AttributeError, IndexError, ZeroDivisionError) as err:
+        # the sandbox refuses range() over MAX_RANGE items with OverflowError; anything else
+        # a template's own code raises is the template's fault, not an internal error
+        raise ChatTemplateError(f"chat template error: {type(err).__name__}: "
+                                f"{str(err)[:200]}") from None
+    if len(out) > MAX_RENDERED_CHARS:
+        raise ChatTemplateError(f"chat template rendered {len(out)} characters (more than "
+                                f"{MAX_RENDERED_CHARS}); refusing it")
+    return out
 
 
 def chat_token_ids(tokenizer, template: str, messages: list[dict], special_tokens: dict | None = None,

@@ -35,7 +35,7 @@ def cli_extract(args) -> int:
     out = extract(args.source, args.output, level=getattr(args, "level", None) or "browse",
                   dtype=getattr(args, "dtype", None) or "f16",
                   layers=parse_layers(getattr(args, "layers", None)),
-                  force=bool(getattr(args, "force", False)))
+                  force=bool(getattr(args, "force", False)), progress="plain")
     index = load_index(out)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     sys.stdout.write(f"extracted {index.get('model')} ({index.get('family')}, "
@@ -55,7 +55,8 @@ def cli_verify(args) -> int:
     table = Table(title=f"verify {report.path}")
     for col in ("file", "size", "status"):
         table.add_column(col, justify="right" if col == "size" else "left")
-    colours = {"ok": "green", "unchecked": "yellow", "mismatch": "red", "missing": "red"}
+    colours = {"ok": "green", "unchecked": "yellow", "mismatch": "red", "missing": "red",
+               "bad-name": "red"}
     for f in report.files:
         table.add_row(f.file, "" if f.size is None else f"{f.size:,}",
                       f"[{colours[f.status]}]{f.status}[/]")
@@ -63,5 +64,13 @@ def cli_verify(args) -> int:
     if report.error:
         console.print(f"[red]error:[/] {report.error}")
     bad = sum(1 for f in report.files if not f.ok) + (1 if report.error else 0)
-    console.print("[green]vindex ok[/]" if not bad else f"[red]{bad} problem(s)[/]")
-    return 0 if report.ok else 1
+    if bad:
+        console.print(f"[red]{bad} problem(s)[/]")
+        return 1
+    unchecked = report.unchecked()
+    if unchecked:
+        console.print(f"[yellow]not verified: {len(unchecked)} file(s) have no checksum "
+                      f"({', '.join(unchecked[:6])}{' …' if len(unchecked) > 6 else ''})[/]")
+        return 1
+    console.print("[green]vindex ok[/]")
+    return 0

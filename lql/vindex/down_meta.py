@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import VindexError
+from .validate import MAX_LAYERS, MAX_TOP_K
 
 MAGIC = 0x444D4554
 VERSION = 1
@@ -83,8 +84,12 @@ class DownMeta(RecordAccess):
     """Memory-mapped ``down_meta.bin``: only the layer headers are read at open."""
 
     def __init__(self, path: Path, *, expected_layers: int | None = None,
-                 expected_features: dict[int, int] | None = None):
+                 expected_features: dict[int, int] | None = None,
+                 vocab_size: int | None = None):
         self.path = Path(path)
+        #: token ids in records must be < vocab_size (checked per layer on first read)
+        self.vocab_size = vocab_size
+        self._checked: set[int] = set()
         where = str(self.path)
         try:
             size = self.path.stat().st_size
@@ -103,6 +108,12 @@ class DownMeta(RecordAccess):
             if expected_layers is not None and num_layers != expected_layers:
                 raise VindexError(f"{where}: header says {num_layers} layers, index.json says "
                                   f"{expected_layers}", path=where)
+            if not 1 <= top_k <= MAX_TOP_K:
+                raise VindexError(f"{where}: header top_k {top_k} out of range 1..{MAX_TOP_K}",
+                                  path=where)
+            if num_layers > MAX_LAYERS:
+                raise VindexError(f"{where}: header says {num_layers} layers (more than "
+                                  f"{MAX_LAYERS})", path=where)
             self.num_layers, self.top_k = num_layers, top_k
             self.dtype = record_dtype(top_k)
             rec = self.dtype.itemsize
@@ -146,7 +157,34 @@ class DownMeta(RecordAccess):
             raise IndexError(f"layer {layer} out of range 0..{self.num_layers - 1}")
         n, off = self._counts[layer], self._offsets[layer]
         raw = self._map()[off: off + n * self.dtype.itemsize]
-        return raw.view(self.dtype)
+        recs = raw.view(self.dtype)
+        if layer not in self._checked:
+            self.check_layer(layer, recs)
+            self._checked.add(layer)
+        return recs
+
+    def check_layer(self, layer: int, recs: np.ndarray | None = None) -> None:
+        """Every token id of ``layer``'s records < vocab_size and every score finite
+        (a corrupt record would otherwise become an array size or a NaN downstream)."""
+        if self.vocab_size is None:
+            return
+        if recs is None:
+            n, off = self._counts[layer], self._offsets[layer]
+            recs = self._map()[off: off + n * self.dtype.itemsize].view(self.dtype)
+        if not len(recs):
+            return
+        ids = recs["top"]["id"]
+        bad_id = int(ids.max()) >= self.vocab_size or int(recs["top_token_id"].max()) >= \
+            self.vocab_size
+        if bad_id:
+            both = np.concatenate([recs["top_token_id"].reshape(-1), ids.reshape(-1)])
+            worst = int(both.max())
+            raise VindexError(f"{self.path}: layer {layer} has token id {worst}, the "
+                              f"vocabulary has {self.vocab_size} (corrupt record)",
+                              path=str(self.path))
+        if not (np.isfinite(recs["top"]["score"]).all() and np.isfinite(recs["c_score"]).all()):
+            raise VindexError(f"{self.path}: layer {layer} has a non-finite score "
+                              f"(corrupt record)", path=str(self.path))
 
 # --------------------------------------------------------------------- computing
 

@@ -73,7 +73,7 @@ def _now() -> str:
 
 def extract(source, output, *, level: str = "browse", dtype: str = "f16",
             layers: Iterable[int] | None = None, force: bool = False,
-            top_k: int = fmt.DEFAULT_TOP_K, progress: bool | None = None,
+            top_k: int = fmt.DEFAULT_TOP_K, progress: bool | str | None = None,
             block: int | None = None, check_cancelled=None) -> Path:
     """Extract ``source`` (a path or an opened ``ModelSource``) into the vindex ``output``.
 
@@ -92,6 +92,9 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
     if isinstance(source, (str, Path)):
         from ..sources import open_source
         source = open_source(source)
+    if not source.tokenizer_json:
+        raise ExecutionError(f"source {source.name} has no tokenizer.json (a vindex needs "
+                             f"the model's tokenizer: put tokenizer.json next to its weights)")
     family = _family_of(source)
     mc = dict(source.model_config)
     num_layers = int(mc["num_layers"])
@@ -217,7 +220,8 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
             write_text(fmt.MANIFEST, manifest)
         index = _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries,
                             checksums, gate_transposed)
-        fmt.write_json_atomic(tmp / fmt.INDEX, index)
+        from .checksums import seal_index
+        fmt.write_json_atomic(tmp / fmt.INDEX, seal_index(index))
     return output
 
 

@@ -143,7 +143,10 @@ def load_index(root: Path) -> dict:
 
 def update_index(root: Path, **changes: Any) -> dict:
     """Rewrite index.json with ``changes`` applied; unknown keys are preserved."""
+    from .checksums import INDEX_CHECKSUM_KEY, seal_index
     index = load_index(root)
     index.update(changes)
+    if INDEX_CHECKSUM_KEY in index:
+        seal_index(index)
     write_json_atomic(Path(root) / INDEX, index)
     return index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from typing import Literal
 
 
 class _Quiet:
@@ -21,7 +22,47 @@ class _QuietStage:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
+        return False
+
+
+class _Plain:
+    """One plain line on stderr per stage and per ~10% of it (for logs and pipes)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+
+    def stage(self, name: str, total: int | None = None):
+        return _PlainStage(self.stream, name, total)
+
+    def close(self) -> None:
+        pass
+
+
+class _PlainStage:
+    def __init__(self, stream, name: str, total: int | None):
+        import time
+        self.stream, self.name, self.total, self.done = stream, name, total, 0
+        self.t0 = time.perf_counter()
+        self.step = max(1, (total or 1) // 10)
+        self._line("started")
+
+    def _line(self, what: str) -> None:
+        import time
+        self.stream.write(f"extract: {self.name}: {what} ({time.perf_counter() - self.t0:.1f} s)\n")
+        self.stream.flush()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.total and self.done < self.total and self.done % self.step == 0:
+            self._line(f"{self.done}/{self.total}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> Literal[False]:
+        if exc[0] is None:
+            self._line("done" if not self.total else f"{self.total}/{self.total} done")
         return False
 
 
@@ -60,7 +101,7 @@ class _RichStage:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         task = self.progress.tasks[self.task] if self.task < len(self.progress.tasks) else None
         if exc[0] is None and task is not None and task.total is not None:
             self.progress.update(self.task, completed=task.total)
@@ -68,11 +109,16 @@ class _RichStage:
 
 
 @contextmanager
-def progress_display(enabled: bool | None = None):
-    """``enabled=None``: a bar only when stderr is a terminal."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    p = _Rich() if enabled else _Quiet()
+def progress_display(enabled: bool | str | None = None):
+    """``enabled=None``: a bar only when stderr is a terminal; ``"plain"``: a bar on a
+    terminal, plain progress lines on stderr otherwise (``lql extract``)."""
+    p: _Rich | _Plain | _Quiet
+    if enabled == "plain":
+        p = _Rich() if sys.stderr.isatty() else _Plain()
+    else:
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        p = _Rich() if enabled else _Quiet()
     try:
         yield p
     finally:

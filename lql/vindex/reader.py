@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from ..errors import ExecutionError, NoVindexError, VindexError
 from . import format as fmt
 from .down_meta import DownMeta
+from .validate import check_index, check_layer_entries
 from .weights import VindexWeights, validate_manifest
 
 GATE_CACHE_BYTES = int(float(os.environ.get("LQL_GATE_CACHE_MB", "512")) * (1 << 20))
@@ -40,6 +42,30 @@ def open_vindex(path, *, verify: bool = False) -> Vindex:
         if not report.ok:
             raise VindexError(report.first_problem(), path=str(v.path))
     return v
+
+
+_freed = [0]            # vindexes freed since the last heap trim
+
+
+def _note_freed() -> None:
+    _freed[0] += 1
+
+
+def _trim_heap() -> None:
+    """Give the heap a freed vindex left behind back to the OS (glibc ``malloc_trim``).
+
+    A vindex's f16→f32 gate conversions are many MB-sized arrays; glibc keeps freed
+    heap memory mapped, so 200 × ``USE; WALK`` looked like a 3.8 GB leak although
+    every vindex was freed (RSS fell to ~220 MB after a trim).  Runs when a vindex is
+    opened after another was freed; a no-op where there is no glibc."""
+    if not _freed[0]:
+        return
+    _freed[0] = 0
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _ByteLRU:
@@ -78,6 +104,8 @@ class Vindex:
     """A vindex directory opened read-only.  See ``docs/VINDEX.md`` for every attribute."""
 
     def __init__(self, path):
+        _trim_heap()
+        weakref.finalize(self, _note_freed)
         self.path = Path(path).expanduser().resolve()
         if self.path.name == fmt.INDEX and self.path.is_file():
             self.path = self.path.parent
@@ -88,26 +116,21 @@ class Vindex:
             raise NoVindexError(f"{self.path} is not a vindex (no {fmt.INDEX}) — create one with "
                                 f"EXTRACT MODEL <source> INTO \"{path}\"")
         self.index: dict[str, Any] = fmt.load_index(self.path)
-        ix = {**fmt.DEFAULTS, **self.index}
         where = str(self.path / fmt.INDEX)
+        check_index(self.index, where)
+        ix = {**fmt.DEFAULTS, **{k: v for k, v in self.index.items() if v is not None}}
         self.version = int(ix["version"])
         self.dtype: str = ix["dtype"]
         self.np_dtype = fmt.np_dtype(self.dtype, where)
         self.level: str = ix["extract_level"]
-        if self.level not in fmt.LEVELS:
-            raise VindexError(f"{where}: unknown extract_level {self.level!r} "
-                              f"(expected one of {', '.join(fmt.LEVELS)})", path=where)
         self.model_config: dict[str, Any] = dict(ix["model_config"] or {})
         self.model: str | None = ix["model"]
         self.family: str | None = ix["family"] or self.model_config.get("model_type")
-        try:
-            self.num_layers = int(ix["num_layers"])
-            self.hidden_size = int(ix["hidden_size"])
-            self.vocab_size = int(ix["vocab_size"])
-            self.embed_scale = float(ix["embed_scale"])
-            self.down_top_k = int(ix["down_top_k"])
-        except (TypeError, ValueError) as exc:
-            raise VindexError(f"{where}: bad numeric field ({exc})", path=where) from None
+        self.num_layers = int(ix["num_layers"])
+        self.hidden_size = int(ix["hidden_size"])
+        self.vocab_size = int(ix["vocab_size"])
+        self.embed_scale = float(ix["embed_scale"])
+        self.down_top_k = int(ix["down_top_k"])
         self.has_model_weights = bool(ix["has_model_weights"])
         self.source: dict[str, Any] = dict(ix["source"] or {})
         self.checksums: dict[str, str] = dict(ix["checksums"] or {})
@@ -128,7 +151,13 @@ class Vindex:
         self._check_sizes()
         expected = {layer: e["num_features"] for layer, e in self._layers.items()}
         self.down_meta = DownMeta(self.path / fmt.DOWN_META, expected_layers=self.num_layers,
-                                  expected_features=expected)
+                                  expected_features=expected, vocab_size=self.vocab_size)
+        for layer in range(self.num_layers):
+            if layer not in self._layers and self.down_meta.num_features(layer):
+                where_dm = str(self.path / fmt.DOWN_META)
+                raise VindexError(f"{where_dm}: layer {layer} has "
+                                  f"{self.down_meta.num_features(layer)} features but index.json "
+                                  f"has no entry for it", path=where_dm)
         manifest = None
         if (self.path / fmt.MANIFEST).is_file():
             manifest = validate_manifest(fmt.read_json(self.path / fmt.MANIFEST),
@@ -143,12 +172,7 @@ class Vindex:
             raise VindexError(f"{where}: 'layers' must be a list", path=where)
         out: dict[int, dict[str, int]] = {}
         item = self.np_dtype.itemsize
-        for i, e in enumerate(layers):
-            try:
-                entry = {k: int(e[k]) for k in ("layer", "num_features", "offset", "length")}
-            except (KeyError, TypeError, ValueError):
-                raise VindexError(f"{where}: layers[{i}] needs integer layer, num_features, "
-                                  f"offset, length", path=where) from None
+        for i, entry in enumerate(check_layer_entries(layers, where)):
             layer = entry["layer"]
             if not 0 <= layer < self.num_layers:
                 raise VindexError(f"{where}: layers[{i}] is layer {layer}, outside "
@@ -187,6 +211,10 @@ class Vindex:
         if size > end:
             raise VindexError(f"{gate}: {size - end} more bytes than index.json's layers "
                               f"describe", path=str(gate))
+        covered = sum(e["length"] for e in self._layers.values())
+        if covered != end:
+            raise VindexError(f"{gate}: {end - covered} bytes belong to no layer entry of "
+                              f"index.json (a layer entry is missing)", path=str(gate))
         emb = self.path / fmt.EMBEDDINGS
         want = self.vocab_size * self.hidden_size * item
         size = emb.stat().st_size
@@ -306,13 +334,27 @@ class Vindex:
     @cached_property
     def tokenizer_config(self) -> dict[str, Any]:
         path = self.path / fmt.TOKENIZER_CONFIG
-        return fmt.read_json(path) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        doc = fmt.read_json(path)
+        if not isinstance(doc, dict):
+            raise VindexError(f"{path}: expected a JSON object, got {type(doc).__name__}",
+                              path=str(path))
+        tmpl = doc.get("chat_template")
+        if tmpl is not None and not isinstance(tmpl, (str, list)):
+            raise VindexError(f"{path}: field 'chat_template' must be a string, got "
+                              f"{type(tmpl).__name__}", path=str(path))
+        return doc
 
     @cached_property
     def chat_template(self) -> str | None:
         path = self.path / fmt.CHAT_TEMPLATE
         if path.is_file():
-            return path.read_text(encoding="utf-8")
+            try:
+                return path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise VindexError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                                  path=str(path)) from None
         tmpl = self.tokenizer_config.get("chat_template")
         return tmpl if isinstance(tmpl, str) else None
 

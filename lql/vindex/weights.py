@@ -10,6 +10,7 @@ from index.json ``weight_keys``, else from the vindex's family.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,9 @@ class VindexWeights(Mapping):
     """Lazy, read-only view of every stored tensor; values are f32 ndarrays."""
 
     def __init__(self, vindex: Vindex, manifest: list[dict[str, Any]] | None):
-        self._v = vindex
+        # a proxy, not the vindex: no Vindex <-> weights cycle, so dropping the last
+        # reference to a vindex frees it (and its memory maps) at once, without the GC
+        self._v = weakref.proxy(vindex)
         keys = vindex.index.get("weight_keys") or {}
         # an index.json without weight_keys: the names its family gives them
         fam = family_or_default(getattr(vindex, "family", None))
@@ -91,21 +94,29 @@ class VindexWeights(Mapping):
 
 def validate_manifest(manifest: Any, path: str, itemsize: int,
                       file_sizes: dict[str, int | None]) -> list[dict[str, Any]]:
-    """Check each entry's fields, its length against its shape and its file's size."""
+    """Check each entry's fields (types, ranges), its length against its shape and its
+    file's size.  Errors name the manifest or the weight file with its folder."""
+    import math
+    from pathlib import Path
+
+    from .validate import _MANIFEST_RULES, check_fields
     if not isinstance(manifest, list):
         raise VindexError(f"{path}: expected a JSON array of tensor entries", path=path)
+    folder = Path(path).parent
     for i, e in enumerate(manifest):
         if not isinstance(e, dict) or not {"key", "shape", "offset", "length", "file"} <= e.keys():
             raise VindexError(f"{path}: entry {i} lacks key/shape/offset/length/file", path=path)
-        want = int(np.prod(e["shape"], dtype=np.int64)) * itemsize
+        check_fields(e, _MANIFEST_RULES, path, f"[{i}].")
+        want = math.prod(int(x) for x in e["shape"]) * itemsize
         if e["length"] != want:
             raise VindexError(f"{path}: {e['key']} has length {e['length']}, shape "
                               f"{e['shape']} needs {want} bytes", path=path)
         size = file_sizes.get(e["file"])
+        where = str(folder / e["file"])
         if size is None:
-            raise VindexError(f"{e['file']}: file is missing (named by {path} for {e['key']})",
-                              path=e["file"])
+            raise VindexError(f"{where}: file is missing (named by {path} for {e['key']})",
+                              path=where)
         if e["offset"] + e["length"] > size:
-            raise VindexError(f"{e['file']}: truncated ({size} bytes; {e['key']} needs bytes "
-                              f"{e['offset']}..{e['offset'] + e['length']})", path=e["file"])
+            raise VindexError(f"{where}: truncated ({size} bytes; {e['key']} needs bytes "
+                              f"{e['offset']}..{e['offset'] + e['length']})", path=where)
     return manifest

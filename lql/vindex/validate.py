@@ -1,0 +1,274 @@
+"""A small declarative validator for the JSON files of a vindex (and its patches).
+
+Every check names the file, the field and what was expected, in one line::
+
+    /x/index.json: field 'num_layers' must be an integer 1..1000000, got 1e+400
+
+A rule is a tuple built with the helpers below (``Int(lo, hi)``, ``Num(...)``,
+``Str()``, ``OneOf(...)``, ``Opt(rule)`` ...); :func:`check_fields` applies a
+``{field: rule}`` table to a dict.  No third-party dependency (start-up stays
+light: ``import lql.vindex.validate`` costs well under a millisecond).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import VindexError
+
+#: largest counts accepted anywhere (sizes beyond these are corrupt, not big models)
+MAX_LAYERS = 100_000
+MAX_HIDDEN = 1 << 20
+MAX_VOCAB = 1 << 24
+MAX_FEATURES = 1 << 24
+MAX_TOP_K = 4096
+MAX_BYTES = 1 << 50
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+Rule = Callable[[Any], str | None]     # returns None when ok, else "what was expected"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def Int(lo: int | None = None, hi: int | None = None) -> Rule:
+    desc = "an integer" + (f" {lo}..{hi}" if lo is not None and hi is not None
+                           and hi < MAX_BYTES else f" >= {lo}" if lo is not None else "")
+
+    def rule(v: Any) -> str | None:
+        if is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi):
+            return None
+        if isinstance(v, float) and v.is_integer() and (lo is None or v >= lo) and \
+                (hi is None or v <= hi):
+            return None                       # 30.0 written by another tool
+        return desc
+    return rule
+
+
+def Num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Rule:
+    if lo is None:
+        desc = "a finite number"
+    else:
+        desc = f"a finite number {'>' if lo_open else '>='} {lo:g}" + (
+            f" and <= {hi:g}" if hi is not None else "")
+
+    def rule(v: Any) -> str | None:
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return desc
+        try:
+            f = float(v)
+        except OverflowError:
+            return desc
+        if not math.isfinite(f):
+            return desc
+        if lo is not None and (f <= lo if lo_open else f < lo):
+            return desc
+        if hi is not None and f > hi:
+            return desc
+        return None
+    return rule
+
+
+def Str() -> Rule:
+    return lambda v: None if isinstance(v, str) else "a string"
+
+
+def Bool() -> Rule:
+    return lambda v: None if isinstance(v, bool) else "true or false"
+
+
+def Dict() -> Rule:
+    return lambda v: None if isinstance(v, dict) else "a JSON object"
+
+
+def List(item: Rule | None = None, desc: str = "a list") -> Rule:
+    def rule(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return desc
+        if item is not None and any(item(x) is not None for x in v):
+            return desc
+        return None
+    return rule
+
+
+def OneOf(*choices: Any) -> Rule:
+    desc = "one of " + ", ".join(repr(c) for c in choices)
+    return lambda v: None if isinstance(v, str) and v in choices else desc
+
+
+def Opt(rule: Rule) -> Rule:
+    def opt(v: Any) -> str | None:
+        if v is None:
+            return None
+        r = rule(v)
+        return None if r is None else f"null or {r}"
+    return opt
+
+
+def AnyOf(*rules: Rule, desc: str) -> Rule:
+    return lambda v: None if any(r(v) is None for r in rules) else desc
+
+
+def fail(where: str, message: str) -> VindexError:
+    return VindexError(f"{where}: {message}", path=where.split(": ")[0])
+
+
+def check_fields(doc: Mapping[str, Any], rules: Mapping[str, Rule], where: str,
+                 prefix: str = "") -> None:
+    """Apply ``rules`` to the fields of ``doc`` that are present; raise on the first failure."""
+    for name, rule in rules.items():
+        if name not in doc:
+            continue
+        problem = rule(doc[name])
+        if problem is not None:
+            raise fail(where, f"field '{prefix}{name}' must be {problem}, got "
+                              f"{_show(doc[name])}")
+
+
+# --------------------------------------------------------------------- index.json
+
+def safe_file_name(name: Any) -> bool:
+    """A plain file name inside the vindex folder: no separator, no ``..``, not hidden."""
+    return (isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name
+            and "\0" not in name and name not in (".", "..") and not name.startswith("."))
+
+
+def _checksums(v: Any) -> str | None:
+    desc = "an object of file name -> 64-digit lowercase sha256"
+    if not isinstance(v, dict):
+        return desc
+    for k, s in v.items():
+        if not safe_file_name(k):
+            return f"{desc}, keys plain file names inside the vindex ({_show(k)} is not one)"
+        if not isinstance(s, str) or not _HEX64.fullmatch(s):
+            return f"{desc} ({_show(k)} has {_show(s)})"
+    return None
+
+
+INDEX_RULES: dict[str, Rule] = {
+    "version": Int(1, 2),
+    "model": Opt(Str()),
+    "family": Opt(Str()),
+    "dtype": OneOf("f16", "f32"),
+    "source": Opt(Dict()),
+    "checksums": Opt(_checksums),
+    "index_checksum": Opt(lambda v: None if isinstance(v, str) and _HEX64.fullmatch(v)
+                          else "a 64-digit lowercase sha256"),
+    "num_layers": Int(1, MAX_LAYERS),
+    "hidden_size": Int(1, MAX_HIDDEN),
+    "intermediate_size": Opt(Int(0, MAX_FEATURES)),
+    "vocab_size": Int(1, MAX_VOCAB),
+    "embed_scale": Num(),
+    "extract_level": OneOf("browse", "inference", "all"),
+    "has_model_weights": Bool(),
+    "down_top_k": Int(1, MAX_TOP_K),
+    "layer_bands": Opt(Dict()),
+    "layers": List(desc="a list of layer entries"),
+    "model_config": Opt(Dict()),
+    "weight_keys": Opt(Dict()),
+}
+
+_POS = Opt(Int(1, MAX_FEATURES * 16))
+#: model_config fields the forward pass reads (others are kept and not checked)
+MODEL_CONFIG_RULES: dict[str, Rule] = {
+    "model_type": Opt(Str()),
+    "hidden_size": _POS, "num_layers": _POS, "intermediate_size": Opt(Int(0, MAX_FEATURES * 16)),
+    "vocab_size": _POS, "head_dim": _POS, "num_q_heads": _POS, "num_kv_heads": _POS,
+    "embed_scale": Opt(Num()),
+    "rope_base": Opt(Num(0, lo_open=True)), "rope_local_base": Opt(Num(0, lo_open=True)),
+    "rope_scaling": Opt(Dict()),
+    "partial_rotary_factor": Opt(Num(0, 1, lo_open=True)),
+    "sliding_window": Opt(Int(1)),
+    "layer_types": Opt(List(Str(), "a list of strings")),
+    "activation": Opt(Str()), "norm_type": Opt(Str()),
+    "rms_norm_eps": Opt(Num(0, lo_open=True)), "norm_eps": Opt(Num(0, lo_open=True)),
+    "layer_norm_eps": Opt(Num(0, lo_open=True)),
+    "norm_offset": Opt(Num()),
+    "query_pre_attn_scalar": Opt(Num(0, lo_open=True)),
+    "final_logit_softcapping": Opt(Num(0, lo_open=True)),
+    "attn_logit_softcapping": Opt(Num(0, lo_open=True)),
+    "tie_word_embeddings": Opt(Bool()), "attention_bias": Opt(Bool()),
+    "attention_out_bias": Opt(Bool()), "mlp_bias": Opt(Bool()), "qk_norm": Opt(Bool()),
+    "sandwich_norms": Opt(Bool()), "position_embedding": Opt(Str()),
+    "max_position_embeddings": Opt(Int(1)),
+    "bos_token_id": Opt(Int(0, MAX_VOCAB)), "pad_token_id": Opt(Int(0, MAX_VOCAB)),
+    "eos_token_id": Opt(AnyOf(Int(0, MAX_VOCAB), List(Int(0, MAX_VOCAB)),
+                              desc="a token id or a list of token ids")),
+}
+
+_WEIGHT_KEYS_RULES: dict[str, Rule] = {"embed": Opt(Str()), "gate": Opt(Str()),
+                                       "gate_transposed": Opt(Bool())}
+
+
+def check_index(index: dict[str, Any], where: str) -> None:
+    """Types and ranges of every index.json field a reader uses (``where``: the file)."""
+    check_fields(index, INDEX_RULES, where)
+    mc = index.get("model_config")
+    if isinstance(mc, dict):
+        check_fields(mc, MODEL_CONFIG_RULES, where, "model_config.")
+    wk = index.get("weight_keys")
+    if isinstance(wk, dict):
+        check_fields(wk, _WEIGHT_KEYS_RULES, where, "weight_keys.")
+        gate = wk.get("gate")
+        if isinstance(gate, str):
+            try:
+                gate.format(layer=0)
+            except (KeyError, IndexError, ValueError, AttributeError):
+                raise fail(where, f"field 'weight_keys.gate' must be a pattern with only "
+                                  f"{{layer}}, got {_show(gate)}") from None
+    bands = index.get("layer_bands")
+    if isinstance(bands, dict):
+        n = int(index.get("num_layers", 0))
+        for k, v in bands.items():
+            if not (isinstance(v, list) and len(v) == 2 and all(is_int(x) for x in v)
+                    and 0 <= v[0] <= v[1] < max(n, 1)):
+                raise fail(where, f"field 'layer_bands.{k}' must be [lo, hi] with "
+                                  f"0 <= lo <= hi <= {n - 1}, got {_show(v)}")
+
+
+_LAYER_RULES: dict[str, Rule] = {"layer": Int(0, MAX_LAYERS), "num_features": Int(0, MAX_FEATURES),
+                                 "offset": Int(0, MAX_BYTES), "length": Int(0, MAX_BYTES)}
+
+
+def check_layer_entries(layers: list[Any], where: str) -> list[dict[str, int]]:
+    """Each ``layers[i]`` has integer layer/num_features/offset/length ≥ 0; no layer twice;
+    no two byte ranges overlap.  Returns the entries as plain int dicts."""
+    out: list[dict[str, int]] = []
+    seen: dict[int, int] = {}
+    for i, e in enumerate(layers):
+        if not isinstance(e, dict) or not all(k in e for k in _LAYER_RULES):
+            raise fail(where, f"layers[{i}] must be an object with integer layer, "
+                              f"num_features, offset, length")
+        check_fields(e, _LAYER_RULES, where, f"layers[{i}].")
+        entry = {k: int(e[k]) for k in _LAYER_RULES}
+        if entry["layer"] in seen:
+            raise fail(where, f"layers[{i}] repeats layer {entry['layer']} "
+                              f"(also layers[{seen[entry['layer']]}])")
+        seen[entry["layer"]] = i
+        out.append(entry)
+    spans = sorted((e["offset"], e["offset"] + e["length"], e["layer"]) for e in out if e["length"])
+    for (a0, a1, la), (b0, _b1, lb) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise fail(where, f"layers {la} and {lb} overlap in gate_vectors.bin (bytes "
+                              f"{a0}..{a1} and {b0}..)")
+    return out
+
+
+# --------------------------------------------------------------------- weight_manifest.json
+
+_MANIFEST_RULES: dict[str, Rule] = {
+    "key": Str(),
+    "file": lambda v: None if safe_file_name(v) else "a plain file name inside the vindex",
+    "offset": Int(0, MAX_BYTES), "length": Int(0, MAX_BYTES),
+    "shape": List(Int(0, MAX_FEATURES * 16), "a list of non-negative integers"),
+}

@@ -1,0 +1,54 @@
+"""Soak: 100 × USE/WALK/DESCRIBE in one Session keeps RSS and open files bounded (case 2).
+
+The per-vindex memo (lql/browse/memo.py) used to hold values that referenced their weak
+key, so every vindex a Session had walked stayed alive with its memory maps."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import weakref
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from robust_fixtures import base_vindex  # noqa: E402
+
+from lql.session import Session  # noqa: E402
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_use_drops_the_previous_vindex():
+    base = base_vindex()
+    s = Session()
+    s.execute(f'USE "{base}"; WALK "Paris" TOP 3; DESCRIBE "France"')
+    first = weakref.ref(s.vindex)
+    s.execute(f'USE "{base}"; WALK "Paris" TOP 3')
+    gc.collect()
+    assert first() is None, "the previous vindex is still referenced after USE"
+
+
+def test_soak_use_walk_bounded():
+    base = base_vindex()
+    s = Session()
+    for _ in range(5):
+        s.execute(f'USE "{base}"; WALK "Paris" TOP 3; DESCRIBE "France"')
+    gc.collect()
+    rss0, fd0 = _rss_mb(), _fds()
+    for _ in range(100):
+        s.execute(f'USE "{base}"; WALK "Paris" TOP 3; DESCRIBE "France"')
+    gc.collect()
+    assert _fds() - fd0 <= 5, f"open files grew {fd0} -> {_fds()}"
+    assert _rss_mb() - rss0 < 150, f"RSS grew {rss0:.0f} -> {_rss_mb():.0f} MB"
