@@ -175,6 +175,8 @@ class LqlCompleter(Completer):
                 yield Completion(text, start_position=-len(prefix), display_meta=words[w])
 
     def _vocabulary(self, content: str) -> Iterable[Completion]:
+        if self.session is None:
+            return
         try:
             words = self.session.vocabulary_words(content)
             n = 0
@@ -227,14 +229,14 @@ def _key_bindings():
 def _prompt_session(session: Session):
     from prompt_toolkit import PromptSession
     from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.history import FileHistory, History, InMemoryHistory
     from prompt_toolkit.styles import Style
 
     try:
         hp = history_path()
         hp.parent.mkdir(parents=True, exist_ok=True)
         hp.touch(exist_ok=True)
-        history = FileHistory(str(hp))
+        history: History = FileHistory(str(hp))
     except OSError:
         history = InMemoryHistory()
     return PromptSession(

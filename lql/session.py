@@ -235,10 +235,10 @@ class Session:
                                    prefix_line=multi)
                     raise
                 except KeyboardInterrupt:
-                    exc = Cancelled()
-                    self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
+                    cancelled = Cancelled()
+                    self._annotate(cancelled, _line_of(stmt), _keyword(stmt), source, done,
                                    prefix_line=multi)
-                    raise exc from None
+                    raise cancelled from None
                 except Exception as exc:         # a bug: annotate, never rewrite
                     self._annotate(exc, _line_of(stmt), _keyword(stmt), source, done,
                                    prefix_line=multi, rewrite=False)
@@ -319,11 +319,9 @@ class Session:
         Sets ``exc.lql_line``, ``exc.lql_statement``, ``exc.lql_source``, ``exc.results``
         and ``exc.lql_where`` ("FILE, line N" / "line N" in scripts, else ``None``).
         """
-        exc.lql_line = line
-        exc.lql_statement = keyword
-        exc.lql_source = source
-        exc.results = list(done)
-        exc.lql_where = None
+        # any exception type passes through here: the attributes go in its instance dict
+        vars(exc).update(lql_line=line, lql_statement=keyword, lql_source=source,
+                         results=list(done), lql_where=None)
         if isinstance(exc, LqlSyntaxError):
             where = f"{source}: " if source else ""
             if where and exc.args and not str(exc.args[0]).startswith(where):
@@ -332,7 +330,7 @@ class Session:
         if not prefix_line or line is None:
             return
         where = f"{source}, line {line}" if source else f"line {line}"
-        exc.lql_where = where
+        vars(exc)["lql_where"] = where
         if not rewrite:
             return
         if exc.args:

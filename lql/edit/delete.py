@@ -30,6 +30,7 @@ features; penalty 0.5, batches of 4: 90 % suppression, Madrid loses top-1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -134,7 +135,7 @@ class DeleteReport:
 
 
 def delete_fact(overlay, view: OverlayVindex, prompt: str, target_id: int, *, reason: str,
-                references: list[str] = (), keep: float = KEEP,
+                references: Sequence[str] = (), keep: float = KEEP,
                 max_features: int = MAX_FEATURES, layers=None) -> DeleteReport:
     """Record ``delete`` operations until P(target | prompt) ≤ keep × its starting value.
     ``references``: the same template filled with other entities (see module doc)."""

@@ -70,8 +70,8 @@ def diff_features(a, b, *, layer: int | None = None, tol: float = 0.0) -> list[F
         for m in masks.values():
             any_diff |= m
         downb = _ffn(b, l, "down")
-        for f in np.flatnonzero(any_diff):
-            f = int(f)
+        for fi in np.flatnonzero(any_diff):
+            f = int(fi)
             fields = tuple(k for k, m in masks.items() if m[f])
             na, nb = float(np.linalg.norm(ga[f])), float(np.linalg.norm(gb[f]))
             cos = float(ga[f] @ gb[f] / (na * nb)) if na > 0 and nb > 0 else None

@@ -32,6 +32,7 @@ canonical prompt the feature writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -125,7 +126,7 @@ def _centers(view: VindexView, template: str, entity: str, layer: int, want: str
     return np.mean(vecs, axis=0).astype(np.float32)
 
 
-def choose_slot(view: VindexView, layer: int, exclude: set[int] = frozenset()) -> tuple[int, str]:
+def choose_slot(view: VindexView, layer: int, exclude: AbstractSet[int] = frozenset()) -> tuple[int, str]:
     """A free feature slot (all-zero gate, not edited) or else the weakest one."""
     g = np.asarray(view.gate(layer), dtype=np.float32)
     lay = view.overlay.layout if hasattr(view, "overlay") else None
@@ -178,12 +179,11 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     gates = np.asarray(view.gate(layer), dtype=np.float32)
     a_gate = float(np.max(np.abs(gates @ u)))
     up_key = lay.up_key(layer)
-    gated = bool(up_key) and up_key in view.weights
     w = selective_direction(u, negatives)
     gate = w * a_gate
     feature, slot = choose_slot(view, layer)
     vectors = {"gate": gate}
-    if gated:
+    if up_key and up_key in view.weights:          # a gated (GLU) FFN
         a_up = float(np.max(np.abs(lay.rows(np.asarray(view.weights[up_key])) @ u)))
         vectors["up"] = w * a_up
         act = _activation(view, a_gate) * a_up    # the feature's activation on the prompt

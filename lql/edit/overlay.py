@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from ..errors import ExecutionError
 from ..families import Family, family_or_default
 from ..vindex.down_meta import RecordAccess
 from .patch import Patch, PatchOp
+
+if TYPE_CHECKING:
+    from ..vindex.weights import VindexWeights
 
 __all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "overlay_view",
            "ffn_layout", "KNN_THRESHOLD"]
@@ -139,6 +142,15 @@ class _State:
     knn: list[KnnEntry]
 
 
+def _slot(op: PatchOp) -> tuple[int, int]:
+    """The (layer, feature) an insert / update / delete op addresses (checked when the patch
+    is read; an op built in-process always carries both)."""
+    layer, feature = op.layer, op.feature
+    if layer is None or feature is None:
+        raise ExecutionError(f"{op.op} operation without 'layer' and 'feature'")
+    return layer, feature
+
+
 def _fold(patches: list[Patch], hidden: int) -> _State:
     feats: dict[tuple[int, int], FeatureEdit] = {}
     knn: list[KnnEntry] = []
@@ -146,17 +158,17 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
         for op in patch.operations:
             kind = op.op
             if kind == "insert":
-                e = FeatureEdit(op.layer, op.feature, gate=op.vector("gate"), up=op.vector("up"),
+                e = FeatureEdit(*_slot(op), gate=op.vector("gate"), up=op.vector("up"),
                                 down=op.vector("down"), down_meta=op.get("down_meta"),
                                 info=_info(op), patch=patch.name)
                 feats[(e.layer, e.feature)] = e
             elif kind == "update" and op.get("restore"):
                 # written by DELETE of an inserted fact: the slot goes back to its base
                 # vectors (which the op also carries, for tools that ignore "restore")
-                feats.pop((op.layer, op.feature), None)
+                feats.pop(_slot(op), None)
             elif kind == "update":
-                key = (op.layer, op.feature)
-                e = feats.get(key) or FeatureEdit(op.layer, op.feature, patch=patch.name,
+                slot = _slot(op)
+                e = feats.get(slot) or FeatureEdit(*slot, patch=patch.name,
                                                   info={"op": "update"})
                 for name in ("gate", "up", "down"):
                     vec = op.vector(name)
@@ -169,17 +181,18 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                         e.info[k] = op.get(k)
                 e.deleted = False if e.info.get("op") == "insert" else e.deleted
                 e.patch = patch.name
-                feats[key] = e
+                feats[slot] = e
             elif kind == "delete":
-                feats[(op.layer, op.feature)] = FeatureEdit(
-                    op.layer, op.feature, gate=np.zeros(hidden, np.float32),
+                slot = _slot(op)
+                feats[slot] = FeatureEdit(
+                    *slot, gate=np.zeros(hidden, np.float32),
                     down=np.zeros(hidden, np.float32), deleted=True,
                     info={"op": "delete", "reason": op.get("reason")}, patch=patch.name)
             elif kind == "insert_knn":
-                key = np.asarray(op.vector("key"), dtype=np.float32)
-                n = float(np.linalg.norm(key))
+                kvec = np.asarray(op.vector("key"), dtype=np.float32)
+                n = float(np.linalg.norm(kvec))
                 center = op.vector("center")
-                knn.append(KnnEntry(int(op.get("layer")), key / n if n > 0 else key,
+                knn.append(KnnEntry(int(op.get("layer")), kvec / n if n > 0 else kvec,
                                     int(op.get("target_id", 0)), op.get("entity", ""),
                                     op.get("relation", ""), op.get("target", ""),
                                     float(op.get("confidence", 1.0) or 1.0), patch.name,
@@ -361,7 +374,7 @@ class OverlayWeights(Mapping):
         self._cache: dict[str, np.ndarray] = {}
         self._version = -1
 
-    def _base(self) -> Mapping:
+    def _base(self) -> VindexWeights:
         return self._view.base.weights
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -482,14 +495,14 @@ def record_for(view: OverlayVindex, e: FeatureEdit, dtype: np.dtype) -> np.ndarr
     if e.down is not None:
         scores = np.asarray(view.base.embeddings, dtype=np.float32) @ e.down
         k = min(top_k, scores.shape[0])
-        ids = np.argpartition(scores, -k)[-k:]
-        ids = list(ids[np.argsort(-scores[ids], kind="stable")])
+        part = np.argpartition(scores, -k)[-k:]
+        order = list(part[np.argsort(-scores[part], kind="stable")])
         named = (e.down_meta or {}).get("i")
         if named is not None:
             # an inserted or updated fact names its target: it leads the record (score E·down)
             named = int(named)
-            ids = [named] + [i for i in ids if int(i) != named][:k - 1]
-        ids = np.asarray(ids, dtype=np.int64)
+            order = [named] + [i for i in order if int(i) != named][:k - 1]
+        ids = np.asarray(order, dtype=np.int64)
         rec["top"]["id"][:k] = ids
         rec["top"]["score"][:k] = scores[ids]
         rec["top_token_id"] = ids[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import ast
 from ..edit.patch import Patch, PatchOp, write_patch
 from ..errors import ExecutionError, NoVindexError
@@ -63,7 +65,7 @@ def diff(session, stmt: ast.Diff) -> Result:
              "fields": ", ".join(d.fields),
              "gate_cosine": None if d.gate_cosine is None else round(d.gate_cosine, 4),
              "a_top_token": tok(a, d.a_top), "b_top_token": tok(b, d.b_top)} for d in shown]
-    meta = {"total": len(diffs)}
+    meta: dict[str, Any] = {"total": len(diffs)}
     msg = f"{len(diffs)} feature{'s' if len(diffs) != 1 else ''} differ"
     if stmt.into_patch is not None:
         ops = diff_ops(b, diffs)

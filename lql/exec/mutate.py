@@ -8,7 +8,7 @@ open); see lql/edit/ and docs/EDITING.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -244,10 +244,10 @@ def update(session, stmt: ast.Update) -> Result:
     view = session.vindex
     sets = {}
     for a in stmt.assignments:
-        f = a.field.lower()
-        if f not in ("target", "confidence"):
-            raise ExecutionError(f"UPDATE can set target and confidence, not {f!r}")
-        sets[f] = a.value
+        name = a.field.lower()
+        if name not in ("target", "confidence"):
+            raise ExecutionError(f"UPDATE can set target and confidence, not {name!r}")
+        sets[name] = a.value
     if "confidence" in sets:
         try:
             sets["confidence"] = float(sets["confidence"])
@@ -256,7 +256,8 @@ def update(session, stmt: ast.Update) -> Result:
     if not stmt.where:
         raise ExecutionError("UPDATE needs a WHERE clause")
     cmap = condition_map(stmt.where)
-    new_tid = new_text = None
+    new_tid: int | None = None
+    new_text = ""                       # the new target's token text, set with new_tid
     if "target" in sets:
         new_tid, new_text = target_token(view, str(sets["target"]))
     rows, started = [], False
@@ -287,7 +288,7 @@ def update(session, stmt: ast.Update) -> Result:
             rows.append({"layer": k.layer, "feature": None, "entity": k.entity,
                          "relation": k.relation, "target": op.get("target"), "mode": "knn"})
     for layer, f, e in targets:
-        fields = {"reason": stmt.to_lql()}
+        fields: dict[str, Any] = {"reason": stmt.to_lql()}
         vectors = {}
         if "confidence" in sets:
             fields["confidence"] = sets["confidence"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import ast
 from ..edit.patch import read_patch, validate_patch, write_patch
@@ -11,6 +12,9 @@ from ..errors import ExecutionError
 from ..result import Result
 from ..runtime.view import overlay_of
 from . import handler
+
+if TYPE_CHECKING:
+    from ..edit.overlay import Overlay
 
 
 @handler(ast.BeginPatch)
@@ -135,11 +139,15 @@ def _summary(patch) -> str:
 
 @handler(ast.ShowPatches)
 def show_patches(session, stmt: ast.ShowPatches) -> Result:
-    ov = session.overlay if overlay_of(session.vindex) is session.overlay else None
+    ov: Overlay | None = session.overlay
+    if overlay_of(session.vindex) is not ov:
+        ov = None                                   # the session's vindex is not its overlay view
+    stack = ov.stack if ov is not None else []
+    recording = ov.recording if ov is not None else None
     rows = []
-    for i, p in enumerate(ov.stack if ov else [], 1):
+    for i, p in enumerate(stack, 1):
         c = p.counts()
-        if p is ov.recording:
+        if p is recording:
             status = "recording" + (" (unsaved)" if p.dirty else "")
         else:
             status = "applied"

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from .. import ast
 from ..errors import LqlError
 from ..result import Result
 from .policy import route
@@ -79,7 +80,7 @@ class RemoteVindex:
         self._opener = urllib.request.build_opener(*handlers)
 
     # ------------------------------------------------------------ HTTP
-    def _request(self, path: str, body: dict | None = None,
+    def _request(self, path: str, body: dict[str, Any] | None = None,
                  timeout: float = CONNECT_TIMEOUT_S) -> tuple[int, Any]:
         """``(status, decoded JSON)`` of a GET (``body=None``) or a JSON POST."""
         data = None if body is None else json.dumps(body).encode("utf-8")
@@ -119,7 +120,7 @@ class RemoteVindex:
             raise RemoteError(f"the lql server at {self.url} answered HTTP {status}", self.url)
         return results
 
-    def _result_list(self, payload: Any, status: int) -> list[dict]:
+    def _result_list(self, payload: Any, status: int) -> list[dict[str, Any]]:
         if not isinstance(payload, list) or not all(
                 isinstance(d, dict) and isinstance(d.get("statement"), str)
                 and isinstance(d.get("kind"), str) for d in payload):
@@ -127,23 +128,23 @@ class RemoteVindex:
                               f"(HTTP {status}, not a list of results)", self.url)
         return payload
 
-    def _result(self, d: dict) -> Result:
+    def _result(self, d: dict[str, Any]) -> Result:
         meta = dict(d.get("meta") or {})
         meta["remote"] = self.url
         return Result(d["statement"], d["kind"], list(d.get("columns") or []),
                       [dict(row) for row in d.get("rows") or []], d.get("message"), meta)
 
     # ------------------------------------------------------------ session hook
-    def claims(self, stmt) -> bool:
+    def claims(self, stmt: ast.Statement) -> bool:
         """True when this remote link decides ``stmt`` (sends, refuses or ends remote mode)."""
         return route(stmt) != "local"
 
-    def leaves(self, stmt) -> bool:
+    def leaves(self, stmt: ast.Statement) -> bool:
         """True for a statement that ends remote mode (``USE "<local path>"`` ...): the
         session drops this link and runs it locally."""
         return route(stmt) == "leave"
 
-    def run(self, stmt, *, chat_mode: Any = None) -> list[Result]:
+    def run(self, stmt: ast.Statement, *, chat_mode: ast.ChatMode | None = None) -> list[Result]:
         """Send a statement :meth:`claims` returned True for (and :meth:`leaves` False),
         or refuse it with a clear error. ``chat_mode`` is the session's ``ast.ChatMode``."""
         if route(stmt) == "refuse":

@@ -27,7 +27,7 @@ _LOCAL: tuple[type, ...] = (ast.UseRemote, ast.SetChat, ast.Help, ast.ShowModels
 _LEAVE: tuple[type, ...] = (ast.Use, ast.UseModel)
 
 
-def server_refusal(stmt) -> str | None:
+def server_refusal(stmt: ast.Statement) -> str | None:
     """Why the server will not run ``stmt`` (``None``: it will)."""
     if isinstance(stmt, ast.Pipe):
         return server_refusal(stmt.left) or server_refusal(stmt.right)
@@ -48,7 +48,7 @@ def server_refusal(stmt) -> str | None:
             f"without SAVE, SHOW, STATS and HELP)")
 
 
-def route(stmt) -> str:
+def route(stmt: ast.Statement) -> str:
     """Where a session in remote mode runs ``stmt``.
 
     ``"local"`` (needs no vindex: USE REMOTE, SET CHAT, HELP, SHOW MODELS, EXTRACT,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -177,7 +177,7 @@ def _cell(col: str, v: Any, col_max: float) -> Text:
     return Text(_plain(v))
 
 
-def _justify(col: str) -> str:
+def _justify(col: str) -> JustifyMethod:
     c = col.lower()
     if c in PROB_COLUMNS:
         return "left"

@@ -38,7 +38,7 @@ class _ModelCache:
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict[tuple[int, int, int], tuple[Callable, Callable, Any]] = \
+        self._items: OrderedDict[tuple[int, int, int], tuple[Callable[[], object], Callable[[], object], Any]] = \
             OrderedDict()
 
     def get(self, owner: object, overlay: object | None, version: int,

@@ -73,7 +73,9 @@ class VindexServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        addr, port = self.server_address[:2]
+        # the bound socket reports a str host; the stubs also allow the bytes one can bind with
+        host = addr.decode() if isinstance(addr, (bytes, bytearray)) else addr
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
