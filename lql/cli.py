@@ -177,7 +177,7 @@ def _run(args) -> int:
         from .render.table import make_console
         console = make_console(sys.stdout, color=False if args.no_color else None)
 
-    jobs = []
+    jobs: list[tuple[str, str, str | None]] = []
     for n, text in enumerate(args.execute, 1):
         bad = _not_utf8(text)
         if bad:
@@ -210,7 +210,7 @@ def _run(args) -> int:
             if fmt != "csv":               # csv: write_csv reports errors itself
                 _eprint("error: " + (r.message or "unknown error"))
             return
-        if fmt == "table":
+        if console is not None:            # the table format
             from .render.table import render
             render(r, console)
 

@@ -18,30 +18,32 @@ import numpy as np
 class LayerCache:
     __slots__ = ("keys", "values", "length")
 
-    def __init__(self):
-        self.keys = self.values = None
+    def __init__(self) -> None:
+        self.keys: np.ndarray | None = None
+        self.values: np.ndarray | None = None
         self.length = 0
 
     def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Add ``[Hkv, T, d]`` keys/values; return views of all cached ones."""
         t = k.shape[1]
         needed = self.length + t
-        if self.keys is None or needed > self.keys.shape[1]:
-            capacity = max(needed, 2 * (0 if self.keys is None else self.keys.shape[1]), 64)
-            keys = np.empty((k.shape[0], capacity, k.shape[2]), dtype=np.float32)
-            values = np.empty_like(keys)
-            if self.keys is not None:
-                keys[:, :self.length] = self.keys[:, :self.length]
-                values[:, :self.length] = self.values[:, :self.length]
-            self.keys, self.values = keys, values
-        self.keys[:, self.length:needed] = k
-        self.values[:, self.length:needed] = v
+        keys, values = self.keys, self.values
+        if keys is None or values is None or needed > keys.shape[1]:
+            capacity = max(needed, 2 * (0 if keys is None else keys.shape[1]), 64)
+            grown = np.empty((k.shape[0], capacity, k.shape[2]), dtype=np.float32)
+            grown_v = np.empty_like(grown)
+            if keys is not None and values is not None:
+                grown[:, :self.length] = keys[:, :self.length]
+                grown_v[:, :self.length] = values[:, :self.length]
+            self.keys, self.values = keys, values = grown, grown_v
+        keys[:, self.length:needed] = k
+        values[:, self.length:needed] = v
         self.length = needed
-        return self.keys[:, :needed], self.values[:, :needed]
+        return keys[:, :needed], values[:, :needed]
 
     def view(self) -> tuple[np.ndarray, np.ndarray]:
         """Views of every cached key/value (for a layer that shares this cache)."""
-        if self.keys is None:
+        if self.keys is None or self.values is None:
             raise RuntimeError("a KV-sharing layer ran before the layer it shares keys with")
         return self.keys[:, :self.length], self.values[:, :self.length]
 
@@ -58,4 +60,5 @@ class KVCache:
 
     def nbytes(self) -> int:
         unique = {id(c): c for c in self.layers}.values()
-        return sum(0 if c.keys is None else c.keys.nbytes + c.values.nbytes for c in unique)
+        return sum(int(c.keys.nbytes) + int(c.values.nbytes) for c in unique
+                   if c.keys is not None and c.values is not None)

@@ -133,7 +133,7 @@ class Rope:
         if self.kind != "dynamic":
             return self.inv_freq
         max_pos = self.spec.max_position_embeddings
-        if seq_len <= max_pos:
+        if max_pos is None or seq_len <= max_pos:
             return self.inv_freq
         factor, dim = self.params["factor"], self.spec.dim
         base = self.spec.base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))

@@ -34,7 +34,7 @@ RELATION_CLUSTERS = "relation_clusters.json"
 FEATURE_CLUSTERS = "feature_clusters.jsonl"
 
 LEVELS = ("browse", "inference", "all")
-DTYPES = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
+DTYPES: dict[str, np.dtype] = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
 DEFAULT_TOP_K = 10
 
 #: files every vindex of a level must have (the weight files an inference/all
@@ -85,9 +85,10 @@ def derive_layer_bands(num_layers: int) -> dict[str, list[int]]:
     try:
         from ..families.bands import derive_bands
     except ImportError:
-        derive_bands = None
-    if derive_bands is not None and int(num_layers) > 0:
-        return derive_bands(int(num_layers))
+        pass
+    else:
+        if int(num_layers) > 0:
+            return derive_bands(int(num_layers))
     n = int(num_layers)
     if n <= 0:
         return {}
