@@ -58,7 +58,8 @@ def normalize_url(given: str) -> str:
     return url
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """``localhost`` or a loopback address (the server's bind check and the client's no-proxy rule)."""
     if not host:
         return False
     if host == "localhost":
@@ -75,7 +76,7 @@ class RemoteVindex:
     def __init__(self, url: str, info: dict[str, Any]):
         self.url = url
         self.info = info
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback(
             urllib.parse.urlsplit(url).hostname) else []
         self._opener = urllib.request.build_opener(*handlers)
 

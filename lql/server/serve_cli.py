@@ -43,7 +43,8 @@ def cli_serve(args) -> int:
     sys.stderr.write(f"lql serve: {args.path} ({info['model'] or '?'}, {info['family'] or '?'}, "
                      f"level {str(info['extract_level']).upper()}) read-only on {server.url} "
                      f"— Ctrl-C to stop\n")
-    if not _is_loopback_host(args.host):
+    from ..remote.client import is_loopback
+    if not is_loopback(args.host):
         sys.stderr.write("lql serve: warning: listening beyond this machine; the server has no "
                          "authentication, anyone who can reach it can query the model\n")
     sys.stderr.flush()
@@ -63,12 +64,3 @@ def cli_serve(args) -> int:
     sys.stderr.flush()
     return 0
 
-
-def _is_loopback_host(host: str) -> bool:
-    import ipaddress
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
