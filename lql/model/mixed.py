@@ -302,8 +302,8 @@ def build_mixed_model(model_config: Mapping, weights: Mapping):
     if tied is None:
         tied = "lm_head.weight" not in present
     missing = [k for k in plan.required(spec, tied) if k not in present]
-    if missing:
-        raise MissingTensorError(missing)
+    if missing:  # a weights mapping may say where it comes from and how to complete it
+        raise MissingTensorError(missing, where=str(getattr(weights, "where", "") or ""))
     ropes: dict[RopeSpec, Rope] = {}
     blocks = []
     for i in range(num_layers):
