@@ -359,3 +359,20 @@ def test_gemma4_chat_wrapping_and_stop_on_end_of_turn():
     assert want[-1] == 513 and len(want) == 4  # transformers stops on <turn|> (generation_config)
     g = s.query(f'INFER "{CHAT_PROMPT}" CHAT GENERATE 20')
     assert g.meta["token_ids"] == want
+
+
+def test_a_model_config_with_the_first_geometry_keys_builds_the_same_model():
+    """model_configs written with layer_head_dims / layer_kv_heads / layer_intermediate_sizes
+    (before per_layer was the one per-layer geometry) are migrated by the family."""
+    from lql.families import complete_model_config
+    from lql.model import build_model
+    src = open_source(FIXTURES / "tiny-gemma4")
+    mc = dict(src.model_config)
+    per_layer = mc.pop("per_layer")
+    legacy = dict(mc, layer_head_dims=per_layer["head_dim"], layer_kv_heads=per_layer["num_kv_heads"],
+                  layer_intermediate_sizes=per_layer["intermediate_size"])
+    assert complete_model_config(legacy)["per_layer"] == per_layer
+    assert "layer_head_dims" not in complete_model_config(legacy)
+    ids = [2, 40, 41, 300, 7, 9]
+    np.testing.assert_array_equal(build_model(legacy, src.weights).forward(ids).logits,
+                                  build_model(src.model_config, src.weights).forward(ids).logits)

@@ -1,6 +1,7 @@
 """Gemma 4 (text): ``gemma4_text`` and the multimodal ``gemma4`` (its ``text_config``).
 
-Not registered in :mod:`lql.families` yet (see docs/FAMILIES.md, "Gemma 4").  What differs
+Registered in :mod:`lql.families` as ``gemma4`` (see docs/FAMILIES.md, "Gemma 4": config
+keys, vindex files, the tensors ignored by rule, GGUF).  What differs
 from Gemma 3, as transformers 5.24's ``modeling_gemma4.py`` computes it:
 
 * RMSNorm multiplies by the weight as stored (``norm_offset`` 0, not Gemma 3's ``1 + w``);

@@ -166,7 +166,9 @@ class _Plan:
         self.head_dims = [spec.heads(i).head_dim for i in range(n)]
         self.kv_heads = [spec.heads(i).num_kv_heads for i in range(n)]
         self.q_heads = [spec.heads(i).num_q_heads for i in range(n)]
-        self.ffn = per_layer_values(cfg, "intermediate_size", n) or [cfg.get("intermediate_size")] * n
+        widths = per_layer_values(cfg, "intermediate_size", n)
+        #: per layer: the dense FFN width the config says (``None``: read it off the weights)
+        self.ffn: list[Any] = list(widths) if widths else [cfg.get("intermediate_size")] * n
         self.k_eq_v = [bool(x) for x in _per_layer(cfg, "layer_k_eq_v", False, n)]
         self.sources = _per_layer(cfg, "kv_shared_from", None, n)
         for i, src in enumerate(self.sources):
