@@ -62,6 +62,19 @@ class MissingTensorError(LqlError):
                          + (f" in {where}" if where else ""))
 
 
+class UnclaimedTensorError(LqlError):
+    """A source model has tensors its family neither reads nor ignores by an explicit rule
+    (extracting would drop them silently)."""
+
+    def __init__(self, keys, family: str, source: str = ""):
+        self.keys = tuple(keys)
+        self.family = family
+        n = len(self.keys)
+        super().__init__(f"source {source} has {n} tensor{'s' if n != 1 else ''} the {family} family "
+                         f"does not read: {', '.join(self.keys)} — refusing to extract them away "
+                         f"(is config.json's model_type right?)")
+
+
 class UnsupportedArchitectureError(LqlError):
     def __init__(self, architecture: str, supported):
         self.architecture = architecture

@@ -141,13 +141,13 @@ def softmax(x):
 
 def test_config_mapping_of_the_fixtures():
     mc, weights = load(folder("tiny-gemma4"))
-    assert mc["layer_head_dims"] == [16, 16, 32, 16, 16, 32]
+    assert mc["per_layer"]["head_dim"] == [16, 16, 32, 16, 16, 32]
     assert mc["kv_shared_from"] == [None, None, None, 1, 1, 2]
-    assert mc["layer_intermediate_sizes"] == [128, 128, 128, 256, 256, 256]
+    assert mc["per_layer"]["intermediate_size"] == [128, 128, 128, 256, 256, 256]
     assert mc["per_layer_input_size"] == 8 and mc["norm_offset"] == 0.0 and mc["attn_scale"] == 1.0
     assert mc["rope_scaling"]["full_attention"]["rope_type"] == "proportional"
     moe, _ = load(folder("tiny-gemma4-moe"))
-    assert moe["layer_kv_heads"] == [2, 2, 2, 2, 2, 1]
+    assert moe["per_layer"]["num_kv_heads"] == [2, 2, 2, 2, 2, 1]
     assert moe["layer_k_eq_v"] == [False] * 5 + [True]
     assert (moe["num_experts"], moe["top_k_experts"], moe["per_layer_input_size"]) == (4, 2, 0)
 
@@ -158,8 +158,8 @@ def test_hub_and_conditional_configs_map_like_transformers():
         text = reference(name).config.get_text_config()
         for i in range(mc["num_layers"]):
             layer = text.per_layer_config[i]
-            assert mc["layer_head_dims"][i] == layer.head_dim
-            assert mc["layer_kv_heads"][i] == layer.num_key_value_heads
+            assert mc["per_layer"]["head_dim"][i] == layer.head_dim
+            assert mc["per_layer"]["num_kv_heads"][i] == layer.num_key_value_heads
         modes = text.kv_sharing_modes
         assert [s is not None for s in mc["kv_shared_from"]] == [m == "reuse" for m in modes]
         assert not any(k.startswith(("vision", "embed_vision", "model.")) for k in weights)

@@ -51,6 +51,13 @@ class FakeFamily:
     def gate_key(self, i):
         return f"layers.{i}.mlp.gate_proj.weight"
 
+    def unclaimed(self, mc, keys):
+        claimed = {s.key for s in self.tensors(mc, "all")}
+        return sorted(k for k in keys if k not in claimed)
+
+    def num_features(self, mc, layer):
+        return mc["intermediate_size"]
+
     def down_key(self, i):
         return f"layers.{i}.mlp.down_proj.weight"
 

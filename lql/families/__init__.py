@@ -12,8 +12,18 @@ from __future__ import annotations
 
 from ..errors import UnsupportedArchitectureError
 from .bands import derive_bands
-from .base import LEVELS, ROLE_FILES, ROLES, Family, LayerGeometry, TensorSpec, level_index
+from .base import (
+    LEVELS,
+    RAW_FILES,
+    ROLE_FILES,
+    ROLES,
+    Family,
+    LayerGeometry,
+    TensorSpec,
+    level_index,
+)
 from .gemma import Gemma, Gemma2, Gemma3
+from .gemma4 import Gemma4
 from .gpt2 import GPT2
 from .hfconfig import SUPPORTED_ACTIVATIONS, SUPPORTED_ROPE_TYPES
 from .llama import Llama, Mistral
@@ -21,7 +31,7 @@ from .qwen import Qwen2, Qwen3
 
 #: every supported family, by name
 FAMILIES: dict[str, Family] = {f.name: f for f in (Llama(), Mistral(), Qwen2(), Qwen3(), Gemma(),
-                                                     Gemma2(), Gemma3(), GPT2())}
+                                                     Gemma2(), Gemma3(), Gemma4(), GPT2())}
 
 _BY_MODEL_TYPE = {mt: f for f in FAMILIES.values() for mt in f.model_types}
 _BY_ARCHITECTURE = {a: f for f in FAMILIES.values() for a in f.architectures}
@@ -97,6 +107,6 @@ def model_config_for(hf_config: dict) -> dict:
 
 
 __all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "LayerGeometry", "TensorSpec", "LEVELS",
-           "ROLES", "ROLE_FILES", "SUPPORTED_ROPE_TYPES", "SUPPORTED_ACTIVATIONS",
+           "RAW_FILES", "ROLES", "ROLE_FILES", "SUPPORTED_ROPE_TYPES", "SUPPORTED_ACTIVATIONS",
            "complete_model_config", "derive_bands", "family_for_config", "family_for_gguf",
            "family_or_default", "get_family", "gguf_architectures", "level_index", "model_config_for", "supported"]

@@ -29,7 +29,8 @@ from .bands import derive_bands
 LEVELS = ("browse", "inference", "all")
 
 #: roles a tensor can play; ``file`` below is where a vindex stores each
-ROLES = ("embed", "pos_embed", "gate", "up", "down", "ffn_bias", "attn", "norm", "lm_head")
+ROLES = ("embed", "pos_embed", "gate", "up", "down", "ffn_bias", "attn", "norm", "lm_head", "ple",
+         "experts")
 
 #: the vindex file a tensor of each role belongs in (see docs/FAMILIES.md)
 ROLE_FILES = {
@@ -41,7 +42,13 @@ ROLE_FILES = {
     "pos_embed": "attn_weights.bin",
     "norm": "norms.bin",
     "lm_head": "lm_head.bin",
+    "ple": "per_layer_embeddings.bin",     # per-layer embeddings (Gemma 4): table, projections, norms
+    "experts": "expert_weights.bin",       # mixture-of-experts router and expert tensors
 }
+
+#: vindex files whose tensors a reader hands out in their storage dtype, memory-mapped
+#: (never converted whole to float32; the per-layer embedding table is gathered per token)
+RAW_FILES = ("per_layer_embeddings.bin",)
 
 
 @dataclass(frozen=True)
@@ -189,11 +196,17 @@ class Family:
         return any(key.startswith(p) for p in self.ignored_prefixes) or \
             any(key.endswith(s) for s in self.ignored_suffixes)
 
+    def ignores_for(self, model_config: dict, key: str) -> bool:
+        """:meth:`ignores`, plus rules that depend on the config (Gemma 4: the k/v
+        tensors a checkpoint may ship on layers that reuse another layer's keys)."""
+        return self.ignores(key)
+
     def unclaimed(self, model_config: dict, keys) -> list[str]:
-        """Source keys that are neither a tensor of :meth:`tensors` nor ignored (an
-        extractor can refuse these instead of dropping them silently)."""
+        """Source keys that are neither a tensor of :meth:`tensors` nor ignored by an
+        explicit rule (the extractor refuses these instead of dropping them silently).
+        ``lm_head.weight`` of a tied model is claimed: it is the embedding."""
         claimed = set(self.keys(model_config, "all")) | {self.lm_head_key}
-        return sorted(k for k in keys if k not in claimed and not self.ignores(k))
+        return sorted(k for k in keys if k not in claimed and not self.ignores_for(model_config, k))
 
     def gate_key(self, layer: int) -> str:
         raise NotImplementedError
@@ -259,6 +272,29 @@ class Family:
     def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
         """Family-specific ``config.json`` keys from GGUF metadata, added to ``cfg``
         (which already holds :attr:`gguf_config_keys`, vocabulary, tying and token ids)."""
+
+    #: GGUF tensors whose values :meth:`gguf_config` reads (passed in ``meta`` as
+    #: ``"tensor:<name>"``); e.g. Gemma 4's ``rope_freqs.weight``
+    gguf_config_tensors: tuple[str, ...] = ()
+
+    def gguf_check(self, arch: str, meta: dict, tensor_names: set[str]) -> None:
+        """Refuse GGUF content this family does not read (default: MoE layers and
+        ``rope_freqs`` tensors, which no Llama-style family here implements)."""
+        if meta.get(f"{arch}.expert_count"):
+            raise gguf_refusal(arch, "mixture-of-experts layers")
+        if "rope_freqs.weight" in tensor_names:
+            raise gguf_refusal(arch, "rope_freqs (llama3-style RoPE scaling stored as a tensor)")
+
+    def gguf_tensor_name(self, key: str, name_map) -> str | None:
+        """The GGUF tensor name of a normalised key, via gguf's ``TensorNameMap``
+        (``None``: no GGUF name)."""
+        base, suffix = self.hf_key(key).rsplit(".", 1)
+        gguf_base = name_map.get_name(base)
+        return None if gguf_base is None else f"{gguf_base}.{suffix}"
+
+    def gguf_ignores(self, gguf_name: str) -> bool:
+        """True for a GGUF tensor deliberately not read (derived data llama.cpp adds)."""
+        return False
 
     def gguf_permute_heads(self, gguf_name: str, cfg: dict) -> int | None:
         """Heads to undo llama.cpp's Q/K row permutation by, or ``None``."""

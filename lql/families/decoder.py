@@ -121,6 +121,8 @@ class DecoderFamily(Family):
                  (sqrt_hidden(int(hidden)) if hidden else "sqrt_hidden")}
         if isinstance(self.qkv_bias, bool):
             flags["attention_bias"] = self.qkv_bias
+        flags["attention_out_bias"] = self.out_bias if isinstance(self.out_bias, bool) else \
+            bool(model_config.get("attention_bias"))
         return flags
 
     @staticmethod

@@ -1,6 +1,7 @@
 """Gemma 4 (text): ``gemma4_text`` and the multimodal ``gemma4`` (its ``text_config``).
 
-Not registered in :mod:`lql.families` yet (see docs/FAMILIES.md, "Gemma 4").  What differs
+Registered in :mod:`lql.families` as ``gemma4`` (see docs/FAMILIES.md, "Gemma 4": config
+keys, vindex files, the tensors ignored by rule, GGUF).  What differs
 from Gemma 3, as transformers 5.24's ``modeling_gemma4.py`` computes it:
 
 * RMSNorm multiplies by the weight as stored (``norm_offset`` 0, not Gemma 3's ``1 + w``);
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import re
 
-from .base import Family, spec, sqrt_hidden
+import numpy as np
+
+from .base import Family, gguf_refusal, spec, sqrt_hidden
 from .hfconfig import activation, eos_list, optional_float, optional_int, refuse
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -40,6 +43,9 @@ DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=9216, nu
                 hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0,
                 enable_moe_block=False, use_double_wide_mlp=False, num_experts=None, top_k_experts=None,
                 moe_intermediate_size=None)
+#: model_config keys of the first Gemma 4 mapping → their ``per_layer`` key
+LEGACY_GEOMETRY = {"layer_head_dims": "head_dim", "layer_kv_heads": "num_kv_heads",
+                   "layer_intermediate_sizes": "intermediate_size"}
 #: per_layer_config overrides we understand
 LAYER_OVERRIDES = ("head_dim", "num_key_value_heads", "intermediate_size")
 _SHARED_KV = re.compile(r"^layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.")
@@ -135,6 +141,50 @@ class Gemma4(Family):
                         "embed_audio.", "model.vision_tower.", "model.audio_tower.",
                         "model.multi_modal_projector.", "model.embed_vision.", "model.embed_audio.")
     ignored_suffixes = (".rotary_emb.inv_freq",)
+    gguf_architectures = ("gemma4",)
+    #: scalar metadata read as config.json keys; the per-layer arrays, head sizes, RoPE,
+    #: sharing, PLE and MoE keys are read by :meth:`gguf_config`
+    gguf_config_keys = {
+        "context_length": "max_position_embeddings",
+        "block_count": "num_hidden_layers",
+        "embedding_length": "hidden_size",
+        "attention.head_count": "num_attention_heads",
+        "attention.sliding_window": "sliding_window",
+        "final_logit_softcapping": "final_logit_softcapping",
+    }
+    gguf_config_tensors = ("rope_freqs.weight",)
+
+    def model_flags(self, model_config: dict) -> dict:
+        hidden = model_config.get("hidden_size")
+        return {"qkv_layout": "split", "norm_type": "rms", "norm_offset": 0.0,
+                "activation": "gelu_pytorch_tanh", "position_embedding": "rope", "qk_norm": True,
+                "sandwich_norms": True, "v_norm": True, "attn_scale": 1.0, "layer_scalars": True,
+                "attention_bias": False, "attention_out_bias": False, "mlp_bias": False,
+                "embed_scale": sqrt_hidden(int(hidden)) if hidden else "sqrt_hidden"}
+
+    def complete(self, model_config: dict) -> dict:
+        """Flags, and the per-layer geometry of a model_config written with the earlier
+        ``layer_head_dims`` / ``layer_kv_heads`` / ``layer_intermediate_sizes`` lists
+        (moved into ``per_layer``)."""
+        out = super().complete(model_config)
+        per_layer = dict(out.get("per_layer") or {})
+        for old, new in LEGACY_GEOMETRY.items():
+            values = out.pop(old, None)
+            if values is not None and per_layer.get(new) is None:
+                per_layer[new] = list(values)
+        if per_layer:
+            out["per_layer"] = per_layer
+        return out
+
+    def ignores_for(self, model_config: dict, key: str) -> bool:
+        """Also the k/v projections and k norm a checkpoint may ship on a layer that reuses
+        another layer's keys/values (transformers does not read them either)."""
+        if self.ignores(key):
+            return True
+        match = _SHARED_KV.match(key)
+        sources = model_config.get("kv_shared_from") or ()
+        return match is not None and int(match.group(1)) < len(sources) and \
+            sources[int(match.group(1))] is not None
 
     def model_config(self, hf_config: dict) -> dict:
         cfg = {**DEFAULTS, **text_config(hf_config)}
@@ -202,13 +252,12 @@ class Gemma4(Family):
             "v_norm": True,
             "sandwich_norms": True,
             "position_embedding": "rope",
+            "qkv_layout": "split",
             "max_position_embeddings": optional_int(cfg.get("max_position_embeddings")),
             "bos_token_id": optional_int(cfg.get("bos_token_id")),
             "eos_token_id": eos_list(cfg.get("eos_token_id")),
             "pad_token_id": optional_int(cfg.get("pad_token_id")),
-            "layer_head_dims": head_dims,
-            "layer_kv_heads": kv_heads,
-            "layer_intermediate_sizes": ffns,
+            "per_layer": {"head_dim": head_dims, "num_kv_heads": kv_heads, "intermediate_size": ffns},
             "layer_k_eq_v": k_eq_v,
             "kv_shared_from": sources,
             "layer_scalars": True,
@@ -246,18 +295,19 @@ class Gemma4(Family):
     def down_key(self, layer: int) -> str:
         return f"layers.{layer}.mlp.down_proj.weight"
 
-    def num_features(self, model_config: dict, layer: int) -> int:
-        return int(model_config["layer_intermediate_sizes"][layer])
-
     def global_tensors(self, mc: dict):
         out = [spec(self.embed_key, "embed", "browse", None), spec("norm.weight", "norm", "inference", None)]
-        if mc.get("per_layer_input_size"):
-            out += [spec("embed_tokens_per_layer.weight", "embed", "inference", None),
-                    spec("per_layer_model_projection.weight", "attn", "inference", None),
-                    spec("per_layer_projection_norm.weight", "norm", "inference", None)]
         if not mc["tie_word_embeddings"]:
             out.append(spec(self.lm_head_key, "lm_head", "inference", None))
         return out
+
+    def extra_tensors(self, mc: dict):
+        """The per-layer-embedding model part (table, projection, its norm) in
+        per_layer_embeddings.bin; each layer's PLE branch is in :meth:`layer_tensors`
+        (same file)."""
+        if not mc.get("per_layer_input_size"):
+            return []
+        return [spec(k, "ple", "inference", None) for k in PLE_GLOBAL]
 
     def layer_tensors(self, mc: dict, layer: int):
         p = f"layers.{layer}."
@@ -274,16 +324,127 @@ class Gemma4(Family):
                 spec(self.down_key(layer), "down", "browse", layer),
                 spec(p + "layer_scalar", "norm", "inference", layer)]
         if mc.get("per_layer_input_size"):
-            out += [spec(p + "per_layer_input_gate.weight", "attn", "inference", layer),
-                    spec(p + "per_layer_projection.weight", "attn", "inference", layer),
-                    spec(p + "post_per_layer_input_norm.weight", "norm", "inference", layer)]
+            out += [spec(p + n, "ple", "inference", layer) for n in PLE_LAYER]
         if mc.get("num_experts"):
-            out += [spec(p + n, "attn", "inference", layer) for n in
-                    ("router.proj.weight", "router.scale", "router.per_expert_scale", "experts.gate_up_proj",
-                     "experts.down_proj")]
+            out += [spec(p + n, "experts", "inference", layer) for n in MOE_LAYER]
             out += [spec(p + n + ".weight", "norm", "inference", layer) for n in
                     ("pre_feedforward_layernorm_2", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2")]
         return out
 
+    # ------------------------------------------------------------ GGUF (llama.cpp's gemma4)
+    def gguf_check(self, arch: str, meta: dict, tensor_names: set[str]) -> None:
+        """MoE (``expert_count``) and ``rope_freqs`` are read here (see :meth:`gguf_config`)."""
 
-__all__ = ["Gemma4", "kv_sources", "layer_overrides", "layer_types_of", "text_config"]
+    def gguf_ignores(self, gguf_name: str) -> bool:
+        # rope_freqs: llama.cpp's frequency factors of the full layers' proportional RoPE;
+        # read into rope_parameters (partial_rotary_factor) by gguf_config, not stored
+        return gguf_name == "rope_freqs.weight"
+
+    def gguf_tensor_name(self, key: str, name_map) -> str | None:
+        match = re.match(r"^layers\.(\d+)\.(.+)$", key)
+        if match is not None and match.group(2) in _GGUF_LAYER_NAMES:
+            return f"blk.{match.group(1)}.{_GGUF_LAYER_NAMES[match.group(2)]}"
+        return super().gguf_tensor_name(key, name_map)
+
+    def gguf_config(self, arch: str, meta: dict, tensor_names: set[str], cfg: dict) -> None:
+        """A config.json in the format transformers saves (``per_layer_config``) from
+        llama.cpp's metadata (docs/FAMILIES.md, "Gemma 4 in GGUF")."""
+        def m(suffix, default=None):
+            return meta.get(f"{arch}.{suffix}", default)
+
+        n = int(cfg["num_hidden_layers"])
+        pattern = m("attention.sliding_window_pattern")
+        if isinstance(pattern, list):
+            types = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            types = layer_types_of({}, n)
+        if len(types) != n:
+            raise gguf_refusal(arch, f"sliding_window_pattern of {len(types)} entries for {n} layers")
+
+        def per_layer(value, name):
+            values = list(value) if isinstance(value, list) else [value] * n
+            if len(values) != n or any(v is None for v in values):
+                raise gguf_refusal(arch, f"{arch}.{name}={value!r}")
+            return [int(v) for v in values]
+
+        sliding_dim = int(m("attention.key_length_swa") or m("attention.key_length"))
+        full_dim = int(m("attention.key_length") or sliding_dim)
+        for suffix, want in (("attention.value_length_swa", sliding_dim), ("attention.value_length", full_dim),
+                             ("rope.dimension_count_swa", sliding_dim), ("rope.dimension_count", full_dim)):
+            if m(suffix) is not None and int(m(suffix)) != want:
+                raise gguf_refusal(arch, f"{arch}.{suffix}={m(suffix)} (head size {want})")
+        ffn = per_layer(m("feed_forward_length"), "feed_forward_length")
+        kv = per_layer(m("attention.head_count_kv"), "attention.head_count_kv")
+        first = next((i for i, t in enumerate(types) if t == "sliding_attention"), 0)
+        cfg["head_dim"], cfg["num_key_value_heads"], cfg["intermediate_size"] = sliding_dim, kv[first], ffn[first]
+        overrides: dict[str, dict] = {}
+        for i, t in enumerate(types):
+            over = {}
+            if t == "full_attention" and full_dim != sliding_dim:
+                over["head_dim"] = full_dim
+            if kv[i] != kv[first]:
+                over["num_key_value_heads"] = kv[i]
+            if ffn[i] != ffn[first]:
+                over["intermediate_size"] = ffn[i]  # carries use_double_wide_mlp
+            if over:
+                overrides[str(i)] = over
+        cfg["per_layer_config"] = overrides
+        cfg["layer_types"] = types
+        cfg["use_double_wide_mlp"] = False
+        cfg["num_kv_shared_layers"] = int(m("attention.shared_kv_layers") or 0)
+        ple = int(m("embedding_length_per_layer_input") or 0)
+        cfg["hidden_size_per_layer_input"] = ple
+        cfg["vocab_size_per_layer_input"] = cfg["vocab_size"]  # rows of per_layer_token_embd
+        eps = m("attention.layer_norm_rms_epsilon")
+        if eps is not None:  # a float32 in the file: its shortest decimal, as config.json has it
+            cfg["rms_norm_eps"] = float(str(np.float32(eps)))
+        # k_eq_v: a full (non-shared) layer with attn_k but no attn_v
+        shared = kv_sources(types, cfg["num_kv_shared_layers"])
+        full_own = [i for i, t in enumerate(types) if t == "full_attention" and shared[i] is None]
+        k_eq_v = [f"blk.{i}.attn_v.weight" not in tensor_names and f"blk.{i}.attn_k.weight" in tensor_names
+                  for i in full_own]
+        if any(k_eq_v) and not all(k_eq_v):
+            raise gguf_refusal(arch, "attention_k_eq_v on some full layers only")
+        cfg["attention_k_eq_v"] = bool(k_eq_v) and all(k_eq_v)
+        experts = m("expert_count")
+        moe = "blk.0.ffn_gate_up_exps.weight" in tensor_names
+        if bool(experts) != moe:
+            raise gguf_refusal(arch, f"expert_count={experts!r} and expert tensors that disagree")
+        cfg["enable_moe_block"] = moe
+        if moe:
+            cfg["num_experts"], cfg["top_k_experts"] = int(experts), int(m("expert_used_count") or 0)
+            cfg["moe_intermediate_size"] = int(m("expert_feed_forward_length") or 0)
+        full_rope: dict = {"rope_type": "default", "rope_theta": float(m("rope.freq_base") or 1_000_000.0)}
+        factors = meta.get("tensor:rope_freqs.weight")
+        if factors is not None:
+            factors = np.asarray(factors, dtype=np.float64).reshape(-1)
+            ones = int(np.sum(factors == 1.0))
+            if factors.size != full_dim // 2 or not (factors[:ones] == 1.0).all() or \
+                    not (factors[ones:] >= 1e20).all():
+                raise gguf_refusal(arch, "rope_freqs other than proportional RoPE (1 for the first "
+                                   "pairs, then ~1e30)")
+            full_rope.update(rope_type="proportional", partial_rotary_factor=2 * ones / full_dim)
+        cfg["rope_parameters"] = {
+            "full_attention": full_rope,
+            "sliding_attention": {"rope_type": "default", "rope_theta": float(m("rope.freq_base_swa") or 10_000.0)}}
+
+
+#: the per-layer-embedding tensors of the model (global) and of each layer
+PLE_GLOBAL = ("embed_tokens_per_layer.weight", "per_layer_model_projection.weight",
+              "per_layer_projection_norm.weight")
+PLE_LAYER = ("per_layer_input_gate.weight", "per_layer_projection.weight", "post_per_layer_input_norm.weight")
+#: each layer's mixture-of-experts router and experts
+MOE_LAYER = ("router.proj.weight", "router.scale", "router.per_expert_scale", "experts.gate_up_proj",
+             "experts.down_proj")
+#: normalised layer key (after ``layers.N.``) → llama.cpp name (after ``blk.N.``), where gguf's
+#: TensorNameMap does not give it
+_GGUF_LAYER_NAMES = {
+    "layer_scalar": "layer_output_scale.weight",
+    "router.scale": "ffn_gate_inp.scale",
+    "router.per_expert_scale": "ffn_down_exps.scale",
+    "experts.gate_up_proj": "ffn_gate_up_exps.weight",
+    "experts.down_proj": "ffn_down_exps.weight",
+}
+
+
+__all__ = ["MOE_LAYER", "PLE_GLOBAL", "PLE_LAYER", "Gemma4", "kv_sources", "layer_overrides", "layer_types_of", "text_config"]

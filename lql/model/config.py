@@ -15,7 +15,8 @@ Semantics of the keys (see docs/INFERENCE.md for the full table):
   ``"fused_conv1d"`` (``h.N.attn.c_attn``, Conv1D ``[in, out]``, dense FFN).
 * ``norm_type`` (``"rms"`` | ``"layer"``), ``norm_offset`` (1.0: norms apply ``1 + w``),
   ``activation``, ``position_embedding`` (``"rope"`` | ``"learned"``),
-  ``attention_bias``, ``mlp_bias``, ``qk_norm``, ``sandwich_norms``.
+  ``attention_bias`` (q/k/v biases), ``attention_out_bias`` (o_proj bias; absent: as
+  ``attention_bias``), ``mlp_bias``, ``qk_norm``, ``sandwich_norms``.
 * ``layer_types`` (list of ``"full_attention"`` / ``"sliding_attention"``) wins;
   when it is null and ``sliding_window`` is set, *every* layer is sliding.
 * ``rope_scaling``: a Hugging Face rope dict (``{"rope_type": "linear", "factor": 8}``)
@@ -24,13 +25,15 @@ Semantics of the keys (see docs/INFERENCE.md for the full table):
   Sliding layers use ``rope_local_base`` (default rope) when it is set.
 * ``embed_scale``: a number, or ``"sqrt_hidden"``; default 1.
 * ``per_layer``: optional ``{key: [one value per layer]}`` for ``num_q_heads``,
-  ``num_kv_heads``, ``head_dim`` (the FFN width is read from the weights).
+  ``num_kv_heads``, ``head_dim`` and ``intermediate_size`` — the one per-layer geometry
+  every builder reads (:func:`layer_heads`; the plain builder takes the FFN width from
+  the weights, the mixed one checks the weights against it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +43,7 @@ ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_tanh", "gelu_new")  # exact er
 ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
 QKV_LAYOUTS = ("split", "fused_conv1d")
 #: ``per_layer`` keys the forward pass reads
-PER_LAYER = ("num_q_heads", "num_kv_heads", "head_dim")
+PER_LAYER = ("num_q_heads", "num_kv_heads", "head_dim", "intermediate_size")
 
 #: a model_config (the dict stored in index.json)
 Cfg = Mapping[str, Any]
@@ -100,6 +103,7 @@ class ArchSpec:
     rope: tuple[RopeSpec | None, ...]      # per layer
     eos_token_ids: tuple[int, ...]
     layer_heads: tuple[LayerHeads, ...] = ()  # per layer
+    attention_out_bias: bool = False          # o_proj bias (Llama's attention_bias; Qwen2: none)
 
     def heads(self, layer: int) -> LayerHeads:
         """Layer ``layer``'s heads (the model-wide values unless ``per_layer`` says otherwise)."""
@@ -191,12 +195,36 @@ def _per_layer(cfg: Cfg, num_layers: int) -> dict[str, list[int]]:
     out = {}
     for key, values in per_layer.items():
         if values is None or key not in PER_LAYER:
-            continue  # keys the weights answer (intermediate_size) or other readers' keys
+            continue  # other readers' keys
         if not isinstance(values, (list, tuple)) or len(values) != num_layers:
             raise LqlError(f"model_config per_layer.{key} must list one value per layer "
                            f"({num_layers})")
         out[key] = [int(v) for v in values]
     return out
+
+
+def per_layer_values(cfg: Cfg, key: str, num_layers: int) -> list[int] | None:
+    """``cfg["per_layer"][key]`` checked to list one int per layer, or ``None``."""
+    return _per_layer(cfg, num_layers).get(key)
+
+
+def layer_heads(cfg: Cfg, num_layers: int, n_q: int, n_kv: int, head_dim: int,
+                scale: Callable[[int], float]) -> tuple[LayerHeads, ...]:
+    """Every layer's heads: the model-wide values, or the layer's ``per_layer`` entries;
+    ``()`` when the config has no per-layer head geometry."""
+    per_layer = _per_layer(cfg, num_layers)
+    if not {"num_q_heads", "num_kv_heads", "head_dim"} & set(per_layer):
+        return ()
+    heads = tuple(
+        LayerHeads(q, kv, d, scale(d)) for q, kv, d in zip(
+            per_layer.get("num_q_heads", [int(n_q)] * num_layers),
+            per_layer.get("num_kv_heads", [int(n_kv)] * num_layers),
+            per_layer.get("head_dim", [int(head_dim)] * num_layers), strict=True))
+    for i, lh in enumerate(heads):
+        if lh.num_q_heads % lh.num_kv_heads:
+            raise LqlError(f"layer {i}: num_q_heads={lh.num_q_heads} is not a multiple of "
+                           f"num_kv_heads={lh.num_kv_heads}")
+    return heads
 
 
 def arch_spec(cfg: Cfg, *, num_layers: int, hidden_size: int) -> ArchSpec:
@@ -247,19 +275,8 @@ def arch_spec(cfg: Cfg, *, num_layers: int, hidden_size: int) -> ArchSpec:
     def scale(dim: int) -> float:
         return float(float(qpas) ** -0.5 if qpas else float(dim) ** -0.5)
 
-    per_layer = _per_layer(cfg, num_layers)
-    layer_heads: tuple[LayerHeads, ...] = ()
-    if per_layer:
-        layer_heads = tuple(
-            LayerHeads(q, kv, d, scale(d)) for q, kv, d in zip(
-                per_layer.get("num_q_heads", [int(n_q)] * num_layers),
-                per_layer.get("num_kv_heads", [int(n_kv)] * num_layers),
-                per_layer.get("head_dim", [int(head_dim)] * num_layers)))
-        for i, lh in enumerate(layer_heads):
-            if lh.num_q_heads % lh.num_kv_heads:
-                raise LqlError(f"layer {i}: num_q_heads={lh.num_q_heads} is not a multiple of "
-                               f"num_kv_heads={lh.num_kv_heads}")
-    head_dims = [lh.head_dim for lh in layer_heads] or [int(head_dim)] * num_layers
+    heads = layer_heads(cfg, num_layers, int(n_q), int(n_kv), int(head_dim), scale)
+    head_dims = [lh.head_dim for lh in heads] or [int(head_dim)] * num_layers
 
     types = _layer_types(cfg, num_layers)
     window = cfg.get("sliding_window")
@@ -282,5 +299,6 @@ def arch_spec(cfg: Cfg, *, num_layers: int, hidden_size: int) -> ArchSpec:
         final_softcap=cfg.get("final_logit_softcapping") or None,
         tie_word_embeddings=cfg.get("tie_word_embeddings"),
         sliding=sliding, rope=tuple(_rope_specs(cfg, types, head_dims)),
-        eos_token_ids=tuple(int(e) for e in eos), layer_heads=layer_heads,
+        eos_token_ids=tuple(int(e) for e in eos), layer_heads=heads,
+        attention_out_bias=bool(_get(cfg, "attention_out_bias", _get(cfg, "attention_bias", False))),
     )

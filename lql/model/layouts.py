@@ -45,10 +45,6 @@ class Tensors:
             raise LqlError(f"tensor {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
         return arr
 
-    def opt(self, key: str, present: set[str],
-            shape: tuple[int, ...] | None = None) -> np.ndarray | None:
-        return self.get(key, shape) if key in present else None
-
 
 class HFLayout:
     embed = "embed_tokens.weight"
@@ -72,6 +68,8 @@ class HFLayout:
                 keys += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
             if spec.attention_bias:
                 keys += [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
+            if spec.attention_out_bias:
+                keys.append(p + "self_attn.o_proj.bias")
             if spec.mlp_bias:
                 keys += [p + f"mlp.{n}_proj.bias" for n in ("gate", "up", "down")]
         return keys
@@ -95,7 +93,7 @@ class HFLayout:
                                        t.get(p + "self_attn.k_proj.bias", (nkv,)),
                                        t.get(p + "self_attn.v_proj.bias", (nkv,))])
         # Qwen2 has q/k/v biases but none on o_proj; Llama's attention_bias has all four
-        o_bias = t.opt(p + "self_attn.o_proj.bias", present, (h,))
+        o_bias = t.get(p + "self_attn.o_proj.bias", (h,)) if spec.attention_out_bias else None
         q_norm = k_norm = None
         if spec.qk_norm:
             q_norm = self._norm(spec, t, p + "self_attn.q_norm.weight", d)

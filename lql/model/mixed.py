@@ -3,8 +3,10 @@
 :func:`lql.model.build_model` hands a ``model_config`` here when it uses any of
 :data:`MIXED_KEYS`.  Everything is driven by those keys (see docs/FAMILIES.md, "Gemma 4"):
 
-* ``layer_head_dims`` / ``layer_kv_heads`` / ``layer_intermediate_sizes``: per-layer head
-  size, key/value head count and dense FFN width (null: the global value everywhere);
+* per-layer geometry as every builder reads it: ``per_layer`` ``{head_dim, num_kv_heads,
+  num_q_heads, intermediate_size}`` lists (:func:`lql.model.config.layer_heads`; absent: the
+  global value everywhere) — ``intermediate_size`` is the dense FFN width, checked against
+  the weights;
 * ``rope_scaling`` keyed by layer type; a type's dict may be ``{"rope_type": "proportional",
   "partial_rotary_factor": f, "rope_theta": θ}`` (:func:`lql.model.rope.proportional_inv_freq`);
   RoPE tables are built for each layer's own head size;
@@ -33,7 +35,7 @@ import numpy as np
 
 from lql.errors import LqlError, MissingTensorError, UnsupportedArchitectureError
 from lql.model.block import Attention, Block
-from lql.model.config import ArchSpec, RopeSpec
+from lql.model.config import ArchSpec, RopeSpec, layer_heads, per_layer_values
 from lql.model.ffn import ACTIVATIONS, GatedFFN
 from lql.model.layouts import Tensors
 from lql.model.moe import Experts, MoEBranch, Router
@@ -44,8 +46,7 @@ from lql.model.rope import Rope
 F32 = np.float32
 
 #: model_config keys that need this builder (any of them set and truthy)
-MIXED_KEYS = ("layer_head_dims", "layer_kv_heads", "layer_intermediate_sizes", "layer_k_eq_v",
-              "kv_shared_from", "per_layer_input_size", "num_experts", "layer_scalars", "v_norm",
+MIXED_KEYS = ("layer_k_eq_v", "kv_shared_from", "per_layer_input_size", "num_experts", "layer_scalars", "v_norm",
               "attn_scale")
 ROPE_KINDS = ("default", "linear", "llama3", "yarn", "dynamic", "proportional")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -112,6 +113,9 @@ def mixed_spec(cfg: Mapping, num_layers: int, hidden: int) -> ArchSpec:
     activation = cfg.get("activation")
     if activation not in ACTIVATIONS:
         raise UnsupportedArchitectureError(f"activation {activation!r}", tuple(ACTIVATIONS))
+    if (cfg.get("qkv_layout") or "split") != "split":
+        raise UnsupportedArchitectureError(f"qkv_layout {cfg.get('qkv_layout')!r} with per-layer settings",
+                                           ("split",))
     if cfg.get("norm_type", "rms") != "rms":
         raise UnsupportedArchitectureError(f"norm_type {cfg.get('norm_type')!r} with per-layer settings",
                                            ("rms",))
@@ -121,31 +125,36 @@ def mixed_spec(cfg: Mapping, num_layers: int, hidden: int) -> ArchSpec:
     if eps is None:
         raise LqlError("model_config has neither norm_eps nor rms_norm_eps")
     types = _layer_types(cfg, num_layers)
-    head_dims = [int(d) for d in _per_layer(cfg, "layer_head_dims", head_dim, num_layers)]
     window = cfg.get("sliding_window")
     qpas = cfg.get("query_pre_attn_scalar")
     scale = cfg.get("attn_scale")
-    if scale is None:
-        scale = float(qpas) ** -0.5 if qpas else head_dim ** -0.5
+
+    def attn_scale(dim: int) -> float:
+        if scale is not None:
+            return float(scale)
+        return float(float(qpas) ** -0.5 if qpas else float(dim) ** -0.5)
+
+    heads = layer_heads(cfg, num_layers, int(n_q), n_kv, head_dim, attn_scale)
+    head_dims = [lh.head_dim for lh in heads]
     embed_scale = cfg.get("embed_scale")
     eos = cfg.get("eos_token_id")
     eos = () if eos is None else (tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
     if cfg.get("position_embedding", "rope") != "rope":
         raise UnsupportedArchitectureError("learned positions with per-layer settings", ("rope",))
     return ArchSpec(
-        model_type=str(cfg.get("model_type")), num_layers=num_layers, hidden_size=hidden,
+        model_type=str(cfg.get("model_type")), qkv_layout="split", num_layers=num_layers, hidden_size=hidden,
         num_q_heads=int(n_q), num_kv_heads=n_kv, head_dim=head_dim, norm_type="rms",
         norm_offset=float(cfg.get("norm_offset") or 0.0), norm_eps=float(eps),
         embed_scale=float(1.0 if embed_scale is None else embed_scale), activation=activation,
         position_embedding="rope", max_position_embeddings=cfg.get("max_position_embeddings"),
         attention_bias=False, mlp_bias=False, qk_norm=bool(cfg.get("qk_norm")),
-        sandwich_norms=bool(cfg.get("sandwich_norms")), attn_scale=float(scale),
+        sandwich_norms=bool(cfg.get("sandwich_norms")), attn_scale=attn_scale(head_dim),
         attn_softcap=cfg.get("attn_logit_softcapping") or None,
         final_softcap=cfg.get("final_logit_softcapping") or None,
         tie_word_embeddings=cfg.get("tie_word_embeddings"),
         sliding=tuple(int(window) if t == "sliding_attention" and window else None for t in types),
         rope=tuple(_rope_spec(cfg, t, d) for t, d in zip(types, head_dims, strict=True)),
-        eos_token_ids=tuple(int(e) for e in eos))
+        eos_token_ids=tuple(int(e) for e in eos), layer_heads=heads)
 
 
 class _Plan:
@@ -154,9 +163,12 @@ class _Plan:
     def __init__(self, cfg: Mapping, spec: ArchSpec):
         n = spec.num_layers
         self.types = _layer_types(cfg, n)
-        self.head_dims = [int(d) for d in _per_layer(cfg, "layer_head_dims", spec.head_dim, n)]
-        self.kv_heads = [int(k) for k in _per_layer(cfg, "layer_kv_heads", spec.num_kv_heads, n)]
-        self.ffn = _per_layer(cfg, "layer_intermediate_sizes", cfg.get("intermediate_size"), n)
+        self.head_dims = [spec.heads(i).head_dim for i in range(n)]
+        self.kv_heads = [spec.heads(i).num_kv_heads for i in range(n)]
+        self.q_heads = [spec.heads(i).num_q_heads for i in range(n)]
+        widths = per_layer_values(cfg, "intermediate_size", n)
+        #: per layer: the dense FFN width the config says (``None``: read it off the weights)
+        self.ffn: list[Any] = list(widths) if widths else [cfg.get("intermediate_size")] * n
         self.k_eq_v = [bool(x) for x in _per_layer(cfg, "layer_k_eq_v", False, n)]
         self.sources = _per_layer(cfg, "kv_shared_from", None, n)
         for i, src in enumerate(self.sources):
@@ -170,9 +182,7 @@ class _Plan:
                     (self.head_dims[i], self.kv_heads[i], self.types[i]):
                 raise LqlError(f"layer {i} shares keys with layer {src} of another head shape or type")
             self.sources[i] = src
-        for i, k in enumerate(self.kv_heads):
-            if spec.num_q_heads % k:
-                raise LqlError(f"layer {i}: num_q_heads={spec.num_q_heads} is not a multiple of {k} KV heads")
+
         self.ple = int(cfg.get("per_layer_input_size") or 0)
         self.scalars = bool(cfg.get("layer_scalars"))
         self.experts = int(cfg.get("num_experts") or 0)
@@ -213,7 +223,8 @@ class _Plan:
 
 def _block(spec: ArchSpec, plan: _Plan, t: Tensors, i: int, rope) -> Block:
     p, h = f"layers.{i}.", spec.hidden_size
-    d, n_kv, nq = plan.head_dims[i], plan.kv_heads[i], spec.num_q_heads * plan.head_dims[i]
+    heads = spec.heads(i)
+    d, n_kv, nq = heads.head_dim, heads.num_kv_heads, heads.num_q_heads * heads.head_dim
 
     def norm(key: str, dim: int = h) -> RMSNorm:
         return RMSNorm(t.get(p + key, (dim,)), spec.norm_eps, spec.norm_offset)
@@ -231,7 +242,7 @@ def _block(spec: ArchSpec, plan: _Plan, t: Tensors, i: int, rope) -> Block:
     attention = Attention(
         qkv_t=np.concatenate(parts, axis=0).T, qkv_bias=None,
         o_t=t.get(p + "self_attn.o_proj.weight", (h, nq)).T, o_bias=None,
-        n_q=spec.num_q_heads, n_kv=n_kv, head_dim=d, scale=spec.attn_scale, softcap=spec.attn_softcap,
+        n_q=heads.num_q_heads, n_kv=n_kv, head_dim=d, scale=heads.attn_scale, softcap=spec.attn_softcap,
         window=spec.sliding[i], q_norm=q_norm, k_norm=k_norm, rope=rope,
         v_norm=RMSNorm(None, spec.norm_eps) if plan.v_norm and not shared else None,
         k_eq_v=plan.k_eq_v[i], kv_shared=shared)
@@ -293,8 +304,8 @@ def build_mixed_model(model_config: Mapping, weights: Mapping):
     if tied is None:
         tied = "lm_head.weight" not in present
     missing = [k for k in plan.required(spec, tied) if k not in present]
-    if missing:
-        raise MissingTensorError(missing)
+    if missing:  # a weights mapping may say where it comes from and how to complete it
+        raise MissingTensorError(missing, where=str(getattr(weights, "where", "") or ""))
     ropes: dict[RopeSpec, Rope] = {}
     blocks = []
     for i in range(num_layers):

@@ -171,8 +171,8 @@ def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
     if tied is None:
         tied = layout.head not in present
     missing = [k for k in layout.required(spec, tied) if k not in present]
-    if missing:
-        raise MissingTensorError(missing)
+    if missing:  # a weights mapping may say where it comes from and how to complete it
+        raise MissingTensorError(missing, where=str(getattr(weights, "where", "") or ""))
 
     ropes: dict = {}
     blocks = []

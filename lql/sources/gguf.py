@@ -77,6 +77,9 @@ class GgufSource(ModelSource):
         embed = self._tensors.get("token_embd.weight")
         if embed is None:
             raise SourceError(f"{path} has no token_embd.weight tensor", path)
+        for name in self.family_spec.gguf_config_tensors:  # tensors the config is read from
+            if name in self._tensors:
+                meta[f"tensor:{name}"] = self._dequantise(self._tensors[name])
         self.hf_config = hf_config_from_gguf(arch, meta, set(self._tensors),
                                              tuple(int(d) for d in reversed(embed.shape)))
         self.model_config = self.family_spec.model_config(self.hf_config)
@@ -99,11 +102,10 @@ class GgufSource(ModelSource):
         if fam.lm_head_key not in wanted:
             wanted.append(fam.lm_head_key)  # an untied head in a file says tied=False anyway
         for key in wanted:
-            base, suffix = fam.hf_key(key).rsplit(".", 1)
-            gguf_base = name_map.get_name(base)
-            if gguf_base is not None:
-                by_gguf[f"{gguf_base}.{suffix}"] = key
-        unknown = sorted(set(self._tensors) - set(by_gguf))
+            name = fam.gguf_tensor_name(key, name_map)
+            if name is not None:
+                by_gguf[name] = key
+        unknown = sorted(n for n in set(self._tensors) - set(by_gguf) if not fam.gguf_ignores(n))
         if unknown:
             shown = ", ".join(unknown[:6]) + (" …" if len(unknown) > 6 else "")
             raise unsupported(self.arch, f"tensors this reader does not map: {shown}")
@@ -122,17 +124,19 @@ class GgufSource(ModelSource):
         shape = tuple(int(d) for d in reversed(self._tensors[name].shape))
         return shape[::-1] if self.family_spec.gguf_transposed(name) else shape
 
-    def _read(self, key: str) -> np.ndarray:
-        name = self._names[key]
-        t = self._tensors[name]
+    def _dequantise(self, t) -> np.ndarray:
         shape = tuple(int(d) for d in reversed(t.shape))
         try:
             w = self._gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError:
-            raise SourceError(f"{self.path}: tensor {name} uses quantisation "
+            raise SourceError(f"{self.path}: tensor {t.name} uses quantisation "
                               f"{t.tensor_type.name}, which the gguf package cannot dequantise",
                               self.path) from None
-        w = np.array(w, dtype=np.float32, copy=True).reshape(shape)
+        return np.array(w, dtype=np.float32, copy=True).reshape(shape)
+
+    def _read(self, key: str) -> np.ndarray:
+        name = self._names[key]
+        w = self._dequantise(self._tensors[name])
         fam = self.family_spec
         heads = fam.gguf_permute_heads(name, self.hf_config)
         if heads is not None:

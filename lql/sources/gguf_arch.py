@@ -39,10 +39,7 @@ def hf_config_from_gguf(arch: str, meta: dict, tensor_names: set[str],
     """A Hugging Face ``config.json`` dict for a GGUF (the way ``transformers``
     builds one when loading a GGUF), refusing what we cannot map."""
     fam = family_for_gguf(arch)
-    if meta.get(f"{arch}.expert_count"):
-        raise unsupported(arch, "mixture-of-experts layers")
-    if "rope_freqs.weight" in tensor_names:
-        raise unsupported(arch, "rope_freqs (llama3-style RoPE scaling stored as a tensor)")
+    fam.gguf_check(arch, meta, tensor_names)
     for suffix in _REFUSED_KEYS:
         if meta.get(f"{arch}.{suffix}") not in (None, 0, False):
             raise unsupported(arch, f"{arch}.{suffix}={meta[f'{arch}.{suffix}']!r}")

@@ -152,13 +152,34 @@ def _sentencepiece(meta: dict, tokens: list[str], unk: str | None, gemma: bool,
     return tok
 
 
+def _gemma4(meta: dict, tokens: list[str], unk: str | None, where: str) -> Tokenizer:
+    """``tokenizer.ggml.model == "gemma4"``: BPE over ``▁``-for-space text with the file's
+    merges and byte fallback, no pre-tokenizer — the tokenizer.json Gemma 4 checkpoints
+    ship (transformers' GemmaTokenizer); it adds no BOS itself (the chat template does)."""
+    merges = []
+    for m in meta.get("tokenizer.ggml.merges") or ():
+        parts = m.split(" ")
+        if len(parts) != 2:
+            raise SourceError(f"{where}: malformed merge {m!r} in tokenizer.ggml.merges", where)
+        merges.append((parts[0], parts[1]))
+    if not merges:
+        raise SourceError(f"{where}: a gemma4 GGUF tokenizer without tokenizer.ggml.merges", where)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, dropout=None,
+                               unk_token=unk or "<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    return tok
+
+
 def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
     """``(tokenizer.json text, tokenizer_config dict)`` from GGUF metadata
     (``meta`` maps GGUF keys to Python values)."""
     kind = meta.get("tokenizer.ggml.model")
     tokens = list(meta.get("tokenizer.ggml.tokens") or [])
     types = list(meta.get("tokenizer.ggml.token_type") or [])
-    if kind in ("gpt2", "llama") and not tokens:
+    if kind in ("gpt2", "llama", "gemma4") and not tokens:
         raise SourceError(f"{where}: the GGUF has no tokenizer vocabulary", where)
 
     def token_of(key):
@@ -180,10 +201,16 @@ def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
         named = [config[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token")
                  if config[k] is not None]
         add_bos_default = True  # llama.cpp adds BOS to a SentencePiece vocab unless told not to
+    elif kind == "gemma4":
+        tok = _gemma4(meta, tokens, config["unk_token"], where)
+        alphabet = None
+        named = [config[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token")
+                 if config[k] is not None]
+        add_bos_default = True
     else:
         raise SourceError(f"{where}: rebuilding a tokenizer from GGUF tokenizer model {kind!r} "
                           "is not supported (supported: 'gpt2' byte-level BPE, 'llama' "
-                          "SentencePiece); use the model's Hugging Face folder instead", where)
+                          "SentencePiece, 'gemma4' BPE); use the model's Hugging Face folder instead", where)
 
     control = [t for t, ty in zip(tokens, types)
                if ty == CONTROL and (alphabet is None or set(t) <= alphabet)]
@@ -203,11 +230,12 @@ def build_tokenizer(meta: dict, where: str) -> tuple[str, dict]:
     bos, eos = config["bos_token"], config["eos_token"]
     if (add_bos and bos is None) or (add_eos and eos is None):
         raise SourceError(f"{where}: the GGUF asks to add BOS/EOS but names no such token", where)
-    single, pair = _template(bos, eos, add_bos, add_eos)
-    ids = [(t, tok.token_to_id(t)) for t in dict.fromkeys([bos if add_bos else None,
-                                                         eos if add_eos else None]) if t]
-    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
-                                                       special_tokens=ids)
+    if kind != "gemma4":  # transformers' Gemma 4 tokenizer adds neither (whatever the flags say)
+        single, pair = _template(bos, eos, add_bos, add_eos)
+        ids = [(t, tok.token_to_id(t)) for t in dict.fromkeys([bos if add_bos else None,
+                                                             eos if add_eos else None]) if t]
+        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                           special_tokens=ids)
     template = meta.get("tokenizer.chat_template")
     if template:
         config["chat_template"] = template

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ExecutionError, MissingTensorError
+from ..errors import ExecutionError, MissingTensorError, UnclaimedTensorError
 from . import format as fmt
 from .atomic import AtomicDir, BinWriter, check_target
 from .down_meta import DownMetaWriter, layer_records
@@ -111,6 +111,11 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
     missing = sorted(needed - have)
     if missing:
         raise MissingTensorError(missing, where=f"source {source.name}")
+    # every source tensor is claimed by the family or ignored by an explicit rule of it;
+    # anything else would be dropped silently (e.g. a model labelled with the wrong family)
+    unclaimed = family.unclaimed(mc, have)
+    if unclaimed:
+        raise UnclaimedTensorError(unclaimed, family.name, str(source.name))
 
     by_layer: dict[int | None, list] = {}
     for s in specs:
@@ -179,6 +184,10 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
                     gate_transposed = rows.shape != g_src.shape or (
                         np.shares_memory(rows, g_src) and rows.strides != g_src.strides)
                     n_feat, h = rows.shape
+                    if n_feat != family.num_features(mc, layer):
+                        raise ExecutionError(f"{gate_keys[layer]} has {n_feat} features; the "
+                                             f"model_config says {family.num_features(mc, layer)} "
+                                             f"for layer {layer}")
                     if h != hidden:
                         raise ExecutionError(f"{gate_keys[layer]} gives gate rows of shape "
                                              f"{rows.shape}, expected (features, {hidden})")

@@ -1,7 +1,9 @@
 """``v.weights``: the model's tensors as a read-only Mapping over the vindex files.
 
 Keys are Hugging Face names without ``model.`` / ``transformer.``.  Tensors in
-the split weight files come from ``weight_manifest.json``; the embedding key
+the split weight files come from ``weight_manifest.json`` (those in
+``lql.families.RAW_FILES`` — the per-layer embeddings — in their storage dtype,
+memory-mapped; all others as f32); the embedding key
 resolves to ``embeddings.bin`` and each layer's gate key to its rows in
 ``gate_vectors.bin`` (transposed back when the family stores the FFN input
 projection as hidden × features, like GPT-2's Conv1D ``c_fc``).  The names come
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import MissingTensorError, VindexError
-from ..families import family_or_default
+from ..families import RAW_FILES, family_or_default
 
 if TYPE_CHECKING:
     from .reader import Vindex
@@ -41,11 +43,18 @@ class VindexWeights(Mapping):
         self._entries: dict[str, dict[str, Any]] = {}
         for entry in manifest or ():
             self._entries[entry["key"]] = entry
+        src = (getattr(vindex, "source", None) or {}).get("path") or "<model folder or .gguf>"
+        #: what a model builder says when a tensor it needs is not here
+        self.where = (f'vindex {vindex.path}; re-run EXTRACT MODEL "{src}" INTO "{vindex.path}" '
+                      f"WITH {'ALL' if vindex.level == 'all' else 'INFERENCE'} FORCE")
 
     # ---- Mapping
     def __getitem__(self, key: str) -> np.ndarray:
         if key in self._entries:
-            return self._v._tensor(self._entries[key])
+            entry = self._entries[key]
+            if entry["file"] in RAW_FILES:  # storage dtype, memory-mapped (gathered per row)
+                return self._v._view(entry["file"], entry["offset"], entry["length"], tuple(entry["shape"]))
+            return self._v._tensor(entry)
         if key in self._embed_keys:
             return self._v._embeddings_f32()
         layer = self._gate_keys.get(key)
