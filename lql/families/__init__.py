@@ -14,6 +14,7 @@ from ..errors import UnsupportedArchitectureError
 from .bands import derive_bands
 from .base import LEVELS, ROLE_FILES, ROLES, Family, LayerGeometry, TensorSpec, level_index
 from .gemma import Gemma, Gemma2, Gemma3
+from .gemma4 import Gemma4
 from .gpt2 import GPT2
 from .hfconfig import SUPPORTED_ACTIVATIONS, SUPPORTED_ROPE_TYPES
 from .llama import Llama, Mistral
@@ -21,7 +22,7 @@ from .qwen import Qwen2, Qwen3
 
 #: every supported family, by name
 FAMILIES: dict[str, Family] = {f.name: f for f in (Llama(), Mistral(), Qwen2(), Qwen3(), Gemma(),
-                                                     Gemma2(), Gemma3(), GPT2())}
+                                                     Gemma2(), Gemma3(), GPT2(), Gemma4())}  # Gemma4: temporary (g4s)
 
 _BY_MODEL_TYPE = {mt: f for f in FAMILIES.values() for mt in f.model_types}
 _BY_ARCHITECTURE = {a: f for f in FAMILIES.values() for a in f.architectures}

@@ -252,7 +252,8 @@ class Gemma4(Family):
     def global_tensors(self, mc: dict):
         out = [spec(self.embed_key, "embed", "browse", None), spec("norm.weight", "norm", "inference", None)]
         if mc.get("per_layer_input_size"):
-            out += [spec("embed_tokens_per_layer.weight", "embed", "inference", None),
+            out += [spec("embed_tokens_per_layer.weight", "embed", "inference", None,
+                         "per_layer_embeddings.bin"),  # g4s: not embeddings.bin (it would overwrite it)
                     spec("per_layer_model_projection.weight", "attn", "inference", None),
                     spec("per_layer_projection_norm.weight", "norm", "inference", None)]
         if not mc["tie_word_embeddings"]:

@@ -133,7 +133,7 @@ def mixed_spec(cfg: Mapping, num_layers: int, hidden: int) -> ArchSpec:
     if cfg.get("position_embedding", "rope") != "rope":
         raise UnsupportedArchitectureError("learned positions with per-layer settings", ("rope",))
     return ArchSpec(
-        model_type=str(cfg.get("model_type")), num_layers=num_layers, hidden_size=hidden,
+        model_type=str(cfg.get("model_type")), qkv_layout="split", num_layers=num_layers, hidden_size=hidden,
         num_q_heads=int(n_q), num_kv_heads=n_kv, head_dim=head_dim, norm_type="rms",
         norm_offset=float(cfg.get("norm_offset") or 0.0), norm_eps=float(eps),
         embed_scale=float(1.0 if embed_scale is None else embed_scale), activation=activation,
