@@ -107,6 +107,8 @@ class Model:
         ffn_d = [None] * n if record.deltas else None
         acts = [None] * n if record.ffn_activations else None
         attn_p = [None] * n if record.attention else None
+        ple_d = [None] * n if record.deltas and self.per_layer_embed is not None else None
+        routes = [None] * n if record.experts else None
 
         h = self.embed(ids, positions)
         embedding = pick(h, record.residuals) if record.residuals else None
@@ -124,6 +126,11 @@ class Model:
             if attn_d is not None:
                 attn_d[i] = pick(trace.attn_delta, record.deltas)
                 ffn_d[i] = pick(trace.ffn_delta, record.deltas)
+            if ple_d is not None and trace.ple_delta is not None:
+                ple_d[i] = pick(trace.ple_delta, record.deltas)
+            if routes is not None and trace.routing is not None:
+                weights, idx = trace.routing
+                routes[i] = (idx[-1].copy(), weights[-1].copy())
             if acts is not None:
                 acts[i] = trace.ffn_hidden[-1].copy()
             if attn_p is not None:
@@ -133,7 +140,7 @@ class Model:
         last = h[-1]
         return ForwardOutput(logits=self.logits_from_hidden(last), hidden=last.copy(), positions=positions,
                              embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
-                             ffn_activations=acts, attention=attn_p)
+                             ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
 
     def generate(self, ids, n: int, stop_ids: Iterable[int] | None = None, *, cache: KVCache | None = None,
                  hooks: Hooks | None = None) -> Iterator[int]:
