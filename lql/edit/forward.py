@@ -62,15 +62,10 @@ def model_for(view):
     if not layers:
         m = bm
     else:
-        from ..model.layouts import Tensors, layout_for
-        layout = layout_for(bm.model_config.get("model_type"))
-        tensors = Tensors(view.weights)
-        present = set(view.weights.keys())
         m = copy.copy(bm)
         m.blocks = list(bm.blocks)
         for i in layers:
-            rope = getattr(bm.blocks[i].attention, "rope", None)
-            m.blocks[i] = layout.block(bm.spec, tensors, i, present, rope)
+            m.blocks[i] = bm.rebuild_block(view.weights, i)  # per-layer shapes too (Gemma 4)
     overlay._model_cache = (overlay.version, bm, m)
     return m
 

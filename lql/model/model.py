@@ -33,8 +33,9 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
 class Model:
     def __init__(self, spec: ArchSpec, *, embed: np.ndarray, position_table: np.ndarray | None,
                  blocks: list, final_norm, head: np.ndarray, model_config: dict,
-                 per_layer_embed=None, kv_sources: list[int | None] | None = None):
+                 per_layer_embed=None, kv_sources: list[int | None] | None = None, block_factory=None):
         self.spec = spec
+        self.block_factory = block_factory    # (weights, layer, rope) -> Block, for rebuild_block
         self.per_layer_embed = per_layer_embed  # lql.model.ple.PerLayerEmbeddings (Gemma 4 PLE) or None
         self.kv_sources = kv_sources            # per layer: the layer whose KV cache it shares, or None
         self.model_config = model_config
@@ -72,6 +73,14 @@ class Model:
         if cap:
             logits = np.tanh(logits / F32(cap)) * F32(cap)
         return logits.astype(F32, copy=False)
+
+    def rebuild_block(self, weights: Mapping[str, np.ndarray], layer: int):
+        """Layer ``layer``'s block built afresh from ``weights`` (an edited view's), with this
+        model's spec and RoPE tables — how an overlay swaps in the layers it edits."""
+        rope = getattr(self.blocks[layer].attention, "rope", None)
+        if self.block_factory is not None:
+            return self.block_factory(weights, layer, rope)
+        return layout_for(self.model_config).block(self.spec, Tensors(weights), layer, set(weights.keys()), rope)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.num_layers, self.kv_sources)
