@@ -24,8 +24,8 @@ if not (FIXTURES / "tiny-gemma4" / "config.json").is_file():
 
 @pytest.fixture(scope="module")
 def vindexes(tmp_path_factory) -> dict[str, Path]:
-    from lql.vindex import extract
     from lql.sources import open_source
+    from lql.vindex import extract
     root = tmp_path_factory.mktemp("g4v")
     return {m: extract(open_source(FIXTURES / m), root / f"{m}.vindex", level="all", dtype="f32")
             for m in MODELS}
