@@ -48,7 +48,7 @@ def hf_config(mc: dict) -> dict[str, Any]:
         "head_dim": head_dim,
         "hidden_activation": mc["activation"],
         "max_position_embeddings": mc.get("max_position_embeddings"),
-        "rms_norm_eps": float(mc.get("rms_norm_eps") or mc.get("norm_eps")),
+        "rms_norm_eps": float(mc.get("rms_norm_eps") or mc.get("norm_eps") or 1e-6),
         "bos_token_id": mc.get("bos_token_id"),
         "eos_token_id": (eos[0] if len(eos) == 1 else (list(eos) or None)),
         "pad_token_id": mc.get("pad_token_id"),

@@ -136,7 +136,8 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
         if decompose:
             a_top = np.argmax(lin.vocab_logits(head, attn[chosen, i]), axis=1)
             f_top = np.argmax(lin.vocab_logits(head, ffn[chosen, i]), axis=1)
-            p_top = np.argmax(lin.vocab_logits(head, ple[chosen, i]), axis=1) if has_ple else None
+            p_top = np.argmax(lin.vocab_logits(head, ple[chosen, i]), axis=1) \
+                if lin is not None and ple is not None else None
         for c0 in range(0, len(chosen), CHUNK):
             part = chosen[c0:c0 + CHUNK]
             logits = lens_logits(model, res[part, i])
