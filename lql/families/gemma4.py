@@ -266,7 +266,13 @@ class Gemma4(Family):
             "num_experts": int(cfg["num_experts"]) if moe else 0,
             "top_k_experts": int(cfg["top_k_experts"]) if moe else 0,
             "moe_intermediate_size": int(cfg["moe_intermediate_size"]) if moe else 0,
+            # how config.json wrote the per-layer geometry (COMPILE INTO MODEL writes it back so)
+            "config_format": "per_layer_config" if cfg.get("per_layer_config") is not None else "global_head_dim",
         }
+
+    def hf_config(self, model_config: dict) -> dict:
+        from .gemma4_hf import hf_config
+        return hf_config(model_config)
 
     # ------------------------------------------------------------ naming
     def normalise_key(self, hf_key: str) -> str | None:

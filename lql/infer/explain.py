@@ -9,6 +9,12 @@ at the last position, and (WITH ATTENTION) the heads that attended hardest.
 * Heads are ranked by their largest attention weight from the last position to
   any position other than the first (position 0 is the usual "attention sink";
   a one-token prompt keeps it); the row names that position and its token.
+* Mixture-of-experts layers (Gemma 4) add rows ``kind = "expert"``: the experts the
+  router chose at the last position, in the router's order (largest weight first),
+  with ``expert`` (its id) and ``router_weight`` (its top-k-renormalised probability
+  times ``router.per_expert_scale`` — the factor its output is multiplied by). The
+  ``ffn`` rows of such a layer are the dense FFN's features. Models without experts
+  get neither the rows nor the columns.
 """
 
 from __future__ import annotations
@@ -32,15 +38,18 @@ def explain(target, prep, *, layers=None, top: int | None = None, verbose: bool 
     model = target.model
     chosen = select_layers(layers, model.num_layers)
     knn = target.knn_layers()
+    moe = bool(getattr(model, "model_config", None) and model.model_config.get("num_experts"))
     rec = Record(ffn_activations=True, attention="last" if with_attention else None,
                  residuals="last" if knn else None,
-                 layers=None if knn else frozenset(chosen))
+                 layers=None if knn else frozenset(chosen), experts=moe)
     ranked = rank_next(target, prep.ids, top, record=rec)
     out = ranked.output
     labels = target.feature_labels
     T = len(prep.ids)
 
     columns = ["layer", "kind", "feature", "activation", "label", "top_token", "down_tokens"]
+    if moe:
+        columns += ["expert", "router_weight"]
     if with_attention:
         columns += ["head", "position", "attended_token", "attention"]
     rows: list[dict] = []
@@ -58,6 +67,10 @@ def explain(target, prep, *, layers=None, top: int | None = None, verbose: bool 
                          "label": labels.get((layer, f)),
                          "top_token": target.token_text(down[0]) if down else None,
                          "down_tokens": [target.token_text(t) for t in down]})
+        routed = out.experts[layer] if moe and out.experts is not None else None
+        if routed is not None:
+            for e, w in zip(*routed):
+                rows.append({"layer": layer, "kind": "expert", "expert": int(e), "router_weight": float(w)})
         if with_attention:
             probs = np.asarray(out.attention[layer], dtype=np.float32)      # [heads, S]
             view = probs[:, 1:] if probs.shape[1] > 1 else probs

@@ -18,6 +18,14 @@ add up exactly to the final (pre-soft-cap) logit:
     embedding_logit + Σ_l (attn_logit_l + ffn_logit_l) + bias_logit = final_logit
 
 (``bias_logit = W_U[t] · b``, zero for RMSNorm). All of it is computed in float64.
+
+Gemma 4 layers are ``h_out = s_l · (h + a_l + f_l + p_l)`` (``layer_scalar`` ``s_l``, the
+per-layer-embedding branch ``p_l``). Unrolled,
+``r_final = c_0 · e + Σ_l c_l · (a_l + f_l + p_l)`` with ``c_l = Π_{m ≥ l} s_m`` (the product
+of layer ``l``'s and every later layer's scalar; :func:`residual_scales`), so each part is
+attributed scaled by its ``c_l`` and the identity gains ``Σ_l ple_logit_l``:
+
+    embedding_logit + Σ_l (attn_logit_l + ffn_logit_l + ple_logit_l) + bias_logit = final_logit
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 
 from .predict import softmax64
 
-__all__ = ["FinalNormLinear", "lens_logits", "lens_probs"]
+__all__ = ["FinalNormLinear", "lens_logits", "lens_probs", "residual_scales", "has_layer_scalars"]
 
 
 @dataclass
@@ -85,3 +93,17 @@ def lens_probs(model, residuals: np.ndarray, chunk: int = 64) -> np.ndarray:
     for i in range(0, residuals.shape[0], chunk):
         out.append(softmax64(lens_logits(model, residuals[i:i + chunk])))
     return np.concatenate(out, axis=0)
+
+
+def has_layer_scalars(model) -> bool:
+    """True when some layer multiplies its output by a ``layer_scalar`` (Gemma 4)."""
+    return any(getattr(b, "layer_scalar", None) is not None for b in getattr(model, "blocks", ()))
+
+
+def residual_scales(model) -> np.ndarray:
+    """``c`` ``[L]`` float64: ``c[l]`` = the product of the ``layer_scalar`` of layer ``l`` and of
+    every later layer — the factor by which what layer ``l`` adds (and, for ``l = 0``, the
+    embedding) reaches the final residual. All ones for models without layer scalars."""
+    scalars = [getattr(b, "layer_scalar", None) for b in getattr(model, "blocks", ())]
+    s = np.array([1.0 if x is None else float(x) for x in scalars], dtype=np.float64)
+    return np.cumprod(s[::-1])[::-1].copy() if s.size else s

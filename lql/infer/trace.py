@@ -15,7 +15,7 @@ from ..atomic import atomic_writer
 from ..errors import ExecutionError
 from ..model import Record
 from ..result import Result
-from .lens import FinalNormLinear, lens_logits
+from .lens import FinalNormLinear, has_layer_scalars, lens_logits, residual_scales
 from .predict import softmax64
 
 __all__ = ["trace", "resolve_token", "select_layers", "save_npz"]
@@ -86,6 +86,13 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
     res = _stack(out.residuals, want_all)                          # [L, T|1, H]
     attn = _stack(out.attn_deltas, want_all)
     ffn = _stack(out.ffn_deltas, want_all)
+    # Gemma 4: the per-layer-embedding branch's deltas (zeros on a layer without one) and the
+    # layer scalars' products (lql.infer.lens.residual_scales)
+    has_ple = out.ple_deltas is not None
+    ple = _stack([np.zeros(np.shape(out.attn_deltas[0])) if x is None else x for x in out.ple_deltas], want_all) \
+        if has_ple else None
+    scaled = has_layer_scalars(model)
+    scales = residual_scales(model)                                # [L] float64, ones if none
     T = len(prep.ids)
     pos_list = list(range(T)) if all_positions else [T - 1]
     idx_of = (lambda p: p) if want_all else (lambda p: 0)
@@ -99,18 +106,23 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
         ["layer", "top_token", "top_probability"]
     if tid is not None:
         columns += ["rank", "probability", "logit", "attn_logit", "ffn_logit"]
+        columns += (["ple_logit"] if has_ple else []) + (["scale"] if scaled else [])
     if decompose:
-        columns += ["attn_norm", "ffn_norm", "attn_top_token", "ffn_top_token"]
+        columns += ["attn_norm", "ffn_norm"] + (["ple_norm"] if has_ple else []) + \
+            ["attn_top_token", "ffn_top_token"] + (["ple_top_token"] if has_ple else [])
     rows: list[dict] = []
     dla_meta = None
     for p in pos_list:
         i = idx_of(p)
         r_final = res[-1, i]
         lin = FinalNormLinear.at(model, r_final) if (tid is not None or decompose) else None
+        p_log = p_top = None
         if tid is not None:
-            a_log = lin.token_logits(head, tid, attn[:, i])
-            f_log = lin.token_logits(head, tid, ffn[:, i])
-            e_log = float(lin.token_logits(head, tid, emb[i][None, :])[0])
+            # each part reaches r_final multiplied by its layer's scale (1 without layer scalars)
+            a_log = lin.token_logits(head, tid, attn[:, i]) * scales
+            f_log = lin.token_logits(head, tid, ffn[:, i]) * scales
+            p_log = lin.token_logits(head, tid, ple[:, i]) * scales if has_ple else None
+            e_log = float(lin.token_logits(head, tid, emb[i][None, :])[0]) * (float(scales[0]) if n_layers else 1.0)
             b_log = lin.bias_logit(head, tid)
             pre = np.asarray(model.final_norm(r_final[None, :]), dtype=np.float64)[0] @ \
                 np.asarray(head[tid], dtype=np.float64)
@@ -118,9 +130,15 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
                 dla_meta = {"token_id": tid, "embedding_logit": e_log, "bias_logit": b_log,
                             "attn_logit_total": float(a_log.sum()), "ffn_logit_total": float(f_log.sum()),
                             "final_logit": float(pre)}
+                if p_log is not None:
+                    dla_meta["ple_logit_total"] = float(p_log.sum())
+                if scaled:
+                    dla_meta["scales"] = [float(c) for c in scales]
         if decompose:
             a_top = np.argmax(lin.vocab_logits(head, attn[chosen, i]), axis=1)
             f_top = np.argmax(lin.vocab_logits(head, ffn[chosen, i]), axis=1)
+            p_top = np.argmax(lin.vocab_logits(head, ple[chosen, i]), axis=1) \
+                if lin is not None and ple is not None else None
         for c0 in range(0, len(chosen), CHUNK):
             part = chosen[c0:c0 + CHUNK]
             logits = lens_logits(model, res[part, i])
@@ -135,12 +153,20 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
                     row.update(rank=int(np.count_nonzero(pr > pr[tid])) + 1, probability=float(pr[tid]),
                                logit=float(logits[j, tid]), attn_logit=float(a_log[layer]),
                                ffn_logit=float(f_log[layer]))
+                    if p_log is not None:
+                        row["ple_logit"] = float(p_log[layer])
+                    if scaled:
+                        row["scale"] = float(scales[layer])
                 if decompose:
                     k = c0 + j
                     row.update(attn_norm=float(np.linalg.norm(attn[layer, i])),
-                               ffn_norm=float(np.linalg.norm(ffn[layer, i])),
-                               attn_top_token=target.token_text(int(a_top[k])),
+                               ffn_norm=float(np.linalg.norm(ffn[layer, i])))
+                    if ple is not None:
+                        row["ple_norm"] = float(np.linalg.norm(ple[layer, i]))
+                    row.update(attn_top_token=target.token_text(int(a_top[k])),
                                ffn_top_token=target.token_text(int(f_top[k])))
+                    if p_top is not None:
+                        row["ple_top_token"] = target.token_text(int(p_top[k]))
                 rows.append(row)
 
     meta = {"prompt": prep.text, "chat_wrapped": prep.chat_wrapped, "num_tokens": T,
@@ -152,14 +178,15 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
         meta["dla"] = dla_meta
     if save is not None:
         path = save_npz(save, target=target, prep=prep, emb=emb, res=res, attn=attn, ffn=ffn,
-                        logits=out.logits, for_id=tid)
+                        logits=out.logits, for_id=tid, ple=ple, scales=scales if scaled else None)
         meta["saved"] = str(path)
         saved = f"saved residuals of {T} positions × {n_layers + 1} to {path}"
         message = saved if message is None else f"{message}; {saved}"
     return Result.table("TRACE", columns, rows, message=message, **meta)
 
 
-def save_npz(path: Path, *, target, prep, emb, res, attn, ffn, logits, for_id=None) -> Path:
+def save_npz(path: Path, *, target, prep, emb, res, attn, ffn, logits, for_id=None, ple=None,
+             scales=None) -> Path:
     """Write the trace as ``.npz`` (layout in docs/INFER.md), atomically: a temporary file
     in the same folder, fsync, then rename. ``.npz`` is appended when missing."""
     path = Path(path)
@@ -181,6 +208,10 @@ def save_npz(path: Path, *, target, prep, emb, res, attn, ffn, logits, for_id=No
         "model": np.array(str(target.name or ""), dtype=np.str_),
         "for_token_id": np.array(-1 if for_id is None else int(for_id), dtype=np.int64),
     }
+    if ple is not None:
+        arrays["ple_deltas"] = np.asarray(ple, dtype=np.float32)
+    if scales is not None:
+        arrays["layer_scales"] = np.asarray(scales, dtype=np.float64)
     with atomic_writer(path) as fh:
         np.savez(fh, **arrays)
     return path

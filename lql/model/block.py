@@ -93,6 +93,8 @@ class LayerTrace:
     ffn_delta: np.ndarray
     ffn_hidden: np.ndarray
     probs: np.ndarray
+    ple_delta: np.ndarray | None = None  # what the per-layer-embedding branch added (Gemma 4), or None
+    routing: tuple[np.ndarray, np.ndarray] | None = None  # MoE: (weights [T, k], expert ids [T, k])
 
 
 class Block:
@@ -120,15 +122,17 @@ class Block:
         ffn_out, hidden = self.ffn(x)
         if hooks is not None and hooks.ffn is not None:
             ffn_out = hooks.ffn(self.index, x, ffn_out)
+        routing = ple_out = None
         if self.moe is not None:
-            ffn_out = self.moe(ffn_out, h)  # the expert branch reads the residual itself
+            ffn_out, routing = self.moe.routed(ffn_out, h)  # the expert branch reads the residual itself
         if self.post_ffn_norm is not None:
             ffn_out = self.post_ffn_norm(ffn_out)
         h = h + ffn_out
         if self.per_layer is not None:
-            h = h + self.per_layer(h, per_layer_input)
+            ple_out = self.per_layer(h, per_layer_input)
+            h = h + ple_out
         if self.layer_scalar is not None:
             h = h * self.layer_scalar
         if hooks is not None and hooks.residual is not None:
             h = hooks.residual(self.index, h)
-        return h, LayerTrace(attn_out, ffn_out, hidden, probs)
+        return h, LayerTrace(attn_out, ffn_out, hidden, probs, ple_out, routing)

@@ -176,17 +176,8 @@ class GPT2Layout(HFLayout):
 LAYOUTS: dict[str, type[HFLayout]] = {"split": HFLayout, "fused_conv1d": GPT2Layout}
 
 
-def layout_for(model_config: Mapping[str, Any] | str | None) -> HFLayout:
-    """The layout of a ``model_config`` (by its ``qkv_layout`` flag).
-
-    A string is taken as a ``qkv_layout`` value; any other string (a ``model_type``,
-    from callers written before the flag existed) is resolved through
-    ``lql.families.complete_model_config``, the one place that knows families."""
-    if isinstance(model_config, str) or model_config is None:
-        if model_config in LAYOUTS:
-            return LAYOUTS[model_config]()
-        from lql.families import complete_model_config
-        model_config = complete_model_config({"model_type": model_config})
+def layout_for(model_config: Mapping[str, Any]) -> HFLayout:
+    """The layout of a (completed) ``model_config``, by its ``qkv_layout`` flag."""
     name = model_config.get("qkv_layout") or "split"
     if name not in LAYOUTS:
         from lql.errors import UnsupportedArchitectureError

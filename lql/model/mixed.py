@@ -326,7 +326,8 @@ def build_mixed_model(model_config: Mapping, weights: Mapping):
     final = RMSNorm(t.get("norm.weight", (hidden,)), spec.norm_eps, spec.norm_offset)
     sources = plan.sources if any(s is not None for s in plan.sources) else None
     return Model(spec, embed=embed, position_table=None, blocks=blocks, final_norm=final, head=head,
-                 model_config=cfg, per_layer_embed=per_layer_embed, kv_sources=sources)
+                 model_config=cfg, per_layer_embed=per_layer_embed, kv_sources=sources,
+                 block_factory=lambda w, i, rope: _block(spec, plan, Tensors(w), i, rope))
 
 
 __all__ = ["MIXED_KEYS", "build_mixed_model", "is_mixed", "mixed_spec"]

@@ -33,8 +33,9 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
 class Model:
     def __init__(self, spec: ArchSpec, *, embed: np.ndarray, position_table: np.ndarray | None,
                  blocks: list, final_norm, head: np.ndarray, model_config: dict,
-                 per_layer_embed=None, kv_sources: list[int | None] | None = None):
+                 per_layer_embed=None, kv_sources: list[int | None] | None = None, block_factory=None):
         self.spec = spec
+        self.block_factory = block_factory    # (weights, layer, rope) -> Block, for rebuild_block
         self.per_layer_embed = per_layer_embed  # lql.model.ple.PerLayerEmbeddings (Gemma 4 PLE) or None
         self.kv_sources = kv_sources            # per layer: the layer whose KV cache it shares, or None
         self.model_config = model_config
@@ -73,6 +74,14 @@ class Model:
             logits = np.tanh(logits / F32(cap)) * F32(cap)
         return logits.astype(F32, copy=False)
 
+    def rebuild_block(self, weights: Mapping[str, np.ndarray], layer: int):
+        """Layer ``layer``'s block built afresh from ``weights`` (an edited view's), with this
+        model's spec and RoPE tables — how an overlay swaps in the layers it edits."""
+        rope = getattr(self.blocks[layer].attention, "rope", None)
+        if self.block_factory is not None:
+            return self.block_factory(weights, layer, rope)
+        return layout_for(self.model_config).block(self.spec, Tensors(weights), layer, set(weights.keys()), rope)
+
     def new_cache(self) -> KVCache:
         return KVCache(self.num_layers, self.kv_sources)
 
@@ -107,6 +116,8 @@ class Model:
         ffn_d = [None] * n if record.deltas else None
         acts = [None] * n if record.ffn_activations else None
         attn_p = [None] * n if record.attention else None
+        ple_d = [None] * n if record.deltas and self.per_layer_embed is not None else None
+        routes = [None] * n if record.experts else None
 
         h = self.embed(ids, positions)
         embedding = pick(h, record.residuals) if record.residuals else None
@@ -124,6 +135,11 @@ class Model:
             if attn_d is not None:
                 attn_d[i] = pick(trace.attn_delta, record.deltas)
                 ffn_d[i] = pick(trace.ffn_delta, record.deltas)
+            if ple_d is not None and trace.ple_delta is not None:
+                ple_d[i] = pick(trace.ple_delta, record.deltas)
+            if routes is not None and trace.routing is not None:
+                weights, idx = trace.routing
+                routes[i] = (idx[-1].copy(), weights[-1].copy())
             if acts is not None:
                 acts[i] = trace.ffn_hidden[-1].copy()
             if attn_p is not None:
@@ -133,7 +149,7 @@ class Model:
         last = h[-1]
         return ForwardOutput(logits=self.logits_from_hidden(last), hidden=last.copy(), positions=positions,
                              embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
-                             ffn_activations=acts, attention=attn_p)
+                             ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
 
 
 def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:

@@ -82,6 +82,11 @@ class MoEBranch:
         self.pre_norm, self.post_norm, self.post_dense_norm = pre_norm, post_norm, post_dense_norm
 
     def __call__(self, dense_out: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        return self.routed(dense_out, residual)[0]
+
+    def routed(self, dense_out: np.ndarray, residual: np.ndarray
+               ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Like ``__call__``, also returning the routing: (weights ``[T, k]``, expert ids ``[T, k]``)."""
         _, weights, idx = self.router(residual)
         experts_out = self.experts(self.pre_norm(residual), weights, idx)
-        return self.post_dense_norm(dense_out) + self.post_norm(experts_out)
+        return self.post_dense_norm(dense_out) + self.post_norm(experts_out), (weights, idx)

@@ -22,12 +22,16 @@ class Record:
     hidden vector ``act(gate·x) * (up·x)`` at the last position (``[ffn]``).
     ``attention``: attention probabilities — ``"last"`` the last query row
     (``[heads, S]``), ``"all"`` ``[heads, T, S]``.  ``layers``: restrict to these layers.
+    With ``deltas``, a model with per-layer embeddings (Gemma 4) also records what each
+    layer's PLE branch adds (``ForwardOutput.ple_deltas``).  ``experts``: per MoE layer,
+    the router's choice at the last position (``ForwardOutput.experts``).
     """
     residuals: Where = None
     deltas: Where = None
     ffn_activations: bool = False
     attention: Where = None
     layers: frozenset[int] | None = None
+    experts: bool = False
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
@@ -58,7 +62,11 @@ class ForwardOutput:
     ``hidden``: the final residual at the last position, before the final norm.
     ``positions``: the positions this call processed.
     Recorded lists are indexed by layer (``None`` for layers not recorded);
-    ``embedding`` is the residual entering layer 0.
+    ``embedding`` is the residual entering layer 0.  ``ple_deltas``: what each layer's
+    per-layer-embedding branch added (before the layer's ``layer_scalar``, like the other
+    deltas); ``None`` unless deltas were recorded on a model with PLE.  ``experts``: per
+    MoE layer, ``(expert_ids [k], weights [k])`` the router chose at the last position
+    (``None`` for other layers; the list is ``None`` unless ``Record.experts``).
     """
     logits: np.ndarray
     hidden: np.ndarray
@@ -69,6 +77,8 @@ class ForwardOutput:
     ffn_deltas: list | None = None
     ffn_activations: list | None = None
     attention: list | None = None
+    ple_deltas: list | None = None
+    experts: list | None = None
     extra: dict = field(default_factory=dict)
 
     def probs(self) -> np.ndarray:

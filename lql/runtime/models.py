@@ -108,16 +108,12 @@ def model_for(view: VindexView, what: str = "this statement") -> Any:
 
 
 def _rebuild(bm: Any, view: VindexView, layers: list[int]) -> Any:
-    """A shallow copy of ``bm`` with ``layers`` rebuilt from ``view.weights``."""
-    from ..model.layouts import Tensors, layout_for
-    layout = layout_for(bm.model_config.get("model_type"))
-    tensors = Tensors(view.weights)
-    present = set(view.weights.keys())
+    """A shallow copy of ``bm`` with ``layers`` rebuilt from ``view.weights`` (by the model
+    itself: per-layer shapes, e.g. Gemma 4's, included)."""
     m = copy.copy(bm)
     m.blocks = list(bm.blocks)
     for i in layers:
-        rope = getattr(bm.blocks[i].attention, "rope", None)
-        m.blocks[i] = layout.block(bm.spec, tensors, i, present, rope)
+        m.blocks[i] = bm.rebuild_block(view.weights, i)
     return m
 
 
