@@ -588,9 +588,12 @@ def test_vindex_weights_without_weight_keys_use_the_family_names():
         def gate(self, layer):
             return np.arange(6, dtype=np.float32).reshape(3, 2)
 
-    w = VindexWeights(FakeVindex("gpt2"), [])
+    # VindexWeights holds a weak proxy of its vindex (the vindex owns it): keep it alive
+    gpt2_vindex = FakeVindex("gpt2")
+    w = VindexWeights(gpt2_vindex, [])
     assert "wte.weight" in w and "h.1.mlp.c_fc.weight" in w and "embed_tokens.weight" not in w
     assert w["h.0.mlp.c_fc.weight"].shape == (2, 3)  # Conv1D: stored transposed
-    w = VindexWeights(FakeVindex("llama"), [])
+    llama_vindex = FakeVindex("llama")
+    w = VindexWeights(llama_vindex, [])
     assert "layers.1.mlp.gate_proj.weight" in w and "wte.weight" not in w
     assert w["layers.0.mlp.gate_proj.weight"].shape == (3, 2)

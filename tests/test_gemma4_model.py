@@ -22,6 +22,7 @@ from model_fixtures import _build_once, _code_key
 
 from lql.families.gemma4 import Gemma4
 from lql.model import Record, build_model
+from lql.runtime import greedy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -241,7 +242,7 @@ def _recompute_greedy(model, ids, n, stop):
 def test_greedy_generation_matches_transformers_and_recompute(name):
     ids = PROMPTS[1][:6]
     model = ours(name)
-    got = list(model.generate(ids, 20))  # stops after <eos> (id 1), as transformers does
+    got = list(greedy(model, ids, 20))  # stops after <eos> (id 1), as transformers does
     assert len(got) >= 8
     with torch.no_grad():
         ref = reference(name).generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False,

@@ -234,8 +234,8 @@ def test_compile_keeps_the_hub_config_format(tmp_path):
     mc = Gemma4().model_config(cfg)
     out = hf_config(mc)
     assert "per_layer_config" not in out and out["global_head_dim"] == 32 and out["num_global_key_value_heads"] == 1
-    assert Gemma4().model_config(out)["layer_head_dims"] == mc["layer_head_dims"]
-    assert Gemma4().model_config(out)["layer_kv_heads"] == mc["layer_kv_heads"]
+    assert Gemma4().model_config(out)["per_layer"]["head_dim"] == mc["per_layer"]["head_dim"]
+    assert Gemma4().model_config(out)["per_layer"]["num_kv_heads"] == mc["per_layer"]["num_kv_heads"]
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -13,9 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def _per_layer(mc: dict, key: str, default: int) -> list[int]:
+    """``mc["per_layer"][key]`` (one value per layer), or ``default`` for every layer."""
+    values = (mc.get("per_layer") or {}).get(key)
+    return [int(v) for v in values] if values else [int(default)] * int(mc["num_layers"])
+
+
 def _base_widths(mc: dict, shared: list[bool]) -> tuple[list[int], bool]:
     """Per-layer FFN widths before ``use_double_wide_mlp``, and whether it is on."""
-    ffns = [int(f) for f in mc["layer_intermediate_sizes"]]
+    ffns = _per_layer(mc, "intermediate_size", mc["intermediate_size"])
     base = int(mc["intermediate_size"])
     double = any(shared) and all(f == 2 * base for f, s in zip(ffns, shared, strict=True) if s)
     if double:
@@ -29,8 +35,8 @@ def hf_config(mc: dict) -> dict[str, Any]:
     sources = list(mc.get("kv_shared_from") or [None] * n)
     shared = [s is not None for s in sources]
     head_dim, kv = int(mc["head_dim"]), int(mc["num_kv_heads"])
-    head_dims = [int(d) for d in mc.get("layer_head_dims") or [head_dim] * n]
-    kv_heads = [int(k) for k in mc.get("layer_kv_heads") or [kv] * n]
+    head_dims = _per_layer(mc, "head_dim", head_dim)
+    kv_heads = _per_layer(mc, "num_kv_heads", kv)
     ffns, double = _base_widths(mc, shared)
     k_eq_v = any(mc.get("layer_k_eq_v") or ())
     eos = mc.get("eos_token_id") or []
