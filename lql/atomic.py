@@ -172,6 +172,13 @@ class AtomicDir:
         os.chmod(self.tmp, 0o777 & ~current_umask())     # mkdtemp makes 0700
         return self
 
+    @property
+    def folder(self) -> Path:
+        """The temporary folder being built (inside the ``with`` block)."""
+        if self.tmp is None:
+            raise RuntimeError("AtomicDir.folder used outside its with block")
+        return self.tmp
+
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
             if exc_type is None:

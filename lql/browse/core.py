@@ -155,9 +155,10 @@ class DownMeta:
 
     def __init__(self, view: VindexView):
         self.view = view
-        self._dm = getattr(view, "down_meta", None)
-        if self._dm is None:
+        dm = getattr(view, "down_meta", None)
+        if dm is None:
             raise LevelError("this vindex has no down-meta (down_meta.bin); re-extract it")
+        self._dm = dm
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._hubs: frozenset[int] | None = None
 

@@ -31,7 +31,7 @@ Pipeline (per band, see docs/BROWSE.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -214,7 +214,7 @@ def describe(view: VindexView, entity: str, *, band=None, layer: int | None = No
         raise ExecutionError(f"unknown verbosity {verb!r}; use BRIEF, VERBOSE or RAW")
     bands = bands_of(view)
     band_name = _band_name(band)
-    meta = {"entity": entity, "verbosity": verb.lower(),
+    meta: dict[str, Any] = {"entity": entity, "verbosity": verb.lower(),
             "bands": {k: list(v) for k, v in bands.items()}}
     via_name = str(getattr(via, "value", via or "EMBEDDING")).upper()
     meta["via"] = via_name

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -90,6 +91,7 @@ def show_layers(view: VindexView, layers=None) -> Result:
     lab = labels_of(view)
     per_layer = Counter(l for (l, _f) in lab.all_labelled())
     n = int(view.num_layers)
+    wanted: Sequence[int]
     if layers is None:
         wanted = range(n)
     else:
@@ -141,7 +143,8 @@ def show_features(view: VindexView, layer: int, where=(), limit: int | None = No
     for c in where:
         check_field(c.field, FEATURE_FIELDS)
     lim = SHOW_FEATURES_LIMIT if limit is None else int(limit)
-    rows, total = [], 0
+    rows: list[dict] = []
+    total = 0
     for row in layer_feature_rows(view, layer):
         if where and not row_matches(row, where):
             continue
@@ -226,7 +229,7 @@ def show_relations(view: VindexView, layer: int | None = None, with_examples: bo
         if layer is not None and l != layer:
             continue
         groups.setdefault((name, src), []).append((l, f))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (name, src), feats in groups.items():
         row = {"relation": name, "source": src, "count": len(feats),
                "layer_min": min(l for l, _ in feats), "layer_max": max(l for l, _ in feats)}

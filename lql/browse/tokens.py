@@ -121,7 +121,7 @@ class TokenCache:
             self._keys = [w.lower() for w in self._words]
         low = prefix.lower()
         start = bisect.bisect_left(self._keys, low)
-        out = []
+        out: list[str] = []
         for key, word in zip(self._keys[start:], self._words[start:]):
             if not key.startswith(low) or len(out) >= limit:
                 break

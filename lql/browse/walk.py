@@ -65,7 +65,7 @@ def inserted_features(view: VindexView) -> set[tuple[int, int]]:
 def walk_hits(view: VindexView, query: np.ndarray, layers: list[int], top: int, mode: str = "HYBRID",
               dm: DownMeta | None = None, check=None):
     """``[(layer, feature, gate, score)]`` per layer, best first (the numeric core)."""
-    out = []
+    out: list = []
     if check is not None:
         check()
     # all matmuls back to back first: interleaving Python work between BLAS calls

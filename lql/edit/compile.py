@@ -40,7 +40,7 @@ def _check_out(out: Path, force: bool, base_path: Path | None) -> None:
         raise ExecutionError(f"{out} already exists (add FORCE to replace it)")
 
 
-def resolve_conflicts(view, policy: str):
+def resolve_conflicts(view, policy: str | None):
     """The view to compile under an ON CONFLICT policy (conflict: two patches edit one
     ``(layer, feature)``).  LAST_WINS: the view itself.  FAIL: error listing them.
     HIGHEST_CONFIDENCE: a view where only the most confident patch's ops for that slot count."""
@@ -108,7 +108,7 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
     changed = set(writes) | ({"down_meta.bin"} if edited_layers else set())
 
     with AtomicDir(out, force, hint="FORCE") as staging:
-        tmp = staging.tmp
+        tmp = staging.folder
         for item in sorted(src.iterdir()):
             if item.name.startswith(".") or item.name == "index.json":
                 continue
@@ -197,7 +197,7 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
     cfg = fam.hf_config(mc)
     cfg["torch_dtype"] = "float16" if np_dtype == np.float16 else "float32"
     with AtomicDir(out, force, hint="FORCE") as staging:
-        tmp = staging.tmp
+        tmp = staging.folder
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del tensors
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ and docs/INFER.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
     chosen = select_layers(layers, n_layers)
     all_positions = positions is ast.Positions.ALL
     want_all = all_positions or save is not None
-    where = "all" if want_all else "last"
+    where: Literal["all", "last"] = "all" if want_all else "last"
     out = model.forward(list(prep.ids), record=Record(residuals=where, deltas=where))
 
     emb = np.asarray(out.embedding, dtype=np.float32)
@@ -111,17 +112,18 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
         columns += ["attn_norm", "ffn_norm"] + (["ple_norm"] if has_ple else []) + \
             ["attn_top_token", "ffn_top_token"] + (["ple_top_token"] if has_ple else [])
     rows: list[dict] = []
-    dla_meta = None
+    dla_meta: dict[str, Any] | None = None
     for p in pos_list:
         i = idx_of(p)
         r_final = res[-1, i]
         lin = FinalNormLinear.at(model, r_final) if (tid is not None or decompose) else None
         p_log = p_top = None
         if tid is not None:
+            assert lin is not None
             # each part reaches r_final multiplied by its layer's scale (1 without layer scalars)
             a_log = lin.token_logits(head, tid, attn[:, i]) * scales
             f_log = lin.token_logits(head, tid, ffn[:, i]) * scales
-            p_log = lin.token_logits(head, tid, ple[:, i]) * scales if has_ple else None
+            p_log = lin.token_logits(head, tid, ple[:, i]) * scales if ple is not None else None
             e_log = float(lin.token_logits(head, tid, emb[i][None, :])[0]) * (float(scales[0]) if n_layers else 1.0)
             b_log = lin.bias_logit(head, tid)
             pre = np.asarray(model.final_norm(r_final[None, :]), dtype=np.float64)[0] @ \
@@ -135,6 +137,7 @@ def trace(target, prep, *, for_token: str | None = None, decompose: bool = False
                 if scaled:
                     dla_meta["scales"] = [float(c) for c in scales]
         if decompose:
+            assert lin is not None
             a_top = np.argmax(lin.vocab_logits(head, attn[chosen, i]), axis=1)
             f_top = np.argmax(lin.vocab_logits(head, ffn[chosen, i]), axis=1)
             p_top = np.argmax(lin.vocab_logits(head, ple[chosen, i]), axis=1) \

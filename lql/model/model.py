@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -111,13 +112,13 @@ class Model:
             return x[-1].copy() if where == "last" else x.copy()
 
         n = self.num_layers
-        residuals = [None] * n if record.residuals else None
-        attn_d = [None] * n if record.deltas else None
-        ffn_d = [None] * n if record.deltas else None
-        acts = [None] * n if record.ffn_activations else None
-        attn_p = [None] * n if record.attention else None
-        ple_d = [None] * n if record.deltas and self.per_layer_embed is not None else None
-        routes = [None] * n if record.experts else None
+        residuals: list[Any] | None = [None] * n if record.residuals else None
+        attn_d: list[Any] | None = [None] * n if record.deltas else None
+        ffn_d: list[Any] | None = [None] * n if record.deltas else None
+        acts: list[Any] | None = [None] * n if record.ffn_activations else None
+        attn_p: list[Any] | None = [None] * n if record.attention else None
+        ple_d: list[Any] | None = [None] * n if record.deltas and self.per_layer_embed is not None else None
+        routes: list[Any] | None = [None] * n if record.experts else None
 
         h = self.embed(ids, positions)
         embedding = pick(h, record.residuals) if record.residuals else None
@@ -132,7 +133,7 @@ class Model:
                 continue
             if residuals is not None:
                 residuals[i] = pick(h, record.residuals)
-            if attn_d is not None:
+            if attn_d is not None and ffn_d is not None:
                 attn_d[i] = pick(trace.attn_delta, record.deltas)
                 ffn_d[i] = pick(trace.ffn_delta, record.deltas)
             if ple_d is not None and trace.ple_delta is not None:
@@ -194,8 +195,9 @@ def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
     blocks = []
     for i in range(num_layers):
         rope = None
-        if spec.rope[i] is not None:
-            rope = ropes.setdefault(spec.rope[i], Rope(spec.rope[i]))
+        rope_spec = spec.rope[i]
+        if rope_spec is not None:
+            rope = ropes.setdefault(rope_spec, Rope(rope_spec))
         blocks.append(layout.block(spec, tensors, i, present, rope))
     head = embed if tied else np.ascontiguousarray(tensors.get(layout.head, embed.shape))
     return Model(spec, embed=embed, position_table=layout.positions(tensors), blocks=blocks,

@@ -44,8 +44,23 @@ class ModelSource:
     family_spec: Family
     hf_config: dict
     model_config: dict
-    tokenizer_config: dict
-    chat_template: str | None
+    _tokenizer_json: str | None = None
+    _tokenizer_config: dict | None = None
+    _chat_template: str | None = None
+
+    # ---- tokenizer files (a subclass sets the private values, or overrides the property)
+    @property
+    def tokenizer_json(self) -> str | None:
+        """The Hugging Face ``tokenizer.json`` text (``None``: the source has none)."""
+        return self._tokenizer_json
+
+    @property
+    def tokenizer_config(self) -> dict:
+        return dict(self._tokenizer_config or {})
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._chat_template
 
     # ---- implemented by subclasses
     def _keys(self) -> list[str]:
@@ -107,7 +122,10 @@ class ModelSource:
     def tokenizer(self):
         """The tokenizer as a ``tokenizers.Tokenizer``."""
         from tokenizers import Tokenizer
-        return Tokenizer.from_str(self.tokenizer_json)
+        text = self.tokenizer_json
+        if text is None:
+            raise SourceError(f"{self.path} has no tokenizer", self.path)
+        return Tokenizer.from_str(text)
 
     # ---- shortcuts
     @property

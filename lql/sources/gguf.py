@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml
                "tokenizer.ggml.scores")
 
 
-def _reader_class(gguf):
+def _reader_class(gguf: Any) -> Any:
     """``gguf.GGUFReader``, sped up where its internals are the ones we know.
 
     The reader slices its ``np.memmap`` once per metadata value; each slice is a new
@@ -27,11 +28,11 @@ def _reader_class(gguf):
     mapping gives the same bytes in ~1 s.  Only ``_get`` is overridden, and only when
     the installed reader has the ``_get``/``data``/``byte_order`` members it relies on
     (gguf 0.10 - 0.19); otherwise the reader is used unchanged."""
-    base = gguf.GGUFReader
+    base: Any = gguf.GGUFReader
     if not all(hasattr(base, name) for name in ("_get", "_build_fields")):
         return base
 
-    class FastReader(base):
+    class FastReader(base):  # a subclass of whatever GGUFReader the installed gguf has
         def _get(self, offset, dtype, count=1, override_order=None):
             plain = self.__dict__.get("_plain_data")
             if plain is None:
@@ -69,7 +70,7 @@ class GgufSource(ModelSource):
         if int(meta.get("split.count", 1) or 1) > 1:
             raise SourceError(f"{path} is one part of a split GGUF; merge the parts first "
                               "(llama.cpp's gguf-split --merge)", path)
-        arch = meta.get("general.architecture")
+        arch = str(meta.get("general.architecture"))
         self.arch = arch
         self.family_spec = family_of_gguf(str(arch))
 

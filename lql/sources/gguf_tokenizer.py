@@ -108,7 +108,7 @@ def _byte_level(meta: dict, tokens: list[str], where: str) -> tuple[Tokenizer, s
         pairs.append((parts[0], parts[1]))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="",
                                end_of_word_suffix="", fuse_unk=False))
-    split = PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+    split = PRE_TOKENIZER_SPLITS.get(str(meta.get("tokenizer.ggml.pre")))
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
@@ -123,7 +123,7 @@ def _sentencepiece(meta: dict, tokens: list[str], unk: str | None, gemma: bool,
                    where: str) -> Tokenizer:
     if gemma:  # whitespace tokens are stored as real spaces; Gemma looks them up as ▁
         tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
-        scores = {t: -i for i, t in enumerate(tokens)}  # Gemma merges follow file order
+        scores: dict[str, float] = {t: float(-i) for i, t in enumerate(tokens)}  # Gemma merges follow file order
     else:
         values = meta.get("tokenizer.ggml.scores")
         if not values or len(values) != len(tokens):

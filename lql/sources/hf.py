@@ -75,10 +75,10 @@ class HfSource(ModelSource):
             self._names[key] = hf_name
 
         tok = folder / "tokenizer.json"
-        self.tokenizer_json = tok.read_text(encoding="utf-8") if tok.is_file() else None
+        self._tokenizer_json = tok.read_text(encoding="utf-8") if tok.is_file() else None
         tc = folder / "tokenizer_config.json"
-        self.tokenizer_config = _read_json(tc) if tc.is_file() else {}
-        self.chat_template = read_chat_template(folder, self.tokenizer_config)
+        self._tokenizer_config = _read_json(tc) if tc.is_file() else {}
+        self._chat_template = read_chat_template(folder, self._tokenizer_config)
 
     def _keys(self) -> list[str]:
         return list(self._names)

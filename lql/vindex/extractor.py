@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,13 @@ def _family_of(source):
         from ..families import get_family
         fam = get_family(fam)
     return fam
+
+
+def _columns(cols: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """The column-block reader ``layer_records`` takes: ``(lo, hi) -> cols[:, lo:hi]``."""
+    def block(lo: int, hi: int) -> np.ndarray:
+        return cols[:, lo:hi]
+    return block
 
 
 def _normalise_layers(layers, num_layers: int) -> list[int]:
@@ -123,7 +130,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
     primary = {family.embed_key, *gate_keys.values()}
 
     with progress_display(progress) as bars, AtomicDir(output, force, hint=FORCE_HINT) as out:
-        tmp = out.tmp
+        tmp = out.folder
         checksums: dict[str, str] = {}
         weight_files: dict[str, BinWriter] = {}
         manifest: list[dict[str, Any]] = []
@@ -201,7 +208,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
                         raise ExecutionError(f"{down_keys[layer]} gives down columns of shape "
                                              f"{cols.shape}, expected ({hidden}, {n_feat})")
                     dm.write_layer(layer, layer_records(
-                        emb, lambda lo, hi, c=cols: c[:, lo:hi], n_feat, top_k, block))
+                        emb, _columns(cols), n_feat, top_k, block))
                     if level != "browse":
                         for s in by_layer.get(layer, ()):
                             if s.key in primary:
