@@ -64,7 +64,10 @@ def test_num_layers_1e400(tmp_path, base):
 
 
 @pytest.mark.parametrize("key,value", [("rope_base", 0), ("norm_eps", -1), ("rms_norm_eps", float("nan")),
-                                       ("head_dim", "x"), ("partial_rotary_factor", 2.0)])
+                                       ("head_dim", "x"), ("partial_rotary_factor", 2.0),
+                                       # the families' computation flags (the fuzz found a dict here)
+                                       ("qkv_layout", {}), ("per_layer", 5), ("kv_shared_from", ["x"]),
+                                       ("num_experts", -1), ("attn_scale", 0)])
 def test_model_config_non_finite_or_out_of_range(tmp_path, base, key, value):
     d = broken_copy(tmp_path / "v", base, index=lambda ix: ix["model_config"].__setitem__(key, value))
     with pytest.raises(VindexError, match=rf"field 'model_config\.{key}' must be"):

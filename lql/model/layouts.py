@@ -179,7 +179,7 @@ LAYOUTS: dict[str, type[HFLayout]] = {"split": HFLayout, "fused_conv1d": GPT2Lay
 def layout_for(model_config: Mapping[str, Any]) -> HFLayout:
     """The layout of a (completed) ``model_config``, by its ``qkv_layout`` flag."""
     name = model_config.get("qkv_layout") or "split"
-    if name not in LAYOUTS:
+    if not isinstance(name, str) or name not in LAYOUTS:
         from lql.errors import UnsupportedArchitectureError
         raise UnsupportedArchitectureError(f"qkv_layout {name!r}", tuple(LAYOUTS))
     return LAYOUTS[name]()

@@ -204,6 +204,16 @@ MODEL_CONFIG_RULES: dict[str, Rule] = {
     "bos_token_id": Opt(Int(0, MAX_VOCAB)), "pad_token_id": Opt(Int(0, MAX_VOCAB)),
     "eos_token_id": Opt(AnyOf(Int(0, MAX_VOCAB), List(Int(0, MAX_VOCAB)),
                               desc="a token id or a list of token ids")),
+    # computation flags written by lql.families (docs/FAMILIES.md), Gemma 4's included
+    "qkv_layout": Opt(Str()), "config_format": Opt(Str()),
+    "per_layer": Opt(Dict()),
+    "attn_scale": Opt(Num(0, lo_open=True)), "v_norm": Opt(Bool()), "layer_scalars": Opt(Bool()),
+    "layer_k_eq_v": Opt(List(Bool(), "a list of true/false, one per layer")),
+    "kv_shared_from": Opt(List(Opt(Int(0, MAX_LAYERS)), "a list of layer numbers or nulls")),
+    "per_layer_input_size": Opt(Int(0, MAX_HIDDEN)),
+    "per_layer_vocab_size": Opt(Int(1, MAX_VOCAB)),
+    "num_experts": Opt(Int(0, 4096)), "top_k_experts": Opt(Int(0, 4096)),
+    "moe_intermediate_size": Opt(Int(0, MAX_FEATURES * 16)),
 }
 
 _WEIGHT_KEYS_RULES: dict[str, Rule] = {"embed": Opt(Str()), "gate": Opt(Str()),
