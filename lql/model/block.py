@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,17 +27,28 @@ from lql.model.attention import attend, attention_mask
 from lql.model.cache import LayerCache
 from lql.model.rope import apply_rope
 
+if TYPE_CHECKING:
+    from lql.model.moe import MoEBranch
+    from lql.model.ple import PerLayerBranch
+    from lql.model.records import Hooks
+    from lql.model.rope import Rope
+
 F32 = np.float32
 Norm = Callable[[np.ndarray], np.ndarray]
+#: an FFN: ``x -> (output, hidden)`` (:class:`lql.model.ffn.GatedFFN`, ``DenseFFN``)
+FFN = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: RoPE tables of the current call's positions for a :class:`Rope`
+Tables = Callable[["Rope"], tuple[np.ndarray, np.ndarray]]
 
 
 class Attention:
     """Fused QKV projection, optional per-head q/k norms (Qwen3, Gemma 3), RoPE, GQA, output projection."""
 
-    def __init__(self, *, qkv_t: np.ndarray, qkv_bias, o_t: np.ndarray, o_bias, n_q: int, n_kv: int,
+    def __init__(self, *, qkv_t: np.ndarray, qkv_bias: np.ndarray | None, o_t: np.ndarray,
+                 o_bias: np.ndarray | None, n_q: int, n_kv: int,
                  head_dim: int, scale: float, softcap: float | None, window: int | None,
-                 q_norm: Norm | None = None, k_norm: Norm | None = None, rope=None,
-                 v_norm: Norm | None = None, k_eq_v: bool = False, kv_shared: bool = False):
+                 q_norm: Norm | None = None, k_norm: Norm | None = None, rope: Rope | None = None,
+                 v_norm: Norm | None = None, k_eq_v: bool = False, kv_shared: bool = False) -> None:
         """``qkv_t`` is ``[hidden, q | k | v]``; ``[hidden, q | k]`` when ``k_eq_v``; ``[hidden, q]``
         when ``kv_shared``."""
         self.v_norm, self.k_eq_v, self.kv_shared = v_norm, k_eq_v, kv_shared
@@ -48,7 +60,8 @@ class Attention:
         self.scale, self.softcap, self.window = scale, softcap, window
         self.q_norm, self.k_norm, self.rope = q_norm, k_norm, rope
 
-    def __call__(self, x: np.ndarray, positions: np.ndarray, tables, cache: LayerCache | None):
+    def __call__(self, x: np.ndarray, positions: np.ndarray, tables: Tables,
+                 cache: LayerCache | None) -> tuple[np.ndarray, np.ndarray]:
         t, d = x.shape[0], self.head_dim
         qkv = x @ self.qkv
         if self.qkv_bias is not None:
@@ -98,9 +111,10 @@ class LayerTrace:
 
 
 class Block:
-    def __init__(self, index: int, *, attn_norm: Norm, attention: Attention, ffn_norm: Norm, ffn,
+    def __init__(self, index: int, *, attn_norm: Norm, attention: Attention, ffn_norm: Norm, ffn: FFN,
                  post_attn_norm: Norm | None = None, post_ffn_norm: Norm | None = None,
-                 moe=None, per_layer=None, layer_scalar: float | None = None):
+                 moe: MoEBranch | None = None, per_layer: PerLayerBranch | None = None,
+                 layer_scalar: float | None = None) -> None:
         self.index = index
         self.attn_norm, self.attention = attn_norm, attention
         self.ffn_norm, self.ffn = ffn_norm, ffn
@@ -108,7 +122,8 @@ class Block:
         self.moe, self.per_layer = moe, per_layer
         self.layer_scalar = None if layer_scalar is None else F32(layer_scalar)
 
-    def __call__(self, h: np.ndarray, positions, tables, cache, hooks,
+    def __call__(self, h: np.ndarray, positions: np.ndarray, tables: Tables,
+                 cache: LayerCache | None, hooks: Hooks | None,
                  per_layer_input: np.ndarray | None = None) -> tuple[np.ndarray, LayerTrace]:
         x = self.attn_norm(h)
         attn_out, probs = self.attention(x, positions, tables, cache)
@@ -122,7 +137,8 @@ class Block:
         ffn_out, hidden = self.ffn(x)
         if hooks is not None and hooks.ffn is not None:
             ffn_out = hooks.ffn(self.index, x, ffn_out)
-        routing = ple_out = None
+        routing: tuple[np.ndarray, np.ndarray] | None = None
+        ple_out: np.ndarray | None = None
         if self.moe is not None:
             ffn_out, routing = self.moe.routed(ffn_out, h)  # the expert branch reads the residual itself
         if self.post_ffn_norm is not None:

@@ -18,16 +18,22 @@ does the same — BOS is never doubled.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+import jinja2.parser
+import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lql.errors import LqlError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                        "mask_token")
@@ -44,49 +50,50 @@ class _GenerationBlock(jinja2.ext.Extension):
     """``{% generation %}…{% endgeneration %}`` renders its body (transformers tracks indices in it)."""
     tags = {"generation"}
 
-    def parse(self, parser):
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
         return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
-    def _render(self, caller):
+    def _render(self, caller: Callable[[], str]) -> str:
         return caller()
 
 
-def _raise_exception(message):
+def _raise_exception(message: str) -> NoReturn:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _strftime_now(fmt):
+def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
 class _TemplateDict:
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
         return dict(*args, **kwargs)
 
-    def fromkeys(self, *args, **kwargs):
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
         return dict.fromkeys(*args, **kwargs)
 
 
 class _TemplateNamespace(jinja2.utils.Namespace):
-    def __init__(*args, **kwargs):
+    def __init__(*args: Any, **kwargs: Any) -> None:
         self, args = args[0], args[1:]
         attrs = dict(*args, **kwargs)
         for name in attrs:
             _TemplateNamespace._check_name(name)
         jinja2.utils.Namespace.__init__(self, attrs)
 
-    def __setitem__(self, name, value):
+    def __setitem__(self, name: str, value: Any) -> None:
         _TemplateNamespace._check_name(name)
         jinja2.utils.Namespace.__setitem__(self, name, value)
 
     @staticmethod
-    def _check_name(name):
+    def _check_name(name: object) -> None:
         if isinstance(name, str) and name.startswith("_"):
             raise jinja2.exceptions.SecurityError(
                 f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {name!r}.")
@@ -109,10 +116,10 @@ def _compile(template: str) -> jinja2.Template:
         raise ChatTemplateError(f"chat template does not compile: {type(err).__name__}") from None
 
 
-def special_tokens(tokenizer_config: dict | None) -> dict[str, str]:
+def special_tokens(tokenizer_config: dict[str, Any] | None) -> dict[str, str]:
     """The named special tokens a template sees, from ``tokenizer_config.json`` (or
     ``special_tokens_map.json``): strings, or ``{"content": ...}`` added-token dicts."""
-    out = {}
+    out: dict[str, str] = {}
     for name in SPECIAL_TOKEN_NAMES:
         value = (tokenizer_config or {}).get(name)
         if isinstance(value, dict):
@@ -142,7 +149,7 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _normalise_messages(messages) -> list[dict]:
+def _normalise_messages(messages: Iterable[Any]) -> list[dict[str, Any]]:
     out = []
     for message in messages:
         if not isinstance(message, dict):
@@ -155,9 +162,10 @@ def _normalise_messages(messages) -> list[dict]:
     return out
 
 
-def render_chat(template: str, messages: list[dict], special_tokens: dict | None = None, *,
-                add_generation_prompt: bool = True, tools: list | None = None,
-                documents: list | None = None, **kwargs) -> str:
+def render_chat(template: str, messages: list[dict[str, Any]],
+                special_tokens: dict[str, str] | None = None, *,
+                add_generation_prompt: bool = True, tools: list[Any] | None = None,
+                documents: list[Any] | None = None, **kwargs: Any) -> str:
     """The prompt string ``tokenizer.apply_chat_template(messages, tokenize=False,
     add_generation_prompt=...)`` would produce."""
     if not template:
@@ -182,15 +190,15 @@ def render_chat(template: str, messages: list[dict], special_tokens: dict | None
     return out
 
 
-def chat_token_ids(tokenizer, template: str, messages: list[dict], special_tokens: dict | None = None,
-                   **kwargs) -> list[int]:
+def chat_token_ids(tokenizer: Tokenizer, template: str, messages: list[dict[str, Any]],
+                   special_tokens: dict[str, str] | None = None, **kwargs: Any) -> list[int]:
     """Token ids as ``apply_chat_template(..., tokenize=True)`` gives them: the rendered
     text encoded without adding special tokens (``tokenizer`` is a ``tokenizers.Tokenizer``)."""
     text = render_chat(template, messages, special_tokens, **kwargs)
     return list(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def user_prompt(prompt: str, system: str | None = None) -> list[dict]:
+def user_prompt(prompt: str, system: str | None = None) -> list[dict[str, Any]]:
     """The message list for one user turn (optionally after a system message)."""
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": prompt}]

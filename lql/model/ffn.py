@@ -20,20 +20,22 @@ _TANH_C = F32(math.sqrt(2.0 / math.pi))
 
 def silu(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        return x / (F32(1.0) + np.exp(-x))
+        result: np.ndarray = x / (F32(1.0) + np.exp(-x))
+        return result
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (``gelu_pytorch_tanh`` / ``gelu_new``)."""
-    return F32(0.5) * x * (F32(1.0) + np.tanh(_TANH_C * (x + F32(0.044715) * x * x * x)))
+    result: np.ndarray = F32(0.5) * x * (F32(1.0) + np.tanh(_TANH_C * (x + F32(0.044715) * x * x * x)))
+    return result
 
 
 ACTIVATIONS = {"silu": silu, "gelu_pytorch_tanh": gelu_tanh, "gelu_tanh": gelu_tanh,
                "gelu_new": gelu_tanh}
 
 
-def _linear(x, w_t, b):
-    out = x @ w_t
+def _linear(x: np.ndarray, w_t: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    out: np.ndarray = x @ w_t
     return out if b is None else out + b
 
 
@@ -41,7 +43,8 @@ class GatedFFN:
     __slots__ = ("gate_up", "gate_up_bias", "down", "down_bias", "act", "width")
 
     def __init__(self, gate: np.ndarray, up: np.ndarray, down: np.ndarray, act: str,
-                 gate_bias=None, up_bias=None, down_bias=None):
+                 gate_bias: np.ndarray | None = None, up_bias: np.ndarray | None = None,
+                 down_bias: np.ndarray | None = None) -> None:
         self.width = gate.shape[0]
         self.gate_up = np.ascontiguousarray(np.concatenate([gate, up], axis=0).T, dtype=F32)
         self.gate_up_bias = None if gate_bias is None else np.concatenate([gate_bias, up_bias]).astype(F32)
@@ -58,7 +61,8 @@ class GatedFFN:
 class DenseFFN:
     __slots__ = ("fc", "fc_bias", "proj", "proj_bias", "act", "width")
 
-    def __init__(self, fc_t: np.ndarray, fc_bias, proj_t: np.ndarray, proj_bias, act: str):
+    def __init__(self, fc_t: np.ndarray, fc_bias: np.ndarray | None, proj_t: np.ndarray,
+                 proj_bias: np.ndarray | None, act: str) -> None:
         """Weights already ``[in, out]`` (GPT-2's Conv1D layout)."""
         self.fc = np.ascontiguousarray(fc_t, dtype=F32)
         self.fc_bias = None if fc_bias is None else np.asarray(fc_bias, dtype=F32)

@@ -29,7 +29,7 @@ Tensor names are the normalised Hugging Face names (``layers.N.self_attn.q_proj.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from lql.model.norms import RMSNorm
 from lql.model.ple import PerLayerBranch, PerLayerEmbeddings
 from lql.model.rope import Rope
 
+if TYPE_CHECKING:
+    from lql.model.model import Model
+
 F32 = np.float32
 
 #: model_config keys that need this builder (any of them set and truthy)
@@ -52,11 +55,11 @@ ROPE_KINDS = ("default", "linear", "llama3", "yarn", "dynamic", "proportional")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-def is_mixed(model_config: Mapping) -> bool:
+def is_mixed(model_config: Mapping[str, Any]) -> bool:
     return any(model_config.get(k) not in (None, False, 0, [], ()) for k in MIXED_KEYS)
 
 
-def _per_layer(cfg: Mapping, key: str, default: Any, n: int) -> list:
+def _per_layer(cfg: Mapping[str, Any], key: str, default: Any, n: int) -> list[Any]:
     values = cfg.get(key)
     if values is None:
         return [default] * n
@@ -66,7 +69,7 @@ def _per_layer(cfg: Mapping, key: str, default: Any, n: int) -> list:
     return values
 
 
-def _layer_types(cfg: Mapping, n: int) -> list[str]:
+def _layer_types(cfg: Mapping[str, Any], n: int) -> list[str]:
     types = cfg.get("layer_types")
     if types is None:
         types = ["sliding_attention" if cfg.get("sliding_window") else "full_attention"] * n
@@ -81,7 +84,7 @@ def _layer_types(cfg: Mapping, n: int) -> list[str]:
     return types
 
 
-def _rope_spec(cfg: Mapping, layer_type: str, head_dim: int) -> RopeSpec:
+def _rope_spec(cfg: Mapping[str, Any], layer_type: str, head_dim: int) -> RopeSpec:
     scaling = cfg.get("rope_scaling") or {}
     if not isinstance(scaling, dict):
         raise LqlError(f"model_config rope_scaling must be a dict or null, got {scaling!r}")
@@ -104,7 +107,7 @@ def _rope_spec(cfg: Mapping, layer_type: str, head_dim: int) -> RopeSpec:
     return RopeSpec(float(base), int(head_dim), frozen, cfg.get("max_position_embeddings"))
 
 
-def mixed_spec(cfg: Mapping, num_layers: int, hidden: int) -> ArchSpec:
+def mixed_spec(cfg: Mapping[str, Any], num_layers: int, hidden: int) -> ArchSpec:
     n_q = cfg.get("num_q_heads")
     if not n_q:
         raise LqlError("model_config has no num_q_heads")
@@ -160,7 +163,7 @@ def mixed_spec(cfg: Mapping, num_layers: int, hidden: int) -> ArchSpec:
 class _Plan:
     """Per-layer facts read from the model_config, and the tensor names they imply."""
 
-    def __init__(self, cfg: Mapping, spec: ArchSpec):
+    def __init__(self, cfg: Mapping[str, Any], spec: ArchSpec):
         n = spec.num_layers
         self.types = _layer_types(cfg, n)
         self.head_dims = [spec.heads(i).head_dim for i in range(n)]
@@ -221,7 +224,7 @@ class _Plan:
         return keys
 
 
-def _block(spec: ArchSpec, plan: _Plan, t: Tensors, i: int, rope) -> Block:
+def _block(spec: ArchSpec, plan: _Plan, t: Tensors, i: int, rope: Rope | None) -> Block:
     p, h = f"layers.{i}.", spec.hidden_size
     heads = spec.heads(i)
     d, n_kv, nq = heads.head_dim, heads.num_kv_heads, heads.num_q_heads * heads.head_dim
@@ -249,7 +252,9 @@ def _block(spec: ArchSpec, plan: _Plan, t: Tensors, i: int, rope) -> Block:
     ff = int(plan.ffn[i]) if plan.ffn[i] else t.get(p + "mlp.gate_proj.weight").shape[0]
     ffn = GatedFFN(t.get(p + "mlp.gate_proj.weight", (ff, h)), t.get(p + "mlp.up_proj.weight", (ff, h)),
                    t.get(p + "mlp.down_proj.weight", (h, ff)), spec.activation)
-    moe = per_layer = scalar = None
+    moe: MoEBranch | None = None
+    per_layer: PerLayerBranch | None = None
+    scalar: float | None = None
     if plan.experts:
         gate_up = t.get(p + "experts.gate_up_proj")
         router = Router(t.get(p + "router.proj.weight", (plan.experts, h)), t.get(p + "router.scale", (h,)),
@@ -280,7 +285,7 @@ def _block(spec: ArchSpec, plan: _Plan, t: Tensors, i: int, rope) -> Block:
                  moe=moe, per_layer=per_layer, layer_scalar=scalar)
 
 
-def build_mixed_model(model_config: Mapping, weights: Mapping):
+def build_mixed_model(model_config: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> Model:
     """Like :func:`lql.model.build_model`, for configs using :data:`MIXED_KEYS`."""
     from lql.model.model import Model, _count_layers
 

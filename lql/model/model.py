@@ -9,8 +9,8 @@ originals; a tied head shares the embedding array), so the resident cost is abou
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,16 @@ from lql.model.config import ArchSpec, arch_spec
 from lql.model.layouts import Tensors, layout_for
 from lql.model.records import ForwardOutput, Hooks, Record
 from lql.model.rope import Rope
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from lql.model.block import Block, Norm
+    from lql.model.config import RopeSpec
+    from lql.model.ple import PerLayerEmbeddings
+
+    #: ``(weights, layer, rope) -> Block``: how :meth:`Model.rebuild_block` builds a layer
+    BlockFactory = Callable[[Mapping[str, np.ndarray], int, Rope | None], Block]
 
 F32 = np.float32
 _NO_RECORD = Record()
@@ -33,8 +43,10 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
 
 class Model:
     def __init__(self, spec: ArchSpec, *, embed: np.ndarray, position_table: np.ndarray | None,
-                 blocks: list, final_norm, head: np.ndarray, model_config: dict,
-                 per_layer_embed=None, kv_sources: list[int | None] | None = None, block_factory=None):
+                 blocks: list[Block], final_norm: Norm, head: np.ndarray, model_config: dict[str, Any],
+                 per_layer_embed: PerLayerEmbeddings | None = None,
+                 kv_sources: list[int | None] | None = None,
+                 block_factory: BlockFactory | None = None) -> None:
         self.spec = spec
         self.block_factory = block_factory    # (weights, layer, rope) -> Block, for rebuild_block
         self.per_layer_embed = per_layer_embed  # lql.model.ple.PerLayerEmbeddings (Gemma 4 PLE) or None
@@ -54,7 +66,7 @@ class Model:
     def embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         if ids.size and (ids.min() < 0 or ids.max() >= self.embed_matrix.shape[0]):
             raise ExecutionError(f"token id out of range 0..{self.embed_matrix.shape[0] - 1}")
-        h = self.embed_matrix[ids]
+        h: np.ndarray = self.embed_matrix[ids]
         if self.spec.embed_scale != 1.0:
             h = h * F32(self.spec.embed_scale)
         if self.position_table is not None:
@@ -69,13 +81,13 @@ class Model:
 
     def unembed(self, x: np.ndarray) -> np.ndarray:
         """Unembedding of already-normed vector(s) ``[..., hidden]`` → ``[..., vocab]``."""
-        logits = np.matmul(x, self.head.T) if x.ndim > 1 else self.head @ x
+        logits: np.ndarray = np.matmul(x, self.head.T) if x.ndim > 1 else self.head @ x
         cap = self.spec.final_softcap
         if cap:
             logits = np.tanh(logits / F32(cap)) * F32(cap)
         return logits.astype(F32, copy=False)
 
-    def rebuild_block(self, weights: Mapping[str, np.ndarray], layer: int):
+    def rebuild_block(self, weights: Mapping[str, np.ndarray], layer: int) -> Block:
         """Layer ``layer``'s block built afresh from ``weights`` (an edited view's), with this
         model's spec and RoPE tables — how an overlay swaps in the layers it edits."""
         rope = getattr(self.blocks[layer].attention, "rope", None)
@@ -87,7 +99,7 @@ class Model:
         return KVCache(self.num_layers, self.kv_sources)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, ids, *, cache: KVCache | None = None, record: Record | None = None,
+    def forward(self, ids: ArrayLike, *, cache: KVCache | None = None, record: Record | None = None,
                 hooks: Hooks | None = None) -> ForwardOutput:
         """Run ``ids`` (1-D) after whatever ``cache`` already holds; logits of the last position."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -100,15 +112,15 @@ class Model:
         start = cache.length if cache is not None else 0
         positions = np.arange(start, start + ids.size)
 
-        tables_cache: dict[int, tuple] = {}
+        tables_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-        def tables(rope: Rope):
+        def tables(rope: Rope) -> tuple[np.ndarray, np.ndarray]:
             key = id(rope)
             if key not in tables_cache:
                 tables_cache[key] = rope.tables(positions)
             return tables_cache[key]
 
-        def pick(x, where):
+        def pick(x: np.ndarray, where: object) -> np.ndarray:
             return x[-1].copy() if where == "last" else x.copy()
 
         n = self.num_layers
@@ -153,7 +165,7 @@ class Model:
                              ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
 
 
-def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
+def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray]) -> Model:
     """Check ``model_config`` and that ``weights`` has every tensor needed, then build the model.
 
     Raises :class:`MissingTensorError` naming every absent key, and
@@ -191,8 +203,8 @@ def build_model(model_config: dict, weights: Mapping[str, np.ndarray]) -> Model:
     if missing:  # a weights mapping may say where it comes from and how to complete it
         raise MissingTensorError(missing, where=str(getattr(weights, "where", "") or ""))
 
-    ropes: dict = {}
-    blocks = []
+    ropes: dict[RopeSpec, Rope] = {}
+    blocks: list[Block] = []
     for i in range(num_layers):
         rope = None
         rope_spec = spec.rope[i]

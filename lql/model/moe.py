@@ -25,6 +25,7 @@ from lql.model.ffn import ACTIVATIONS
 from lql.model.norms import RMSNorm
 
 F32 = np.float32
+Norm = Callable[[np.ndarray], np.ndarray]
 
 
 class Router:
@@ -76,8 +77,8 @@ class Experts:
 class MoEBranch:
     """Called by the block as ``moe(dense_out, residual)``; returns the combined FFN output."""
 
-    def __init__(self, router: Router, experts: Experts, *, pre_norm: Callable, post_norm: Callable,
-                 post_dense_norm: Callable):
+    def __init__(self, router: Router, experts: Experts, *, pre_norm: Norm, post_norm: Norm,
+                 post_dense_norm: Norm) -> None:
         self.router, self.experts = router, experts
         self.pre_norm, self.post_norm, self.post_dense_norm = pre_norm, post_norm, post_dense_norm
 

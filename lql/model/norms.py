@@ -23,7 +23,8 @@ class RMSNorm:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         var = np.mean(np.square(x), axis=-1, keepdims=True)
         normed = x / np.sqrt(var + self.eps)
-        return normed if self.scale is None else normed * self.scale
+        result: np.ndarray = normed if self.scale is None else normed * self.scale
+        return result
 
 
 class LayerNorm:
@@ -38,4 +39,5 @@ class LayerNorm:
         centred = x - np.mean(x, axis=-1, keepdims=True)
         var = np.mean(np.square(centred), axis=-1, keepdims=True)
         out = centred / np.sqrt(var + self.eps) * self.weight
-        return out if self.bias is None else out + self.bias
+        result: np.ndarray = out if self.bias is None else out + self.bias
+        return result

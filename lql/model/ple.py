@@ -29,8 +29,8 @@ F32 = np.float32
 
 
 class PerLayerEmbeddings:
-    def __init__(self, table, projection: np.ndarray, projection_norm: RMSNorm, *, num_layers: int,
-                 hidden_size: int):
+    def __init__(self, table: np.ndarray, projection: np.ndarray, projection_norm: RMSNorm, *,
+                 num_layers: int, hidden_size: int) -> None:
         if table.ndim != 2 or table.shape[1] % num_layers:
             raise ValueError(f"per-layer embedding table has shape {table.shape}, "
                              f"expected (vocab, {num_layers} * per_layer_size)")
@@ -59,13 +59,15 @@ class PerLayerEmbeddings:
                              f"({self.vocab_size} rows)")
         proj = (inputs_embeds @ self.projection_t) * self.projection_scale
         proj = self.projection_norm(proj.reshape(len(ids), self.num_layers, self.size))
-        return (proj + self.token_part(ids)) * F32(2.0 ** -0.5)
+        result: np.ndarray = (proj + self.token_part(ids)) * F32(2.0 ** -0.5)
+        return result
 
 
 class PerLayerBranch:
     """One layer's PLE branch: ``norm(proj(act(gate(h)) * per_layer_input))`` (added by the block)."""
 
-    def __init__(self, gate: np.ndarray, projection: np.ndarray, post_norm: Callable, activation: str):
+    def __init__(self, gate: np.ndarray, projection: np.ndarray, post_norm: Callable[[np.ndarray], np.ndarray],
+                 activation: str) -> None:
         self.gate_t = np.ascontiguousarray(np.asarray(gate, dtype=F32).T)            # [hidden, P]
         self.projection_t = np.ascontiguousarray(np.asarray(projection, dtype=F32).T)  # [P, hidden]
         self.post_norm = post_norm
@@ -75,4 +77,5 @@ class PerLayerBranch:
         if per_layer_input is None:
             raise RuntimeError("this layer has a per-layer-embedding branch but got no per-layer input")
         x = self.act(h @ self.gate_t) * per_layer_input
-        return self.post_norm(x @ self.projection_t)
+        result: np.ndarray = self.post_norm(x @ self.projection_t)
+        return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,19 +72,20 @@ class ForwardOutput:
     hidden: np.ndarray
     positions: np.ndarray
     embedding: np.ndarray | None = None
-    residuals: list | None = None
-    attn_deltas: list | None = None
-    ffn_deltas: list | None = None
-    ffn_activations: list | None = None
-    attention: list | None = None
-    ple_deltas: list | None = None
-    experts: list | None = None
-    extra: dict = field(default_factory=dict)
+    residuals: list[np.ndarray | None] | None = None
+    attn_deltas: list[np.ndarray | None] | None = None
+    ffn_deltas: list[np.ndarray | None] | None = None
+    ffn_activations: list[np.ndarray | None] | None = None
+    attention: list[np.ndarray | None] | None = None
+    ple_deltas: list[np.ndarray | None] | None = None
+    experts: list[tuple[np.ndarray, np.ndarray] | None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def probs(self) -> np.ndarray:
         z = self.logits.astype(np.float64) - self.logits.max()
         p = np.exp(z)
-        return (p / p.sum()).astype(np.float32)
+        result: np.ndarray = (p / p.sum()).astype(np.float32)
+        return result
 
     def top_k(self, k: int = 10) -> list[tuple[int, float]]:
         """``[(token_id, probability)]``, best first."""

@@ -10,6 +10,7 @@ and the rotation is the "rotate half" (non-interleaved) Hugging Face layout.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -24,14 +25,14 @@ def _default_inv_freq(base: float, dim: int) -> np.ndarray:
     return (F32(1.0) / (F32(base) ** exponents)).astype(F32)
 
 
-def _need(params: dict, *keys: str) -> list:
+def _need(params: dict[str, Any], *keys: str) -> list[Any]:
     missing = [k for k in keys if params.get(k) is None]
     if missing:
         raise LqlError(f"rope_scaling {params.get('rope_type')!r} needs {', '.join(missing)}")
     return [params[k] for k in keys]
 
 
-def _llama3(base: float, dim: int, p: dict) -> np.ndarray:
+def _llama3(base: float, dim: int, p: dict[str, Any]) -> np.ndarray:
     factor, low, high, old_ctx = _need(p, "factor", "low_freq_factor", "high_freq_factor",
                                        "original_max_position_embeddings")
     inv = _default_inv_freq(base, dim)
@@ -44,7 +45,7 @@ def _llama3(base: float, dim: int, p: dict) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(F32)
 
 
-def _yarn(base: float, dim: int, p: dict, max_pos: int | None) -> tuple[np.ndarray, float]:
+def _yarn(base: float, dim: int, p: dict[str, Any], max_pos: int | None) -> tuple[np.ndarray, float]:
     (orig,) = _need(p, "original_max_position_embeddings")
     factor = p.get("factor")
     if factor is None:
@@ -52,7 +53,7 @@ def _yarn(base: float, dim: int, p: dict, max_pos: int | None) -> tuple[np.ndarr
             raise LqlError("rope_scaling 'yarn' needs factor or max_position_embeddings")
         factor = max_pos / orig
 
-    def mscale(scale, m=1.0):
+    def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
     attention = p.get("attention_factor")
@@ -64,7 +65,7 @@ def _yarn(base: float, dim: int, p: dict, max_pos: int | None) -> tuple[np.ndarr
     beta_fast = p.get("beta_fast") or 32
     beta_slow = p.get("beta_slow") or 1
 
-    def correction_dim(rotations):
+    def correction_dim(rotations: float) -> float:
         return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(base))
 
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
@@ -154,4 +155,5 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Rotate ``x`` (``[heads, T, head_dim]``) by the tables (``[T, head_dim]``)."""
     half = x.shape[-1] // 2
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    result: np.ndarray = x * cos + rotated * sin
+    return result

@@ -5,6 +5,8 @@ Knows nothing of LQL.  See ``docs/VINDEX.md``.
 
 from __future__ import annotations
 
+import argparse
+
 from .down_meta import DownMeta
 from .extractor import extract
 from .reader import Vindex, open_vindex
@@ -14,11 +16,11 @@ __all__ = ["open_vindex", "Vindex", "extract", "verify", "VerifyReport", "DownMe
            "cli_extract", "cli_verify"]
 
 
-def cli_extract(args) -> int:
+def cli_extract(args: argparse.Namespace) -> int:
     from .cli import cli_extract as run
     return run(args)
 
 
-def cli_verify(args) -> int:
+def cli_verify(args: argparse.Namespace) -> int:
     from .cli import cli_verify as run
     return run(args)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import AtomicDir, TargetExistsError, check_target  # noqa: F401 (re-exported)
+from ..atomic import AtomicDir as AtomicDir  # re-exported
+from ..atomic import TargetExistsError as TargetExistsError
+from ..atomic import check_target as check_target
 from ..errors import ExecutionError
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 BLOCK = 8 << 20
 
@@ -26,7 +27,7 @@ def sha256_file(path: Path, block: int = BLOCK) -> str:
 INDEX_CHECKSUM_KEY = "index_checksum"
 
 
-def index_digest(index: dict) -> str:
+def index_digest(index: dict[str, Any]) -> str:
     """SHA-256 of index.json's content with ``index_checksum`` removed, serialised
     canonically (``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``,
     UTF-8): independent of indentation and key order, so a reformatted index.json
@@ -38,7 +39,7 @@ def index_digest(index: dict) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def seal_index(index: dict) -> dict:
+def seal_index(index: dict[str, Any]) -> dict[str, Any]:
     """``index`` with a fresh ``index_checksum`` (in place; returned for chaining)."""
     index.pop(INDEX_CHECKSUM_KEY, None)
     index[INDEX_CHECKSUM_KEY] = index_digest(index)

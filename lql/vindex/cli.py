@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import ExecutionError
 
+if TYPE_CHECKING:
+    import argparse
 
-def parse_layers(text):
+
+def parse_layers(text: object) -> Sequence[int] | None:
     """``"3"``, ``"0-9"``, ``"0-3,7"`` → sorted layer list (``None`` stays ``None``)."""
     if text is None or isinstance(text, (list, tuple, range)):
         return text
@@ -28,7 +33,7 @@ def parse_layers(text):
     return sorted(out)
 
 
-def cli_extract(args) -> int:
+def cli_extract(args: argparse.Namespace) -> int:
     from .extractor import extract
     from .format import load_index
     t0 = time.perf_counter()
@@ -45,7 +50,7 @@ def cli_extract(args) -> int:
     return 0
 
 
-def cli_verify(args) -> int:
+def cli_verify(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class RecordAccess:
     def c_scores(self, layer: int) -> np.ndarray:
         return np.ascontiguousarray(self.layer_records(layer)["c_score"])
 
-    def record(self, layer: int, feature: int) -> dict | None:
+    def record(self, layer: int, feature: int) -> dict[str, Any] | None:
         """``{"top_token_id", "c_score", "top": [(id, score), ...]}`` or ``None`` (no metadata)."""
         recs = self.layer_records(layer)
         if not 0 <= feature < len(recs):

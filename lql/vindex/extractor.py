@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,10 +35,14 @@ from .atomic import AtomicDir, BinWriter, check_target
 from .down_meta import DownMetaWriter, layer_records
 from .progress import progress_display
 
+if TYPE_CHECKING:
+    from ..families.base import Family, TensorSpec
+    from ..sources.base import ModelSource
+
 FORCE_HINT = "FORCE (lql extract --force)"
 
 
-def _family_of(source):
+def _family_of(source: ModelSource) -> Family:
     fam = getattr(source, "family_spec", None) or source.family
     if isinstance(fam, str):
         from ..families import get_family
@@ -52,7 +57,7 @@ def _columns(cols: np.ndarray) -> Callable[[int, int], np.ndarray]:
     return block
 
 
-def _normalise_layers(layers, num_layers: int) -> list[int]:
+def _normalise_layers(layers: Iterable[int] | None, num_layers: int) -> list[int]:
     if layers is None:
         return list(range(num_layers))
     out = sorted({int(x) for x in layers})
@@ -78,10 +83,11 @@ def _now() -> str:
         "+00:00", "Z")
 
 
-def extract(source, output, *, level: str = "browse", dtype: str = "f16",
+def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *, level: str = "browse", dtype: str = "f16",
             layers: Iterable[int] | None = None, force: bool = False,
             top_k: int = fmt.DEFAULT_TOP_K, progress: bool | str | None = None,
-            block: int | None = None, check_cancelled=None) -> Path:
+            block: int | None = None,
+            check_cancelled: Callable[[], object] | None = None) -> Path:
     """Extract ``source`` (a path or an opened ``ModelSource``) into the vindex ``output``.
 
     Returns the vindex path.  Refuses an existing ``output`` unless ``force``
@@ -124,7 +130,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
     if unclaimed:
         raise UnclaimedTensorError(unclaimed, family.name, str(source.name))
 
-    by_layer: dict[int | None, list] = {}
+    by_layer: dict[int | None, list[TensorSpec]] = {}
     for s in specs:
         by_layer.setdefault(s.layer, []).append(s)
     primary = {family.embed_key, *gate_keys.values()}
@@ -144,7 +150,7 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
                              "shape": list(array.shape), "offset": off, "length": length,
                              "file": file})
 
-        def write_text(name: str, data) -> None:
+        def write_text(name: str, data: Any) -> None:
             raw = _text_bytes(data)
             (tmp / name).write_bytes(raw)
             import hashlib
@@ -241,8 +247,9 @@ def extract(source, output, *, level: str = "browse", dtype: str = "f16",
     return output
 
 
-def _index_json(source, family, mc, level, dtype, vocab, top_k, layer_entries, checksums,
-                gate_transposed) -> dict[str, Any]:
+def _index_json(source: ModelSource, family: Family, mc: dict[str, Any], level: str, dtype: str,
+                vocab: int, top_k: int, layer_entries: list[dict[str, Any]],
+                checksums: dict[str, str], gate_transposed: bool) -> dict[str, Any]:
     from .. import __version__
     num_layers = int(mc["num_layers"])
     src_path = getattr(source, "path", None)

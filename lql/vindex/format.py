@@ -129,7 +129,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
             tmp.unlink()
 
 
-def load_index(root: Path) -> dict:
+def load_index(root: Path) -> dict[str, Any]:
     """index.json as a raw dict (unknown keys kept), validated for required keys."""
     path = Path(root) / INDEX
     index = read_json(path)
@@ -142,7 +142,7 @@ def load_index(root: Path) -> dict:
     return index
 
 
-def update_index(root: Path, **changes: Any) -> dict:
+def update_index(root: Path, **changes: Any) -> dict[str, Any]:
     """Rewrite index.json with ``changes`` applied; unknown keys are preserved."""
     from .checksums import INDEX_CHECKSUM_KEY, seal_index
     index = load_index(root)

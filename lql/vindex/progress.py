@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import IO, TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from rich.progress import Progress, TaskID
 
 
 class _Quiet:
-    def stage(self, name: str, total: int | None = None):
+    def stage(self, name: str, total: int | None = None) -> _QuietStage:
         return _QuietStage()
 
     def close(self) -> None:
@@ -19,20 +25,20 @@ class _QuietStage:
     def advance(self, n: int = 1) -> None:
         pass
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> Literal[False]:
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
 
 class _Plain:
     """One plain line on stderr per stage and per ~10% of it (for logs and pipes)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
 
-    def stage(self, name: str, total: int | None = None):
+    def stage(self, name: str, total: int | None = None) -> _PlainStage:
         return _PlainStage(self.stream, name, total)
 
     def close(self) -> None:
@@ -40,7 +46,7 @@ class _Plain:
 
 
 class _PlainStage:
-    def __init__(self, stream, name: str, total: int | None):
+    def __init__(self, stream: IO[str], name: str, total: int | None) -> None:
         import time
         self.stream, self.name, self.total, self.done = stream, name, total, 0
         self.t0 = time.perf_counter()
@@ -57,17 +63,17 @@ class _PlainStage:
         if self.total and self.done < self.total and self.done % self.step == 0:
             self._line(f"{self.done}/{self.total}")
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> Literal[False]:
+    def __exit__(self, *exc: object) -> Literal[False]:
         if exc[0] is None:
             self._line("done" if not self.total else f"{self.total}/{self.total} done")
         return False
 
 
 class _Rich:
-    def __init__(self):
+    def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -84,7 +90,7 @@ class _Rich:
                                  transient=False)
         self.progress.start()
 
-    def stage(self, name: str, total: int | None = None):
+    def stage(self, name: str, total: int | None = None) -> _RichStage:
         return _RichStage(self.progress, self.progress.add_task(name, total=total))
 
     def close(self) -> None:
@@ -92,16 +98,16 @@ class _Rich:
 
 
 class _RichStage:
-    def __init__(self, progress, task):
+    def __init__(self, progress: Progress, task: TaskID) -> None:
         self.progress, self.task = progress, task
 
     def advance(self, n: int = 1) -> None:
         self.progress.advance(self.task, n)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> Literal[False]:
+    def __exit__(self, *exc: object) -> Literal[False]:
         task = self.progress.tasks[self.task] if self.task < len(self.progress.tasks) else None
         if exc[0] is None and task is not None and task.total is not None:
             self.progress.update(self.task, completed=task.total)
@@ -109,7 +115,7 @@ class _RichStage:
 
 
 @contextmanager
-def progress_display(enabled: bool | str | None = None):
+def progress_display(enabled: bool | str | None = None) -> Iterator[_Rich | _Plain | _Quiet]:
     """``enabled=None``: a bar only when stderr is a terminal; ``"plain"``: a bar on a
     terminal, plain progress lines on stderr otherwise (``lql extract``)."""
     p: _Rich | _Plain | _Quiet

@@ -20,7 +20,7 @@ import weakref
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,10 +30,16 @@ from .down_meta import DownMeta
 from .validate import check_index, check_layer_entries
 from .weights import VindexWeights, validate_manifest
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from tokenizers import Tokenizer
+
+    from .verifier import VerifyReport
+
 GATE_CACHE_BYTES = int(float(os.environ.get("LQL_GATE_CACHE_MB", "512")) * (1 << 20))
 
 
-def open_vindex(path, *, verify: bool = False) -> Vindex:
+def open_vindex(path: str | os.PathLike[str], *, verify: bool = False) -> Vindex:
     """Open the vindex at ``path``; ``verify=True`` also recomputes every checksum."""
     v = Vindex(path)
     if verify:
@@ -71,20 +77,20 @@ def _trim_heap() -> None:
 class _ByteLRU:
     """A small thread-safe LRU keyed by layer, bounded by the arrays' total bytes."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[int, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key):
+    def get(self, key: int) -> np.ndarray | None:
         with self._lock:
             arr = self._items.get(key)
             if arr is not None:
                 self._items.move_to_end(key)
             return arr
 
-    def put(self, key, arr: np.ndarray) -> None:
+    def put(self, key: int, arr: np.ndarray) -> None:
         with self._lock:
             if key in self._items or arr.nbytes > self.max_bytes:
                 return
@@ -103,7 +109,7 @@ class _ByteLRU:
 class Vindex:
     """A vindex directory opened read-only.  See ``docs/VINDEX.md`` for every attribute."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         _trim_heap()
         weakref.finalize(self, _note_freed)
         self.path = Path(path).expanduser().resolve()
@@ -167,7 +173,7 @@ class Vindex:
         self.weights = VindexWeights(self, manifest)
 
     # ------------------------------------------------------------ validation
-    def _parse_layers(self, layers, where) -> dict[int, dict[str, int]]:
+    def _parse_layers(self, layers: object, where: str) -> dict[int, dict[str, int]]:
         if not isinstance(layers, list):
             raise VindexError(f"{where}: 'layers' must be a list", path=where)
         out: dict[int, dict[str, int]] = {}
@@ -238,7 +244,7 @@ class Vindex:
                     self._maps[name] = mm
         return mm
 
-    def _view(self, name: str, offset: int, length: int, shape) -> np.ndarray:
+    def _view(self, name: str, offset: int, length: int, shape: tuple[int, ...]) -> np.ndarray:
         raw = self._map(name)[offset: offset + length]
         if raw.size != length:
             raise VindexError(f"{self.path / name}: truncated (needs bytes {offset}..{offset + length})",
@@ -291,13 +297,13 @@ class Vindex:
         return self._view(fmt.EMBEDDINGS, 0, self.vocab_size * self.hidden_size *
                           self.np_dtype.itemsize, (self.vocab_size, self.hidden_size))
 
-    def embed(self, ids) -> np.ndarray:
+    def embed(self, ids: ArrayLike) -> np.ndarray:
         """f32 embedding rows of ``ids`` (unscaled: multiply by ``embed_scale`` yourself)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = int(ids[(ids < 0) | (ids >= self.vocab_size)].flat[0])
+        idx = np.asarray(ids, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.vocab_size):
+            bad = int(idx[(idx < 0) | (idx >= self.vocab_size)].flat[0])
             raise ExecutionError(f"token id {bad} out of range 0..{self.vocab_size - 1}")
-        return self.embeddings[ids].astype(np.float32)
+        return self.embeddings[idx].astype(np.float32)
 
     def _embeddings_f32(self) -> np.ndarray:
         emb = self.embeddings
@@ -305,7 +311,7 @@ class Vindex:
 
     # ------------------------------------------------------------ tokenizer & text files
     @cached_property
-    def tokenizer(self):
+    def tokenizer(self) -> Tokenizer:
         from tokenizers import Tokenizer
         path = self.path / fmt.TOKENIZER
         try:
@@ -387,7 +393,7 @@ class Vindex:
     def file_sizes(self) -> dict[str, int]:
         return {k: v for k, v in self._file_sizes().items() if v is not None}
 
-    def verify(self):
+    def verify(self) -> VerifyReport:
         from .verifier import verify
         return verify(self.path)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import NoVindexError
 from . import format as fmt
@@ -56,12 +58,12 @@ class VerifyReport:
                         f"{(f.expected or '')[:12]}…, file has {(f.actual or '')[:12]}…)")
         return "ok"
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         return [{"file": f.file, "status": f.status, "size": f.size,
                  "expected": f.expected, "actual": f.actual} for f in self.files]
 
 
-def verify(path) -> VerifyReport:
+def verify(path: str | os.PathLike[str]) -> VerifyReport:
     """Check every file of the vindex: ok / mismatch / missing / unchecked.
 
     Files listed in index.json's ``checksums`` are re-hashed; index.json itself is

@@ -13,7 +13,7 @@ from index.json ``weight_keys``, else from the vindex's family.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,13 +25,13 @@ if TYPE_CHECKING:
     from .reader import Vindex
 
 
-class VindexWeights(Mapping):
+class VindexWeights(Mapping[str, np.ndarray]):
     """Lazy, read-only view of every stored tensor; values are f32 ndarrays."""
 
     def __init__(self, vindex: Vindex, manifest: list[dict[str, Any]] | None):
         # a proxy, not the vindex: no Vindex <-> weights cycle, so dropping the last
         # reference to a vindex frees it (and its memory maps) at once, without the GC
-        self._v = weakref.proxy(vindex)
+        self._v: Vindex = weakref.proxy(vindex)
         keys = vindex.index.get("weight_keys") or {}
         # an index.json without weight_keys: the names its family gives them
         fam = family_or_default(getattr(vindex, "family", None))
@@ -68,11 +68,11 @@ class VindexWeights(Mapping):
     def __contains__(self, key: object) -> bool:
         return key in self._entries or key in self._embed_keys or key in self._gate_keys
 
-    def get(self, key, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
 
     def __iter__(self) -> Iterator[str]:
-        seen = set()
+        seen: set[str] = set()
         for key in (*self._embed_keys[:1], *self._gate_keys, *self._entries):
             if key not in seen:
                 seen.add(key)
@@ -97,7 +97,7 @@ class VindexWeights(Mapping):
         """The manifest entry of a key stored in a split weight file (else ``None``)."""
         return self._entries.get(key)
 
-    def missing(self, keys) -> list[str]:
+    def missing(self, keys: Iterable[str]) -> list[str]:
         return [k for k in keys if k not in self]
 
 
