@@ -227,12 +227,11 @@ def test_compile_without_edits_writes_the_source(name, vindexes, tmp_path):
 
 def test_compile_keeps_the_hub_config_format(tmp_path):
     from lql.families.gemma4 import Gemma4
-    from lql.families.gemma4_hf import hf_config
     cfg = json.loads((FIXTURES / "tiny-gemma4-moe" / "config.json").read_text())
     del cfg["per_layer_config"]
     cfg.update(global_head_dim=32, num_global_key_value_heads=1)
     mc = Gemma4().model_config(cfg)
-    out = hf_config(mc)
+    out = Gemma4().hf_config(mc)
     assert "per_layer_config" not in out and out["global_head_dim"] == 32 and out["num_global_key_value_heads"] == 1
     assert Gemma4().model_config(out)["per_layer"]["head_dim"] == mc["per_layer"]["head_dim"]
     assert Gemma4().model_config(out)["per_layer"]["num_kv_heads"] == mc["per_layer"]["num_kv_heads"]
