@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -37,6 +38,25 @@ def check_layer(view: VindexView, layer: int) -> int:
         raise ExecutionError(f"layer {layer} was not extracted into this vindex "
                              f"(re-extract with a LAYERS range that includes it)")
     return int(layer)
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def keyword_of(value: E | str | None, enum_cls: type[E], default: E) -> E:
+    """The statement's enum member for a clause: the AST passes the member itself; the
+    Python API may pass its name (``"verbose"``, ``"all_layers"``). ``None`` is ``default``."""
+    if value is None:
+        return default
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        key = value.strip().upper().replace("_", " ")
+        for member in enum_cls:
+            if member.value == key or member.name == key.replace(" ", "_"):
+                return member
+    raise ExecutionError(f"unknown {enum_cls.__name__.lower()} {value!r}; one of: "
+                         + ", ".join(str(m.value) for m in enum_cls))
 
 
 def resolve_layers(view: VindexView, spec) -> list[int]:

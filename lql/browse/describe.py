@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..ast import Band, Verbosity, Via
 from ..errors import ExecutionError
 from ..result import Result
 from .core import (
@@ -45,6 +46,7 @@ from .core import (
     down_meta_of,
     entity_query,
     gate_scores,
+    keyword_of,
 )
 from .labels import labels_of
 from .tokens import tokens_of
@@ -190,14 +192,12 @@ def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers:
     return out
 
 
-def _band_name(band) -> str:
-    if band is None:
-        return "KNOWLEDGE"
-    return str(getattr(band, "value", band)).upper().replace("_", " ")
+def _band_name(band: Band | str | None) -> str:
+    return keyword_of(band, Band, Band.KNOWLEDGE).value
 
 
-def _verbosity(v) -> str:
-    return "BRIEF" if v is None else str(getattr(v, "value", v)).upper()
+def _verbosity(v: Verbosity | str | None) -> str:
+    return keyword_of(v, Verbosity, Verbosity.BRIEF).value
 
 
 def residual_queries(view: VindexView, entity: str):
@@ -216,7 +216,7 @@ def describe(view: VindexView, entity: str, *, band=None, layer: int | None = No
     band_name = _band_name(band)
     meta: dict[str, Any] = {"entity": entity, "verbosity": verb.lower(),
             "bands": {k: list(v) for k, v in bands.items()}}
-    via_name = str(getattr(via, "value", via or "EMBEDDING")).upper()
+    via_name = keyword_of(via, Via, Via.EMBEDDING).value
     meta["via"] = via_name
     if layer is not None:
         layer = check_layer(view, int(layer))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..ast import Verbosity
 from ..errors import ExecutionError
 from ..result import Result
 from .core import (
@@ -17,6 +18,7 @@ from .core import (
     bands_of,
     check_layer,
     down_meta_of,
+    keyword_of,
     resolve_layers,
 )
 from .labels import labels_of
@@ -213,7 +215,7 @@ def show_entities(view: VindexView, layer: int | None = None, limit: int | None 
 def show_relations(view: VindexView, layer: int | None = None, with_examples: bool = False,
                    verbosity=None) -> Result:
     lab = labels_of(view)
-    verb = str(getattr(verbosity, "value", verbosity or "BRIEF")).upper()
+    verb = keyword_of(verbosity, Verbosity, Verbosity.BRIEF).value
     if layer is not None:
         layer = check_layer(view, int(layer))
     if not lab:

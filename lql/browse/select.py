@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..ast import SelectSource
 from ..errors import ExecutionError
 from ..result import Result
-from .core import band_layers, check_layer, down_meta_of, entity_query
+from .core import band_layers, check_layer, down_meta_of, entity_query, keyword_of
 from .describe import describe_edges, edge_row
 from .info import entity_rows, feature_row, layer_feature_rows
 from .labels import labels_of
@@ -48,8 +49,8 @@ DEFAULT_COLUMNS = {
 }
 
 
-def _src(source) -> str:
-    return str(getattr(source, "value", source)).upper()
+def _src(source: SelectSource | str) -> str:
+    return keyword_of(source, SelectSource, SelectSource.EDGES).value
 
 
 def _split(where, field):

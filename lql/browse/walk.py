@@ -27,8 +27,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..ast import WalkMode
 from ..result import Result
-from .core import DownMeta, down_meta_of, gate_scores, query_vector, resolve_layers, top_by_abs
+from .core import (
+    DownMeta,
+    down_meta_of,
+    gate_scores,
+    keyword_of,
+    query_vector,
+    resolve_layers,
+    top_by_abs,
+)
 from .labels import labels_of
 from .tokens import tokens_of
 
@@ -43,11 +52,8 @@ EXPLAIN_TOP = 5
 DOWN_SHOWN = 5
 
 
-def _mode_name(mode) -> str:
-    if mode is None:
-        return "HYBRID"
-    name = getattr(mode, "value", mode)
-    return str(name).upper()
+def _mode_name(mode: WalkMode | str | None) -> str:
+    return keyword_of(mode, WalkMode, WalkMode.HYBRID).value
 
 
 def inserted_features(view: VindexView) -> set[tuple[int, int]]:
