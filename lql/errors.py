@@ -93,3 +93,13 @@ class NotBuiltError(LqlError):
 
 class ExecutionError(LqlError):
     """Anything else a user caused: unknown entity, layer out of range, bad token, ..."""
+
+
+class NonFiniteError(ExecutionError):
+    """A forward pass met NaN or Inf: ``.layer`` (-1: the embedding, ``num_layers``: the
+    logits) and ``.tensor`` (the weight holding non-finite values, when one does)."""
+
+    def __init__(self, message: str, layer: int, tensor: str | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.tensor = tensor

@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "Cancelled", "split_statements", "is_complete"]
 
+#: statements that change session state or the overlay: serialised per Session
+_MUTATING: tuple[type, ...] = (
+    ast.Use, ast.UseModel, ast.UseRemote, ast.Insert, ast.Delete, ast.Update, ast.Merge,
+    ast.Rebalance, ast.BeginPatch, ast.SavePatch, ast.ApplyPatch, ast.RemovePatch, ast.SetChat,
+)
+
 
 class Cancelled(KeyboardInterrupt):
     """A statement stopped by :meth:`Session.cancel` (or Ctrl-C)."""
@@ -84,6 +90,9 @@ class Session:
 
     def __init__(self, cwd: str | os.PathLike | None = None):
         self.cwd: Path = Path(cwd if cwd is not None else os.getcwd()).resolve()
+        # statements that change the session or its overlay run one at a time (threads
+        # sharing a Session: readers run concurrently, writers are serialised)
+        self._write_lock = threading.RLock()
         self.vindex: Any = None      # the Vindex in use, or its OverlayVindex once edited
         self.model_source: Any = None  # the ModelSource of USE MODEL
         self.chat_mode: ast.ChatMode = ast.ChatMode.AUTO
@@ -299,7 +308,11 @@ class Session:
             raise NotBuiltError(msg)
         self._cancel.clear()
         t0 = time.perf_counter()
-        out = fn(self, stmt)
+        if isinstance(stmt, _MUTATING):
+            with self._write_lock:
+                out = fn(self, stmt)
+        else:
+            out = fn(self, stmt)
         elapsed = round((time.perf_counter() - t0) * 1000.0, 1)
         results = list(out) if isinstance(out, (list, tuple)) else [out]
         for r in results:

@@ -181,3 +181,37 @@ def test_identity_hooks_change_nothing_and_residual_hook_steers():
     steered = m.forward(IDS, hooks=steer).logits
     assert steered[1234] - plain[1234] > 1.0
     assert int(np.argmax(steered)) == 1234
+
+
+# ------------------------------------------------------------------ non-finite guard
+
+def test_nan_in_a_weight_is_an_error_naming_the_layer_and_the_weight():
+    from lql.errors import NonFiniteError
+    cfg, weights = inputs("llama")
+    poisoned = dict(weights)
+    w = np.array(weights["layers.1.mlp.down_proj.weight"], dtype=np.float32)
+    w[3, 5] = np.nan
+    poisoned["layers.1.mlp.down_proj.weight"] = w
+    m = build_model(cfg, poisoned)
+    with pytest.raises(NonFiniteError) as err:
+        m.forward(IDS[:5])
+    assert err.value.layer == 1                      # layer 0 is clean: found at the first bad layer
+    assert "after layer 1" in str(err.value) and "holds NaN/Inf" in str(err.value)
+    assert err.value.tensor is not None and "down" in err.value.tensor
+
+
+def test_non_finite_from_finite_weights_names_the_layer_and_says_so():
+    from lql.errors import NonFiniteError
+    cfg, weights = inputs("llama")
+    huge = dict(weights)
+    huge["layers.0.mlp.down_proj.weight"] = np.full_like(
+        np.asarray(weights["layers.0.mlp.down_proj.weight"], dtype=np.float32), 3e38)
+    m = build_model(cfg, huge)
+    with pytest.raises(NonFiniteError, match=r"after layer 0 \(the weights it read are finite"):
+        m.forward(IDS[:5])
+
+
+def test_finite_model_is_unaffected_by_the_guard():
+    m = model("llama")
+    out = m.forward(IDS[:5])
+    assert np.isfinite(out.logits).all()

@@ -18,6 +18,7 @@ A group module that does not exist yet is fine: the statement then raises
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 
 from .. import ast
@@ -63,6 +64,7 @@ ALL_GROUPS = ("lifecycle", "browse", "introspect", "infer", "mutate", "patches",
 
 _HANDLERS: dict[type, Callable] = {}
 _imported: set[str] = set()
+_IMPORT_LOCK = threading.RLock()
 #: group module name -> the exception its import raised (other than "module absent")
 import_errors: dict[str, BaseException] = {}
 
@@ -112,19 +114,22 @@ def lookup(cls: type) -> Callable | None:
     fn = _find(cls)
     if fn is not None:
         return fn
-    group = GROUPS.get(cls)
-    if group is not None:
-        _import_group(group)
-        fn = _find(cls)
-        if fn is not None:
-            return fn
-    for group in ALL_GROUPS:           # registered somewhere unexpected?
-        if group not in _imported:
+    # one importer at a time: a thread that finds a group "imported" while another thread
+    # is still importing it must wait for its handlers, not report them missing
+    with _IMPORT_LOCK:
+        group = GROUPS.get(cls)
+        if group is not None:
             _import_group(group)
             fn = _find(cls)
             if fn is not None:
                 return fn
-    return _find(cls)
+        for group in ALL_GROUPS:           # registered somewhere unexpected?
+            if group not in _imported:
+                _import_group(group)
+                fn = _find(cls)
+                if fn is not None:
+                    return fn
+        return _find(cls)
 
 
 def capability(cls: type) -> str:

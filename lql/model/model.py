@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lql.errors import ExecutionError, LqlError, MissingTensorError
+from lql.errors import ExecutionError, LqlError, MissingTensorError, NonFiniteError
 from lql.model.cache import KVCache
 from lql.model.config import ArchSpec, arch_spec
 from lql.model.layouts import Tensors, layout_for
@@ -133,6 +133,7 @@ class Model:
         routes: list[Any] | None = [None] * n if record.experts else None
 
         h = self.embed(ids, positions)
+        _check_finite(h, -1, self, "the embedding")
         embedding = pick(h, record.residuals) if record.residuals else None
         per_layer = self.per_layer_embed(ids, h) if self.per_layer_embed is not None else None
         for i, block in enumerate(self.blocks):
@@ -141,6 +142,7 @@ class Model:
                 h, trace = block(h, positions, tables, layer_cache, hooks)
             else:
                 h, trace = block(h, positions, tables, layer_cache, hooks, per_layer_input=per_layer[:, i])
+            _check_finite(h, i, block, f"the residual after layer {i}")
             if not record.wants(i):
                 continue
             if residuals is not None:
@@ -160,9 +162,52 @@ class Model:
         if cache is not None:
             cache.length = start + ids.size
         last = h[-1]
-        return ForwardOutput(logits=self.logits_from_hidden(last), hidden=last.copy(), positions=positions,
+        logits = self.logits_from_hidden(last)
+        _check_finite(logits, n, self, "the logits")
+        return ForwardOutput(logits=logits, hidden=last.copy(), positions=positions,
                              embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
                              ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
+
+
+def _non_finite_weight(obj: object, path: str = "", depth: int = 0,
+                       seen: set[int] | None = None) -> str | None:
+    """The attribute path of the first weight array under ``obj`` holding NaN/Inf (a block,
+    the embedding or the head), or ``None``: where a forward pass's NaN came from."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 4:
+        return None
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "f" and obj.size and not np.isfinite(obj).all():
+            return path or "weight"
+        return None
+    if isinstance(obj, (list, tuple)):
+        items: Iterable[tuple[str, object]] = ((f"{path}[{k}]", v) for k, v in enumerate(obj))
+    else:
+        attrs = getattr(obj, "__dict__", None)
+        if attrs is None and hasattr(obj, "__slots__"):
+            attrs = {k: getattr(obj, k) for k in obj.__slots__ if hasattr(obj, k)}
+        if not isinstance(attrs, dict):
+            return None
+        items = ((f"{path}.{k}" if path else k, v) for k, v in attrs.items() if not k.startswith("__"))
+    for name, value in items:
+        found = _non_finite_weight(value, name, depth + 1, seen)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_finite(x: np.ndarray, layer: int, owner: object, what: str) -> None:
+    """Raise :class:`NonFiniteError` when ``x`` (``what``: the embedding, the residual after
+    ``layer``, the logits) holds NaN/Inf, naming the weight under ``owner`` that does, if any."""
+    if np.isfinite(x).all():
+        return
+    tensor = _non_finite_weight(owner)
+    cause = (f": weight {tensor} holds NaN/Inf (the vindex's weights are corrupt; "
+             f"`lql verify` checks the files)" if tensor is not None
+             else " (the weights it read are finite: an overflow in the computation, "
+                  "e.g. an extreme setting or edit)")
+    raise NonFiniteError(f"non-finite values (NaN/Inf) in {what}{cause}", layer, tensor)
 
 
 def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray]) -> Model:
