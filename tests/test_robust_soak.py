@@ -50,5 +50,28 @@ def test_soak_use_walk_bounded():
     for _ in range(100):
         s.execute(f'USE "{base}"; WALK "Paris" TOP 3; DESCRIBE "France"')
     gc.collect()
+    print(f"soak USE/WALK/DESCRIBE x100: RSS {rss0:.0f} -> {_rss_mb():.0f} MB, "
+          f"open files {fd0} -> {_fds()}")
     assert _fds() - fd0 <= 5, f"open files grew {fd0} -> {_fds()}"
     assert _rss_mb() - rss0 < 150, f"RSS grew {rss0:.0f} -> {_rss_mb():.0f} MB"
+
+
+def test_soak_use_walk_infer_bounded():
+    """100 × USE/WALK/INFER: the model a USE replaced is freed with its vindex (the runtime's
+    model cache holds weak references), so RSS and open files stay flat."""
+    base = base_vindex()
+    s = Session()
+    stmt = f'USE "{base}"; WALK "Paris" TOP 3; INFER "The capital of France is" TOP 3 RAW'
+    for _ in range(5):
+        s.execute(stmt)
+    gc.collect()
+    first = weakref.ref(s.vindex)
+    rss0, fd0 = _rss_mb(), _fds()
+    for _ in range(100):
+        s.execute(stmt)
+    gc.collect()
+    rss1, fd1 = _rss_mb(), _fds()
+    print(f"soak USE/WALK/INFER x100: RSS {rss0:.0f} -> {rss1:.0f} MB, open files {fd0} -> {fd1}")
+    assert first() is None, "a vindex replaced by USE is still alive (its model holds it?)"
+    assert fd1 - fd0 <= 5, f"open files grew {fd0} -> {fd1}"
+    assert rss1 - rss0 < 150, f"RSS grew {rss0:.0f} -> {rss1:.0f} MB"
