@@ -100,6 +100,11 @@ class ModelSource:
         """One tensor by normalised key, as float32 (a fresh array)."""
         return self._read(self._resolve(key))
 
+    def tensor_rows(self, key: str, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of a tensor as float32 (a folder source reads just those rows;
+        this default reads the tensor whole)."""
+        return self.tensor(key)[lo:hi]
+
     def shape(self, key: str) -> tuple[int, ...]:
         """A tensor's shape without reading it."""
         return tuple(self._shape(self._resolve(key)))

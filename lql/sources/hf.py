@@ -89,6 +89,9 @@ class HfSource(ModelSource):
     def _read(self, key: str) -> np.ndarray:
         return self._reader.read(self._names[key])
 
+    def tensor_rows(self, key: str, lo: int, hi: int) -> np.ndarray:
+        return self._reader.read_rows(self._names[self._resolve(key)], lo, hi)
+
     def hf_name(self, key: str) -> str:
         """The checkpoint's own name for a normalised key."""
         return self._names[self._resolve(key)]

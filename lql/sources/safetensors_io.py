@@ -125,6 +125,25 @@ class SafetensorsReader:
     def dtype(self, name: str) -> str:
         return self.tensors[name].dtype
 
+    def read_rows(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of a 2-D (or more) tensor as float32, read from a memory map of
+        just those rows (a large table is streamed without reading it whole)."""
+        info = self.tensors[name]
+        raw = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}.get(info.dtype)
+        if raw is None or len(info.shape) < 2:
+            return self.read(name)[lo:hi]
+        rows, row_len = int(info.shape[0]), int(np.prod(info.shape[1:]))
+        lo, hi = max(0, lo), min(rows, hi)
+        itemsize = np.dtype(raw).itemsize
+        if hi <= lo or row_len == 0:
+            return np.zeros((max(0, hi - lo), *info.shape[1:]), dtype=np.float32)
+        mm = np.memmap(info.file, dtype=raw, mode="r", shape=((hi - lo) * row_len,),
+                       offset=self.offsets[info.file] + info.start + lo * row_len * itemsize)
+        block = np.asarray(mm)
+        out = bf16_to_f32(block) if info.dtype == "BF16" else block.astype(np.float32)
+        del mm
+        return out.reshape((hi - lo, *info.shape[1:]))
+
     def read(self, name: str) -> np.ndarray:
         info = self.tensors[name]
         if info.dtype not in FLOAT_DTYPES:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from ..sources.base import ModelSource
 
 FORCE_HINT = "FORCE (lql extract --force)"
+#: a global tensor whose float32 copy is larger than this is read and written in row blocks
+STREAM_BYTES = 256 << 20
 
 
 def _family_of(source: ModelSource) -> Family:
@@ -150,6 +152,20 @@ def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *,
                              "shape": list(array.shape), "offset": off, "length": length,
                              "file": file})
 
+        def store_rows(key: str, shape: tuple[int, int], file: str) -> None:
+            """``store`` for a large 2-D tensor, streamed in blocks of rows (its float32
+            copy is never held whole)."""
+            w = weight_files.get(file)
+            if w is None:
+                w = weight_files[file] = BinWriter(tmp / file, np_dtype)
+            step = max(1, STREAM_BYTES // (4 * max(1, shape[1])))
+            start, total = w.offset, 0
+            for lo in range(0, shape[0], step):
+                _, length = w.write(source.tensor_rows(key, lo, lo + step), key)
+                total += length
+            manifest.append({"key": key, "kind": "tensor", "shape": list(shape),
+                             "offset": start, "length": total, "file": file})
+
         def write_text(name: str, data: Any) -> None:
             raw = _text_bytes(data)
             (tmp / name).write_bytes(raw)
@@ -178,7 +194,12 @@ def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *,
         # ---- global tensors other than the embedding (norm, lm_head, positions ...)
         if level != "browse":
             for s in by_layer.get(None, ()):
-                if s.key not in primary:
+                if s.key in primary:
+                    continue
+                shape = tuple(int(d) for d in source.shape(s.key))
+                if len(shape) == 2 and shape[0] * shape[1] * 4 > STREAM_BYTES:
+                    store_rows(s.key, shape, s.file)   # e.g. Gemma 4's per-layer embedding table
+                else:
                     store(s.key, np.asarray(source.tensor(s.key), dtype=np.float32), s.file)
 
         # ---- layers
