@@ -208,14 +208,16 @@ class Family:
         claimed = set(self.keys(model_config, "all")) | {self.lm_head_key}
         return sorted(k for k in keys if k not in claimed and not self.ignores_for(model_config, k))
 
+    # the FFN keys: Hugging Face's gated-MLP names by default (a family that names its FFN
+    # otherwise, GPT-2, overrides them)
     def gate_key(self, layer: int) -> str:
-        raise NotImplementedError
+        return f"layers.{layer}.mlp.gate_proj.weight"
 
     def up_key(self, layer: int) -> str | None:
-        raise NotImplementedError
+        return f"layers.{layer}.mlp.up_proj.weight"
 
     def down_key(self, layer: int) -> str:
-        raise NotImplementedError
+        return f"layers.{layer}.mlp.down_proj.weight"
 
     def gate_key_pattern(self) -> str:
         """:meth:`gate_key` with ``{layer}`` for the layer number (index.json ``weight_keys``)."""

@@ -199,15 +199,6 @@ class DecoderFamily(Family):
         """Family-specific config.json keys."""
 
     # ------------------------------------------------------------ tensors
-    def gate_key(self, layer: int) -> str:
-        return f"layers.{layer}.mlp.gate_proj.weight"
-
-    def up_key(self, layer: int) -> str:
-        return f"layers.{layer}.mlp.up_proj.weight"
-
-    def down_key(self, layer: int) -> str:
-        return f"layers.{layer}.mlp.down_proj.weight"
-
     def global_tensors(self, mc: dict):
         specs = [spec(self.embed_key, "embed", "browse", None),
                  spec("norm.weight", "norm", "inference", None)]
@@ -233,7 +224,7 @@ class DecoderFamily(Family):
             out.append(spec(p + "pre_feedforward_layernorm.weight", "norm", "inference", layer))
             out.append(spec(p + "post_feedforward_layernorm.weight", "norm", "inference", layer))
         out.append(spec(self.gate_key(layer), "gate", "browse", layer))
-        out.append(spec(self.up_key(layer), "up", "inference", layer))
+        out.append(spec(p + "mlp.up_proj.weight", "up", "inference", layer))
         out.append(spec(self.down_key(layer), "down", "browse", layer))
         if mc["mlp_bias"]:
             out.append(spec(p + "mlp.gate_proj.bias", "ffn_bias", "inference", layer, "up_weights.bin"))

@@ -292,15 +292,6 @@ class Gemma4(Family):
         return fam
 
     # ------------------------------------------------------------ tensors
-    def gate_key(self, layer: int) -> str:
-        return f"layers.{layer}.mlp.gate_proj.weight"
-
-    def up_key(self, layer: int) -> str:
-        return f"layers.{layer}.mlp.up_proj.weight"
-
-    def down_key(self, layer: int) -> str:
-        return f"layers.{layer}.mlp.down_proj.weight"
-
     def global_tensors(self, mc: dict):
         out = [spec(self.embed_key, "embed", "browse", None), spec("norm.weight", "norm", "inference", None)]
         if not mc["tie_word_embeddings"]:
@@ -326,7 +317,7 @@ class Gemma4(Family):
             out.append(spec(p + "self_attn.k_norm.weight", "attn", "inference", layer))
         out += [spec(p + n + ".weight", "norm", "inference", layer) for n in
                 ("post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")]
-        out += [spec(self.gate_key(layer), "gate", "browse", layer), spec(self.up_key(layer), "up", "inference", layer),
+        out += [spec(self.gate_key(layer), "gate", "browse", layer), spec(p + "mlp.up_proj.weight", "up", "inference", layer),
                 spec(self.down_key(layer), "down", "browse", layer),
                 spec(p + "layer_scalar", "norm", "inference", layer)]
         if mc.get("per_layer_input_size"):
