@@ -32,6 +32,18 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2")
 
 
+def gemma4_fixtures() -> Path:
+    """The shared tiny Gemma 4 fixtures (``shared/fixtures/gemma4``): ``$LQL_GEMMA4_FIXTURES``,
+    else ``shared/`` beside this checkout (as CI lays it), else /work/shared."""
+    import os
+    for candidate in (os.environ.get("LQL_GEMMA4_FIXTURES"),
+                      REPO.parent / "shared" / "fixtures" / "gemma4",
+                      "/work/shared/fixtures/gemma4"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return REPO.parent / "shared" / "fixtures" / "gemma4"   # absent: the tests say so and skip
+
+
 def cache_root() -> Path:
     root = Path(os.environ.get("LQL_TEST_CACHE", REPO / ".cache" / "tests"))
     root.mkdir(parents=True, exist_ok=True)

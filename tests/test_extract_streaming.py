@@ -3,17 +3,16 @@ extracted in row blocks, never as one float32 copy; the result is the same bytes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from model_fixtures import gemma4_fixtures
 from safetensors.numpy import save_file
 
 from lql.sources.safetensors_io import bf16_to_f32
 from lql.vindex import extract, open_vindex
 from lql.vindex import extractor as extractor_mod
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gemma4" / "tiny-gemma4"
+FIXTURE = gemma4_fixtures() / "tiny-gemma4"
 PLE = "embed_tokens_per_layer.weight"
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import _build_once, _code_key
+from model_fixtures import _build_once, _code_key, gemma4_fixtures
 
 from lql.families.gemma4 import Gemma4
 from lql.model import Record, build_model
@@ -31,7 +30,7 @@ if not hasattr(transformers, "Gemma4ForCausalLM"):
 pytestmark = pytest.mark.parity
 torch.set_num_threads(2)
 
-FIXTURES = Path(os.environ.get("LQL_GEMMA4_FIXTURES", "/work/shared/fixtures/gemma4"))
+FIXTURES = gemma4_fixtures()
 MODELS = ("tiny-gemma4", "tiny-gemma4-moe", "hub-format", "conditional")
 PROMPTS = (
     [2, 17],

@@ -7,15 +7,15 @@ transformers as Gemma 4 with the session's numbers."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import gemma4_fixtures
 
 from lql.session import Session
 
-FIXTURES = Path(os.environ.get("LQL_GEMMA4_FIXTURES", "/work/shared/fixtures/gemma4"))
+FIXTURES = gemma4_fixtures()
 MODELS = ("tiny-gemma4", "tiny-gemma4-moe")
 PROMPT = "The capital of Atlantis is"
 if not (FIXTURES / "tiny-gemma4" / "config.json").is_file():
