@@ -73,5 +73,7 @@ def test_soak_use_walk_infer_bounded():
     rss1, fd1 = _rss_mb(), _fds()
     print(f"soak USE/WALK/INFER x100: RSS {rss0:.0f} -> {rss1:.0f} MB, open files {fd0} -> {fd1}")
     assert first() is None, "a vindex replaced by USE is still alive (its model holds it?)"
+    from lql.runtime import models
+    assert len(models._CACHE._items) <= 1, "models of vindexes USE replaced are still cached"
     assert fd1 - fd0 <= 5, f"open files grew {fd0} -> {fd1}"
     assert rss1 - rss0 < 150, f"RSS grew {rss0:.0f} -> {rss1:.0f} MB"

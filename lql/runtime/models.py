@@ -25,9 +25,9 @@ __all__ = ["model_for", "model_for_source", "can_forward", "check_level", "clear
 CACHE_SIZE = 6
 
 
-def _ref(obj: object) -> Callable[[], object]:
+def _ref(obj: object, on_death: Callable[[object], None]) -> Callable[[], object]:
     try:
-        return weakref.ref(obj)
+        return weakref.ref(obj, on_death)
     except TypeError:                        # objects without weakref support: hold them
         return lambda: obj
 
@@ -49,7 +49,14 @@ class _ModelCache:
             self._items.move_to_end(key)
             return hit[2]
         model = build()
-        self._items[key] = (_ref(owner), _ref(overlay) if overlay is not None else _none, model)
+
+        def drop(_dead: object, key: tuple[int, int, int] = key) -> None:
+            # the vindex / overlay / source is gone (USE replaced it): free its model now,
+            # not when the LRU would evict it
+            self._items.pop(key, None)
+
+        self._items[key] = (_ref(owner, drop),
+                            _ref(overlay, drop) if overlay is not None else _none, model)
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
