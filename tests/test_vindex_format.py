@@ -108,6 +108,12 @@ class FakeSource:
     def tensor(self, key):
         return self._t[key].copy()
 
+    def shape(self, key):                 # the ModelSource interface the extractor reads
+        return self._t[key].shape
+
+    def tensor_rows(self, key, lo, hi):
+        return self._t[key][lo:hi].copy()
+
 
 def _extract(tmp_path, name="v", **kw):
     return extract(FakeSource(), tmp_path / name, progress=False, **kw)
