@@ -8,7 +8,14 @@ Subclasses set class attributes for their traits and override the hooks
 from __future__ import annotations
 
 from .base import Family, gguf_refusal, spec, sqrt_hidden
-from .hfconfig import activation, eos_list, flat_rope, optional_int, refuse, refuse_unimplemented
+from .hfconfig import (
+    activation,
+    flat_rope,
+    optional_int,
+    refuse,
+    refuse_unimplemented,
+    special_token_ids,
+)
 
 #: GGUF metadata suffix (after ``<arch>.``) → Hugging Face config key, decoder families
 GGUF_DECODER_KEYS = {
@@ -104,9 +111,7 @@ class DecoderFamily(Family):
             "position_embedding": "rope",
             "qkv_layout": "split",
             "max_position_embeddings": optional_int(cfg.get("max_position_embeddings")),
-            "bos_token_id": optional_int(cfg.get("bos_token_id")),
-            "eos_token_id": eos_list(cfg.get("eos_token_id")),
-            "pad_token_id": optional_int(cfg.get("pad_token_id")),
+            **special_token_ids(cfg),
         }
         self.family_extras(mc, cfg)
         return mc

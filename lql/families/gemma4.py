@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .base import Family, gguf_refusal, spec, sqrt_hidden
-from .hfconfig import activation, eos_list, optional_float, optional_int, refuse
+from .hfconfig import activation, optional_float, optional_int, refuse, special_token_ids
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 DEFAULT_ROPE = {
@@ -255,9 +255,7 @@ class Gemma4(Family):
             "position_embedding": "rope",
             "qkv_layout": "split",
             "max_position_embeddings": optional_int(cfg.get("max_position_embeddings")),
-            "bos_token_id": optional_int(cfg.get("bos_token_id")),
-            "eos_token_id": eos_list(cfg.get("eos_token_id")),
-            "pad_token_id": optional_int(cfg.get("pad_token_id")),
+            **special_token_ids(cfg),
             "per_layer": {"head_dim": head_dims, "num_kv_heads": kv_heads, "intermediate_size": ffns},
             "layer_k_eq_v": k_eq_v,
             "kv_shared_from": sources,

@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Family, spec
-from .hfconfig import activation, eos_list, optional_int, refuse, refuse_unimplemented
+from .hfconfig import (
+    activation,
+    refuse,
+    refuse_unimplemented,
+    special_token_ids,
+)
 
 
 class GPT2(Family):
@@ -79,9 +84,7 @@ class GPT2(Family):
             "position_embedding": "learned",
             "qkv_layout": "fused_conv1d",
             "max_position_embeddings": int(cfg["n_positions"]),
-            "bos_token_id": optional_int(cfg.get("bos_token_id")),
-            "eos_token_id": eos_list(cfg.get("eos_token_id")),
-            "pad_token_id": optional_int(cfg.get("pad_token_id")),
+            **special_token_ids(cfg),
         }
 
     def hf_config(self, model_config: dict) -> dict:

@@ -86,6 +86,14 @@ def optional_int(value):
     return None if value is None else int(value)
 
 
+def special_token_ids(cfg: dict) -> dict:
+    """The ``bos_token_id`` / ``eos_token_id`` (a list) / ``pad_token_id`` of a config.json,
+    as every family writes them into model_config."""
+    return {"bos_token_id": optional_int(cfg.get("bos_token_id")),
+            "eos_token_id": eos_list(cfg.get("eos_token_id")),
+            "pad_token_id": optional_int(cfg.get("pad_token_id"))}
+
+
 def optional_float(value):
     return None if value is None else float(value)
 
