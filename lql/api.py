@@ -31,18 +31,6 @@ from .result import Result
 __all__ = ["open_vindex", "BrowseView"]
 
 
-def _enum(cls_name: str, value):
-    if value is None or not isinstance(value, str):
-        return value
-    cls = getattr(ast, cls_name)
-    key = value.strip().upper().replace("_", " ")
-    for member in cls:
-        if member.value == key or member.name == key.replace(" ", "_"):
-            return member
-    raise ExecutionError(f"unknown {cls_name.lower()} {value!r}; one of: "
-                         + ", ".join(m.value for m in cls))
-
-
 def _layers(layers):
     """``None`` / ``"ALL"`` / int / ``(lo, hi)`` / ``"14-27"`` / iterable → a layer spec."""
     if layers is None or (isinstance(layers, str) and layers.strip().upper() == "ALL"):
@@ -106,7 +94,7 @@ class BrowseView:
     def walk(self, prompt: str, *, top: int | None = None, layers=None, mode=None) -> Result:
         """``WALK prompt [TOP top] [LAYERS layers] [MODE mode]``."""
         return browse.walk(self.vindex, prompt, top=top, layers=_layers(layers),
-                           mode=_enum("WalkMode", mode))
+                           mode=mode)  # a name or the enum: browse.core.keyword_of
 
     def explain_walk(self, prompt: str, *, top: int | None = None, layers=None,
                      verbose: bool = False) -> Result:
@@ -116,9 +104,9 @@ class BrowseView:
     def describe(self, entity: str, *, band=None, layer: int | None = None,
                  relations_only: bool = False, verbosity=None, via=None) -> Result:
         """``DESCRIBE entity [band] [AT LAYER layer] [RELATIONS ONLY] [verbosity] [VIA via]``."""
-        return browse.describe(self.vindex, entity, band=_enum("Band", band), layer=layer,
+        return browse.describe(self.vindex, entity, band=band, layer=layer,
                                relations_only=relations_only,
-                               verbosity=_enum("Verbosity", verbosity), via=_enum("Via", via))
+                               verbosity=verbosity, via=via)
 
     def select(self, text: str) -> Result:
         """Run one ``SELECT ...`` statement given as LQL text."""

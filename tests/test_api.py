@@ -60,3 +60,20 @@ def test_example_embed_script(vpath):
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert p.returncode == 0, p.stderr
     assert "France" in p.stdout and "nearest features" in p.stdout
+
+
+def test_api_clause_names_are_checked(vpath):
+    """The Python API takes a clause by name (any case, ``_`` for a space) or as the enum;
+    an unknown name is one clear error listing the choices."""
+    from lql import ast
+    from lql.errors import ExecutionError
+    v = lql.open_vindex(vpath)
+    assert v.describe("France", band="all_layers").rows == \
+        v.describe("France", band=ast.Band.ALL_LAYERS).rows
+    for kw, choices in [(dict(verbosity="sideways"), "BRIEF, VERBOSE, RAW"),
+                        (dict(band="nowhere"), "ALL LAYERS, SYNTAX, KNOWLEDGE, OUTPUT"),
+                        (dict(via="telepathy"), "EMBEDDING, RESIDUAL")]:
+        with pytest.raises(ExecutionError, match=f"one of: {choices}"):
+            v.describe("France", **kw)
+    with pytest.raises(ExecutionError, match="one of: HYBRID, PURE, DENSE"):
+        v.walk("Paris", mode="sideways")

@@ -209,9 +209,7 @@ def residual_queries(view: VindexView, entity: str):
 def describe(view: VindexView, entity: str, *, band=None, layer: int | None = None,
              relations_only: bool = False, verbosity=None, via=None, check=None) -> Result:
     """The DESCRIBE result for ``entity`` on ``view``."""
-    verb = _verbosity(verbosity)
-    if verb not in LIMITS:
-        raise ExecutionError(f"unknown verbosity {verb!r}; use BRIEF, VERBOSE or RAW")
+    verb = _verbosity(verbosity)               # keyword_of refuses an unknown verbosity
     bands = bands_of(view)
     band_name = _band_name(band)
     meta: dict[str, Any] = {"entity": entity, "verbosity": verb.lower(),

@@ -120,10 +120,7 @@ def walk(view: VindexView, prompt: str, *, top: int | None = None, layers=None, 
          verbose: bool = False, check=None) -> Result:
     """The WALK (or, with ``explain``, EXPLAIN WALK) result for ``prompt`` on ``view``."""
     statement = "EXPLAIN WALK" if explain else "WALK"
-    mode = _mode_name(mode)
-    if mode not in ("HYBRID", "PURE", "DENSE"):
-        from ..errors import ExecutionError
-        raise ExecutionError(f"unknown walk mode {mode!r}; modes: HYBRID, PURE, DENSE")
+    mode = _mode_name(mode)                    # keyword_of refuses an unknown mode
     k = int(top) if top is not None else (EXPLAIN_TOP if explain else DEFAULT_TOP)
     if k < 1:
         from ..errors import ExecutionError
