@@ -91,22 +91,24 @@ class BrowseView:
         return f"<BrowseView {self.vindex!r}>"
 
     # ------------------------------------------------------------ statements
-    def walk(self, prompt: str, *, top: int | None = None, layers=None, mode=None) -> Result:
-        """``WALK prompt [TOP top] [LAYERS layers] [MODE mode]``."""
+    def walk(self, prompt: str, *, top: int | None = None, layers=None, mode=None,
+             experts: bool = False) -> Result:
+        """``WALK prompt [TOP top] [LAYERS layers] [MODE mode] [EXPERTS]``."""
         return browse.walk(self.vindex, prompt, top=top, layers=_layers(layers),
-                           mode=mode)  # a name or the enum: browse.core.keyword_of
+                           mode=mode, experts=experts)  # mode: a name or the enum (keyword_of)
 
     def explain_walk(self, prompt: str, *, top: int | None = None, layers=None,
-                     verbose: bool = False) -> Result:
+                     verbose: bool = False, experts: bool = False) -> Result:
         return browse.walk(self.vindex, prompt, top=top, layers=_layers(layers), explain=True,
-                           verbose=verbose)
+                           verbose=verbose, experts=experts)
 
     def describe(self, entity: str, *, band=None, layer: int | None = None,
-                 relations_only: bool = False, verbosity=None, via=None) -> Result:
-        """``DESCRIBE entity [band] [AT LAYER layer] [RELATIONS ONLY] [verbosity] [VIA via]``."""
+                 relations_only: bool = False, verbosity=None, via=None,
+                 experts: bool = False) -> Result:
+        """``DESCRIBE entity [band] [AT LAYER layer] [RELATIONS ONLY] [verbosity] [VIA via] [EXPERTS]``."""
         return browse.describe(self.vindex, entity, band=band, layer=layer,
                                relations_only=relations_only,
-                               verbosity=verbosity, via=via)
+                               verbosity=verbosity, via=via, experts=experts)
 
     def select(self, text: str) -> Result:
         """Run one ``SELECT ...`` statement given as LQL text."""

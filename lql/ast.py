@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Field names usable in SELECT lists, WHERE / ORDER BY and UPDATE ... SET.
-FIELDS: tuple[str, ...] = ("entity", "relation", "target", "layer", "feature",
+FIELDS: tuple[str, ...] = ("entity", "relation", "target", "layer", "feature", "expert",
                            "confidence", "gate", "distance")
 #: Comparison operators of a :class:`Condition` (``<>`` parses as ``!=``).
 OPERATORS: tuple[str, ...] = ("=", "!=", ">", "<", ">=", "<=", "LIKE", "IN")
@@ -160,6 +160,7 @@ class SelectSource(_KeywordEnum):
     EDGES = "EDGES"
     FEATURES = "FEATURES"
     ENTITIES = "ENTITIES"
+    EXPERTS = "EXPERTS"
 
 
 # --------------------------------------------------------------------------- helper nodes
@@ -366,11 +367,12 @@ class Walk(Statement):
     layers: LayerSpec | None = None
     mode: WalkMode | None = None        # default HYBRID
     compare: bool = False
+    experts: bool = False               # rank MoE expert rows beside the dense features
 
     def to_lql(self) -> str:
         return _join("WALK", quote(self.prompt), _opt("TOP", self.top),
                      _opt("LAYERS", self.layers, _lql), _opt("MODE", self.mode, str),
-                     _flag("COMPARE", self.compare))
+                     _flag("COMPARE", self.compare), _flag("EXPERTS", self.experts))
 
 
 @dataclass(frozen=True)
@@ -382,11 +384,13 @@ class Describe(Statement):
     relations_only: bool = False
     verbosity: Verbosity | None = None  # default BRIEF
     via: Via | None = None              # default EMBEDDING
+    experts: bool = False               # MoE expert rows feed edges too
 
     def to_lql(self) -> str:
         return _join("DESCRIBE", quote(self.entity), _opt("", self.band, str),
                      _opt("AT LAYER", self.layer), _flag("RELATIONS ONLY", self.relations_only),
-                     _opt("", self.verbosity, str), _opt("VIA", self.via, str))
+                     _opt("", self.verbosity, str), _opt("VIA", self.via, str),
+                     _flag("EXPERTS", self.experts))
 
 
 @dataclass(frozen=True)
@@ -414,10 +418,11 @@ class ExplainWalk(Statement):
     layers: LayerSpec | None = None
     top: int | None = None
     verbose: bool = False
+    experts: bool = False
 
     def to_lql(self) -> str:
         return _join("EXPLAIN WALK", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
-                     _opt("TOP", self.top), _flag("VERBOSE", self.verbose))
+                     _opt("TOP", self.top), _flag("VERBOSE", self.verbose), _flag("EXPERTS", self.experts))
 
 
 # ---- inference

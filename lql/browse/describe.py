@@ -84,6 +84,7 @@ class Edge:
     label_source: str | None = None
     inserted: bool = False
     c_score: float | None = None
+    expert: int | None = None                # the best hit's expert (None: a dense feature)
 
 
 def _norm_word(text: str) -> str:
@@ -101,12 +102,45 @@ def top_positive(scores: np.ndarray, k: int) -> np.ndarray:
     return idx[scores[idx] > 0]
 
 
+def _layer_hits(dm, layer: int, scores: np.ndarray, ex, ex_scores, per_layer: int, floor: float):
+    """One layer's hits ``[(row, score, expert, [(token id, logit)] * ALSO_DEPTH)]``, best first:
+    the ``per_layer`` best positive scores over the dense features and (with ``ex``, the
+    layer's :class:`~lql.browse.experts.ExpertLayer`, and ``ex_scores`` its gate scores) its
+    expert rows, each at least ``floor`` × the best."""
+    idx = top_positive(scores, per_layer)
+    cand = [(float(scores[f]), f, None) for f in idx.tolist()]
+    if ex is not None:
+        for flat in top_positive(ex_scores, per_layer).tolist():
+            cand.append((float(ex_scores[flat]), flat, ex))
+    cand.sort(key=lambda c: (-c[0], c[2] is not None, c[1]))
+    cand = cand[:per_layer]
+    if not cand:
+        return []
+    best = cand[0][0]
+    cand = [c for c in cand if c[0] >= floor * best]
+    dense = [f for _s, f, owner in cand if owner is None]
+    ids_all, sc_all = dm.layer(layer) if dense else (None, None)
+    flats = [f for _s, f, owner in cand if owner is not None]
+    ex_tokens = ex.tokens(flats, ALSO_DEPTH) if flats else {}
+    out = []
+    for s, f, owner in cand:
+        if owner is None:
+            pairs = list(zip(ids_all[f, :ALSO_DEPTH].tolist(), sc_all[f, :ALSO_DEPTH].tolist()))
+            out.append((f, s, None, pairs))
+        else:
+            e, i = owner.address(f)
+            out.append((i, s, e, ex_tokens[f]))
+    return out
+
+
 def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers: list[int], query_at, *,
                    per_layer: int = PER_LAYER, floor: float = FLOOR, filter_noise: bool = True,
-                   labels: bool = True, check=None) -> list[Edge]:
+                   labels: bool = True, experts: bool = False, check=None) -> list[Edge]:
     """Merged, labelled, sorted edges of an entity over ``layers``.
 
-    ``query_at(layer)`` gives the query vector for that layer.
+    ``query_at(layer)`` gives the query vector for that layer. ``experts``: MoE layers'
+    expert rows compete for the per-layer hits too (an edge's ``expert`` says which
+    expert its best hit is in; ``None`` = a dense feature).
     """
     toks = tokens_of(view)
     dm = down_meta_of(view)
@@ -131,19 +165,18 @@ def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers:
     if check is not None:
         check()
     all_scores = [gate_scores(view, layer, query_at(layer)) for layer in layers]  # see walk_hits
+    expert_layers = {}
+    if experts:
+        from .experts import require_experts
+        expert_layers = require_experts(view, layers)
     for layer, scores in zip(layers, all_scores):
         if check is not None:
             check()
-        idx = top_positive(scores, per_layer)
-        if idx.size == 0:
-            continue
-        best = float(scores[idx[0]])
-        idx = idx[scores[idx] >= floor * best]
-        ids_all, sc_all = dm.layer(layer)
-        hit_ids = ids_all[idx, :ALSO_DEPTH].tolist()
-        hit_sc = sc_all[idx, :ALSO_DEPTH].tolist()
-        for f, s, ids, scs in zip(idx.tolist(), scores[idx].tolist(), hit_ids, hit_sc):
-            pairs = [(i, c) for i, c in zip(ids, scs) if not (i == 0 and c == 0.0)]
+        ex = expert_layers.get(layer)
+        ex_scores = ex.scores(query_at(layer)) if ex is not None else None
+        hits = _layer_hits(dm, layer, scores, ex, ex_scores, per_layer, floor)
+        for f, s, expert, pairs in hits:
+            pairs = [(i, c) for i, c in pairs if not (i == 0 and c == 0.0)]
             if not pairs:
                 continue
             tid = pairs[0][0]
@@ -153,17 +186,18 @@ def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers:
             key = _norm_word(text)
             e = edges.get(key)
             if e is None:
-                e = Edge(key, text, tid, s, layer, f, layer, layer, 0, c_score=pairs[0][1])
+                e = Edge(key, text, tid, s, layer, f, layer, layer, 0, c_score=pairs[0][1], expert=expert)
                 edges[key] = e
                 also_keys[key] = {key}
             elif s > e.gate:
                 e.gate, e.layer, e.feature, e.target, e.target_id = s, layer, f, text, tid
-                e.c_score = pairs[0][1]
+                e.c_score, e.expert = pairs[0][1], expert
             e.count += 1
             e.layer_min, e.layer_max = min(e.layer_min, layer), max(e.layer_max, layer)
-            e.hits.append((layer, f, s))
-            if inserted and (layer, f) in inserted:
-                e.inserted = True
+            if expert is None:                 # labels and inserts address dense features only
+                e.hits.append((layer, f, s))
+                if inserted and (layer, f) in inserted:
+                    e.inserted = True
             seen = also_keys[key]
             for i, _c in pairs[1:]:
                 if excluded(i):
@@ -207,8 +241,10 @@ def residual_queries(view: VindexView, entity: str):
 
 
 def describe(view: VindexView, entity: str, *, band=None, layer: int | None = None,
-             relations_only: bool = False, verbosity=None, via=None, check=None) -> Result:
-    """The DESCRIBE result for ``entity`` on ``view``."""
+             relations_only: bool = False, verbosity=None, via=None, experts: bool = False,
+             check=None) -> Result:
+    """The DESCRIBE result for ``entity`` on ``view`` (``experts``: MoE expert rows feed the
+    edges too, and each row says in ``expert`` where its best hit is; ``None`` = dense)."""
     verb = _verbosity(verbosity)               # keyword_of refuses an unknown verbosity
     bands = bands_of(view)
     band_name = _band_name(band)
@@ -247,16 +283,23 @@ def describe(view: VindexView, entity: str, *, band=None, layer: int | None = No
             totals[name] = 0
             continue
         edges = describe_edges(view, ids, entity, layers, query_at,
-                               filter_noise=verb != "RAW", labels=verb != "RAW", check=check)
+                               filter_noise=verb != "RAW", labels=verb != "RAW", experts=experts,
+                               check=check)
         if relations_only:
             edges = [e for e in edges if e.relation is not None]
         totals[name] = len(edges)
         for e in edges[:limit]:
-            rows.append(edge_row(e, name))
+            rows.append(edge_row(e, name) | ({"expert": e.expert} if experts else {}))
     rows = _inserted_rows(view, entity, groups, rows, relations_only) + rows
+    if experts:
+        for r in rows:
+            r.setdefault("expert", None)
     meta["total_edges"] = totals
     message = None if rows else "(no edges found)"
-    return Result.table("DESCRIBE", DESCRIBE_COLUMNS, rows, message=message, found=True, **meta)
+    columns = list(DESCRIBE_COLUMNS)
+    if experts:
+        columns.insert(columns.index("count") + 1, "expert")
+    return Result.table("DESCRIBE", columns, rows, message=message, found=True, **meta)
 
 
 def _inserted_rows(view: VindexView, entity: str, groups, rows, relations_only) -> list[dict]:

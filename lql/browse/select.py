@@ -46,6 +46,7 @@ DEFAULT_COLUMNS = {
     "EDGES": ["entity", "relation", "target", "layer", "feature", "confidence", "gate"],
     "FEATURES": ["layer", "feature", "target", "relation", "confidence", "gate"],
     "ENTITIES": ["entity", "layer", "feature", "confidence", "count"],
+    "EXPERTS": ["layer", "expert", "feature", "target", "confidence", "gate"],
 }
 
 
@@ -176,11 +177,59 @@ def _feature_scan(view: VindexView, where, check):
         yield from layer_feature_rows(view, l, dm)
 
 
+def _addressed(conds, name: str) -> list[int] | None:
+    """The values an ``=`` / ``IN`` condition on ``name`` pins (``None``: not pinned)."""
+    for c in conds:
+        if c.field.lower() == name and c.op in ("=", "IN"):
+            vals = c.value if c.op == "IN" else (c.value,)
+            for v in vals:
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ExecutionError(f"{name} is a number, not {v!r}")
+            return [int(v) for v in vals]
+    return None
+
+
+def _expert_scan(view: VindexView, where, check):
+    """Expert rows (``lql.browse.experts``) of the MoE layers the ``layer`` conditions allow:
+    ``layer, expert, feature, target, confidence, gate`` (the gate row's L2 norm),
+    ``down_tokens``; ``expert`` / ``feature`` conditions with ``=`` / ``IN`` narrow the scan
+    before any output token is computed."""
+    from .experts import moe_layers, require_experts
+    from .tokens import tokens_of
+    layer_conds, rest = _split(where, "layer")
+    layers = [l for l in _layers_for(view, layer_conds) if l in set(moe_layers(view))]
+    experts = require_experts(view, layers)
+    want_e, want_f = _addressed(rest, "expert"), _addressed(rest, "feature")
+    toks = tokens_of(view)
+    for l in layers:
+        ex = experts[l]
+        for e in (want_e if want_e is not None else range(ex.num_experts)):
+            if not 0 <= e < ex.num_experts:
+                if want_e is not None and len(layers) == 1:
+                    raise ExecutionError(f"expert {e} is out of range: layer {l} has experts "
+                                         f"0-{ex.num_experts - 1}")
+                continue
+            if check is not None:
+                check()
+            rows_i = [i for i in (want_f if want_f is not None else range(ex.width)) if 0 <= i < ex.width]
+            norms = ex.gate_norms(e)
+            tokens = ex.tokens([ex.flat(e, i) for i in rows_i], 5)
+            for i in rows_i:
+                pairs = tokens[ex.flat(e, i)]
+                yield {"layer": l, "expert": e, "feature": i,
+                       "target": toks.text(pairs[0][0]) if pairs else None,
+                       "confidence": round(pairs[0][1], 6) if pairs else None,
+                       "relation": None, "gate": round(float(norms[i]), 6),
+                       "down_tokens": [toks.text(t) for t, _ in pairs]}
+
+
 def select(view: VindexView, source, *, fields=None, nearest=None, where=(), order_by=None,
            limit: int | None = None, check=None) -> Result:
     src = _src(source)
     if src not in DEFAULT_COLUMNS:
-        raise ExecutionError(f"unknown source {src!r}; SELECT FROM EDGES, FEATURES or ENTITIES")
+        raise ExecutionError(f"unknown source {src!r}; SELECT FROM EDGES, FEATURES, ENTITIES or EXPERTS")
+    if src == "EXPERTS" and nearest is not None:
+        raise ExecutionError("NEAREST TO ranks dense features: use SELECT ... FROM FEATURES NEAREST TO ...")
     where = tuple(where or ())
     for c in where:
         check_field(c.field)
@@ -227,7 +276,8 @@ def select(view: VindexView, source, *, fields=None, nearest=None, where=(), ord
             else:
                 rows = []
                 want = limit if (limit is not None and order_by is None) else None
-                for r in _feature_scan(view, where, check):
+                scan = _expert_scan if src == "EXPERTS" else _feature_scan
+                for r in scan(view, where, check):
                     if not row_matches(r, where):
                         continue
                     r["entity"] = None

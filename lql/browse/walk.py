@@ -115,16 +115,62 @@ def _row(view: VindexView, dm: DownMeta, labels, toks, layer, feature, gate, sco
     return row
 
 
+def _expert_hits(view: VindexView, query: np.ndarray, layers: list[int], hits: list, k: int):
+    """Dense ``hits`` merged per layer with the layer's expert rows: the top ``k`` of both by
+    ``|gate|`` (ties: dense first, then lower address); ``(layer, row, gate, score, expert)``."""
+    from .experts import require_experts
+    experts = require_experts(view, layers)
+    by_layer: dict[int, list] = {}
+    for h in hits:
+        by_layer.setdefault(h[0], []).append((*h, None))
+    out = []
+    for layer in layers:
+        cand = by_layer.get(layer, [])
+        ex = experts.get(layer)
+        if ex is not None:
+            scores = ex.scores(query)
+            for flat in top_by_abs(scores, k).tolist():
+                e, i = ex.address(flat)
+                g = float(scores[flat])
+                cand.append((layer, i, g, g, e))
+        cand.sort(key=lambda h: (-abs(h[2]), h[4] is not None, h[4] or 0, h[1]))
+        out.extend(cand[:k])
+    return out, experts
+
+
+def _expert_row(ex, toks, layer, feature, expert, gate, *, mode, n_down, verbose=False):
+    pairs = ex.tokens([ex.flat(expert, feature)], max(n_down, 1))[ex.flat(expert, feature)]
+    down = [toks.text(i) for i, _ in pairs[:n_down]]
+    row = {"layer": layer, "feature": feature, "expert": expert, "gate": gate,
+           "top_token": down[0] if down else None, "down_tokens": down, "relation": None}
+    if mode != "PURE":
+        row["c_score"] = pairs[0][1] if pairs else None
+        row["top_token_id"] = pairs[0][0] if pairs else None
+    if verbose:
+        row["down_scores"] = [round(s, 4) for _, s in pairs[:n_down]]
+        row["label_source"] = None
+    return row
+
+
 def walk(view: VindexView, prompt: str, *, top: int | None = None, layers=None, mode=None,
          compare_base=None, compare: bool = False, explain: bool = False,
-         verbose: bool = False, check=None) -> Result:
-    """The WALK (or, with ``explain``, EXPLAIN WALK) result for ``prompt`` on ``view``."""
+         verbose: bool = False, experts: bool = False, check=None) -> Result:
+    """The WALK (or, with ``explain``, EXPLAIN WALK) result for ``prompt`` on ``view``.
+
+    ``experts``: MoE layers rank their expert rows (``lql.browse.experts``) together with
+    the dense features; every row then has an ``expert`` column (``None`` = dense)."""
+    from ..errors import ExecutionError
     statement = "EXPLAIN WALK" if explain else "WALK"
     mode = _mode_name(mode)                    # keyword_of refuses an unknown mode
     k = int(top) if top is not None else (EXPLAIN_TOP if explain else DEFAULT_TOP)
     if k < 1:
-        from ..errors import ExecutionError
         raise ExecutionError(f"TOP must be at least 1, got {k}")
+    if experts and mode == "DENSE":
+        raise ExecutionError("MODE DENSE ranks by down-meta strength, which expert rows do not have: "
+                             "use MODE HYBRID or PURE with EXPERTS")
+    if experts and (compare or compare_base is not None):
+        raise ExecutionError("COMPARE covers the dense features (edits never change expert rows): "
+                             "drop EXPERTS or COMPARE")
     layer_list = resolve_layers(view, layers)
     query, ids = query_vector(view, prompt)
     toks = tokens_of(view)
@@ -133,14 +179,27 @@ def walk(view: VindexView, prompt: str, *, top: int | None = None, layers=None, 
     inserted = inserted_features(view)
     n_down = 10 if (explain and verbose) else DOWN_SHOWN
     hits = walk_hits(view, query, layer_list, k, mode, dm, check)
+    expert_layers: dict = {}
+    if experts:
+        hits, expert_layers = _expert_hits(view, query, layer_list, hits, k)
     rows = []
-    for rank_layer, (layer, f, g, s) in _ranked(hits):
-        row = _row(view, dm, labels, toks, layer, f, g, s, mode=mode, n_down=n_down,
-                   verbose=explain and verbose, inserted=inserted)
+    for rank_layer, (layer, f, g, s, *rest) in _ranked(hits):
+        e = rest[0] if rest else None
+        if e is None:
+            row = _row(view, dm, labels, toks, layer, f, g, s, mode=mode, n_down=n_down,
+                       verbose=explain and verbose, inserted=inserted)
+            if experts:
+                row = {**{k2: v for k2, v in row.items() if k2 in ("layer", "feature")}, "expert": None,
+                       **{k2: v for k2, v in row.items() if k2 not in ("layer", "feature")}}
+        else:
+            row = _expert_row(expert_layers[layer], toks, layer, f, e, g, mode=mode, n_down=n_down,
+                              verbose=explain and verbose)
         if explain:
             row = {"layer": layer, "rank": rank_layer, **{k2: v for k2, v in row.items() if k2 != "layer"}}
         rows.append(row)
     columns = (["layer", "rank"] if explain else ["layer"]) + WALK_COLUMNS[1:]
+    if experts:
+        columns.insert(columns.index("feature") + 1, "expert")
     if mode != "PURE":
         columns += ["c_score"]
     if mode == "DENSE":
@@ -155,6 +214,11 @@ def walk(view: VindexView, prompt: str, *, top: int | None = None, layers=None, 
             "query_norm": round(float(np.linalg.norm(query)), 6),
             "embed_scale": float(getattr(view, "embed_scale", 1.0) or 1.0)}
     message = None
+    if experts:
+        meta["expert_layers"] = sorted(expert_layers)
+    elif _has_experts(view, layer_list):
+        message = ("these layers also have mixture-of-experts rows, not ranked here: "
+                   "add EXPERTS to rank them beside the dense features")
     if compare or compare_base is not None:
         if compare_base is None:
             message = "COMPARE: no overlay is active, so this is the base vindex's walk"
@@ -165,6 +229,11 @@ def walk(view: VindexView, prompt: str, *, top: int | None = None, layers=None, 
             meta["compared"] = True
             message = "COMPARE: patched overlay vs the overlay-free base"
     return Result.table(statement, columns, rows, message=message, **meta)
+
+
+def _has_experts(view: VindexView, layers: list[int]) -> bool:
+    from .experts import moe_layers
+    return bool(set(moe_layers(view)) & set(layers))
 
 
 def _ranked(hits):

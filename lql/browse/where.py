@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 
+from ..ast import FIELDS
 from ..errors import ExecutionError
 
 __all__ = ["FIELDS", "TEXT_FIELDS", "check_field", "matches", "row_matches", "value_of"]
 
-FIELDS = ("entity", "relation", "target", "layer", "feature", "confidence", "gate", "distance")
 TEXT_FIELDS = frozenset({"entity", "relation", "target"})
 NUMERIC_FIELDS = frozenset(FIELDS) - TEXT_FIELDS
 

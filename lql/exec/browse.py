@@ -164,14 +164,14 @@ def walk(session, stmt) -> Result:
     v = current_view(session)
     return compute(v, stmt.prompt, top=stmt.top, layers=stmt.layers, mode=stmt.mode,
                    compare=stmt.compare, compare_base=_base_of(v) if stmt.compare else None,
-                   check=_check(session))
+                   experts=stmt.experts, check=_check(session))
 
 
 @handler(ast.ExplainWalk)
 def explain_walk(session, stmt) -> Result:
     from ..browse.walk import walk as compute
     return compute(current_view(session), stmt.prompt, top=stmt.top, layers=stmt.layers,
-                   explain=True, verbose=stmt.verbose, check=_check(session))
+                   explain=True, verbose=stmt.verbose, experts=stmt.experts, check=_check(session))
 
 
 @handler(ast.Describe)
@@ -179,7 +179,7 @@ def describe(session, stmt) -> Result:
     from ..browse.describe import describe as compute
     return compute(current_view(session), stmt.entity, band=stmt.band, layer=stmt.layer,
                    relations_only=stmt.relations_only, verbosity=stmt.verbosity, via=stmt.via,
-                   check=_check(session))
+                   experts=stmt.experts, check=_check(session))
 
 
 @handler(ast.Select)

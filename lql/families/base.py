@@ -219,6 +219,11 @@ class Family:
     def down_key(self, layer: int) -> str:
         return f"layers.{layer}.mlp.down_proj.weight"
 
+    def expert_keys(self, model_config: dict, layer: int) -> tuple[str, str] | None:
+        """The layer's stacked expert tensors ``(gate_up [E, 2I, hidden], down [E, hidden, I])``
+        when it has a mixture-of-experts branch, else ``None`` (no family but Gemma 4 has one)."""
+        return None
+
     def gate_key_pattern(self) -> str:
         """:meth:`gate_key` with ``{layer}`` for the layer number (index.json ``weight_keys``)."""
         return self.gate_key(987654).replace("987654", "{layer}")

@@ -326,6 +326,11 @@ class Gemma4(Family):
                     ("pre_feedforward_layernorm_2", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2")]
         return out
 
+    def expert_keys(self, model_config: dict, layer: int) -> tuple[str, str] | None:
+        if not model_config.get("num_experts"):
+            return None
+        return f"layers.{layer}.experts.gate_up_proj", f"layers.{layer}.experts.down_proj"
+
     # ------------------------------------------------------------ GGUF (llama.cpp's gemma4)
     def gguf_check(self, arch: str, meta: dict, tensor_names: set[str]) -> None:
         """MoE (``expert_count``) and ``rope_freqs`` are read here (see :meth:`gguf_config`)."""

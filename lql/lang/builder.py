@@ -246,6 +246,9 @@ class Builder:
     def compare(self, c: Children) -> Clause:
         return Clause("compare", True, _head(c))
 
+    def experts(self, c: Children) -> Clause:
+        return Clause("experts", True, _head(c))
+
     def at_layer(self, c: Children) -> Clause:
         return Clause("layer", _int(_tok(c, "NUMBER"), "a layer"), _head(c))
 
@@ -333,7 +336,8 @@ class Builder:
     def walk(self, c: Children) -> ast.Walk:
         d = _collect(c)
         return ast.Walk(string(_tok(c, "STRING")), top=d.get("top"), layers=d.get("layers"),
-                        mode=d.get("mode"), compare=d.get("compare", False), **_pos(_head(c)))
+                        mode=d.get("mode"), compare=d.get("compare", False),
+                        experts=d.get("experts", False), **_pos(_head(c)))
 
     def band(self, c: Children) -> Clause:
         band = ast.Band.ALL_LAYERS if _opt(c, "ALL") else _choice(c, ast.Band)
@@ -349,7 +353,8 @@ class Builder:
         d = _collect(c)
         return ast.Describe(string(_tok(c, "STRING")), band=d.get("band"), layer=d.get("layer"),
                             relations_only=d.get("relations_only", False),
-                            verbosity=d.get("verbosity"), via=d.get("via"), **_pos(_head(c)))
+                            verbosity=d.get("verbosity"), via=d.get("via"),
+                            experts=d.get("experts", False), **_pos(_head(c)))
 
     def select_fields(self, c: Children) -> Clause:
         star = _opt(c, "STAR")
@@ -377,7 +382,7 @@ class Builder:
         d = _collect(c)
         return ast.ExplainWalk(string(_tok(c, "STRING")), layers=d.get("layers"),
                                top=d.get("top"), verbose=d.get("verbose", False),
-                               **_pos(_head(c)))
+                               experts=d.get("experts", False), **_pos(_head(c)))
 
     # ---- inference ---------------------------------------------------------
     def generate(self, c: Children) -> Clause:
