@@ -167,3 +167,13 @@ def test_experts_refusals(vindexes):
         s.query(f'WALK "{PROMPT}" COMPARE EXPERTS')
     with pytest.raises(ExecutionError, match="NEAREST"):
         s.query('SELECT * FROM EXPERTS NEAREST TO "Atlantis" AT LAYER 1')
+
+
+def test_stats_counts_expert_rows_apart_from_features(vindexes, hf):
+    row = _session(vindexes["moe"]).query("STATS").rows[0]
+    gu = [hf[f"model.layers.{l}.experts.gate_up_proj"] for l in range(6)]
+    dense = sum(hf[f"model.layers.{l}.mlp.gate_proj.weight"].shape[0] for l in range(6))
+    assert row["features"] == dense
+    assert row["expert_rows"] == {"experts": gu[0].shape[0], "width": gu[0].shape[1] // 2, "layers": 6,
+                                  "total": sum(g.shape[0] * g.shape[1] // 2 for g in gu)}
+    assert "expert_rows" not in _session(vindexes["dense"]).query("STATS").rows[0]

@@ -118,8 +118,7 @@ def _layer_hits(dm, layer: int, scores: np.ndarray, ex, ex_scores, per_layer: in
         return []
     best = cand[0][0]
     cand = [c for c in cand if c[0] >= floor * best]
-    dense = [f for _s, f, owner in cand if owner is None]
-    ids_all, sc_all = dm.layer(layer) if dense else (None, None)
+    ids_all, sc_all = dm.layer(layer)
     flats = [f for _s, f, owner in cand if owner is not None]
     ex_tokens = ex.tokens(flats, ALSO_DEPTH) if flats else {}
     out = []

@@ -84,7 +84,16 @@ def stats(view: VindexView, *, overlay=None) -> Result:
            "layers_present": sum(1 for l in range(int(view.num_layers))
                                  if view.num_features(l) > 0),
            "path": str(getattr(view, "path", ""))}
-    return Result.table("STATS", STATS_COLUMNS + ["embed_scale", "layers_present", "path"], [row],
+    extra = ["embed_scale", "layers_present", "path"]
+    mc = dict(getattr(view, "model_config", None) or {})
+    if mc.get("num_experts"):              # MoE: expert rows, addressed apart from features
+        from .experts import moe_layers
+        n_moe = len(moe_layers(view))
+        row["expert_rows"] = {"experts": int(mc["num_experts"]), "width": int(mc.get("moe_intermediate_size") or 0),
+                              "layers": n_moe,
+                              "total": n_moe * int(mc["num_experts"]) * int(mc.get("moe_intermediate_size") or 0)}
+        extra.insert(0, "expert_rows")
+    return Result.table("STATS", STATS_COLUMNS + extra, [row],
                         message="bands derived from the layer count (index.json has none)"
                         if derived else None)
 
