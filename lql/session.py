@@ -132,6 +132,7 @@ class Session:
     def use_sae(self, name: str, sae: Any) -> None:
         """``USE SAE``: register ``sae`` (a :class:`lql.sae.Sae`) under ``name`` (replacing an
         SAE of that name) and make it the current one. SAEs stay loaded across USE."""
+        name = name.lower()                # names are case-insensitive, like keywords
         self.saes[name] = sae
         self.sae_name = name
 
@@ -142,7 +143,7 @@ class Session:
                 raise ExecutionError('no SAE in use — run USE SAE "<path>" [AT LAYER n] first')
             return self.saes[self.sae_name]
         try:
-            return self.saes[name]
+            return self.saes[name.lower()]
         except KeyError:
             loaded = ", ".join(sorted(self.saes)) or "none"
             raise ExecutionError(f"no SAE named {name!r} (loaded: {loaded}); load it with "

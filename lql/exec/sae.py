@@ -25,6 +25,7 @@ def _default_name(path) -> str:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     name = _NAME_RE.sub("_", stem).strip("_") or "sae"
+    name = name.lower()
     return name if not name[0].isdigit() else "sae_" + name
 
 

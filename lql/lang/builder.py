@@ -428,12 +428,12 @@ class Builder:
                           **_pos(_head(c)))
 
     def sae_alias(self, c: Children) -> Clause:
-        return Clause("name", _tok(c, "NAME").value, _head(c))
+        return Clause("name", _tok(c, "NAME").value.lower(), _head(c))   # names: any case
 
     def with_sae(self, c: Children) -> Clause:
         # the value is the name (None: the current SAE); "sae" in the clauses means WITH SAE
         name = _opt(c, "NAME")
-        return Clause("sae", name.value if name else None, _head(c))
+        return Clause("sae", name.value.lower() if name else None, _head(c))
 
     def from_file(self, c: Children) -> Clause:
         return Clause("file", string(_tok(c, "STRING")), _head(c))
@@ -442,20 +442,20 @@ class Builder:
         d = _collect(c)
         name = _opt(c, "NAME")
         return ast.DescribeSaeFeature(_int(_tok(c, "NUMBER"), "an SAE feature"),
-                                      sae=name.value if name else None, file=d.get("file"),
+                                      sae=name.value.lower() if name else None, file=d.get("file"),
                                       top=d.get("top"), **_pos(_head(c)))
 
     def select_sae(self, c: Children) -> ast.SelectSaeFeatures:
         d = _collect(c)
         # the SAE's name is the NAME token after SAE (select_fields' names are inside its Clause)
         name = _opt(c, "NAME")
-        return ast.SelectSaeFeatures(fields=d["fields"], sae=name.value if name else None,
+        return ast.SelectSaeFeatures(fields=d["fields"], sae=name.value.lower() if name else None,
                                      where=d.get("where", ()), order_by=d.get("order_by"),
                                      limit=d.get("limit"), **_pos(_head(c)))
 
     def evaluate_sae(self, c: Children) -> ast.EvaluateSae:
         name = _opt(c, "NAME")
-        return ast.EvaluateSae(_collect(c)["file"], sae=name.value if name else None,
+        return ast.EvaluateSae(_collect(c)["file"], sae=name.value.lower() if name else None,
                                **_pos(_head(c)))
 
     def capture(self, c: Children) -> ast.Capture:
