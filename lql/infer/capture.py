@@ -88,8 +88,9 @@ def capture(target, prompts: list[str], *, layer: int, output: Path, all_positio
             np.save(fh, acts)
     elif suffix == ".npz":
         with atomic_writer(output) as fh:
-            np.savez(fh, **arrays, layer=np.array(int(layer), dtype=np.int64),
-                     prompts=np.array(prompts, dtype=np.str_))
+            every: dict[str, Any] = {**arrays, "layer": np.array(int(layer), dtype=np.int64),
+                                     "prompts": np.array(prompts, dtype=np.str_)}
+            np.savez(fh, **every)
     else:
         from safetensors.numpy import save
         meta = {"layer": str(int(layer)), "positions_mode": "all" if all_positions else "last",

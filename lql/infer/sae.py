@@ -177,10 +177,10 @@ def describe_feature(target, sae: Sae, feature: int, *, name: str,
                 hits.append((float(a[p]), i, int(p), ids))
             hits.sort(key=lambda h: (-h[0], h[1], h[2]))
             del hits[top:]
-        for rank, (a, i, p, ids) in enumerate(hits, 1):
+        for rank, (act, i, p, ids) in enumerate(hits, 1):
             lo = max(0, p - window)
             rows.append({"kind": "context", "rank": rank, "token": target.token_text(ids[p]),
-                         "token_id": int(ids[p]), "activation": a, "prompt": i, "position": p,
+                         "token_id": int(ids[p]), "activation": act, "prompt": i, "position": p,
                          "context": target.decode(ids[lo:p]) + "[[" + target.decode([ids[p]])
                          + "]]" + target.decode(ids[p + 1:p + 1 + window])})
         meta.update(prompts=len(prompts), positions_active=fired)

@@ -193,7 +193,8 @@ def _load_sae_lens(folder: Path, layer: int | None) -> Sae:
     if cfg.get("reshape_activations", "none") not in ("none", None):
         raise SaeError(f"SAE {folder}: reshape_activations = {cfg['reshape_activations']!r} "
                        "(attention hook_z SAEs) is not supported", folder)
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    raw_meta = cfg.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     if layer is None:
         if hook:
@@ -224,8 +225,9 @@ def _load_sae_lens(folder: Path, layer: int | None) -> Sae:
 
 def _load_plain(path: Path, layer: int | None) -> Sae:
     fmt = "npz" if path.suffix == ".npz" else "safetensors"
+    meta: dict[str, str] = {}
     if fmt == "npz":
-        tensors, meta = _read_npz(path), {}
+        tensors = _read_npz(path)
     else:
         tensors, meta = _read_safetensors(path)
     _need(tensors, path, "W_enc", "W_dec", "b_enc", "b_dec")
