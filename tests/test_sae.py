@@ -219,6 +219,11 @@ def test_shape_and_config_errors_are_clear(tmp_path):
         Sae(**w, architecture="topk", k=K).check_model(16, 4)
     with pytest.raises(SaeError, match="feature 64 out of range"):
         sae.feature_index(64)
+    with pytest.raises(SaeError, match="needs 1 ≤ k ≤ d_sae = 64, got 65"):
+        Sae(**w, architecture="topk", k=65)
+    full = Sae(**w, architecture="topk", k=D_SAE)          # k = d_sae: plain ReLU
+    x = rng.normal(size=(3, D_IN)).astype(np.float32)
+    np.testing.assert_allclose(full.encode(x), Sae(**w).encode(x), atol=TOL)
     assert isinstance(SaeError("x"), LqlError)
 
 

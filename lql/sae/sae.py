@@ -88,9 +88,10 @@ class Sae:
                 raise SaeError(f"{where}: {name} has shape {tuple(got)}, expected {want} "
                                f"(W_enc is {tuple(self.W_enc.shape)} = [d_in, d_sae])", self.path)
         if self.architecture == "topk":
-            if self.k is None or int(self.k) < 1:
-                raise SaeError(f"{where}: a TopK SAE needs k ≥ 1, got {self.k}", self.path)
-            self.k = min(int(self.k), d_sae)
+            if self.k is None or not 1 <= int(self.k) <= d_sae:
+                raise SaeError(f"{where}: a TopK SAE needs 1 ≤ k ≤ d_sae = {d_sae}, got {self.k}",
+                               self.path)
+            self.k = int(self.k)
         if self.architecture == "jumprelu" and self.threshold is None:
             raise SaeError(f"{where}: a JumpReLU SAE needs a threshold tensor", self.path)
         if self.layer is not None and int(self.layer) < 0:
@@ -152,7 +153,7 @@ class Sae:
         flat = pre.reshape(-1, self.d_sae)
         out = np.zeros_like(flat)
         if k >= self.d_sae:
-            idx = np.broadcast_to(np.arange(self.d_sae), flat.shape)
+            idx = np.broadcast_to(np.arange(self.d_sae), flat.shape).copy()
         else:
             idx = np.argpartition(-flat, k - 1, axis=-1)[:, :k]
         vals = np.take_along_axis(flat, idx, axis=-1)
