@@ -76,7 +76,7 @@ def describe_sae_feature(session, stmt) -> Result:
         raise ExecutionError(f"TOP must be at least 1, not {top}")
     prompts = read_prompts(session.resolve_path(stmt.file)) if stmt.file else None
     with progress_display(None) as bars, \
-            bars.stage("describe", total=len(prompts) if prompts else 0) as bar:
+            bars.stage("describe", total=len(prompts) if prompts else None) as bar:
         return describe_feature(target, sae, stmt.feature, name=_sae_name(session, stmt.sae),
                                 prompts=prompts, top=top, check=session.check_cancelled,
                                 progress=bar)
