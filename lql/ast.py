@@ -34,11 +34,14 @@ __all__ = [
     "Update", "Merge", "Rebalance", "BeginPatch", "SavePatch", "ApplyPatch", "RemovePatch",
     "ShowPatches", "ShowRelations", "ShowLayers", "ShowFeatures", "ShowEntities", "ShowModels",
     "Stats", "SetChat", "Pipe", "Help", "STATEMENT_TYPES",
+    # interpretability (SAEs, capture)
+    "UseSae", "DescribeSaeFeature", "SelectSaeFeatures", "EvaluateSae", "Capture",
 ]
 
 #: Field names usable in SELECT lists, WHERE / ORDER BY and UPDATE ... SET.
 FIELDS: tuple[str, ...] = ("entity", "relation", "target", "layer", "feature", "expert",
-                           "confidence", "gate", "distance")
+                           "confidence", "gate", "distance",
+                           "label", "token", "norm")        # the last three: SAE FEATURES
 #: Comparison operators of a :class:`Condition` (``<>`` parses as ``!=``).
 OPERATORS: tuple[str, ...] = ("=", "!=", ">", "<", ">=", "<=", "LIKE", "IN")
 
@@ -256,6 +259,12 @@ def _flag(text: str, on: bool) -> str | None:
     return text if on else None
 
 
+def _with_sae(on: bool, name: str | None) -> str | None:
+    if not on:
+        return None
+    return "WITH SAE" if name is None else f"WITH SAE {name}"
+
+
 # --------------------------------------------------------------------------- statements
 
 @dataclass(frozen=True)
@@ -455,11 +464,14 @@ class ExplainInfer(Statement):
     with_attention: bool = False
     wrap: PromptWrap | None = None
     system: str | None = None
+    with_sae: bool = False              # WITH SAE [name]
+    sae: str | None = None              # the SAE's name (None: the session's current SAE)
 
     def to_lql(self) -> str:
         return _join("EXPLAIN INFER", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
                      _opt("TOP", self.top), _flag("VERBOSE", self.verbose),
-                     _flag("WITH ATTENTION", self.with_attention), _opt("", self.wrap, str),
+                     _flag("WITH ATTENTION", self.with_attention),
+                     _with_sae(self.with_sae, self.sae), _opt("", self.wrap, str),
                      _opt("SYSTEM", self.system, quote))
 
 
@@ -474,11 +486,14 @@ class Trace(Statement):
     save: str | None = None
     wrap: PromptWrap | None = None
     system: str | None = None
+    with_sae: bool = False              # WITH SAE [name]
+    sae: str | None = None
 
     def to_lql(self) -> str:
         return _join("TRACE", quote(self.prompt), _opt("FOR", self.for_token, quote),
                      _flag("DECOMPOSE", self.decompose), _opt("LAYERS", self.layers, _lql),
                      _opt("POSITIONS", self.positions, str), _opt("SAVE", self.save, quote),
+                     _with_sae(self.with_sae, self.sae),
                      _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote))
 
 
@@ -688,6 +703,80 @@ class Pipe(Statement):
         return f"{self.left.to_lql()} |> {self.right.to_lql()}"
 
 
+# ---- interpretability: SAEs and activation capture (docs/INTERPRET.md)
+
+@dataclass(frozen=True)
+class UseSae(Statement):
+    """``USE SAE <path> [AT LAYER n] [AS name]``; ``name=None``: named after the file."""
+    keyword: ClassVar[str] = "USE SAE"
+    path: str
+    layer: int | None = None
+    name: str | None = None
+
+    def to_lql(self) -> str:
+        return _join("USE SAE", quote(self.path), _opt("AT LAYER", self.layer),
+                     _opt("AS", self.name))
+
+
+@dataclass(frozen=True)
+class DescribeSaeFeature(Statement):
+    """``DESCRIBE SAE [name] FEATURE n [FROM FILE <prompts>] [TOP k]``."""
+    keyword: ClassVar[str] = "DESCRIBE SAE FEATURE"
+    feature: int
+    sae: str | None = None
+    file: str | None = None
+    top: int | None = None              # default 10
+
+    def to_lql(self) -> str:
+        return _join("DESCRIBE SAE", self.sae, "FEATURE", str(self.feature),
+                     _opt("FROM FILE", self.file, quote), _opt("TOP", self.top))
+
+
+@dataclass(frozen=True)
+class SelectSaeFeatures(Statement):
+    """``SELECT <fields | *> FROM SAE [name] FEATURES [WHERE ...] [ORDER BY ...] [LIMIT n]``."""
+    keyword: ClassVar[str] = "SELECT"
+    fields: tuple[str, ...] | None = None
+    sae: str | None = None
+    where: tuple[Condition, ...] = ()
+    order_by: OrderBy | None = None
+    limit: int | None = None
+
+    def to_lql(self) -> str:
+        cols = "*" if self.fields is None else ", ".join(self.fields)
+        return _join("SELECT", cols, "FROM SAE", self.sae, "FEATURES", _where(self.where),
+                     self.order_by.to_lql() if self.order_by else None, _opt("LIMIT", self.limit))
+
+
+@dataclass(frozen=True)
+class EvaluateSae(Statement):
+    """``EVALUATE SAE [name] FROM FILE <prompts>``: reconstruction metrics."""
+    keyword: ClassVar[str] = "EVALUATE SAE"
+    file: str
+    sae: str | None = None
+
+    def to_lql(self) -> str:
+        return _join("EVALUATE SAE", self.sae, "FROM FILE", quote(self.file))
+
+
+@dataclass(frozen=True)
+class Capture(Statement):
+    """``CAPTURE {<prompt> | FROM FILE <prompts>} AT LAYER n [POSITIONS {LAST | ALL}]
+    INTO <file>``; exactly one of ``prompt`` / ``file`` is set."""
+    keyword: ClassVar[str] = "CAPTURE"
+    layer: int
+    output: str
+    prompt: str | None = None
+    file: str | None = None
+    positions: Positions | None = None  # default LAST
+
+    def to_lql(self) -> str:
+        src = quote(self.prompt) if self.file is None else f"FROM FILE {quote(self.file)}"
+        return _join("CAPTURE", src if self.prompt is not None or self.file is not None else None,
+                     f"AT LAYER {self.layer}", _opt("POSITIONS", self.positions, str),
+                     "INTO", quote(self.output))
+
+
 def _lql(node) -> str:
     return node.to_lql()
 
@@ -698,4 +787,5 @@ STATEMENT_TYPES: tuple[type[Statement], ...] = (
     Infer, ExplainInfer, Trace, Insert, Delete, Update, Merge, Rebalance, BeginPatch, SavePatch,
     ApplyPatch, RemovePatch, ShowPatches, ShowRelations, ShowLayers, ShowFeatures, ShowEntities,
     ShowModels, Stats, SetChat, Pipe, Help,
+    UseSae, DescribeSaeFeature, SelectSaeFeatures, EvaluateSae, Capture,
 )

@@ -49,6 +49,7 @@ __all__ = ["Session", "Cancelled", "split_statements", "is_complete"]
 _MUTATING: tuple[type, ...] = (
     ast.Use, ast.UseModel, ast.UseRemote, ast.Insert, ast.Delete, ast.Update, ast.Merge,
     ast.Rebalance, ast.BeginPatch, ast.SavePatch, ast.ApplyPatch, ast.RemovePatch, ast.SetChat,
+    ast.UseSae,
 )
 
 
@@ -101,6 +102,9 @@ class Session:
         self.last_result: Result | None = None
         self.on_token: Callable[[str], None] | None = None   # GENERATE streaming (the REPL)
         self.remote: RemoteVindex | None = None   # while USE REMOTE is in effect
+        # USE SAE: loaded SAEs by name (lql.sae.Sae), and the name of the current one
+        self.saes: dict[str, Any] = {}
+        self.sae_name: str | None = None
         self._cancel = threading.Event()
 
     # ------------------------------------------------------------ state changes
@@ -124,6 +128,26 @@ class Session:
         """``USE REMOTE``: read-only statements go to ``remote``; nothing local stays in use."""
         self.use_vindex(None)
         self.remote = remote
+
+    def use_sae(self, name: str, sae: Any) -> None:
+        """``USE SAE``: register ``sae`` (a :class:`lql.sae.Sae`) under ``name`` (replacing an
+        SAE of that name) and make it the current one. SAEs stay loaded across USE."""
+        name = name.lower()                # names are case-insensitive, like keywords
+        self.saes[name] = sae
+        self.sae_name = name
+
+    def sae(self, name: str | None = None) -> Any:
+        """The SAE called ``name`` (``None``: the current one, from the last USE SAE)."""
+        if name is None:
+            if self.sae_name is None:
+                raise ExecutionError('no SAE in use — run USE SAE "<path>" [AT LAYER n] first')
+            return self.saes[self.sae_name]
+        try:
+            return self.saes[name.lower()]
+        except KeyError:
+            loaded = ", ".join(sorted(self.saes)) or "none"
+            raise ExecutionError(f"no SAE named {name!r} (loaded: {loaded}); load it with "
+                                 f'USE SAE "<path>" AS {name}') from None
 
     def edit_overlay(self, *, create: bool = True) -> Overlay | None:
         """The overlay edits record into. On first use (``create``) ``self.vindex`` becomes

@@ -103,6 +103,8 @@ KEYWORDS = {
     A.ShowLayers: "SHOW LAYERS", A.ShowFeatures: "SHOW FEATURES",
     A.ShowEntities: "SHOW ENTITIES", A.ShowModels: "SHOW MODELS", A.Stats: "STATS",
     A.SetChat: "SET CHAT", A.Pipe: "PIPE", A.Help: "HELP",
+    A.UseSae: "USE SAE", A.DescribeSaeFeature: "DESCRIBE SAE FEATURE",
+    A.SelectSaeFeatures: "SELECT", A.EvaluateSae: "EVALUATE SAE", A.Capture: "CAPTURE",
 }
 
 

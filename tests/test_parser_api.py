@@ -14,7 +14,7 @@ STATEMENT_START = set(STATEMENT_KEYWORDS) | {";"}
     ("", STATEMENT_START),
     ("DESC", STATEMENT_START),              # the word being typed is left out
     ("  -- comment\n", STATEMENT_START),
-    ("DESCRIBE ", {"a string"}),
+    ("DESCRIBE ", {"a string", "SAE"}),          # DESCRIBE SAE FEATURE n
     ('DESCRIBE "France" ', {"ALL", "AT", "BRIEF", "EXPERTS", "KNOWLEDGE", "OUTPUT", "RAW",
                             "RELATIONS", "SYNTAX", "VERBOSE", "VIA", ";", "|>"}),
     ('WALK "x" ', {"COMPARE", "EXPERTS", "LAYERS", "MODE", "TOP", ";", "|>"}),
@@ -23,7 +23,7 @@ STATEMENT_START = set(STATEMENT_KEYWORDS) | {";"}
     ('walk "x" mode ', {"DENSE", "HYBRID", "PURE"}),
     ("SELECT ", {"*", "a field name"}),
     ("SELECT * ", {"FROM"}),
-    ("SELECT * FROM ", {"EDGES", "ENTITIES", "EXPERTS", "FEATURES"}),
+    ("SELECT * FROM ", {"EDGES", "ENTITIES", "EXPERTS", "FEATURES", "SAE"}),   # FROM SAE FEATURES
     ("SELECT * FROM EDGES WHERE layer ", {"=", "!=", "<", ">", "<=", ">=", "IN", "LIKE"}),
     ("SELECT * FROM EDGES WHERE layer = 3 ", {"AND", "LIMIT", "NEAREST", "ORDER", "WHERE",
                                               ";", "|>"}),

@@ -155,7 +155,7 @@ def test_corpus_is_large_enough():
     ('SELECT * FROM EDGES WHERE layer 27', ("IN", "LIKE", "=", "!=", "<", ">", "<=", ">=")),
     ('SHOW FEATURES', ("a number",)),
     ('COMPILE CURRENT INTO "out"', ("MODEL", "VINDEX")),
-    ('USE', ("MODEL", "REMOTE", "a string")),
+    ('USE', ("MODEL", "REMOTE", "SAE", "a string")),
     ('DESCRIBR "x"', STATEMENT_KEYWORDS + (";",)),
     ('SELECT * FROM EDGES WHERE layer = 14-27',
      ("AND", "LIMIT", "NEAREST", "ORDER", "WHERE", "|>", ";")),

@@ -49,6 +49,7 @@ def conditions(draw):
 
 
 wheres = st.lists(conditions(), min_size=1, max_size=3).map(tuple)
+sae_names = st.sampled_from(["res21", "sae_a", "x1", "gemma_l21"])
 help_topics = st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
                        min_size=1, max_size=3).map(lambda ws: " ".join(w.upper() for w in ws))
 
@@ -85,9 +86,13 @@ STRATEGIES: dict = {  # one entry per statement type (COMPILE: two)
     A.ExplainInfer: st.builds(A.ExplainInfer, awkward, layers=opt(layer_specs), top=opt(counts),
         verbose=st.booleans(), with_attention=st.booleans(),
         wrap=opt(st.sampled_from(A.PromptWrap)), system=opt(awkward)),
+    (A.ExplainInfer, 'sae'): st.builds(A.ExplainInfer, awkward, top=opt(counts),
+        with_sae=st.just(True), sae=opt(sae_names)),
     A.Trace: st.builds(A.Trace, awkward, for_token=opt(awkward), decompose=st.booleans(),
         layers=opt(layer_specs), positions=opt(st.sampled_from(A.Positions)),
         save=opt(awkward), wrap=opt(st.sampled_from(A.PromptWrap)), system=opt(awkward)),
+    (A.Trace, 'sae'): st.builds(A.Trace, awkward, positions=opt(st.sampled_from(A.Positions)),
+        with_sae=st.just(True), sae=opt(sae_names)),
     A.Insert: st.builds(
         A.Insert, awkward, awkward, awkward, layer=opt(layers_), confidence=opt(floats),
         alpha=opt(floats), mode=opt(st.sampled_from(A.InsertMode)), prompt=opt(awkward)),
@@ -114,6 +119,18 @@ STRATEGIES: dict = {  # one entry per statement type (COMPILE: two)
     A.Stats: st.builds(A.Stats, opt(awkward)),
     A.SetChat: st.builds(A.SetChat, st.sampled_from(A.ChatMode)),
     A.Help: st.builds(A.Help, opt(help_topics)),
+    A.UseSae: st.builds(A.UseSae, awkward, layer=opt(layers_), name=opt(sae_names)),
+    A.DescribeSaeFeature: st.builds(A.DescribeSaeFeature, counts, sae=opt(sae_names),
+        file=opt(awkward), top=opt(counts)),
+    A.SelectSaeFeatures: st.builds(A.SelectSaeFeatures,
+        fields=opt(st.lists(fields, min_size=1, max_size=4).map(tuple)), sae=opt(sae_names),
+        where=st.just(()) | wheres, order_by=opt(st.builds(A.OrderBy, fields, st.booleans())),
+        limit=opt(counts)),
+    A.EvaluateSae: st.builds(A.EvaluateSae, awkward, sae=opt(sae_names)),
+    A.Capture: st.builds(A.Capture, layers_, awkward, prompt=awkward,
+        positions=opt(st.sampled_from(A.Positions))),
+    (A.Capture, 'file'): st.builds(A.Capture, layers_, awkward, file=awkward,
+        positions=opt(st.sampled_from(A.Positions))),
 }
 
 simple_statements = st.one_of(list(STRATEGIES.values()))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 
-from ..ast import FIELDS
+from ..ast import FIELDS as LQL_FIELDS
 from ..errors import ExecutionError
 
 __all__ = ["FIELDS", "TEXT_FIELDS", "check_field", "matches", "row_matches", "value_of"]
 
+#: the fields browse rows have: LQL's fields less those only ``FROM SAE FEATURES`` has
+FIELDS = tuple(f for f in LQL_FIELDS if f not in ("label", "token", "norm"))
 TEXT_FIELDS = frozenset({"entity", "relation", "target"})
 NUMERIC_FIELDS = frozenset(FIELDS) - TEXT_FIELDS
 

@@ -40,6 +40,8 @@ GROUPS: dict[type, str] = {
     ast.ShowRelations: "browse", ast.ShowLayers: "browse", ast.ShowFeatures: "browse",
     ast.ShowEntities: "browse", ast.ShowModels: "introspect", ast.Stats: "browse",
     ast.SetChat: "introspect", ast.Help: "introspect",
+    ast.UseSae: "sae", ast.DescribeSaeFeature: "sae", ast.SelectSaeFeatures: "sae",
+    ast.EvaluateSae: "sae", ast.Capture: "sae",
 }
 
 #: what is missing when a statement has no handler, as a user reads it
@@ -57,10 +59,13 @@ CAPABILITIES: dict[type, str] = {
     ast.ShowFeatures: "introspection", ast.ShowEntities: "introspection",
     ast.ShowModels: "introspection", ast.Stats: "introspection",
     ast.SetChat: "session settings", ast.Help: "help",
+    ast.UseSae: "SAE support", ast.DescribeSaeFeature: "SAE support",
+    ast.SelectSaeFeatures: "SAE support", ast.EvaluateSae: "SAE support",
+    ast.Capture: "activation capture",
 }
 
 ALL_GROUPS = ("lifecycle", "browse", "introspect", "infer", "mutate", "patches", "compile",
-              "remote")
+              "remote", "sae")
 
 _HANDLERS: dict[type, Callable] = {}
 _imported: set[str] = set()

@@ -41,9 +41,15 @@ def explain_infer(session, stmt) -> Result:
     from ..infer.explain import explain
     target = target_for(session, "EXPLAIN INFER")
     prep = _prepare(session, stmt, target)
-    return explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
-                   with_attention=stmt.with_attention,
-                   check=session.check_cancelled)
+    sae = session.sae(stmt.sae) if stmt.with_sae else None       # unknown name: fail first
+    result = explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
+                     with_attention=stmt.with_attention,
+                     check=session.check_cancelled)
+    if sae is not None:                      # WITH SAE: top features at every position
+        from ..infer.sae import DEFAULT_TOP_FEATURES, add_sae_rows, feature_rows
+        rows = feature_rows(target, sae, prep.ids, top=stmt.top or DEFAULT_TOP_FEATURES)
+        add_sae_rows(result, rows, sae_name=stmt.sae or session.sae_name)
+    return result
 
 
 @handler(ast.Trace)
@@ -53,5 +59,12 @@ def trace(session, stmt) -> Result:
     target = target_for(session, "TRACE")
     prep = _prepare(session, stmt, target)
     save = session.resolve_path(stmt.save) if stmt.save else None
-    return compute(target, prep, for_token=stmt.for_token, decompose=stmt.decompose,
-                   layers=stmt.layers, positions=stmt.positions, save=save)
+    sae = session.sae(stmt.sae) if stmt.with_sae else None       # unknown name: fail first
+    result = compute(target, prep, for_token=stmt.for_token, decompose=stmt.decompose,
+                     layers=stmt.layers, positions=stmt.positions, save=save)
+    if sae is not None:                      # WITH SAE: top features at the traced positions
+        from ..infer.sae import DEFAULT_TOP_FEATURES, add_sae_rows, feature_rows
+        last = [len(prep.ids) - 1] if stmt.positions is not ast.Positions.ALL else None
+        rows = feature_rows(target, sae, prep.ids, positions=last, top=DEFAULT_TOP_FEATURES)
+        add_sae_rows(result, rows, sae_name=stmt.sae or session.sae_name)
+    return result

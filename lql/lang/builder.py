@@ -403,7 +403,8 @@ class Builder:
         return ast.ExplainInfer(string(_tok(c, "STRING")), layers=d.get("layers"),
                                 top=d.get("top"), verbose=d.get("verbose", False),
                                 with_attention=d.get("with_attention", False),
-                                wrap=d.get("wrap"), system=d.get("system"), **_pos(_head(c)))
+                                wrap=d.get("wrap"), system=d.get("system"),
+                                with_sae="sae" in d, sae=d.get("sae"), **_pos(_head(c)))
 
     def for_token(self, c: Children) -> Clause:
         return Clause("for_token", string(_tok(c, "STRING")), _head(c))
@@ -422,7 +423,52 @@ class Builder:
         return ast.Trace(string(_tok(c, "STRING")), for_token=d.get("for_token"),
                          decompose=d.get("decompose", False), layers=d.get("layers"),
                          positions=d.get("positions"), save=d.get("save"), wrap=d.get("wrap"),
-                         system=d.get("system"), **_pos(_head(c)))
+                         system=d.get("system"), with_sae="sae" in d, sae=d.get("sae"),
+                         **_pos(_head(c)))
+
+    # ---- interpretability (SAEs, capture) -----------------------------------
+    def use_sae(self, c: Children) -> ast.UseSae:
+        d = _collect(c)
+        return ast.UseSae(string(_tok(c, "STRING")), layer=d.get("layer"), name=d.get("name"),
+                          **_pos(_head(c)))
+
+    def sae_alias(self, c: Children) -> Clause:
+        return Clause("name", _tok(c, "NAME").value.lower(), _head(c))   # names: any case
+
+    def with_sae(self, c: Children) -> Clause:
+        # the value is the name (None: the current SAE); "sae" in the clauses means WITH SAE
+        name = _opt(c, "NAME")
+        return Clause("sae", name.value.lower() if name else None, _head(c))
+
+    def from_file(self, c: Children) -> Clause:
+        return Clause("file", string(_tok(c, "STRING")), _head(c))
+
+    def describe_sae(self, c: Children) -> ast.DescribeSaeFeature:
+        d = _collect(c)
+        name = _opt(c, "NAME")
+        return ast.DescribeSaeFeature(_int(_tok(c, "NUMBER"), "an SAE feature"),
+                                      sae=name.value.lower() if name else None, file=d.get("file"),
+                                      top=d.get("top"), **_pos(_head(c)))
+
+    def select_sae(self, c: Children) -> ast.SelectSaeFeatures:
+        d = _collect(c)
+        # the SAE's name is the NAME token after SAE (select_fields' names are inside its Clause)
+        name = _opt(c, "NAME")
+        return ast.SelectSaeFeatures(fields=d["fields"], sae=name.value.lower() if name else None,
+                                     where=d.get("where", ()), order_by=d.get("order_by"),
+                                     limit=d.get("limit"), **_pos(_head(c)))
+
+    def evaluate_sae(self, c: Children) -> ast.EvaluateSae:
+        name = _opt(c, "NAME")
+        return ast.EvaluateSae(_collect(c)["file"], sae=name.value.lower() if name else None,
+                               **_pos(_head(c)))
+
+    def capture(self, c: Children) -> ast.Capture:
+        d = _collect(c)
+        strings = _toks(c, "STRING")          # [prompt,] output (FROM FILE's is in its clause)
+        prompt = string(strings[0]) if len(strings) == 2 else None
+        return ast.Capture(d["layer"], string(strings[-1]), prompt=prompt, file=d.get("file"),
+                           positions=d.get("positions"), **_pos(_head(c)))
 
     # ---- mutation ----------------------------------------------------------
     def insert_columns(self, c: Children) -> Clause:
