@@ -399,18 +399,17 @@ class Builder:
                          **_pos(_head(c)))
 
     # ---- steering and injection (several clauses stack: AST nodes, not Clauses)
-    def steer_file(self, c: Children) -> Clause:
-        tok = _tok(c, "STRING")
-        return Clause("source", ast.SteerFile(string(tok)), tok)
-
-    def steer_sae(self, c: Children) -> Clause:
-        name = _opt(c, "NAME")
-        return Clause("source", ast.SaeFeature(_int(_tok(c, "NUMBER"), "an SAE feature"),
-                                               None if name is None else name.value), _head(c))
-
-    def steer_contrast(self, c: Children) -> Clause:
-        a, b = _toks(c, "STRING")
-        return Clause("source", ast.Contrast(string(a), string(b)), _head(c))
+    def steer_source(self, c: Children) -> Clause:
+        """A vector file, ``SAE [name] FEATURE n`` or ``CONTRAST FROM FILE a VS b``."""
+        head = _head(c)
+        if head.type == "SAE":
+            name = _opt(c, "NAME")
+            return Clause("source", ast.SaeFeature(_int(_tok(c, "NUMBER"), "an SAE feature"),
+                                                   None if name is None else name.value), head)
+        if head.type == "CONTRAST":
+            a, b = _toks(c, "STRING")
+            return Clause("source", ast.Contrast(string(a), string(b)), head)
+        return Clause("source", ast.SteerFile(string(head)), head)
 
     def steer(self, c: Children) -> ast.Steer:
         source = next(x for x in c if isinstance(x, Clause)).value
