@@ -195,3 +195,13 @@ def test_inject_errors_and_adapter_scale(session, tiny, tmp_path):
     assert r.meta["inject"][0]["scale_from"].startswith("nla_meta")
     r = session.query('INFER "a <|im_start|> b" RAW INJECT "x.npy" AT TOKEN "<|im_start|>" SCALE 3')
     assert r.meta["inject"][0]["scale"] == 3.0
+
+
+def test_a_served_vindex_refuses_steering_and_injection():
+    from lql.remote.policy import route, server_refusal
+    for text in ('INFER "x" STEER "v.npy" AT LAYER 1 SCALE 2',
+                 'INFER "x <p>" INJECT "h.npy" AT TOKEN "<p>"',
+                 'SAVE STEER "v.npy" AT LAYER 1 INTO "w.npy"'):
+        stmt = parse(text)[0]
+        assert route(stmt) == "refuse" and server_refusal(stmt)
+    assert route(parse('INFER "x"')[0]) == "remote"
