@@ -205,3 +205,37 @@ def test_a_served_vindex_refuses_steering_and_injection():
         stmt = parse(text)[0]
         assert route(stmt) == "refuse" and server_refusal(stmt)
     assert route(parse('INFER "x"')[0]) == "remote"
+
+
+def test_steering_composes_with_overlay_edits_and_the_kv_cache(tmp_path):
+    """Through an overlay (a COMPOSE insert edits the weights) INFER ... STEER is the
+    edited model's forward pass with the hook, and GENERATE ... STEER (KV cache) equals
+    greedy decoding that recomputes the whole sequence with the hook at every step."""
+    from vindex_fixtures import tiny_vindex
+
+    from lql.runtime import model_for
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny_vindex("llama", level="inference")}"')
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("France", "capital", "Paris") '
+            'MODE COMPOSE')
+    m = model_for(s.vindex)
+    from lql.runtime.view import base_of
+    assert m is not model_for(base_of(s.vindex))           # the overlay rebuilt edited layers
+    v = np.random.default_rng(5).standard_normal(m.hidden_size).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    hooks = Hooks(residual=lambda i, h: h + np.float32(1.5) * v if i == 1 else h)
+    prompt = "The capital of France is"
+    r = s.query(f'INFER "{prompt}" RAW TOP 5 VERBOSE STEER "v.npy" AT LAYER 1 SCALE 1.5')
+    ids = r.meta["token_ids"]
+    p = _softmax(m.forward(ids, hooks=hooks).logits)
+    assert [row["token_id"] for row in r.rows] == list(np.argsort(-p, kind="stable")[:5])
+    assert all(abs(row["probability"] - p[row["token_id"]]) <= 1e-6 for row in r.rows)
+    g = s.query(f'INFER "{prompt}" RAW GENERATE 6 STEER "v.npy" AT LAYER 1 SCALE 1.5')
+    seq, want = list(ids), []
+    for _ in range(len(g.meta["token_ids"])):
+        t = int(np.argmax(m.forward(seq, hooks=hooks).logits))
+        want.append(t)
+        seq.append(t)
+    assert g.meta["token_ids"] == want
+    plain = s.query(f'INFER "{prompt}" RAW GENERATE 6')
+    assert plain.meta["token_ids"] != want or r.rows != s.query(f'INFER "{prompt}" RAW TOP 5').rows

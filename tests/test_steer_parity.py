@@ -221,3 +221,47 @@ def test_extract_with_adapter_equals_peft_merged(tmp_path):
     with torch.no_grad():
         p = _probs(merged(torch.tensor([r.meta["token_ids"]])).logits[0, -1])
     _check(r, p)
+
+
+def test_gemma4_steer_and_inject_together_equal_transformers(tmp_path):
+    """Gemma 4 (per-layer embeddings read the injected embedding; layer_scalar before the
+    residual hook): STEER + INJECT in one statement against transformers' hooks."""
+    from model_fixtures import gemma4_fixtures
+    folder = gemma4_fixtures() / "tiny-gemma4"
+    if not (folder / "model.safetensors").is_file() or not hasattr(transformers, "Gemma4ForCausalLM"):
+        pytest.skip("no tiny Gemma 4 fixture / transformers without Gemma 4")
+    model = transformers.Gemma4ForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, attn_implementation="eager").eval()
+    hidden = model.config.hidden_size
+    rng = np.random.default_rng(2)
+    v, x = rng.standard_normal(hidden).astype(np.float32), rng.standard_normal(hidden).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    np.save(tmp_path / "x.npy", x)
+    s = _session(folder, tmp_path)
+    clauses = 'STEER "v.npy" AT LAYER 3 SCALE 4 INJECT "x.npy" AT TOKEN "<mask>" SCALE 6'
+    r = s.query(f'INFER "The <mask> weather" RAW TOP 10 VERBOSE {clauses}')
+    ids = r.meta["token_ids"]
+    where = r.meta["inject"][0]["positions"]
+    assert where
+    row = torch.tensor(x / np.linalg.norm(x) * 6, dtype=torch.float32)
+
+    def embed_hook(_m, _i, out):
+        if out.shape[1] == len(ids):
+            out = out.clone()
+            out[0, where] = row
+        return out
+    handles = [model.get_input_embeddings().register_forward_hook(embed_hook),
+               model.model.layers[3].register_forward_hook(_steer_hook(v * np.float32(4)))]
+    try:
+        with torch.no_grad():
+            p = _probs(model(torch.tensor([ids])).logits[0, -1])
+            out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 pad_token_id=0)
+    finally:
+        for h in handles:
+            h.remove()
+    _check(r, p)
+    g = s.query(f'INFER "The <mask> weather" RAW GENERATE 6 {clauses}')
+    want = out[0, len(ids):].tolist()
+    assert g.meta["token_ids"][:len(want)] == want
