@@ -24,13 +24,15 @@ from typing import ClassVar
 __all__ = [
     # helpers
     "Range", "AllLayers", "ALL_LAYERS", "Condition", "OrderBy", "Assignment", "Nearest",
+    "SteerFile", "SaeFeature", "Contrast", "SteerSource", "Steer", "Inject",
     "FIELDS", "OPERATORS", "quote", "format_value",
     # enums
     "Level", "DType", "WalkMode", "Band", "Verbosity", "ChatMode", "PromptWrap", "InsertMode",
     "Via", "Positions", "CompileTarget", "ModelFormat", "Conflict", "SelectSource",
     # statements
     "Statement", "Extract", "Use", "UseModel", "UseRemote", "Compile", "Diff", "Walk",
-    "Describe", "Select", "ExplainWalk", "Infer", "ExplainInfer", "Trace", "Insert", "Delete",
+    "Describe", "Select", "ExplainWalk", "Infer", "ExplainInfer", "Trace", "SaveSteer", "Insert",
+    "Delete",
     "Update", "Merge", "Rebalance", "BeginPatch", "SavePatch", "ApplyPatch", "RemovePatch",
     "ShowPatches", "ShowRelations", "ShowLayers", "ShowFeatures", "ShowEntities", "ShowModels",
     "Stats", "SetChat", "Pipe", "Help", "STATEMENT_TYPES",
@@ -239,6 +241,65 @@ class Nearest:
         return f"NEAREST TO {quote(self.entity)} AT LAYER {self.layer}"
 
 
+@dataclass(frozen=True)
+class SteerFile:
+    """A steering vector from a file (``.npy``, single-array ``.npz``, single-tensor ``.safetensors``)."""
+    path: str
+
+    def to_lql(self) -> str:
+        return quote(self.path)
+
+
+@dataclass(frozen=True)
+class SaeFeature:
+    """``SAE [name] FEATURE n``: the decoder direction of feature ``n`` of a loaded SAE."""
+    feature: int
+    sae: str | None = None
+
+    def to_lql(self) -> str:
+        return _join("SAE", self.sae, f"FEATURE {self.feature}")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """``CONTRAST FROM FILE "a.txt" VS "b.txt"``: mean residual of A minus B, unit-normalised."""
+    a: str
+    b: str
+
+    def to_lql(self) -> str:
+        return f"CONTRAST FROM FILE {quote(self.a)} VS {quote(self.b)}"
+
+
+SteerSource = SteerFile | SaeFeature | Contrast
+
+
+@dataclass(frozen=True)
+class Steer:
+    """``STEER <source> AT LAYER n SCALE s [%]`` (``percent``: s is a percentage of the
+    layer's mean residual norm)."""
+    source: SteerSource
+    layer: int
+    scale: float
+    percent: bool = False
+
+    def to_lql(self) -> str:
+        return (f"STEER {self.source.to_lql()} AT LAYER {self.layer} SCALE {_num(self.scale)}"
+                + (" %" if self.percent else ""))
+
+
+@dataclass(frozen=True)
+class Inject:
+    """``INJECT "<vector file>" AT TOKEN "<placeholder>" [SCALE s]`` (``scale=None``: the
+    adapter's ``injection_scale``, else √hidden)."""
+    path: str
+    token: str
+    scale: float | None = None
+
+    def to_lql(self) -> str:
+        return _join("INJECT", quote(self.path), "AT TOKEN", quote(self.token),
+                     _opt("SCALE", self.scale, _num))
+
+
 def _where(conditions: tuple[Condition, ...]) -> str | None:
     if not conditions:
         return None
@@ -293,10 +354,12 @@ class Extract(Statement):
     layers: LayerSpec | None = None
     dtype: DType | None = None          # default F16
     force: bool = False
+    adapter: str | None = None          # WITH ADAPTER "<peft dir>": a LoRA merged first
 
     def to_lql(self) -> str:
         return _join("EXTRACT MODEL", quote(self.source), "INTO", quote(self.output),
-                     _opt("WITH", self.level, str), _opt("LAYERS", self.layers, _lql),
+                     _opt("WITH", self.level, str), _opt("WITH ADAPTER", self.adapter, quote),
+                     _opt("LAYERS", self.layers, _lql),
                      _opt("DTYPE", self.dtype, str), _flag("FORCE", self.force))
 
 
@@ -313,9 +376,10 @@ class Use(Statement):
 class UseModel(Statement):
     keyword: ClassVar[str] = "USE MODEL"
     source: str
+    adapter: str | None = None          # WITH ADAPTER "<peft dir>": a LoRA merged at load
 
     def to_lql(self) -> str:
-        return f"USE MODEL {quote(self.source)}"
+        return _join(f"USE MODEL {quote(self.source)}", _opt("WITH ADAPTER", self.adapter, quote))
 
 
 @dataclass(frozen=True)
@@ -446,12 +510,15 @@ class Infer(Statement):
     system: str | None = None
     generate: int | None = None
     verbose: bool = False
+    steer: tuple[Steer, ...] = ()       # STEER clauses, in order (they add up)
+    inject: tuple[Inject, ...] = ()     # INJECT clauses, in order
 
     def to_lql(self) -> str:
         return _join("INFER", quote(self.prompt), _opt("TOP", self.top),
                      _flag("COMPARE", self.compare), _opt("", self.wrap, str),
                      _opt("SYSTEM", self.system, quote), _opt("GENERATE", self.generate),
-                     _flag("VERBOSE", self.verbose))
+                     _flag("VERBOSE", self.verbose), *(s.to_lql() for s in self.steer),
+                     *(i.to_lql() for i in self.inject))
 
 
 @dataclass(frozen=True)
@@ -495,6 +562,18 @@ class Trace(Statement):
                      _opt("POSITIONS", self.positions, str), _opt("SAVE", self.save, quote),
                      _with_sae(self.with_sae, self.sae),
                      _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote))
+
+
+@dataclass(frozen=True)
+class SaveSteer(Statement):
+    """``SAVE STEER <source> AT LAYER n INTO "v.npy"``: write the steering vector to a file."""
+    keyword: ClassVar[str] = "SAVE STEER"
+    source: SteerSource
+    layer: int
+    output: str
+
+    def to_lql(self) -> str:
+        return f"SAVE STEER {self.source.to_lql()} AT LAYER {self.layer} INTO {quote(self.output)}"
 
 
 # ---- mutation
@@ -784,7 +863,7 @@ def _lql(node) -> str:
 #: Every concrete statement class, in spec order.
 STATEMENT_TYPES: tuple[type[Statement], ...] = (
     Extract, Use, UseModel, UseRemote, Compile, Diff, Walk, Describe, Select, ExplainWalk,
-    Infer, ExplainInfer, Trace, Insert, Delete, Update, Merge, Rebalance, BeginPatch, SavePatch,
+    Infer, ExplainInfer, Trace, SaveSteer, Insert, Delete, Update, Merge, Rebalance, BeginPatch, SavePatch,
     ApplyPatch, RemovePatch, ShowPatches, ShowRelations, ShowLayers, ShowFeatures, ShowEntities,
     ShowModels, Stats, SetChat, Pipe, Help,
     UseSae, DescribeSaeFeature, SelectSaeFeatures, EvaluateSae, Capture,

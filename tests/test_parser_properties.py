@@ -32,6 +32,12 @@ def ranges(draw):
 
 
 layer_specs = ranges() | st.just(A.ALL_LAYERS)
+steer_sources = (st.builds(A.SteerFile, awkward)
+                 | st.builds(A.SaeFeature, layers_, opt(st.sampled_from(["res", "sae_21"])))
+                 | st.builds(A.Contrast, awkward, awkward))
+steers = st.lists(st.builds(A.Steer, steer_sources, layers_, floats, st.booleans()),
+                  max_size=3).map(tuple)
+injects = st.lists(st.builds(A.Inject, awkward, awkward, opt(floats)), max_size=2).map(tuple)
 fields = st.sampled_from(A.FIELDS)
 values = awkward | st.integers(-10**9, 10**9) | floats
 
@@ -55,9 +61,9 @@ help_topics = st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=Tr
 
 STRATEGIES: dict = {  # one entry per statement type (COMPILE: two)
     A.Extract: st.builds(A.Extract, awkward, awkward, level=opt(st.sampled_from(A.Level)),
-        layers=opt(layer_specs), dtype=opt(st.sampled_from(A.DType)), force=st.booleans()),
+        layers=opt(layer_specs), dtype=opt(st.sampled_from(A.DType)), force=st.booleans(), adapter=opt(awkward)),
     A.Use: st.builds(A.Use, awkward),
-    A.UseModel: st.builds(A.UseModel, awkward),
+    A.UseModel: st.builds(A.UseModel, awkward, adapter=opt(awkward)),
     A.UseRemote: st.builds(A.UseRemote, awkward),
     A.Compile: st.builds(A.Compile, opt(awkward), st.just(A.CompileTarget.VINDEX), awkward,
         on_conflict=opt(st.sampled_from([A.Conflict.LAST_WINS, A.Conflict.FAIL,
@@ -82,7 +88,8 @@ STRATEGIES: dict = {  # one entry per statement type (COMPILE: two)
         verbose=st.booleans()),
     A.Infer: st.builds(A.Infer, awkward, top=opt(counts), compare=st.booleans(),
         wrap=opt(st.sampled_from(A.PromptWrap)), system=opt(awkward),
-        generate=opt(counts), verbose=st.booleans()),
+        generate=opt(counts), verbose=st.booleans(), steer=steers, inject=injects),
+    A.SaveSteer: st.builds(A.SaveSteer, steer_sources, layers_, awkward),
     A.ExplainInfer: st.builds(A.ExplainInfer, awkward, layers=opt(layer_specs), top=opt(counts),
         verbose=st.booleans(), with_attention=st.booleans(),
         wrap=opt(st.sampled_from(A.PromptWrap)), system=opt(awkward)),

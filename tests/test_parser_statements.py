@@ -113,6 +113,8 @@ CASES: list[tuple[str, A.Statement]] = [
                     wrap=A.PromptWrap.CHAT)),
     ('EXPLAIN INFER "x" RAW SYSTEM "s"', A.ExplainInfer("x", wrap=A.PromptWrap.RAW, system="s")),
     ('TRACE "The capital of France is"', A.Trace("The capital of France is")),
+    ('SAVE STEER CONTRAST FROM FILE "a.txt" VS "b.txt" AT LAYER 15 INTO "v.npy"',
+     A.SaveSteer(A.Contrast("a.txt", "b.txt"), 15, "v.npy")),
     ('TRACE "x" FOR " Paris" DECOMPOSE LAYERS 10-20 POSITIONS ALL SAVE "r.npz" RAW',
      A.Trace("x", for_token=" Paris", decompose=True, layers=R(10, 20),
              positions=A.Positions.ALL, save="r.npz", wrap=A.PromptWrap.RAW)),

@@ -95,15 +95,24 @@ def use(session, stmt) -> Result:
 @handler(ast.UseModel)
 def use_model(session, stmt) -> Result:
     from ..sources import open_source
+    from ..sources.adapter import with_adapter
     where = session.resolve_source(stmt.source)
     src = open_source(where)
+    adapter = None
+    if stmt.adapter is not None:
+        src = with_adapter(src, session.resolve_path(stmt.adapter))
+        adapter = {"path": str(src.adapter_path), "modules": len(src.merged_modules),
+                   "scaling": src.scaling}
     session.use_source(src)
     cfg = src.model_config or {}
     layers = cfg.get("num_layers") or (src.hf_config or {}).get("num_hidden_layers")
-    return Result.msg("USE MODEL", f"Using live weights of {stmt.source}: {src.name or '?'} "
+    merged = (f" with the LoRA adapter {stmt.adapter} merged ({adapter['modules']} modules, "
+              f"scaling {adapter['scaling']:.4g})" if adapter else "")
+    return Result.msg("USE MODEL", f"Using live weights of {stmt.source}{merged}: {src.name or '?'} "
                       f"({src.family or '?'}), {layers} layers — INFER, EXPLAIN INFER, "
                       f"TRACE and STATS work on it; browsing and edits need a vindex",
-                      path=str(src.path or where), model=src.name, family=src.family)
+                      path=str(src.path or where), model=src.name, family=src.family,
+                      **({"adapter": adapter} if adapter else {}))
 
 
 # --------------------------------------------------------------------------- STATS / SHOW

@@ -25,14 +25,33 @@ def _prepare(session, stmt, target):
 def infer(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.predict import generate_result, infer_result
+    from ..steer import prepare as steering
     target = target_for(session, "INFER")
     prep = _prepare(session, stmt, target)
+    hooked = steering(session, target, stmt, prep.ids, check=session.check_cancelled)
     if stmt.generate is not None:
         return generate_result(target, prep, int(stmt.generate),
                                on_token=session.on_token,
-                               check=session.check_cancelled)
+                               check=session.check_cancelled,
+                               hooks=hooked.hooks, steer_meta=hooked.meta)
     return infer_result(target, prep, top=stmt.top, compare=stmt.compare,
-                        verbose=stmt.verbose)
+                        verbose=stmt.verbose, hooks=hooked.hooks, steer_meta=hooked.meta)
+
+
+@handler(ast.SaveSteer)
+def save_steer(session, stmt) -> Result:
+    """SAVE STEER <source> AT LAYER n INTO "v.npy": the vector STEER would use at SCALE 1."""
+    from ..infer.engine import target_for
+    from ..steer import resolve, save_vector
+    target = target_for(session, "SAVE STEER")
+    v, info = resolve(session, target, stmt.source, stmt.layer, check=session.check_cancelled)
+    out = session.resolve_path(stmt.output)
+    save_vector(out, v)
+    import numpy as np
+    norm = float(np.linalg.norm(v))
+    return Result.msg("SAVE STEER", f"Saved the {info['source']} vector at layer {stmt.layer} "
+                      f"(norm {norm:.4g}, {v.shape[0]} values) to {out}",
+                      path=str(out), layer=stmt.layer, norm=norm, **info)
 
 
 @handler(ast.ExplainInfer)

@@ -30,6 +30,10 @@ def extract(session, stmt) -> Result:
     from ..vindex.format import load_index
 
     source = session.resolve_source(stmt.source)
+    if stmt.adapter is not None:      # WITH ADAPTER: the LoRA merged into the source first
+        from ..sources import open_source
+        from ..sources.adapter import with_adapter
+        source = with_adapter(open_source(source), session.resolve_path(stmt.adapter))
     output = session.resolve_path(stmt.output)
     # the storage layer takes plain layer numbers (lql.vindex knows nothing of the AST)
     layers = (range(stmt.layers.start, stmt.layers.end + 1)

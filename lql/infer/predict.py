@@ -19,10 +19,12 @@ __all__ = ["softmax64", "top_ids", "Prediction", "rank_next", "infer_result", "g
 DEFAULT_TOP = 5
 
 
-def rank_next(target, ids, top: int, *, record: Record | None = None) -> Prediction:
-    """Run ``ids`` through ``target`` and rank the next token (KNN store applied)."""
+def rank_next(target, ids, top: int, *, record: Record | None = None,
+              hooks=None) -> Prediction:
+    """Run ``ids`` through ``target`` and rank the next token (KNN store applied;
+    ``hooks``: steering / injection, :mod:`lql.steer`)."""
     return rank(target.model, ids, top, view=target.view if target.is_overlay else None,
-                record=record)
+                record=record, hooks=hooks)
 
 
 def _rows(target, ranked: Prediction, with_source: bool) -> list[dict]:
@@ -36,17 +38,17 @@ def _rows(target, ranked: Prediction, with_source: bool) -> list[dict]:
 
 
 def infer_result(target, prep, *, top: int | None = None, compare: bool = False,
-                 verbose: bool = False) -> Result:
+                 verbose: bool = False, hooks=None, steer_meta: dict | None = None) -> Result:
     top = DEFAULT_TOP if top is None else int(top)
     if top < 1:
         from ..errors import ExecutionError
         raise ExecutionError(f"TOP must be at least 1, not {top}")
-    ranked = rank_next(target, prep.ids, top)
+    ranked = rank_next(target, prep.ids, top, hooks=hooks)
     with_source = ranked.knn is not None
     rows = _rows(target, ranked, with_source)
     columns = ["rank", "token", "token_id", "probability"] + (["source"] if with_source else [])
     meta = {"prompt": prep.text, "chat_wrapped": prep.chat_wrapped, "num_tokens": len(prep.ids),
-            "model": target.name}
+            "model": target.name, **(steer_meta or {})}
     message = None
     if ranked.knn is not None:
         k = ranked.knn
@@ -56,7 +58,7 @@ def infer_result(target, prep, *, top: int | None = None, compare: bool = False,
                    f"{k.get('entity')!s} → {k.get('target')!s}")
     if compare:
         base = target.base()
-        dense = ranked if base is target else rank_next(base, prep.ids, top)
+        dense = ranked if base is target else rank_next(base, prep.ids, top, hooks=hooks)
         for row, (tid, p, _) in zip(rows, dense.top):
             row.update(dense_token=target.token_text(tid), dense_token_id=tid, dense_probability=p)
         columns += ["dense_token", "dense_token_id", "dense_probability"]
@@ -73,7 +75,7 @@ def infer_result(target, prep, *, top: int | None = None, compare: bool = False,
 
 # --------------------------------------------------------------------------- GENERATE
 
-def generate_ids(target, ids, n: int, *, on_token=None, check=None):
+def generate_ids(target, ids, n: int, *, on_token=None, check=None, hooks=None):
     """Greedy decoding (:func:`lql.runtime.greedy`, KNN store applied at each step).
     Yields ``(token_id, new_text)``; stops after an end-of-sequence / end-of-turn id
     (included), after ``n`` tokens, or at the model's last position. ``new_text`` is the
@@ -87,7 +89,7 @@ def generate_ids(target, ids, n: int, *, on_token=None, check=None):
             return None if hit is None else hit["target_id"]
     rec = Record(residuals="last", layers=frozenset(layers)) if layers else None
     stop = target.stop_ids
-    gen = greedy(target.model, ids, n, stop_ids=stop, pick=pick, record=rec,
+    gen = greedy(target.model, ids, n, stop_ids=stop, pick=pick, record=rec, hooks=hooks,
                  max_positions=target.max_positions, check=check)
     produced: list[int] = []
     shown = ""
@@ -109,11 +111,12 @@ def generate_ids(target, ids, n: int, *, on_token=None, check=None):
         yield token, new
 
 
-def generate_result(target, prep, n: int, *, on_token=None, check=None) -> Result:
+def generate_result(target, prep, n: int, *, on_token=None, check=None, hooks=None,
+                    steer_meta: dict | None = None) -> Result:
     if n < 1:
         from ..errors import ExecutionError
         raise ExecutionError(f"GENERATE needs at least 1 token, not {n}")
-    gen = generate_ids(target, prep.ids, n, on_token=on_token, check=check)
+    gen = generate_ids(target, prep.ids, n, on_token=on_token, check=check, hooks=hooks)
     tokens: list[int] = []
     reason = "length"
     while True:
@@ -126,4 +129,4 @@ def generate_result(target, prep, n: int, *, on_token=None, check=None) -> Resul
     text = target.decode(tokens[:-1] if reason == "eos" else tokens)
     return Result.text("INFER", text, prompt=prep.text, chat_wrapped=prep.chat_wrapped,
                        token_ids=tokens, num_tokens=len(tokens), stop=reason,
-                       streamed=on_token is not None, model=target.name)
+                       streamed=on_token is not None, model=target.name, **(steer_meta or {}))

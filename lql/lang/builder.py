@@ -283,13 +283,18 @@ class Builder:
         d = _collect(c)
         return ast.Extract(string(source), string(output), level=d.get("level"),
                            layers=d.get("layers"), dtype=d.get("dtype"),
-                           force=d.get("force", False), **_pos(_head(c)))
+                           force=d.get("force", False), adapter=d.get("adapter"),
+                           **_pos(_head(c)))
+
+    def with_adapter(self, c: Children) -> Clause:
+        return Clause("adapter", string(_tok(c, "STRING")), _head(c))
 
     def use(self, c: Children) -> ast.Use:
         return ast.Use(string(_tok(c, "STRING")), **_pos(_head(c)))
 
     def use_model(self, c: Children) -> ast.UseModel:
-        return ast.UseModel(string(_tok(c, "STRING")), **_pos(_head(c)))
+        d = _collect(c)
+        return ast.UseModel(string(_tok(c, "STRING")), adapter=d.get("adapter"), **_pos(_head(c)))
 
     def use_remote(self, c: Children) -> ast.UseRemote:
         return ast.UseRemote(string(_tok(c, "STRING")), **_pos(_head(c)))
@@ -393,7 +398,39 @@ class Builder:
         return ast.Infer(string(_tok(c, "STRING")), top=d.get("top"),
                          compare=d.get("compare", False), wrap=d.get("wrap"),
                          system=d.get("system"), generate=d.get("generate"),
-                         verbose=d.get("verbose", False), **_pos(_head(c)))
+                         verbose=d.get("verbose", False),
+                         steer=tuple(x for x in c if isinstance(x, ast.Steer)),
+                         inject=tuple(x for x in c if isinstance(x, ast.Inject)),
+                         **_pos(_head(c)))
+
+    # ---- steering and injection (several clauses stack: AST nodes, not Clauses)
+    def steer_source(self, c: Children) -> Clause:
+        """A vector file, ``SAE [name] FEATURE n`` or ``CONTRAST FROM FILE a VS b``."""
+        head = _head(c)
+        if head.type == "SAE":
+            name = _opt(c, "NAME")
+            return Clause("source", ast.SaeFeature(_int(_tok(c, "NUMBER"), "an SAE feature"),
+                                                   None if name is None else name.value), head)
+        if head.type == "CONTRAST":
+            a, b = _toks(c, "STRING")
+            return Clause("source", ast.Contrast(string(a), string(b)), head)
+        return Clause("source", ast.SteerFile(string(head)), head)
+
+    def steer(self, c: Children) -> ast.Steer:
+        source = next(x for x in c if isinstance(x, Clause)).value
+        layer, scale = _toks(c, "NUMBER")[-2:]   # an SAE FEATURE number comes inside the source
+        return ast.Steer(source, _int(layer, "a layer"), _float(scale),
+                         percent=_opt(c, "PERCENT") is not None)
+
+    def inject(self, c: Children) -> ast.Inject:
+        path, token = _toks(c, "STRING")
+        scale = _opt(c, "NUMBER")
+        return ast.Inject(string(path), string(token), None if scale is None else _float(scale))
+
+    def save_steer(self, c: Children) -> ast.SaveSteer:
+        source = next(x for x in c if isinstance(x, Clause)).value
+        return ast.SaveSteer(source, _int(_tok(c, "NUMBER"), "a layer"),
+                             string(_toks(c, "STRING")[-1]), **_pos(_head(c)))
 
     def with_attention(self, c: Children) -> Clause:
         return Clause("with_attention", True, _head(c))

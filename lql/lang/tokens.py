@@ -28,7 +28,7 @@ PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     ("WORD", r"[A-Za-z_][A-Za-z0-9_]*"),
     ("RANGE", r"[0-9]+[ \t]*-[ \t]*[0-9]+"),
     ("NUMBER", r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"),
-    ("PUNCT", r"\|>|!=|<>|<=|>=|[;(),*=<>]"),
+    ("PUNCT", r"\|>|!=|<>|<=|>=|[;(),*=<>%]"),
     ("COMMENT", r"--[^\n]*"),
     ("BLOCK", r"/\*(?:[^*]|\*(?!/))*\*/"),
 )
@@ -54,7 +54,7 @@ BLANKS_RE: Final = re.compile(BLANK + "*")
 #: Punctuation → the grammar's terminal name.
 PUNCT: Final[dict[str, str]] = {
     "|>": "_PIPE", ";": "_SEMI", "(": "_LPAR", ")": "_RPAR", ",": "_COMMA", "*": "STAR",
-    "=": "EQ", "!=": "NE", "<>": "NE", "<=": "LE", ">=": "GE", "<": "LT", ">": "GT"}
+    "%": "PERCENT", "=": "EQ", "!=": "NE", "<>": "NE", "<=": "LE", ">=": "GE", "<": "LT", ">": "GT"}
 
 _SCAN_RE: Final = re.compile(
     f"(?P<{BLANKS}>{BLANK}+)|"

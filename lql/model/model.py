@@ -63,12 +63,17 @@ class Model:
         self.hidden_size = spec.hidden_size
 
     # ------------------------------------------------------------------ pieces
-    def embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def embed(self, ids: np.ndarray, positions: np.ndarray,
+              hook: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Token embeddings (scaled) → ``hook(ids, positions, h)`` (see :class:`Hooks`) →
+        plus learned positions (GPT-2)."""
         if ids.size and (ids.min() < 0 or ids.max() >= self.embed_matrix.shape[0]):
             raise ExecutionError(f"token id out of range 0..{self.embed_matrix.shape[0] - 1}")
         h: np.ndarray = self.embed_matrix[ids]
         if self.spec.embed_scale != 1.0:
             h = h * F32(self.spec.embed_scale)
+        if hook is not None:
+            h = np.asarray(hook(ids, positions, h), dtype=F32)
         if self.position_table is not None:
             if positions[-1] >= self.position_table.shape[0]:
                 raise ExecutionError(f"sequence longer than the model's {self.position_table.shape[0]} positions")
@@ -132,7 +137,7 @@ class Model:
         ple_d: list[Any] | None = [None] * n if record.deltas and self.per_layer_embed is not None else None
         routes: list[Any] | None = [None] * n if record.experts else None
 
-        h = self.embed(ids, positions)
+        h = self.embed(ids, positions, hooks.embed if hooks is not None else None)
         _check_finite(h, -1, self, "the embedding")
         embedding = pick(h, record.residuals) if record.residuals else None
         per_layer = self.per_layer_embed(ids, h) if self.per_layer_embed is not None else None

@@ -47,11 +47,18 @@ class Hooks:
 
     ``attention(layer, x_normed, out) -> out`` and ``ffn(layer, x_normed, out) -> out``
     see the normed input of the sub-block and its raw output (before Gemma's
-    post-norm); ``residual(layer, h) -> h`` sees the residual stream after the layer.
+    post-norm); ``residual(layer, h) -> h`` sees the residual stream after the layer
+    (after Gemma's ``layer_scalar``: what a forward hook on a transformers decoder
+    layer's output sees — steering adds its vectors here).  ``embed(ids, positions, h)
+    -> h`` sees the token embeddings of this call (after the embedding scale, before
+    GPT-2's learned positions: what a forward hook on ``embed_tokens`` / ``wte`` sees —
+    injection replaces rows here); ``positions`` are absolute (a KV-cached step has
+    one).
     """
     attention: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
     ffn: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
     residual: Callable[[int, np.ndarray], np.ndarray] | None = None
+    embed: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 @dataclass

@@ -155,6 +155,10 @@ class RemoteVindex:
                 raise ExecutionError(
                     f"TRACE ... SAVE writes the activations to a local file, and the vindex in "
                     f"use is remote ({self.url}): run TRACE without SAVE, or USE a local vindex")
+            if kw == "INFER":
+                raise ExecutionError(
+                    f"INFER ... STEER / INJECT reads local vector and prompt files, and the vindex "
+                    f"in use is remote ({self.url}): USE a local vindex or USE MODEL to steer")
             raise ExecutionError(
                 f"{kw} needs a local vindex, but the session uses the read-only remote vindex "
                 f"at {self.url}: edits need a local vindex — EXTRACT MODEL \"<source>\" INTO "

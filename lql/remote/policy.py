@@ -36,6 +36,9 @@ def server_refusal(stmt: ast.Statement) -> str | None:
                 "vindex it serves (STATS with no path)")
     if isinstance(stmt, ast.Trace) and stmt.save is not None:
         return "TRACE ... SAVE writes a file; this server runs TRACE without SAVE only"
+    if isinstance(stmt, ast.Infer) and (stmt.steer or stmt.inject):
+        return ("INFER ... STEER / INJECT reads vector and prompt files on the server; this "
+                "server runs INFER without them")
     if isinstance(stmt, ast.SetChat):
         return ("SET CHAT changes server state; send the chat mode with each query "
                 "(the \"chat\" field of POST /query) instead")
@@ -67,6 +70,8 @@ def route(stmt: ast.Statement) -> str:
     if isinstance(stmt, ast.Diff) and stmt.b is not None:
         return "local"
     if isinstance(stmt, ast.Trace) and stmt.save is not None:
+        return "refuse"
+    if isinstance(stmt, ast.Infer) and (stmt.steer or stmt.inject):
         return "refuse"
     if isinstance(stmt, READ_ONLY):
         return "remote"

@@ -135,10 +135,11 @@ class Prediction:
 
 
 def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
-         record: Any = None) -> Prediction:
-    """Run ``ids`` through ``model`` and rank the next token; ``view``'s KNN store applied."""
+         record: Any = None, hooks: Any = None) -> Prediction:
+    """Run ``ids`` through ``model`` and rank the next token; ``view``'s KNN store applied;
+    ``hooks`` (steering, injection: :class:`lql.model.Hooks`) passed to the forward pass."""
     layers = knn_layers(view) if view is not None else []
-    out = model.forward(list(ids), record=_knn_record(layers, record))
+    out = model.forward(list(ids), record=_knn_record(layers, record), hooks=hooks)
     probs = softmax64(out.logits)
     hit = knn_hit(view, out, layers) if layers else None
     ranked = [(int(t), float(probs[t]), "model")
@@ -152,10 +153,10 @@ def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
 
 
 def predict(view: VindexView, prompt_or_ids: str | Sequence[int], *, top: int = 5,
-            record: Any = None) -> Prediction:
+            record: Any = None, hooks: Any = None) -> Prediction:
     """The INFER computation through ``view`` (overlay edits and KNN store included)."""
     ids = prompt_ids(view, prompt_or_ids) if isinstance(prompt_or_ids, str) else prompt_or_ids
-    return rank(model_for(view), ids, top, view=view, record=record)
+    return rank(model_for(view), ids, top, view=view, record=record, hooks=hooks)
 
 
 # --------------------------------------------------------------------------- generation
