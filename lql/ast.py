@@ -850,8 +850,9 @@ class Capture(Statement):
     positions: Positions | None = None  # default LAST
 
     def to_lql(self) -> str:
-        src = quote(self.prompt) if self.file is None else f"FROM FILE {quote(self.file)}"
-        return _join("CAPTURE", src if self.prompt is not None or self.file is not None else None,
+        src = (f"FROM FILE {quote(self.file)}" if self.file is not None
+               else quote(self.prompt) if self.prompt is not None else None)
+        return _join("CAPTURE", src,
                      f"AT LAYER {self.layer}", _opt("POSITIONS", self.positions, str),
                      "INTO", quote(self.output))
 

@@ -95,14 +95,14 @@ def use(session, stmt) -> Result:
 @handler(ast.UseModel)
 def use_model(session, stmt) -> Result:
     from ..sources import open_source
-    from ..sources.adapter import with_adapter
+    from ..sources.adapter import AdapterSource
     where = session.resolve_source(stmt.source)
     src = open_source(where)
     adapter = None
     if stmt.adapter is not None:
-        src = with_adapter(src, session.resolve_path(stmt.adapter))
-        adapter = {"path": str(src.adapter_path), "modules": len(src.merged_modules),
-                   "scaling": src.scaling}
+        src = lora = AdapterSource(src, session.resolve_path(stmt.adapter))
+        adapter = {"path": str(lora.adapter_path), "modules": len(lora.merged_modules),
+                   "scaling": lora.scaling}
     session.use_source(src)
     cfg = src.model_config or {}
     layers = cfg.get("num_layers") or (src.hf_config or {}).get("num_hidden_layers")
