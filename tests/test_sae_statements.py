@@ -190,3 +190,19 @@ def test_features_and_metrics_match_transformers_hidden_states(setup):
     top2 = np.sort(F_all[:, feat])[::-1][:2]
     assert len(ctx) == 2
     assert all(abs(r["activation"] - float(v)) <= 1e-4 for r, v in zip(ctx, top2))
+
+
+def test_steer_by_a_loaded_sae_feature_equals_steering_by_its_unit_decoder_row(setup):
+    """STEER SAE FEATURE n reads the SAE that USE SAE loaded (the current one, or by name)."""
+    s, w, tmp = setup
+    s.query(f'USE SAE "topk.npz" AT LAYER {LAYER} AS first')
+    s.query(f'USE SAE "topk.npz" AT LAYER {LAYER} AS second')      # current: second
+    row = np.asarray(w["W_dec"][5], dtype=np.float32)
+    np.save(tmp / "dir.npy", row / np.linalg.norm(row))
+    by_file = s.query(f'INFER "{PROMPTS[0]}" TOP 5 STEER "dir.npy" AT LAYER {LAYER} SCALE 3')
+    by_sae = s.query(f'INFER "{PROMPTS[0]}" TOP 5 STEER SAE FEATURE 5 AT LAYER {LAYER} SCALE 3')
+    named = s.query(f'INFER "{PROMPTS[0]}" TOP 5 STEER SAE first FEATURE 5 AT LAYER {LAYER} SCALE 3')
+    plain = s.query(f'INFER "{PROMPTS[0]}" TOP 5')
+    probs = [[r["probability"] for r in x.rows] for x in (by_file, by_sae, named, plain)]
+    assert probs[0] == pytest.approx(probs[1], abs=1e-6) == probs[2]
+    assert probs[0] != pytest.approx(probs[3], abs=1e-6)            # the steer did something

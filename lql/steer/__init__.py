@@ -173,15 +173,18 @@ def sae_direction(session: Any, feature: int, name: str | None, hidden: int) -> 
     saes = getattr(session, "saes", None) or {}
     if not saes:
         raise SteerError('no SAE loaded (USE SAE "<path>" [AT LAYER n] [AS name] first)')
-    if name is None:
+    current = getattr(session, "sae_name", None)
+    if name is None and current in saes:          # the current SAE: the last USE SAE
+        sae = saes[current]
+    elif name is None:
         if len(saes) > 1:
             raise SteerError(f"{len(saes)} SAEs are loaded ({', '.join(sorted(saes))}); "
                              "name one: SAE <name> FEATURE n")
         sae = next(iter(saes.values()))
     else:
-        if name not in saes:
+        if name.lower() not in saes:
             raise SteerError(f"no SAE named {name!r} (loaded: {', '.join(sorted(saes))})")
-        sae = saes[name]
+        sae = saes[name.lower()]
     w = np.asarray(sae.W_dec)
     if w.ndim != 2 or w.shape[1] != hidden:
         raise SteerError(f"the SAE's decoder has shape {tuple(w.shape)}, the model's hidden size "
