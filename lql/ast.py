@@ -366,11 +366,12 @@ class Walk(Statement):
     layers: LayerSpec | None = None
     mode: WalkMode | None = None        # default HYBRID
     compare: bool = False
+    plot: str | None = None             # PLOT "<file>" (docs/NOTEBOOKS.md)
 
     def to_lql(self) -> str:
         return _join("WALK", quote(self.prompt), _opt("TOP", self.top),
                      _opt("LAYERS", self.layers, _lql), _opt("MODE", self.mode, str),
-                     _flag("COMPARE", self.compare))
+                     _flag("COMPARE", self.compare), _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -382,11 +383,13 @@ class Describe(Statement):
     relations_only: bool = False
     verbosity: Verbosity | None = None  # default BRIEF
     via: Via | None = None              # default EMBEDDING
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("DESCRIBE", quote(self.entity), _opt("", self.band, str),
                      _opt("AT LAYER", self.layer), _flag("RELATIONS ONLY", self.relations_only),
-                     _opt("", self.verbosity, str), _opt("VIA", self.via, str))
+                     _opt("", self.verbosity, str), _opt("VIA", self.via, str),
+                     _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -432,12 +435,13 @@ class Infer(Statement):
     system: str | None = None
     generate: int | None = None
     verbose: bool = False
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("INFER", quote(self.prompt), _opt("TOP", self.top),
                      _flag("COMPARE", self.compare), _opt("", self.wrap, str),
                      _opt("SYSTEM", self.system, quote), _opt("GENERATE", self.generate),
-                     _flag("VERBOSE", self.verbose))
+                     _flag("VERBOSE", self.verbose), _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -450,12 +454,13 @@ class ExplainInfer(Statement):
     with_attention: bool = False
     wrap: PromptWrap | None = None
     system: str | None = None
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("EXPLAIN INFER", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
                      _opt("TOP", self.top), _flag("VERBOSE", self.verbose),
                      _flag("WITH ATTENTION", self.with_attention), _opt("", self.wrap, str),
-                     _opt("SYSTEM", self.system, quote))
+                     _opt("SYSTEM", self.system, quote), _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -469,12 +474,14 @@ class Trace(Statement):
     save: str | None = None
     wrap: PromptWrap | None = None
     system: str | None = None
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("TRACE", quote(self.prompt), _opt("FOR", self.for_token, quote),
                      _flag("DECOMPOSE", self.decompose), _opt("LAYERS", self.layers, _lql),
                      _opt("POSITIONS", self.positions, str), _opt("SAVE", self.save, quote),
-                     _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote))
+                     _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote),
+                     _opt("PLOT", self.plot, quote))
 
 
 # ---- mutation

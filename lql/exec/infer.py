@@ -25,33 +25,39 @@ def _prepare(session, stmt, target):
 def infer(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.predict import generate_result, infer_result
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     target = target_for(session, "INFER")
     prep = _prepare(session, stmt, target)
     if stmt.generate is not None:
         return generate_result(target, prep, int(stmt.generate),
                                on_token=session.on_token,
                                check=session.check_cancelled)
-    return infer_result(target, prep, top=stmt.top, compare=stmt.compare,
-                        verbose=stmt.verbose)
+    return attach_plot(infer_result(target, prep, top=stmt.top, compare=stmt.compare,
+                                    verbose=stmt.verbose), plot)
 
 
 @handler(ast.ExplainInfer)
 def explain_infer(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.explain import explain
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     target = target_for(session, "EXPLAIN INFER")
     prep = _prepare(session, stmt, target)
-    return explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
-                   with_attention=stmt.with_attention,
-                   check=session.check_cancelled)
+    return attach_plot(explain(target, prep, layers=stmt.layers, top=stmt.top,
+                               verbose=stmt.verbose, with_attention=stmt.with_attention,
+                               check=session.check_cancelled), plot)
 
 
 @handler(ast.Trace)
 def trace(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.trace import trace as compute
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     target = target_for(session, "TRACE")
     prep = _prepare(session, stmt, target)
     save = session.resolve_path(stmt.save) if stmt.save else None
-    return compute(target, prep, for_token=stmt.for_token, decompose=stmt.decompose,
-                   layers=stmt.layers, positions=stmt.positions, save=save)
+    return attach_plot(compute(target, prep, for_token=stmt.for_token, decompose=stmt.decompose,
+                               layers=stmt.layers, positions=stmt.positions, save=save), plot)

@@ -333,7 +333,8 @@ class Builder:
     def walk(self, c: Children) -> ast.Walk:
         d = _collect(c)
         return ast.Walk(string(_tok(c, "STRING")), top=d.get("top"), layers=d.get("layers"),
-                        mode=d.get("mode"), compare=d.get("compare", False), **_pos(_head(c)))
+                        mode=d.get("mode"), compare=d.get("compare", False), plot=d.get("plot"),
+                        **_pos(_head(c)))
 
     def band(self, c: Children) -> Clause:
         band = ast.Band.ALL_LAYERS if _opt(c, "ALL") else _choice(c, ast.Band)
@@ -349,7 +350,8 @@ class Builder:
         d = _collect(c)
         return ast.Describe(string(_tok(c, "STRING")), band=d.get("band"), layer=d.get("layer"),
                             relations_only=d.get("relations_only", False),
-                            verbosity=d.get("verbosity"), via=d.get("via"), **_pos(_head(c)))
+                            verbosity=d.get("verbosity"), via=d.get("via"), plot=d.get("plot"),
+                            **_pos(_head(c)))
 
     def select_fields(self, c: Children) -> Clause:
         star = _opt(c, "STAR")
@@ -388,7 +390,7 @@ class Builder:
         return ast.Infer(string(_tok(c, "STRING")), top=d.get("top"),
                          compare=d.get("compare", False), wrap=d.get("wrap"),
                          system=d.get("system"), generate=d.get("generate"),
-                         verbose=d.get("verbose", False), **_pos(_head(c)))
+                         verbose=d.get("verbose", False), plot=d.get("plot"), **_pos(_head(c)))
 
     def with_attention(self, c: Children) -> Clause:
         return Clause("with_attention", True, _head(c))
@@ -398,7 +400,8 @@ class Builder:
         return ast.ExplainInfer(string(_tok(c, "STRING")), layers=d.get("layers"),
                                 top=d.get("top"), verbose=d.get("verbose", False),
                                 with_attention=d.get("with_attention", False),
-                                wrap=d.get("wrap"), system=d.get("system"), **_pos(_head(c)))
+                                wrap=d.get("wrap"), system=d.get("system"), plot=d.get("plot"),
+                                **_pos(_head(c)))
 
     def for_token(self, c: Children) -> Clause:
         return Clause("for_token", string(_tok(c, "STRING")), _head(c))
@@ -409,6 +412,9 @@ class Builder:
     def positions(self, c: Children) -> Clause:
         return Clause("positions", _choice(c, ast.Positions), _head(c))
 
+    def plot_to(self, c: Children) -> Clause:
+        return Clause("plot", string(_tok(c, "STRING")), _head(c))
+
     def save_to(self, c: Children) -> Clause:
         return Clause("save", string(_tok(c, "STRING")), _head(c))
 
@@ -417,7 +423,7 @@ class Builder:
         return ast.Trace(string(_tok(c, "STRING")), for_token=d.get("for_token"),
                          decompose=d.get("decompose", False), layers=d.get("layers"),
                          positions=d.get("positions"), save=d.get("save"), wrap=d.get("wrap"),
-                         system=d.get("system"), **_pos(_head(c)))
+                         system=d.get("system"), plot=d.get("plot"), **_pos(_head(c)))
 
     # ---- mutation ----------------------------------------------------------
     def insert_columns(self, c: Children) -> Clause:
