@@ -85,14 +85,22 @@ class Results(list):
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         return {"text/plain": _plain_text(self), "text/html": self._repr_html_()}
 
+    def _repr_pretty_(self, p, cycle: bool) -> None:
+        # IPython's list printer would win over the bundle's text/plain for a list subclass
+        p.text("Results([...])" if cycle else _plain_text(self))
+
 
 def _plain_text(results) -> str:
     """The terminal table view, uncoloured (the ``text/plain`` of the rich display)."""
     import io
 
-    from .render.table import make_console, render
+    from rich.console import Console
+
+    from .render.table import render
     buf = io.StringIO()
-    console = make_console(buf, color=False, width=120)
+    # force_jupyter=False: in a kernel rich would otherwise display() instead of writing
+    console = Console(file=buf, force_jupyter=False, width=120, no_color=True,
+                      color_system=None, highlight=False, soft_wrap=False)
     for r in results:
         render(r, console)
     return buf.getvalue().rstrip("\n")

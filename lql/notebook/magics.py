@@ -82,12 +82,14 @@ class LqlMagics(Magics):
         return results
 
 
-def _show_lql_error(shell, etype, value, tb, tb_offset=None):
-    """One red line for an LqlError (the cell still fails)."""
+def _show_lql_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
+    """One red line for an LqlError instead of a traceback (the cell still fails)."""
     msg = f"\x1b[1;31m{etype.__name__}: {value}\x1b[0m"
     if hasattr(value, "pretty"):
         msg = f"\x1b[1;31m{etype.__name__}:\x1b[0m {value.pretty()}"
-    return [msg]
+    stb = [msg]
+    shell._showtraceback(etype, value, stb)       # the kernel sends it as the cell's error
+    return stb
 
 
 def load_ipython_extension(ipython) -> None:

@@ -36,6 +36,8 @@ def server_refusal(stmt: ast.Statement) -> str | None:
                 "vindex it serves (STATS with no path)")
     if isinstance(stmt, ast.Trace) and stmt.save is not None:
         return "TRACE ... SAVE writes a file; this server runs TRACE without SAVE only"
+    if getattr(stmt, "plot", None) is not None:
+        return f"{stmt.keyword} ... PLOT writes a file; this server runs statements without PLOT"
     if isinstance(stmt, ast.SetChat):
         return ("SET CHAT changes server state; send the chat mode with each query "
                 "(the \"chat\" field of POST /query) instead")
@@ -67,6 +69,8 @@ def route(stmt: ast.Statement) -> str:
     if isinstance(stmt, ast.Diff) and stmt.b is not None:
         return "local"
     if isinstance(stmt, ast.Trace) and stmt.save is not None:
+        return "refuse"
+    if getattr(stmt, "plot", None) is not None:
         return "refuse"
     if isinstance(stmt, READ_ONLY):
         return "remote"
