@@ -25,7 +25,7 @@ def grouped_bars(groups: list[tuple[str, list[tuple[str, float]]]], *, xlabel: s
     the group names are the x ticks (at each group's centre), the bar labels above/below
     each bar."""
     n = sum(len(bars) for _, bars in groups)
-    fig = new_figure(max(6.0, min(30.0, 0.32 * n + 0.3 * len(groups) + 2)), 4.2)
+    fig = new_figure(max(6.0, min(20.0, 0.22 * n + 0.25 * len(groups) + 2)), 4.5)
     ax = fig.subplots()
     ax.set_label(name)
     x = 0.0
