@@ -7,7 +7,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["parse", "Session", "Result", "LqlError", "open_vindex", "__version__"]
+__all__ = ["parse", "Session", "Result", "LqlError", "open_vindex", "__version__",
+           "load_ipython_extension"]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext lql``: the ``%lql`` / ``%%lql`` magics (docs/NOTEBOOKS.md)."""
+    from .notebook.magics import load_ipython_extension as load
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from .notebook.magics import unload_ipython_extension as unload
+    unload(ipython)
 
 
 def __getattr__(name: str):

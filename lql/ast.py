@@ -441,11 +441,13 @@ class Walk(Statement):
     mode: WalkMode | None = None        # default HYBRID
     compare: bool = False
     experts: bool = False               # rank MoE expert rows beside the dense features
+    plot: str | None = None             # PLOT "<file>" (docs/NOTEBOOKS.md)
 
     def to_lql(self) -> str:
         return _join("WALK", quote(self.prompt), _opt("TOP", self.top),
                      _opt("LAYERS", self.layers, _lql), _opt("MODE", self.mode, str),
-                     _flag("COMPARE", self.compare), _flag("EXPERTS", self.experts))
+                     _flag("COMPARE", self.compare), _flag("EXPERTS", self.experts),
+                     _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -458,12 +460,13 @@ class Describe(Statement):
     verbosity: Verbosity | None = None  # default BRIEF
     via: Via | None = None              # default EMBEDDING
     experts: bool = False               # MoE expert rows feed edges too
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("DESCRIBE", quote(self.entity), _opt("", self.band, str),
                      _opt("AT LAYER", self.layer), _flag("RELATIONS ONLY", self.relations_only),
                      _opt("", self.verbosity, str), _opt("VIA", self.via, str),
-                     _flag("EXPERTS", self.experts))
+                     _flag("EXPERTS", self.experts), _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -512,13 +515,14 @@ class Infer(Statement):
     verbose: bool = False
     steer: tuple[Steer, ...] = ()       # STEER clauses, in order (they add up)
     inject: tuple[Inject, ...] = ()     # INJECT clauses, in order
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("INFER", quote(self.prompt), _opt("TOP", self.top),
                      _flag("COMPARE", self.compare), _opt("", self.wrap, str),
                      _opt("SYSTEM", self.system, quote), _opt("GENERATE", self.generate),
                      _flag("VERBOSE", self.verbose), *(s.to_lql() for s in self.steer),
-                     *(i.to_lql() for i in self.inject))
+                     *(i.to_lql() for i in self.inject), _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -533,13 +537,14 @@ class ExplainInfer(Statement):
     system: str | None = None
     with_sae: bool = False              # WITH SAE [name]
     sae: str | None = None              # the SAE's name (None: the session's current SAE)
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("EXPLAIN INFER", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
                      _opt("TOP", self.top), _flag("VERBOSE", self.verbose),
                      _flag("WITH ATTENTION", self.with_attention),
                      _with_sae(self.with_sae, self.sae), _opt("", self.wrap, str),
-                     _opt("SYSTEM", self.system, quote))
+                     _opt("SYSTEM", self.system, quote), _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)
@@ -555,13 +560,15 @@ class Trace(Statement):
     system: str | None = None
     with_sae: bool = False              # WITH SAE [name]
     sae: str | None = None
+    plot: str | None = None
 
     def to_lql(self) -> str:
         return _join("TRACE", quote(self.prompt), _opt("FOR", self.for_token, quote),
                      _flag("DECOMPOSE", self.decompose), _opt("LAYERS", self.layers, _lql),
                      _opt("POSITIONS", self.positions, str), _opt("SAVE", self.save, quote),
                      _with_sae(self.with_sae, self.sae),
-                     _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote))
+                     _opt("", self.wrap, str), _opt("SYSTEM", self.system, quote),
+                     _opt("PLOT", self.plot, quote))
 
 
 @dataclass(frozen=True)

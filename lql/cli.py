@@ -10,7 +10,9 @@
 
 Options: ``--format table|json|csv`` (table: rich tables, coloured on a terminal,
 plain otherwise; json: exactly one JSON array on stdout; csv: one CSV block
-per table result), ``--continue-on-error``, ``--no-color``.
+per table result), ``--continue-on-error``, ``--no-color``, ``--plot DIR`` (one
+``NN-statement.png`` per plottable result, numbered by the statement's place in
+the run; docs/NOTEBOOKS.md).
 
 Exit status: 0 on success, 1 if any statement failed, 2 for a usage error,
 130 when interrupted. Errors are one line on stderr (a syntax error adds the
@@ -43,6 +45,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continue-on-error", action="store_true",
                    help="report a failing statement and go on with the next one")
     p.add_argument("--no-color", action="store_true", help="no colours in table output")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="write one PNG per plottable result (TRACE, WALK, DESCRIBE, INFER, "
+                        "EXPLAIN INFER WITH ATTENTION) into DIR (needs the plot extra)")
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -198,6 +203,20 @@ def _run(args) -> int:
     elif args.file:
         jobs.append(("file", args.file, args.file))
 
+    plot_dir = None
+    if getattr(args, "plot", None):
+        from pathlib import Path
+        plot_dir = Path(args.plot)
+        if not plot_dir.is_dir():
+            _eprint(f"error: --plot {args.plot!r}: folder does not exist")
+            return EXIT_USAGE
+        try:
+            from .plot import require_matplotlib
+            require_matplotlib()
+        except LqlError as exc:
+            _eprint(f"error: --plot: {exc}")
+            return EXIT_USAGE
+
     results: list[Result] = []
     failed = False
     rc = EXIT_OK
@@ -213,6 +232,17 @@ def _run(args) -> int:
         if console is not None:            # the table format
             from .render.table import render
             render(r, console)
+        if plot_dir is not None:
+            from .plot import plot_name, plottable, write_plot
+            if plottable(r):
+                try:
+                    path = write_plot(r, plot_dir / plot_name(r, len(results)))
+                except LqlError as exc:
+                    failed = True
+                    _eprint(f"error: --plot: {exc}")
+                    return
+                if fmt == "table":
+                    _eprint(f"plot: {path}")
 
     for kind, payload, source in jobs:
         try:

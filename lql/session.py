@@ -209,7 +209,8 @@ class Session:
     def execute(self, what, *, continue_on_error: bool = False):
         """``execute(text) -> list[Result]``; ``execute(stmt) -> Result``."""
         if isinstance(what, str):
-            return list(self.execute_iter(what, continue_on_error=continue_on_error))
+            from .result import Results  # a list that Jupyter shows as the sequence
+            return Results(self.execute_iter(what, continue_on_error=continue_on_error))
         results = self._run(what, script=False)
         return results[-1]
 

@@ -15,10 +15,10 @@ STATEMENT_START = set(STATEMENT_KEYWORDS) | {";"}
     ("DESC", STATEMENT_START),              # the word being typed is left out
     ("  -- comment\n", STATEMENT_START),
     ("DESCRIBE ", {"a string", "SAE"}),          # DESCRIBE SAE FEATURE n
-    ('DESCRIBE "France" ', {"ALL", "AT", "BRIEF", "EXPERTS", "KNOWLEDGE", "OUTPUT", "RAW",
+    ('DESCRIBE "France" ', {"ALL", "AT", "BRIEF", "EXPERTS", "KNOWLEDGE", "OUTPUT", "PLOT", "RAW",
                             "RELATIONS", "SYNTAX", "VERBOSE", "VIA", ";", "|>"}),
-    ('WALK "x" ', {"COMPARE", "EXPERTS", "LAYERS", "MODE", "TOP", ";", "|>"}),
-    ('WALK "x" TOP 5 ', {"COMPARE", "EXPERTS", "LAYERS", "MODE", "TOP", ";", "|>"}),
+    ('WALK "x" ', {"COMPARE", "EXPERTS", "LAYERS", "MODE", "PLOT", "TOP", ";", "|>"}),
+    ('WALK "x" TOP 5 ', {"COMPARE", "EXPERTS", "LAYERS", "MODE", "PLOT", "TOP", ";", "|>"}),
     ('WALK "x" LAYERS ', {"ALL", "a layer range"}),
     ('walk "x" mode ', {"DENSE", "HYBRID", "PURE"}),
     ("SELECT ", {"*", "a field name"}),

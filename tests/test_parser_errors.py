@@ -148,7 +148,7 @@ def test_corpus_is_large_enough():
 @pytest.mark.parametrize("text,expected", [
     ('WALK', ("a string",)),
     ('WALK "x" LAYERS', ("ALL", "a layer range")),
-    ('WALK "x" TOPP 5', ("COMPARE", "EXPERTS", "LAYERS", "MODE", "TOP", "|>", ";")),
+    ('WALK "x" TOPP 5', ("COMPARE", "EXPERTS", "LAYERS", "MODE", "PLOT", "TOP", "|>", ";")),
     ('SHOW', ("ENTITIES", "FEATURES", "LAYERS", "MODELS", "PATCHES", "RELATIONS")),
     ('SET CHAT MAYBE', ("AUTO", "OFF", "ON")),
     ('SELECT FROM EDGES', ("a field name", "*")),
@@ -171,7 +171,7 @@ def test_pretty_has_caret_under_the_column():
         parse('USE "v";\nWALK "x" TOPP 5')
     assert info.value.pretty() == (
         "syntax error at line 2, column 10: unexpected 'TOPP' (did you mean TOP?); "
-        "expected COMPARE, EXPERTS, LAYERS, MODE, TOP, |>, ;\n"
+        "expected COMPARE, EXPERTS, LAYERS, MODE, PLOT, TOP, |>, ;\n"
         '  WALK "x" TOPP 5\n'
         "           ^")
 

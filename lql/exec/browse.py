@@ -170,10 +170,13 @@ def show_entities(session, stmt) -> Result:
 @handler(ast.Walk)
 def walk(session, stmt) -> Result:
     from ..browse.walk import walk as compute
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     v = current_view(session)
-    return compute(v, stmt.prompt, top=stmt.top, layers=stmt.layers, mode=stmt.mode,
-                   compare=stmt.compare, compare_base=_base_of(v) if stmt.compare else None,
-                   experts=stmt.experts, check=_check(session))
+    return attach_plot(compute(v, stmt.prompt, top=stmt.top, layers=stmt.layers, mode=stmt.mode,
+                               compare=stmt.compare,
+                               compare_base=_base_of(v) if stmt.compare else None,
+                               experts=stmt.experts, check=_check(session)), plot)
 
 
 @handler(ast.ExplainWalk)
@@ -186,9 +189,13 @@ def explain_walk(session, stmt) -> Result:
 @handler(ast.Describe)
 def describe(session, stmt) -> Result:
     from ..browse.describe import describe as compute
-    return compute(current_view(session), stmt.entity, band=stmt.band, layer=stmt.layer,
-                   relations_only=stmt.relations_only, verbosity=stmt.verbosity, via=stmt.via,
-                   experts=stmt.experts, check=_check(session))
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
+    return attach_plot(compute(current_view(session), stmt.entity, band=stmt.band,
+                               layer=stmt.layer, relations_only=stmt.relations_only,
+                               verbosity=stmt.verbosity, via=stmt.via, experts=stmt.experts,
+                               check=_check(session)),
+                       plot)
 
 
 @handler(ast.Select)

@@ -26,6 +26,8 @@ def infer(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.predict import generate_result, infer_result
     from ..steer import prepare as steering
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     target = target_for(session, "INFER")
     prep = _prepare(session, stmt, target)
     hooked = steering(session, target, stmt, prep.ids, check=session.check_cancelled)
@@ -34,8 +36,9 @@ def infer(session, stmt) -> Result:
                                on_token=session.on_token,
                                check=session.check_cancelled,
                                hooks=hooked.hooks, steer_meta=hooked.meta)
-    return infer_result(target, prep, top=stmt.top, compare=stmt.compare,
-                        verbose=stmt.verbose, hooks=hooked.hooks, steer_meta=hooked.meta)
+    return attach_plot(infer_result(target, prep, top=stmt.top, compare=stmt.compare,
+                                    verbose=stmt.verbose, hooks=hooked.hooks,
+                                    steer_meta=hooked.meta), plot)
 
 
 @handler(ast.SaveSteer)
@@ -58,6 +61,8 @@ def save_steer(session, stmt) -> Result:
 def explain_infer(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.explain import explain
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     target = target_for(session, "EXPLAIN INFER")
     prep = _prepare(session, stmt, target)
     sae = session.sae(stmt.sae) if stmt.with_sae else None       # unknown name: fail first
@@ -68,13 +73,15 @@ def explain_infer(session, stmt) -> Result:
         from ..infer.sae import DEFAULT_TOP_FEATURES, add_sae_rows, feature_rows
         rows = feature_rows(target, sae, prep.ids, top=stmt.top or DEFAULT_TOP_FEATURES)
         add_sae_rows(result, rows, sae_name=stmt.sae or session.sae_name)
-    return result
+    return attach_plot(result, plot)
 
 
 @handler(ast.Trace)
 def trace(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.trace import trace as compute
+    from ..plot import attach_plot, plot_target
+    plot = plot_target(session, stmt)
     target = target_for(session, "TRACE")
     prep = _prepare(session, stmt, target)
     save = session.resolve_path(stmt.save) if stmt.save else None
@@ -86,4 +93,4 @@ def trace(session, stmt) -> Result:
         last = [len(prep.ids) - 1] if stmt.positions is not ast.Positions.ALL else None
         rows = feature_rows(target, sae, prep.ids, positions=last, top=DEFAULT_TOP_FEATURES)
         add_sae_rows(result, rows, sae_name=stmt.sae or session.sae_name)
-    return result
+    return attach_plot(result, plot)

@@ -342,7 +342,7 @@ class Builder:
         d = _collect(c)
         return ast.Walk(string(_tok(c, "STRING")), top=d.get("top"), layers=d.get("layers"),
                         mode=d.get("mode"), compare=d.get("compare", False),
-                        experts=d.get("experts", False), **_pos(_head(c)))
+                        experts=d.get("experts", False), plot=d.get("plot"), **_pos(_head(c)))
 
     def band(self, c: Children) -> Clause:
         band = ast.Band.ALL_LAYERS if _opt(c, "ALL") else _choice(c, ast.Band)
@@ -359,7 +359,7 @@ class Builder:
         return ast.Describe(string(_tok(c, "STRING")), band=d.get("band"), layer=d.get("layer"),
                             relations_only=d.get("relations_only", False),
                             verbosity=d.get("verbosity"), via=d.get("via"),
-                            experts=d.get("experts", False), **_pos(_head(c)))
+                            experts=d.get("experts", False), plot=d.get("plot"), **_pos(_head(c)))
 
     def select_fields(self, c: Children) -> Clause:
         star = _opt(c, "STAR")
@@ -401,7 +401,7 @@ class Builder:
                          verbose=d.get("verbose", False),
                          steer=tuple(x for x in c if isinstance(x, ast.Steer)),
                          inject=tuple(x for x in c if isinstance(x, ast.Inject)),
-                         **_pos(_head(c)))
+                         plot=d.get("plot"), **_pos(_head(c)))
 
     # ---- steering and injection (several clauses stack: AST nodes, not Clauses)
     def steer_source(self, c: Children) -> Clause:
@@ -441,7 +441,8 @@ class Builder:
                                 top=d.get("top"), verbose=d.get("verbose", False),
                                 with_attention=d.get("with_attention", False),
                                 wrap=d.get("wrap"), system=d.get("system"),
-                                with_sae="sae" in d, sae=d.get("sae"), **_pos(_head(c)))
+                                with_sae="sae" in d, sae=d.get("sae"), plot=d.get("plot"),
+                                **_pos(_head(c)))
 
     def for_token(self, c: Children) -> Clause:
         return Clause("for_token", string(_tok(c, "STRING")), _head(c))
@@ -452,6 +453,9 @@ class Builder:
     def positions(self, c: Children) -> Clause:
         return Clause("positions", _choice(c, ast.Positions), _head(c))
 
+    def plot_to(self, c: Children) -> Clause:
+        return Clause("plot", string(_tok(c, "STRING")), _head(c))
+
     def save_to(self, c: Children) -> Clause:
         return Clause("save", string(_tok(c, "STRING")), _head(c))
 
@@ -461,7 +465,7 @@ class Builder:
                          decompose=d.get("decompose", False), layers=d.get("layers"),
                          positions=d.get("positions"), save=d.get("save"), wrap=d.get("wrap"),
                          system=d.get("system"), with_sae="sae" in d, sae=d.get("sae"),
-                         **_pos(_head(c)))
+                         plot=d.get("plot"), **_pos(_head(c)))
 
     # ---- interpretability (SAEs, capture) -----------------------------------
     def use_sae(self, c: Children) -> ast.UseSae:

@@ -151,6 +151,11 @@ class RemoteVindex:
         if route(stmt) == "refuse":
             from ..errors import ExecutionError
             kw = stmt.keyword
+            if getattr(stmt, "plot", None) is not None:
+                raise ExecutionError(
+                    f"{kw} ... PLOT writes a file, and the vindex in use is remote ({self.url}): "
+                    f"run it without PLOT and draw the result here (lql --plot DIR, or "
+                    f"result.plot() in Python)")
             if kw == "TRACE":
                 raise ExecutionError(
                     f"TRACE ... SAVE writes the activations to a local file, and the vindex in "

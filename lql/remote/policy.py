@@ -39,6 +39,8 @@ def server_refusal(stmt: ast.Statement) -> str | None:
     if isinstance(stmt, ast.Infer) and (stmt.steer or stmt.inject):
         return ("INFER ... STEER / INJECT reads vector and prompt files on the server; this "
                 "server runs INFER without them")
+    if getattr(stmt, "plot", None) is not None:
+        return f"{stmt.keyword} ... PLOT writes a file; this server runs statements without PLOT"
     if isinstance(stmt, ast.SetChat):
         return ("SET CHAT changes server state; send the chat mode with each query "
                 "(the \"chat\" field of POST /query) instead")
@@ -72,6 +74,8 @@ def route(stmt: ast.Statement) -> str:
     if isinstance(stmt, ast.Trace) and stmt.save is not None:
         return "refuse"
     if isinstance(stmt, ast.Infer) and (stmt.steer or stmt.inject):
+        return "refuse"
+    if getattr(stmt, "plot", None) is not None:
         return "refuse"
     if isinstance(stmt, READ_ONLY):
         return "remote"
