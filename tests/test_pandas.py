@@ -62,13 +62,32 @@ def _tiny_script(tmp: Path) -> list[str]:
         "REBALANCE MAX 1", f'COMPILE CURRENT INTO VINDEX "{tmp / "out.vindex"}"',
         f'DIFF "{t}" CURRENT INTO PATCH "{tmp / "d.vlp"}"',
         f'USE "{t}"', f'MERGE "{tmp / "d.vlp"}"',
+        # interpretability: an SAE (random TopK weights, see _sae_files), CAPTURE, SAVE STEER
+        'USE SAE "sae.npz" AT LAYER 1 AS s', "SELECT feature, norm FROM SAE FEATURES LIMIT 3",
+        'DESCRIBE SAE FEATURE 2 FROM FILE "prompts.txt" TOP 2', 'EVALUATE SAE FROM FILE "prompts.txt"',
+        'CAPTURE FROM FILE "prompts.txt" AT LAYER 1 INTO "acts.npz"',
+        'SAVE STEER CONTRAST FROM FILE "prompts.txt" VS "other.txt" AT LAYER 1 INTO "v.npy"',
         'USE REMOTE "http://127.0.0.1:9"',            # nothing listens: an error result
     ]
+
+
+def _sae_files(tmp: Path) -> None:
+    import numpy as np
+
+    from lql.vindex import open_vindex
+    hidden = open_vindex(tiny_vindex("llama", level="inference")).hidden_size
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "sae.npz", W_enc=rng.standard_normal((hidden, 16)).astype(np.float32),
+             W_dec=rng.standard_normal((16, hidden)).astype(np.float32),
+             b_enc=np.zeros(16, np.float32), b_dec=np.zeros(hidden, np.float32), k=np.array(4))
+    (tmp / "prompts.txt").write_text("The capital of France is\nParis is a city\n")
+    (tmp / "other.txt").write_text("I like green apples\nThe sky is blue\n")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[tuple[ast.Statement, Result]]:
     tmp = tmp_path_factory.mktemp("frames")
+    _sae_files(tmp)
     out = []
     for script in (_smollm2_script(tmp), _tiny_script(tmp)):
         s = Session(cwd=tmp)

@@ -25,8 +25,8 @@ def _prepare(session, stmt, target):
 def infer(session, stmt) -> Result:
     from ..infer.engine import target_for
     from ..infer.predict import generate_result, infer_result
-    from ..steer import prepare as steering
     from ..plot import attach_plot, plot_target
+    from ..steer import prepare as steering
     plot = plot_target(session, stmt)
     target = target_for(session, "INFER")
     prep = _prepare(session, stmt, target)
