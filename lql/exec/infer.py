@@ -31,8 +31,19 @@ def infer(session, stmt) -> Result:
         return generate_result(target, prep, int(stmt.generate),
                                on_token=session.on_token,
                                check=session.check_cancelled)
-    return infer_result(target, prep, top=stmt.top, compare=stmt.compare,
-                        verbose=stmt.verbose)
+    return _noted(infer_result(target, prep, top=stmt.top, compare=stmt.compare,
+                               verbose=stmt.verbose), target)
+
+
+def _noted(result: Result, target) -> Result:
+    """Say what the vindex's forward pass does differently from the original model."""
+    from ..runtime.models import forward_caveats
+    notes = forward_caveats(target.view) if getattr(target, "kind", None) == "vindex" else []
+    if notes:
+        text = "; ".join(f"note: {n}" for n in notes)
+        result.message = text if not result.message else f"{result.message}\n{text}"
+        result.meta["caveats"] = notes
+    return result
 
 
 @handler(ast.ExplainInfer)

@@ -99,7 +99,7 @@ def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *,
     """
     level = str(getattr(level, "value", level)).lower()
     dtype = str(getattr(dtype, "value", dtype)).lower()
-    if level not in fmt.LEVELS:
+    if level not in fmt.EXTRACT_LEVELS:
         raise ExecutionError(f"unknown extract level {level!r} (BROWSE, INFERENCE or ALL)")
     np_dtype = fmt.np_dtype(dtype, "DTYPE")
     output = Path(output).expanduser().absolute()

@@ -160,6 +160,7 @@ INDEX_RULES: dict[str, Rule] = {
     "model": Opt(Str()),
     "family": Opt(Str()),
     "dtype": OneOf("f16", "f32"),
+    "quant": Opt(OneOf("none", "q4k")),
     "source": Opt(Dict()),
     "checksums": Opt(_checksums),
     "index_checksum": Opt(lambda v: None if isinstance(v, str) and _HEX64.fullmatch(v)
@@ -169,7 +170,7 @@ INDEX_RULES: dict[str, Rule] = {
     "intermediate_size": Opt(Int(0, MAX_FEATURES)),
     "vocab_size": Int(1, MAX_VOCAB),
     "embed_scale": Num(),
-    "extract_level": OneOf("browse", "inference", "all"),
+    "extract_level": OneOf("browse", "attention", "inference", "all"),
     "has_model_weights": Bool(),
     "down_top_k": Int(1, MAX_TOP_K),
     "layer_bands": Opt(Dict()),
