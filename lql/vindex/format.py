@@ -86,7 +86,7 @@ def np_dtype(name: str, where: str = INDEX) -> np.dtype:
 
 
 def derive_layer_bands(num_layers: int) -> dict[str, list[int]]:
-    """Bands from the layer count alone: first ~30% syntax, next ~45% knowledge, rest output.
+    """Bands from the layer count alone (LARQL's fallback rule, ≈ 40 / 40 / 20).
 
     Uses ``lql.families.bands.derive_bands`` (one definition for the project);
     the local fallback below only runs when that package is unavailable.

@@ -16,7 +16,26 @@ import re
 from typing import Any
 
 __all__ = ["complete_larql_config", "is_larql_config", "label_key", "parse_label_key",
-           "ASSUMABLE"]
+           "ASSUMABLE", "for_larql", "LARQL_DEFAULT_ROPE_BASE"]
+
+#: the RoPE base LARQL assumes for a non-Gemma config without one
+#: (larql-models/src/detect.rs:108-109, 131-135)
+LARQL_DEFAULT_ROPE_BASE = 10_000.0
+
+
+def for_larql(model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` as written to index.json, so that LARQL's ``VindexModelConfig``
+    (larql-vindex/src/config/types.rs:251-306) accepts it: its non-optional ``rope_base``
+    (f64, :257) gets LARQL's default where the family has no RoPE (GPT-2: ``null`` made
+    LARQL reject the whole index.json); a ``null`` non-optional bool
+    (``attention_k_eq_v``, :287) is left out.  Our reader ignores ``rope_base`` for a
+    model with learned positions (lql/model/config.py ``_rope_specs``)."""
+    out = dict(model_config)
+    if out.get("rope_base") is None:
+        out["rope_base"] = LARQL_DEFAULT_ROPE_BASE
+    if "attention_k_eq_v" in out and out["attention_k_eq_v"] is None:
+        del out["attention_k_eq_v"]
+    return out
 
 #: normalised model_config keys whose value comes from a config.json field LARQL does not
 #: store: when LARQL's model_config lacks one, the family's default is used and reported
