@@ -62,11 +62,19 @@ _TO_HF = {"head_dim": "head_dim", "num_q_heads": "num_attention_heads",
 def is_larql_config(model_config: dict[str, Any]) -> bool:
     """A model_config written by LARQL (or any writer that keeps only LARQL's fields): it
     has none of the norm settings every lql-written model_config carries."""
-    return not any(model_config.get(k) is not None
-                   for k in ("norm_eps", "rms_norm_eps", "layer_norm_eps", "norm_type"))
+    has_eps = any(model_config.get(k) is not None
+                  for k in ("norm_eps", "rms_norm_eps", "layer_norm_eps"))
+    return not has_eps or model_config.get("activation") is None
 
 
-def _hf_config(index: dict[str, Any], mc: dict[str, Any], model_type: str) -> dict[str, Any]:
+#: keys a model_config may carry under their config.json names (passed on as they are)
+_HF_SAME = ("rms_norm_eps", "max_position_embeddings", "rope_scaling", "tie_word_embeddings",
+            "bos_token_id", "eos_token_id", "pad_token_id", "attention_bias", "mlp_bias",
+            "attn_logit_softcapping")
+
+
+def _hf_config(index: dict[str, Any], mc: dict[str, Any], model_type: str,
+               activation_key: str = "hidden_act") -> dict[str, Any]:
     hf: dict[str, Any] = {"model_type": model_type,
                           "hidden_size": index.get("hidden_size"),
                           "num_hidden_layers": index.get("num_layers"),
@@ -75,6 +83,13 @@ def _hf_config(index: dict[str, Any], mc: dict[str, Any], model_type: str) -> di
     for key, hf_key in _TO_HF.items():
         if mc.get(key) is not None:
             hf[hf_key] = mc[key]
+    for key in _HF_SAME:                 # config.json names another writer may have kept
+        if mc.get(key) is not None:
+            hf[key] = mc[key]
+    if mc.get("rms_norm_eps") is None and mc.get("norm_eps") is not None:
+        hf["rms_norm_eps"] = mc["norm_eps"]
+    if mc.get("activation") is not None:
+        hf[activation_key] = mc["activation"]
     moe = mc.get("moe")
     if isinstance(moe, dict):
         hf["num_experts"] = moe.get("num_experts")
@@ -104,8 +119,9 @@ def complete_larql_config(index: dict[str, Any], model_config: dict[str, Any],
         fam = get_family(model_type)
     except LqlError:
         return model_config, {}, []
-    hf = _hf_config(index, model_config, fam.model_types[0])
-    if stored:
+    hf = _hf_config(index, model_config, fam.model_types[0],
+                    str(getattr(fam, "activation_key", "hidden_act")))
+    if stored and "tie_word_embeddings" not in hf:
         # LARQL ties lm_head to the embeddings when it stored none (load.rs:302-311)
         hf["tie_word_embeddings"] = fam.lm_head_key not in stored
     try:
@@ -113,6 +129,8 @@ def complete_larql_config(index: dict[str, Any], model_config: dict[str, Any],
     except LqlError:
         return model_config, {}, []
     given = {k for k, v in model_config.items() if v is not None}
+    if given & {"norm_eps", "rms_norm_eps"}:
+        given |= {"norm_eps", "rms_norm_eps"}
     assumed = {k: full[k] for k in ASSUMABLE
                if k in full and k not in given and full[k] is not None and full[k] != []}
     caveats: list[str] = []
