@@ -95,7 +95,7 @@ def larql_vindex(root: Path, level: str = "inference", dtype: str = "f16", *,
     length then says its dtype.  ``drop_dtype``: an index.json without ``dtype``
     (serde default f32, types.rs:34-36)."""
     ours_level = {"browse": "browse", "attention": "inference", "inference": "inference",
-                  "all": "all"}[level]
+                  "all": "inference"}[level]
     src = smollm2_vindex(ours_level, dtype)
     root.mkdir(parents=True)
     ix = json.loads((src / "index.json").read_text())
