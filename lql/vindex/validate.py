@@ -278,7 +278,7 @@ def check_layer_entries(layers: list[Any], where: str) -> list[dict[str, int]]:
 # --------------------------------------------------------------------- weight_manifest.json
 
 _MANIFEST_RULES: dict[str, Rule] = {
-    "key": Str(),
+    "key": Str(), "kind": Str(),
     "file": lambda v: None if safe_file_name(v) else "a plain file name inside the vindex",
     "offset": Int(0, MAX_BYTES), "length": Int(0, MAX_BYTES),
     "shape": List(Int(0, MAX_FEATURES * 16), "a list of non-negative integers"),
