@@ -205,7 +205,12 @@ def test_every_failure_is_lql_error(tmp_path, base):
     """A few more malformed index.json files: only LqlError, never another exception."""
     for i, edit in enumerate([_set("layers", [5]), _set("layers", [{"layer": "a"}]),
                               _set("layer_bands", {"syntax": "x"}), _set("num_layers", 10 ** 30),
-                              lambda ix: ix.pop("dtype")]):
+                              lambda ix: ix.pop("layers"), _set("dtype", "bf16")]):
         d = broken_copy(tmp_path / f"v{i}", base, index=edit)
         with pytest.raises(LqlError):
             open_vindex(d)
+    # no dtype is no longer malformed: LARQL's serde default is f32 (docs/LARQL.md), and
+    # the reader says it assumed it
+    d = broken_copy(tmp_path / "nodtype", base, index=lambda ix: ix.pop("dtype"))
+    v = open_vindex(d)
+    assert v.dtype == "f32" and v.assumed["dtype"] == "f32"

@@ -85,6 +85,11 @@ def stats(view: VindexView, *, overlay=None) -> Result:
                                  if view.num_features(l) > 0),
            "path": str(getattr(view, "path", ""))}
     extra = ["embed_scale", "layers_present", "path"]
+    base = getattr(view, "base", view)
+    assumed = dict(getattr(base, "assumed", None) or {})
+    if assumed:                            # index.json values the reader had to assume
+        row["assumed"] = ", ".join(f"{k}={v}" for k, v in assumed.items())
+        extra.insert(0, "assumed")
     mc = dict(getattr(view, "model_config", None) or {})
     if mc.get("num_experts"):              # MoE: expert rows, addressed apart from features
         from .experts import moe_layers
@@ -93,9 +98,11 @@ def stats(view: VindexView, *, overlay=None) -> Result:
                               "layers": n_moe,
                               "total": n_moe * int(mc["num_experts"]) * int(mc.get("moe_intermediate_size") or 0)}
         extra.insert(0, "expert_rows")
+    notes = ["bands derived from the layer count (index.json has none)"] if derived else []
+    if assumed:
+        notes.append(f"assumed (absent from index.json, the family's defaults): {row['assumed']}")
     return Result.table("STATS", STATS_COLUMNS + extra, [row],
-                        message="bands derived from the layer count (index.json has none)"
-                        if derived else None)
+                        message="; ".join(notes) or None)
 
 
 def show_layers(view: VindexView, layers=None) -> Result:

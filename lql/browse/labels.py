@@ -1,10 +1,17 @@
 """Relation labels of features: probe labels beat cluster labels.
 
 * probe labels: ``v.feature_labels`` — ``{(layer, feature): label}`` from
-  ``feature_labels.json``;
+  ``feature_labels.json`` (keys ``"L27_F9515"``, LARQL's, or the older ``"27:9515"``);
 * cluster labels: ``feature_clusters.jsonl`` (one JSON object a line naming a
-  layer, a feature and a cluster) resolved through ``relation_clusters.json``'s
+  layer, a feature and a cluster: LARQL's ``{"l", "f", "c"}`` or ``layer`` /
+  ``feature`` / ``cluster``) resolved through ``relation_clusters.json``'s
   ``labels`` list. Both files are optional.
+
+What we write is LARQL's format (:func:`write_labels`), so LARQL reads it: keys
+``"L<layer>_F<feature>"`` (larql-lql/src/relations.rs:55-63), records ``{"l","f","c"}``
+(larql-vindex/src/extract/build_helpers.rs:283-291) and a ``relation_clusters.json`` with
+every field of LARQL's ``ClusterResult`` (clustering/mod.rs:26-33: ``k``, ``centres``,
+``labels``, ``counts``, ``top_tokens``, all required — LARQL drops a file lacking one).
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..vindex.larql import label_key, parse_label_key
 from .memo import PerVindex
 
 if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
-__all__ = ["Labels", "labels_of"]
+__all__ = ["Labels", "labels_of", "write_labels"]
 
 
 @dataclass
@@ -77,7 +86,8 @@ def _read_feature_clusters(path: str, names: list) -> dict[tuple[int, int], str]
                 continue
             if not isinstance(rec, dict):
                 continue
-            layer, feat = rec.get("layer"), rec.get("feature")
+            layer = rec.get("l", rec.get("layer"))
+            feat = rec.get("f", rec.get("feature"))
             if not isinstance(layer, int) or not isinstance(feat, int):
                 continue
             lab = rec.get("label")
@@ -93,12 +103,11 @@ def _build(view: VindexView) -> Labels:
     probe_raw = getattr(view, "feature_labels", None) or {}
     probe: dict[tuple[int, int], str] = {}
     for k, v in dict(probe_raw).items():
-        if isinstance(k, str) and ":" in k:          # raw "layer:feature" keys
-            a, b = k.split(":", 1)
-            try:
-                k = (int(a), int(b))
-            except ValueError:
+        if isinstance(k, str):                       # raw "L27_F9515" / "27:9515" keys
+            parsed = parse_label_key(k)
+            if parsed is None:
                 continue
+            k = parsed
         if isinstance(k, tuple) and len(k) == 2 and isinstance(v, str):
             probe[(int(k[0]), int(k[1]))] = v
     clusters = getattr(view, "relation_clusters", None)
@@ -113,3 +122,41 @@ def _build(view: VindexView) -> Labels:
 
 labels_of = PerVindex(_build)
 """``labels_of(view)``: the labels of ``view`` (memoised per vindex object)."""
+
+
+def write_labels(folder: str | os.PathLike[str], *,
+                 probe: dict[tuple[int, int], str] | None = None,
+                 assignments: dict[tuple[int, int], int] | None = None,
+                 clusters: dict | None = None) -> list[str]:
+    """Write label files into a vindex ``folder`` in LARQL's formats; returns the names written.
+
+    ``probe`` → feature_labels.json ``{"L<l>_F<f>": label}``; ``assignments`` →
+    feature_clusters.jsonl ``{"l", "f", "c"}`` lines; ``clusters`` → relation_clusters.json,
+    which must carry all of ``k, centres, labels, counts, top_tokens`` (LARQL's
+    ``ClusterResult``; ``centres`` one hidden-size list per cluster)."""
+    from ..errors import ExecutionError
+    from ..vindex.format import write_json_atomic
+    root = os.fspath(folder)
+    written: list[str] = []
+    if probe is not None:
+        doc = {label_key(l, f): str(lab) for (l, f), lab in sorted(probe.items())}
+        write_json_atomic(Path(root) / "feature_labels.json", doc)
+        written.append("feature_labels.json")
+    if assignments is not None:
+        lines = "".join(json.dumps({"l": int(l), "f": int(f), "c": int(c)}) + "\n"
+                        for (l, f), c in sorted(assignments.items()))
+        tmp = Path(root) / ".feature_clusters.jsonl.tmp"
+        tmp.write_text(lines, encoding="utf-8")
+        os.replace(tmp, Path(root) / "feature_clusters.jsonl")
+        written.append("feature_clusters.jsonl")
+    if clusters is not None:
+        need = ("k", "centres", "labels", "counts", "top_tokens")
+        missing = [k for k in need if k not in clusters]
+        if missing:
+            raise ExecutionError(f"relation_clusters.json needs {', '.join(need)} (LARQL's "
+                                 f"ClusterResult); missing {', '.join(missing)}")
+        write_json_atomic(Path(root) / "relation_clusters.json",
+                          {k: clusters[k] for k in need} | {k: v for k, v in clusters.items()
+                                                            if k not in need})
+        written.append("relation_clusters.json")
+    return written

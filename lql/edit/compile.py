@@ -89,13 +89,13 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
     manifest = {e["key"]: e for e in (getattr(base, "manifest", None) or [])}
 
     # which slices of which file change
-    writes: dict[str, list[tuple[int, np.ndarray]]] = {}
+    writes: dict[str, list[tuple[int, np.ndarray, np.dtype]]] = {}
     for layer in edited_layers:
         edits = [e for (l, _), e in feats.items() if l == layer]
         if any(e.gate is not None for e in edits):
             entry = base._layer_entry(layer)
             writes.setdefault("gate_vectors.bin", []).append(
-                (entry["offset"], np.asarray(view.gate(layer), np.float32)))
+                (entry["offset"], np.asarray(view.gate(layer), np.float32), dtype))
         for kind, key in (("up", lay.up_key(layer)), ("down", lay.down_key(layer))):
             if not key or not any(getattr(e, kind) is not None or (kind == "down" and e.deleted)
                                   for e in edits):
@@ -103,8 +103,9 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             entry = manifest.get(key)
             if entry is None:
                 continue                      # a BROWSE vindex has no up/down weights
-            writes.setdefault(entry["file"], []).append(
-                (entry["offset"], np.asarray(view.weights[key], np.float32)))
+            writes.setdefault(entry["file"], []).append(   # in the entry's own storage
+                (entry["offset"], np.asarray(view.weights[key], np.float32),
+                 np.dtype("<f2") if entry.get("_dtype") == "f16" else np.dtype("<f4")))
     changed = set(writes) | ({"down_meta.bin"} if edited_layers else set())
 
     with AtomicDir(out, force, hint="FORCE") as staging:
@@ -126,9 +127,9 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             dst = tmp / name
             shutil.copyfile(src / name, dst)   # a real copy: never write through a link
             with open(dst, "r+b") as fh:
-                for offset, arr in parts:
+                for offset, arr, store in parts:
                     fh.seek(offset)
-                    fh.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
+                    fh.write(np.ascontiguousarray(arr, dtype=store).tobytes())
         if edited_layers:
             dm = view.down_meta
             with open(tmp / "down_meta.bin", "wb") as fh:

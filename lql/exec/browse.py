@@ -87,9 +87,16 @@ def use(session, stmt) -> Result:
     msg = (f"Using {stmt.path}: {v.model or '?'} ({v.family or '?'}), {layers}, "
            f"{total_features(v):,} features, level {str(v.level).upper()}, dtype {v.dtype}, "
            f"{len(lab.probe)} probe labels, {n_clusters} relation clusters, no patches")
+    assumed = dict(getattr(v, "assumed", None) or {})
+    if assumed:                            # never silently: say what index.json lacked
+        msg += ("; assumed (absent from index.json, the family's defaults): "
+                + ", ".join(f"{k}={val}" for k, val in assumed.items()))
+    for caveat in getattr(v, "caveats", None) or ():
+        msg += f"; note: {caveat}"
     return Result.msg("USE", msg, path=str(v.path), model=v.model, family=v.family,
                       num_layers=v.num_layers, features=total_features(v), level=v.level,
-                      dtype=v.dtype, labels=len(lab.probe), clusters=n_clusters, patches=0)
+                      dtype=v.dtype, labels=len(lab.probe), clusters=n_clusters, patches=0,
+                      **({"assumed": assumed} if assumed else {}))
 
 
 @handler(ast.UseModel)

@@ -36,9 +36,9 @@ def infer(session, stmt) -> Result:
                                on_token=session.on_token,
                                check=session.check_cancelled,
                                hooks=hooked.hooks, steer_meta=hooked.meta)
-    return attach_plot(infer_result(target, prep, top=stmt.top, compare=stmt.compare,
-                                    verbose=stmt.verbose, hooks=hooked.hooks,
-                                    steer_meta=hooked.meta), plot)
+    return attach_plot(_noted(infer_result(target, prep, top=stmt.top, compare=stmt.compare,
+                                           verbose=stmt.verbose, hooks=hooked.hooks,
+                                           steer_meta=hooked.meta), target), plot)
 
 
 @handler(ast.SaveSteer)
@@ -55,6 +55,17 @@ def save_steer(session, stmt) -> Result:
     return Result.msg("SAVE STEER", f"Saved the {info['source']} vector at layer {stmt.layer} "
                       f"(norm {norm:.4g}, {v.shape[0]} values) to {out}",
                       path=str(out), layer=stmt.layer, norm=norm, **info)
+
+
+def _noted(result: Result, target) -> Result:
+    """Say what the vindex's forward pass does differently from the original model."""
+    from ..runtime.models import forward_caveats
+    notes = forward_caveats(target.view) if getattr(target, "kind", None) == "vindex" else []
+    if notes:
+        text = "; ".join(f"note: {n}" for n in notes)
+        result.message = text if not result.message else f"{result.message}\n{text}"
+        result.meta["caveats"] = notes
+    return result
 
 
 @handler(ast.ExplainInfer)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UnsupportedArchitectureError
-from .bands import derive_bands
+from .bands import derive_bands, larql_bands
 
 #: extract levels, lowest first
 LEVELS = ("browse", "inference", "all")
@@ -103,6 +103,9 @@ class Family:
     ignored_suffixes: tuple[str, ...] = ()
     #: layer bands known for a given layer count: {num_layers: {band: [lo, hi]}}
     known_bands: dict[int, dict[str, list[int]]] = {}
+    #: the family string LARQL writes for this family (``arch.family()``), for its band
+    #: table; empty: the same as :attr:`name`
+    larql_family: str = ""
     #: the normalised key of the token embedding / final norm
     embed_key: str = "embed_tokens.weight"
     lm_head_key: str = "lm_head.weight"
@@ -317,12 +320,16 @@ class Family:
 
     # ------------------------------------------------------------ bands
     def layer_bands(self, num_layers: int) -> dict[str, list[int]]:
-        """Inclusive ``[lo, hi]`` layer ranges of the syntax / knowledge / output bands."""
-        known = self.known_bands.get(num_layers)
+        """Inclusive ``[lo, hi]`` layer ranges of the syntax / knowledge / output bands:
+        this family's own table, else LARQL's table (:data:`lql.families.bands.LARQL_BANDS`),
+        else derived from the layer count by LARQL's fallback rule."""
+        known = self.known_bands.get(num_layers) or larql_bands(self.larql_family or self.name,
+                                                                num_layers)
         return {k: list(v) for k, v in known.items()} if known else derive_bands(num_layers)
 
     def bands_are_known(self, num_layers: int) -> bool:
-        return num_layers in self.known_bands
+        return num_layers in self.known_bands or \
+            larql_bands(self.larql_family or self.name, num_layers) is not None
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

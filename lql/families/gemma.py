@@ -31,6 +31,7 @@ class _GemmaGguf(DecoderFamily):
 class Gemma(_GemmaGguf):
     name = "gemma"
     model_types = ("gemma",)
+    larql_family = "gemma2"     # LARQL reads model_type gemma as Gemma 2 (larql-models detect.rs:62)
     architectures = ("GemmaForCausalLM", "GemmaModel")
     hf_architecture = "GemmaForCausalLM"
     gguf_architectures = ("gemma",)

@@ -19,7 +19,8 @@ from typing import Any
 from ..errors import LevelError
 from .view import VindexView, base_of, overlay_of
 
-__all__ = ["model_for", "model_for_source", "can_forward", "check_level", "clear_cache", "CACHE_SIZE"]
+__all__ = ["model_for", "model_for_source", "can_forward", "check_level", "clear_cache", "CACHE_SIZE",
+           "forward_caveats", "NO_FORWARD_LEVELS"]
 
 #: models kept (base models, overlay versions and live sources together)
 CACHE_SIZE = 6
@@ -78,21 +79,45 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+#: levels without the weights of a forward pass: BROWSE (gate vectors, embeddings,
+#: down-meta) and LARQL's ATTENTION (+ attention weights and norms, no FFN up/down:
+#: larql-vindex/src/config/types.rs:79-99, format/weights/write.rs:260-263)
+NO_FORWARD_LEVELS = ("browse", "attention")
+
+
 def can_forward(view: VindexView) -> bool:
-    """False for a BROWSE vindex (gate vectors and embeddings only, no forward pass)."""
-    return str(getattr(base_of(view), "level", "inference")).lower() != "browse"
+    """False for a BROWSE or ATTENTION vindex, or one whose weights are quantised."""
+    v = base_of(view)
+    return str(getattr(v, "level", "inference")).lower() not in NO_FORWARD_LEVELS and \
+        str(getattr(v, "quant", "none") or "none").lower() == "none"
+
+
+def forward_caveats(view: VindexView) -> list[str]:
+    """What a forward pass on ``view``'s vindex does differently from the original model
+    (e.g. attention biases a LARQL vindex does not store); INFER says these."""
+    return [str(c) for c in getattr(base_of(view), "caveats", None) or ()]
 
 
 def check_level(view: VindexView, what: str = "this statement") -> None:
-    """A BROWSE vindex has no attention / norm / up / down weights: say what to run."""
+    """A BROWSE / ATTENTION vindex lacks FFN (and attention) weights: say what to run."""
     if can_forward(view):
         return
     v = base_of(view)
     src = (getattr(v, "source", None) or {}).get("path") or "<model folder or .gguf>"
     path = getattr(v, "path", None) or "model.vindex"
+    quant = str(getattr(v, "quant", "none") or "none").lower()
+    if quant != "none":
+        raise LevelError(
+            f"this vindex stores its weights quantised (quant={quant}: attn_weights_q4k.bin, "
+            f"interleaved_q4k.bin); {what} needs a forward pass, and quantised weights are not "
+            f"readable here yet — browse statements (WALK, DESCRIBE, SELECT) work")
+    level = str(getattr(v, "level", "browse")).upper()
+    has = ("attention weights and norms but no FFN up/down weights" if level == "ATTENTION"
+           else "no attention, norm or FFN weights")
     raise LevelError(
-        f"this vindex was extracted at BROWSE; {what} needs a forward pass (INFERENCE) — "
-        f're-extract WITH INFERENCE: EXTRACT MODEL "{src}" INTO "{path}" WITH INFERENCE FORCE')
+        f"this vindex was extracted at {level} ({has}); {what} needs a forward pass "
+        f'(INFERENCE) — re-extract WITH INFERENCE: EXTRACT MODEL "{src}" INTO "{path}" '
+        f"WITH INFERENCE FORCE")
 
 
 def _build(owner: Any) -> Any:

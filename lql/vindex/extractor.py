@@ -99,7 +99,7 @@ def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *,
     """
     level = str(getattr(level, "value", level)).lower()
     dtype = str(getattr(dtype, "value", dtype)).lower()
-    if level not in fmt.LEVELS:
+    if level not in fmt.EXTRACT_LEVELS:
         raise ExecutionError(f"unknown extract level {level!r} (BROWSE, INFERENCE or ALL)")
     np_dtype = fmt.np_dtype(dtype, "DTYPE")
     output = Path(output).expanduser().absolute()
@@ -289,7 +289,8 @@ def _index_json(source: ModelSource, family: Family, mc: dict[str, Any], level: 
     if isinstance(extra, dict):
         provenance.update({k: v for k, v in extra.items() if k not in ("extracted_at",
                                                                        "larql_version")})
-    model_config = dict(mc)
+    from .larql import for_larql
+    model_config = for_larql(dict(mc))      # what LARQL's VindexModelConfig accepts
     inter = mc.get("intermediate_size") or max((e["num_features"] for e in layer_entries),
                                                default=0)
     return {

@@ -33,7 +33,12 @@ FEATURE_LABELS = "feature_labels.json"
 RELATION_CLUSTERS = "relation_clusters.json"
 FEATURE_CLUSTERS = "feature_clusters.jsonl"
 
-LEVELS = ("browse", "inference", "all")
+#: the levels a vindex may declare, lowest first.  LARQL's four (its
+#: crates/larql-vindex/src/config/types.rs:86-100 ``ExtractLevel``); ``attention`` (attention
+#: weights + norms, no FFN up/down) is read but never written here.
+LEVELS = ("browse", "attention", "inference", "all")
+#: the levels ``EXTRACT`` writes
+EXTRACT_LEVELS = ("browse", "inference", "all")
 DTYPES: dict[str, np.dtype] = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
 DEFAULT_TOP_K = 10
 
@@ -41,16 +46,20 @@ DEFAULT_TOP_K = 10
 #: vindex needs are the ones its weight_manifest.json names)
 REQUIRED_FILES = {
     "browse": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META),
+    "attention": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META, MANIFEST),
     "inference": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META, MANIFEST),
     "all": (TOKENIZER, GATE, EMBEDDINGS, DOWN_META, MANIFEST),
 }
 
 #: index.json keys a reader cannot do without
-REQUIRED_KEYS = ("dtype", "num_layers", "hidden_size", "vocab_size", "layers")
+#: (``dtype`` may be missing: LARQL's serde default is f32, config/types.rs:34-36 + dtype.rs:12-14)
+REQUIRED_KEYS = ("num_layers", "hidden_size", "vocab_size", "layers")
 
 #: defaults for keys a version-1 (or foreign) index.json may lack
 DEFAULTS: dict[str, Any] = {
     "version": 1,
+    "dtype": "f32",
+    "quant": "none",
     "model": None,
     "family": None,
     "source": {},
@@ -77,7 +86,7 @@ def np_dtype(name: str, where: str = INDEX) -> np.dtype:
 
 
 def derive_layer_bands(num_layers: int) -> dict[str, list[int]]:
-    """Bands from the layer count alone: first ~30% syntax, next ~45% knowledge, rest output.
+    """Bands from the layer count alone (LARQL's fallback rule, ≈ 40 / 40 / 20).
 
     Uses ``lql.families.bands.derive_bands`` (one definition for the project);
     the local fallback below only runs when that package is unavailable.

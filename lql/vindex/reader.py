@@ -28,7 +28,14 @@ from ..errors import ExecutionError, NoVindexError, VindexError
 from . import format as fmt
 from .down_meta import DownMeta
 from .validate import check_index, check_layer_entries
-from .weights import VindexWeights, validate_manifest
+from .weights import (
+    STORAGE,
+    VindexWeights,
+    bf16_to_f32,
+    entry_dtype,
+    refuse_kind,
+    validate_manifest,
+)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -126,8 +133,17 @@ class Vindex:
         check_index(self.index, where)
         ix = {**fmt.DEFAULTS, **{k: v for k, v in self.index.items() if v is not None}}
         self.version = int(ix["version"])
+        #: index.json values this reader had to assume (absent from the file): key → value,
+        #: ``model_config.`` prefixed for model_config keys (STATS ``assumed``, USE's message)
+        self.assumed: dict[str, Any] = {}
+        #: what a forward pass on this vindex does differently from the original model
+        #: (INFER says so), e.g. attention biases a LARQL vindex does not store
+        self.caveats: list[str] = []
+        if self.index.get("dtype") is None:
+            self.assumed["dtype"] = "f32"      # LARQL's default (config/dtype.rs:12-14)
         self.dtype: str = ix["dtype"]
         self.np_dtype = fmt.np_dtype(self.dtype, where)
+        self.quant: str = str(ix["quant"])
         self.level: str = ix["extract_level"]
         self.model_config: dict[str, Any] = dict(ix["model_config"] or {})
         self.model: str | None = ix["model"]
@@ -170,6 +186,12 @@ class Vindex:
                                          str(self.path / fmt.MANIFEST), self.np_dtype.itemsize,
                                          self._file_sizes())
         self._manifest = manifest
+        if self.model_config:
+            from .larql import complete_larql_config
+            self.model_config, assumed, caveats = complete_larql_config(
+                self.index, self.model_config, {e["key"] for e in manifest or ()})
+            self.assumed.update({f"model_config.{k}": v for k, v in assumed.items()})
+            self.caveats.extend(caveats)
         self.weights = VindexWeights(self, manifest)
 
     # ------------------------------------------------------------ validation
@@ -222,8 +244,14 @@ class Vindex:
             raise VindexError(f"{gate}: {end - covered} bytes belong to no layer entry of "
                               f"index.json (a layer entry is missing)", path=str(gate))
         emb = self.path / fmt.EMBEDDINGS
-        want = self.vocab_size * self.hidden_size * item
         size = emb.stat().st_size
+        n = self.vocab_size * self.hidden_size
+        # embeddings.bin's dtype from its size, as LARQL's loader does
+        # (format/weights/load.rs:158-163): f32 when it is n × 4 bytes, else f16
+        self.embed_np_dtype = STORAGE["f32"] if size == n * 4 else (
+            STORAGE["f16"] if size == n * 2 else self.np_dtype)
+        item = self.embed_np_dtype.itemsize
+        want = n * item
         if size != want:
             raise VindexError(f"{emb}: {'truncated' if size < want else 'too large'} ({size} "
                               f"bytes; {self.vocab_size} × {self.hidden_size} × {item} = {want})",
@@ -244,16 +272,26 @@ class Vindex:
                     self._maps[name] = mm
         return mm
 
-    def _view(self, name: str, offset: int, length: int, shape: tuple[int, ...]) -> np.ndarray:
+    def _view(self, name: str, offset: int, length: int, shape: tuple[int, ...],
+              dtype: np.dtype | None = None) -> np.ndarray:
         raw = self._map(name)[offset: offset + length]
         if raw.size != length:
             raise VindexError(f"{self.path / name}: truncated (needs bytes {offset}..{offset + length})",
                               path=str(self.path / name))
-        return np.asarray(raw).view(self.np_dtype).reshape(shape)
+        return np.asarray(raw).view(self.np_dtype if dtype is None else dtype).reshape(shape)
 
     def _tensor(self, entry: dict[str, Any]) -> np.ndarray:
-        arr = self._view(entry["file"], entry["offset"], entry["length"], tuple(entry["shape"]))
-        return arr if self.np_dtype == np.float32 else arr.astype(np.float32)
+        """One manifest entry as f32, in the storage its kind / byte length gives."""
+        store = entry_dtype(entry)
+        shape = tuple(entry["shape"])
+        if store == "bf16":
+            raw = self._view(entry["file"], entry["offset"], entry["length"], shape,
+                             np.dtype("<u2"))
+            return bf16_to_f32(raw)
+        if store not in STORAGE:
+            raise refuse_kind(entry, str(self.path / fmt.MANIFEST))
+        arr = self._view(entry["file"], entry["offset"], entry["length"], shape, STORAGE[store])
+        return arr if arr.dtype == np.float32 else arr.astype(np.float32)
 
     # ------------------------------------------------------------ layers / gates
     def has_layer(self, layer: int) -> bool:
@@ -295,7 +333,8 @@ class Vindex:
     def embeddings(self) -> np.ndarray:
         """The raw (vocab, hidden) embedding matrix in storage dtype (memory-mapped)."""
         return self._view(fmt.EMBEDDINGS, 0, self.vocab_size * self.hidden_size *
-                          self.np_dtype.itemsize, (self.vocab_size, self.hidden_size))
+                          self.embed_np_dtype.itemsize, (self.vocab_size, self.hidden_size),
+                          self.embed_np_dtype)
 
     def embed(self, ids: ArrayLike) -> np.ndarray:
         """f32 embedding rows of ``ids`` (unscaled: multiply by ``embed_scale`` yourself)."""
@@ -307,7 +346,7 @@ class Vindex:
 
     def _embeddings_f32(self) -> np.ndarray:
         emb = self.embeddings
-        return emb if self.np_dtype == np.float32 else emb.astype(np.float32)
+        return emb if emb.dtype == np.float32 else emb.astype(np.float32)
 
     # ------------------------------------------------------------ tokenizer & text files
     @cached_property
@@ -369,15 +408,15 @@ class Vindex:
         path = self.path / fmt.FEATURE_LABELS
         if not path.is_file():
             return {}
+        from .larql import parse_label_key
         raw = fmt.read_json(path)
         out: dict[tuple[int, int], str] = {}
         for key, label in (raw.items() if isinstance(raw, dict) else ()):
-            try:
-                layer, feature = (int(x) for x in str(key).split(":"))
-            except ValueError:
-                raise VindexError(f"{path}: bad key {key!r} (expected \"<layer>:<feature>\")",
-                                  path=str(path)) from None
-            out[(layer, feature)] = str(label)
+            parsed = parse_label_key(key)
+            if parsed is None:
+                raise VindexError(f"{path}: bad key {key!r} (expected \"L<layer>_F<feature>\" "
+                                  f"or \"<layer>:<feature>\")", path=str(path))
+            out[parsed] = str(label)
         return out
 
     @cached_property

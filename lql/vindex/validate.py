@@ -160,6 +160,7 @@ INDEX_RULES: dict[str, Rule] = {
     "model": Opt(Str()),
     "family": Opt(Str()),
     "dtype": OneOf("f16", "f32"),
+    "quant": Opt(OneOf("none", "q4k")),
     "source": Opt(Dict()),
     "checksums": Opt(_checksums),
     "index_checksum": Opt(lambda v: None if isinstance(v, str) and _HEX64.fullmatch(v)
@@ -169,7 +170,7 @@ INDEX_RULES: dict[str, Rule] = {
     "intermediate_size": Opt(Int(0, MAX_FEATURES)),
     "vocab_size": Int(1, MAX_VOCAB),
     "embed_scale": Num(),
-    "extract_level": OneOf("browse", "inference", "all"),
+    "extract_level": OneOf("browse", "attention", "inference", "all"),
     "has_model_weights": Bool(),
     "down_top_k": Int(1, MAX_TOP_K),
     "layer_bands": Opt(Dict()),
@@ -277,8 +278,137 @@ def check_layer_entries(layers: list[Any], where: str) -> list[dict[str, int]]:
 # --------------------------------------------------------------------- weight_manifest.json
 
 _MANIFEST_RULES: dict[str, Rule] = {
-    "key": Str(),
+    "key": Str(), "kind": Str(),
     "file": lambda v: None if safe_file_name(v) else "a plain file name inside the vindex",
     "offset": Int(0, MAX_BYTES), "length": Int(0, MAX_BYTES),
     "shape": List(Int(0, MAX_FEATURES * 16), "a list of non-negative integers"),
 }
+
+
+# --------------------------------------------------------------------- LARQL's structs
+# What LARQL's serde (Divinci-AI/larql 4f6dfb4, crates/larql-vindex/src/config/types.rs)
+# demands of an index.json: a required field must be present and non-null; an Option
+# (``#[serde(default)]``) may be absent or null; a plain ``#[serde(default)]`` bool or enum
+# may be absent but not null.  Unknown keys are ignored (no ``deny_unknown_fields``).
+# Each entry: field -> (kind, required, source line).
+
+def _usize(v: Any) -> bool:
+    return is_int(v) and v >= 0
+
+
+def _f64(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _pair(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_usize(x) for x in v)
+
+
+_LARQL_KINDS: dict[str, Callable[[Any], bool]] = {
+    "u32": _usize, "usize": _usize, "u64": _usize, "f32": _f64, "f64": _f64,
+    "string": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+    "map<string,string>": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
+    "vec<string>": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "level": lambda v: v in ("browse", "attention", "inference", "all"),       # :83-100
+    "dtype": lambda v: v in ("f32", "f16"),                         # config/dtype.rs:9-16
+    "quant": lambda v: v in ("none", "q4k"),                        # types.rs:142-148
+    "(usize,usize)": _pair,
+}
+
+#: VindexConfig, types.rs:7-57
+LARQL_INDEX_FIELDS: dict[str, tuple[str, bool, int]] = {
+    "version": ("u32", True, 10), "model": ("string", True, 12), "family": ("string", True, 14),
+    "source": ("object?", False, 17), "checksums": ("map<string,string>?", False, 20),
+    "num_layers": ("usize", True, 22), "hidden_size": ("usize", True, 24),
+    "intermediate_size": ("usize", True, 26), "vocab_size": ("usize", True, 28),
+    "embed_scale": ("f32", True, 30), "extract_level": ("level", False, 33),
+    "dtype": ("dtype", False, 36), "quant": ("quant", False, 43),
+    "layer_bands": ("object?", False, 46), "layers": ("list", True, 48),
+    "down_top_k": ("usize", True, 50), "has_model_weights": ("bool", False, 53),
+    "model_config": ("object?", False, 56),
+}
+#: VindexSource, types.rs:61-72
+LARQL_SOURCE_FIELDS: dict[str, tuple[str, bool, int]] = {
+    "huggingface_repo": ("string?", False, 63), "huggingface_revision": ("string?", False, 65),
+    "safetensors_sha256": ("string?", False, 67), "extracted_at": ("string", True, 69),
+    "larql_version": ("string", True, 71),
+}
+#: LayerBands, types.rs:162-169
+LARQL_BANDS_FIELDS: dict[str, tuple[str, bool, int]] = {
+    "syntax": ("(usize,usize)", True, 164), "knowledge": ("(usize,usize)", True, 166),
+    "output": ("(usize,usize)", True, 168),
+}
+#: VindexModelConfig, types.rs:251-306
+LARQL_MODEL_CONFIG_FIELDS: dict[str, tuple[str, bool, int]] = {
+    "model_type": ("string", True, 253), "head_dim": ("usize", True, 254),
+    "num_q_heads": ("usize", True, 255), "num_kv_heads": ("usize", True, 256),
+    "rope_base": ("f64", True, 257), "sliding_window": ("usize?", False, 259),
+    "moe": ("object?", False, 262), "global_head_dim": ("usize?", False, 270),
+    "num_global_kv_heads": ("usize?", False, 273), "partial_rotary_factor": ("f64?", False, 277),
+    "sliding_window_pattern": ("usize?", False, 281), "layer_types": ("vec<string>?", False, 284),
+    "attention_k_eq_v": ("bool", False, 287), "num_kv_shared_layers": ("usize?", False, 290),
+    "per_layer_embed_dim": ("usize?", False, 293), "rope_local_base": ("f64?", False, 296),
+    "query_pre_attn_scalar": ("f64?", False, 299), "final_logit_softcapping": ("f64?", False, 305),
+}
+#: MoeConfig, types.rs:310-329
+LARQL_MOE_FIELDS: dict[str, tuple[str, bool, int]] = {
+    "num_experts": ("usize", True, 312), "top_k": ("usize", True, 314),
+    "shared_expert": ("bool", False, 317), "router_type": ("string", False, 320),
+    "moe_intermediate_size": ("usize?", False, 324), "hybrid": ("bool", False, 328),
+}
+#: VindexLayerInfo, types.rs:337-350
+LARQL_LAYER_FIELDS: dict[str, tuple[str, bool, int]] = {
+    "layer": ("usize", True, 338), "num_features": ("usize", True, 339),
+    "offset": ("u64", True, 341), "length": ("u64", True, 343),
+    "num_experts": ("usize?", False, 346), "num_features_per_expert": ("usize?", False, 349),
+}
+
+
+def _larql_check(doc: Any, fields: dict[str, tuple[str, bool, int]], where: str) -> list[str]:
+    if not isinstance(doc, dict):
+        return [f"{where}: must be a JSON object"]
+    problems = []
+    for name, (kind, required, line) in fields.items():
+        ref = f"types.rs:{line}"
+        if name not in doc:
+            if required:
+                problems.append(f"{where}.{name}: missing (required, {ref})")
+            continue
+        v = doc[name]
+        optional = kind.endswith("?")
+        base = kind.rstrip("?")
+        if v is None:
+            if not optional:
+                problems.append(f"{where}.{name}: null, LARQL's {base} is not optional ({ref})")
+            continue
+        check = _LARQL_KINDS.get(base)
+        if base == "object":
+            ok = isinstance(v, dict)
+        elif base == "list":
+            ok = isinstance(v, list)
+        else:
+            ok = check is not None and check(v)
+        if not ok:
+            problems.append(f"{where}.{name}: {_show(v)} is not a {base} ({ref})")
+    return problems
+
+
+def larql_index_problems(index: dict[str, Any]) -> list[str]:
+    """Why LARQL's ``serde_json::from_str::<VindexConfig>`` would reject ``index`` (empty:
+    it would accept it), checked against the structs transcribed above."""
+    out = _larql_check(index, LARQL_INDEX_FIELDS, "index.json")
+    if not isinstance(index, dict):
+        return out
+    if isinstance(index.get("source"), dict):
+        out += _larql_check(index["source"], LARQL_SOURCE_FIELDS, "source")
+    if isinstance(index.get("layer_bands"), dict):
+        out += _larql_check(index["layer_bands"], LARQL_BANDS_FIELDS, "layer_bands")
+    for i, e in enumerate(index.get("layers") or ()):
+        out += _larql_check(e, LARQL_LAYER_FIELDS, f"layers[{i}]")
+    mc = index.get("model_config")
+    if isinstance(mc, dict):
+        out += _larql_check(mc, LARQL_MODEL_CONFIG_FIELDS, "model_config")
+        if isinstance(mc.get("moe"), dict):
+            out += _larql_check(mc["moe"], LARQL_MOE_FIELDS, "model_config.moe")
+    return out
