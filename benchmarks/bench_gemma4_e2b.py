@@ -242,6 +242,12 @@ def main(argv=None) -> int:
                              env))
         rows.append(run_step("generate", [py, "-m", "lql", "-e",
                                           use + 'INFER "The capital of France is" GENERATE 16'], env))
+        timed = run_step("timed", [py, __file__, "--_timed", str(vindex)], env)
+        rows.append(timed)
+        t = json.loads(timed["tail"][-1])
+        print(f"  in one process: first INFER {t['first_infer_s']:.1f} s (model build included), "
+              f"warm INFER {t['warm_infer_s']:.2f} s, GENERATE {t['tokens']} tokens {t['generate_s']:.2f} s "
+              f"= {t['tokens_per_s']:.2f} tokens/s (prefill of the prompt included)", flush=True)
         sizes = {p.name: p.stat().st_size for p in vindex.iterdir()}
         print(f"source {sum(p.stat().st_size for p in model_dir.iterdir()) / 2**30:.2f} GiB, "
               f"vindex {sum(sizes.values()) / 2**30:.2f} GiB "
@@ -259,7 +265,29 @@ def main(argv=None) -> int:
     return 0
 
 
+def timed(vindex: Path) -> dict:
+    """In one process: the first INFER (builds the model), a warm INFER, then GENERATE 16 on the
+    built model: its token rate (the prompt's prefill included)."""
+    from lql.session import Session
+    s = Session()
+    s.execute(f'USE "{vindex}"; SET CHAT OFF')
+    prompt = "The capital of France is"
+    t0 = time.perf_counter()
+    s.query(f'INFER "{prompt}" TOP 5')
+    t1 = time.perf_counter()
+    s.query(f'INFER "{prompt}" TOP 5')
+    t2 = time.perf_counter()
+    r = s.query(f'INFER "{prompt}" GENERATE 16')
+    t3 = time.perf_counter()
+    tokens = int(r.meta["num_tokens"])
+    return {"first_infer_s": t1 - t0, "warm_infer_s": t2 - t1, "generate_s": t3 - t2, "tokens": tokens,
+            "tokens_per_s": tokens / (t3 - t2)}
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--_timed":
+        print(json.dumps(timed(Path(sys.argv[2]))))
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[1] == "--_write":
         info = write_model(Path(sys.argv[2]), int(sys.argv[3]))
         print(f"wrote {info['tensors']} tensors, {info['bytes'] / 2**30:.2f} GiB in {info['shards']} shards")
