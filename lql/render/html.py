@@ -16,7 +16,6 @@ from typing import Any
 
 from ..result import Result
 from .table import (
-    BAND_TITLES,
     INDEX_COLUMNS,
     LAYER_GROUPED,
     LIST_COLUMNS,
@@ -29,6 +28,7 @@ from .table import (
     _num,
     _plain,
     _visible_columns,
+    describe_groups,
 )
 
 __all__ = ["to_html", "results_html", "page", "STYLE"]
@@ -159,37 +159,14 @@ def _too_wide(columns: list[str], row: dict) -> bool:
 
 
 def _describe(result: Result) -> str:
-    meta = result.meta
-    verbosity = str(meta.get("verbosity") or "verbose").lower()
-    bands = meta.get("bands") or meta.get("layer_bands") or {}
     out = []
-    entity = meta.get("entity")
+    entity = result.meta.get("entity")
     if entity is not None:
         out.append(f'<div class="entity">{_e(_clean(str(entity)))}</div>')
     if result.message:
         out.append(f'<div class="lead">{_e(result.message)}</div>')
-    groups: dict[Any, list[dict]] = {}
-    for r in result.rows:
-        groups.setdefault(r.get("band"), []).append(r)
-    for band, rows in groups.items():
-        name = BAND_TITLES.get(str(band).lower(), str(band).title()) if band is not None else "Edges"
-        rng = bands.get(band) if isinstance(bands, dict) else None
-        span = ""
-        if isinstance(rng, (list, tuple)) and len(rng) == 2:
-            span = f"L{rng[0]}" if rng[0] == rng[1] else f"L{rng[0]}–{rng[1]}"
+    for name, span, cols, shown in describe_groups(result):
         out.append(f'<div class="band">{_e(name)} <span class="dim">{_e(span)}</span></div>')
-        shown = []
-        for r in rows:
-            lo, hi = r.get("layer_min"), r.get("layer_max")
-            layers = "" if lo is None else (f"L{lo}" if hi in (None, lo) else f"L{lo}–{hi}")
-            shown.append({**r, "layers": layers})
-        if verbosity == "brief":
-            cols = ["target", "gate", "relation", "source"]
-        elif verbosity == "raw":
-            cols = ["target", "gate", "layers", "count", "also", "source"]
-        else:
-            cols = ["relation", "target", "gate", "layers", "count", "also", "source"]
-        cols = [c for c in cols if any(r.get(c) not in (None, "", []) for r in shown)]
         out.append(_table(cols, shown))
     return "".join(out)
 

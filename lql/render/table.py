@@ -267,26 +267,22 @@ def _box():
     return box.SIMPLE_HEAD
 
 
-def _describe(result: Result, console: Console) -> None:
+def describe_groups(result: Result) -> list[tuple[str, str, list[str], list[dict]]]:
+    """DESCRIBE's layout, shared by the terminal and HTML renderers: per band, in row order,
+    ``(title, layer span, visible columns, rows with a "layers" text)``."""
     meta = result.meta
     verbosity = str(meta.get("verbosity") or "verbose").lower()
     bands = meta.get("bands") or meta.get("layer_bands") or {}
-    entity = meta.get("entity")
-    if entity is not None:
-        console.print(Text(_clean(str(entity)), style="bold cyan"))
-    if result.message:
-        console.print(Text(result.message, style="italic"))
     groups: dict[Any, list[dict]] = {}
     for r in result.rows:
         groups.setdefault(r.get("band"), []).append(r)
+    out = []
     for band, rows in groups.items():
         name = BAND_TITLES.get(str(band).lower(), str(band).title()) if band is not None else "Edges"
-        heading = Text(name, style="bold underline")
         rng = bands.get(band) if isinstance(bands, dict) else None
+        span = ""
         if isinstance(rng, (list, tuple)) and len(rng) == 2:
             span = f"L{rng[0]}" if rng[0] == rng[1] else f"L{rng[0]}–{rng[1]}"
-            heading.append(f"  {span}", style="dim")
-        console.print(heading)
         shown = []
         for r in rows:
             lo, hi = r.get("layer_min"), r.get("layer_max")
@@ -299,6 +295,21 @@ def _describe(result: Result, console: Console) -> None:
         else:
             cols = ["relation", "target", "gate", "layers", "count", "also", "source"]
         cols = [c for c in cols if any(r.get(c) not in (None, "", []) for r in shown)]
+        out.append((name, span, cols, shown))
+    return out
+
+
+def _describe(result: Result, console: Console) -> None:
+    entity = result.meta.get("entity")
+    if entity is not None:
+        console.print(Text(_clean(str(entity)), style="bold cyan"))
+    if result.message:
+        console.print(Text(result.message, style="italic"))
+    for name, span, cols, shown in describe_groups(result):
+        heading = Text(name, style="bold underline")
+        if span:
+            heading.append(f"  {span}", style="dim")
+        console.print(heading)
         console.print(_table(cols, shown, width=console.width))
 
 
