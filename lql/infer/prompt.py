@@ -73,10 +73,16 @@ def prepare(target, prompt: str, *, wrap=None, system: str | None = None,
     else:
         text = prompt
         ids = list(tok.encode(text).ids)
+    return Prepared(text=text, ids=checked_ids(target, prompt, ids), chat_wrapped=wrapped,
+                    prompt=prompt)
+
+
+def checked_ids(target, prompt: str, ids: list[int]) -> list[int]:
+    """``ids`` (the tokens of ``prompt``), refused when empty or longer than the model's positions."""
     if not ids:
-        raise ExecutionError(f"the prompt {prompt!r} produced no tokens")
+        raise ExecutionError(f"the prompt {prompt[:60]!r} produced no tokens")
     limit = target.max_positions
     if limit is not None and len(ids) > limit:
-        raise ExecutionError(f"the prompt is {len(ids)} tokens, longer than this model's "
-                             f"{limit} positions (max_position_embeddings) — shorten it")
-    return Prepared(text=text, ids=ids, chat_wrapped=wrapped, prompt=prompt)
+        raise ExecutionError(f"the prompt {prompt[:60]!r} is {len(ids)} tokens, longer than this "
+                             f"model's {limit} positions (max_position_embeddings) — shorten it")
+    return ids

@@ -65,14 +65,8 @@ def read_prompts(path: Path) -> list[str]:
 
 def prompt_ids(target, prompt: str) -> list[int]:
     """Raw token ids of ``prompt`` (as ``tokenizer(text)``), checked against the model's length."""
-    ids = list(target.tokenizer.encode(prompt).ids)
-    if not ids:
-        raise ExecutionError(f"the prompt {prompt[:60]!r} produced no tokens")
-    limit = target.max_positions
-    if limit is not None and len(ids) > limit:
-        raise ExecutionError(f"the prompt {prompt[:60]!r} is {len(ids)} tokens, longer than "
-                             f"this model's {limit} positions")
-    return ids
+    from .prompt import checked_ids
+    return checked_ids(target, prompt, list(target.tokenizer.encode(prompt).ids))
 
 
 def layer_residuals(target, ids: list[int], layer: int) -> np.ndarray:
