@@ -301,23 +301,28 @@ class App:
         t0 = time.perf_counter()
         fut = pool.submit(work)
         wrapped = asyncio.wrap_future(fut)
-        deadline = time.monotonic() + self.cfg.timeout_s
-        while True:
-            done, _ = await asyncio.wait({wrapped}, timeout=0.05)
-            if done:
-                break
-            if await _disconnected(request):
-                abandoned.set()
-                session.cancel()
+        wrapped.add_done_callback(_retrieve)
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({wrapped, gone}, timeout=self.cfg.timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:           # the response was abandoned (stream closed)
+            abandoned.set()
+            session.cancel()
+            raise
+        finally:
+            if not gone.done():
+                gone.cancel()
+        if wrapped not in done:
+            abandoned.set()
+            session.cancel()
+            if gone in done:
                 self.log(f"lql serve: {_who(request)} disconnected during {request.method} "
                          f"{request.url.path}; its work was cancelled after "
                          f"{time.perf_counter() - t0:.1f} s")
                 raise _Gone()
-            if time.monotonic() > deadline:
-                abandoned.set()
-                session.cancel()
-                raise GuardError(504, f"the request ran past its {self.cfg.timeout_s:g} s "
-                                      f"budget and was cancelled")
+            raise GuardError(504, f"the request ran past its {self.cfg.timeout_s:g} s "
+                                  f"budget and was cancelled")
         results = wrapped.result()
         return results, (time.perf_counter() - t0) * 1000.0
 
@@ -666,6 +671,8 @@ class App:
                 if not task.done():
                     s.cancel()
                     task.cancel()
+                    self.log(f"lql serve: {_who(request)} disconnected during {request.method} "
+                             f"{request.url.path}; its generation was cancelled")
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
@@ -716,11 +723,22 @@ def _completion(cid: str, obj: str, created: int, model: str, r: Result, chat: b
                       "total_tokens": prompt_tokens + n}}
 
 
-async def _disconnected(request: Request) -> bool:
-    try:
-        return await request.is_disconnected()
-    except Exception:
-        return True
+async def _wait_disconnect(request: Request) -> None:
+    """Returns when the client has gone (the body was read already: the next ASGI
+    message is the disconnect)."""
+    while True:
+        try:
+            msg = await request.receive()
+        except Exception:
+            return
+        if msg.get("type") == "http.disconnect":
+            return
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    """Mark an abandoned request's outcome as seen (no 'exception never retrieved' noise)."""
+    if not f.cancelled():
+        f.exception()
 
 
 def _who(request: Request) -> str:

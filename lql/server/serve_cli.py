@@ -62,8 +62,21 @@ def add_serve_arguments(se) -> None:
     se.add_argument("--allow-host", action="append", default=[], metavar="NAME")
     se.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN")
     se.add_argument("--no-warmup", action="store_true")
+    se.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                    help="BLAS threads per worker (default 1; 0: leave the library default)")
     se.add_argument("--legacy", action="store_true",
                     help="the old standard-library server (read-only, one request at a time)")
+
+
+def pin_blas_threads(n: int) -> None:
+    """One BLAS thread per worker unless the user set one: the server's parallelism is its
+    worker threads, and several callers each fanning out BLAS threads over the same cores
+    made INFER 16x slower on a 2-core machine (measured: docs/SERVER.md). Must run before
+    numpy is imported; the environment the user set wins."""
+    if n <= 0:
+        return
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
 
 
 def model_ids(paths: list[Path]) -> list[str]:
@@ -88,6 +101,7 @@ def cli_serve(args) -> int:
         return 2
     if getattr(args, "legacy", False):
         return _legacy(paths[0], args)
+    pin_blas_threads(getattr(args, "blas_threads", 1))
     try:
         from .app import ModelHost, ServeConfig
         from .asgi_serve import make_uvicorn
@@ -121,19 +135,42 @@ def cli_serve(args) -> int:
         if cfg.warmup:
             h.warmup()
         hosts.append(h)
+    import socket
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise LqlError(f"lql serve: cannot listen on {args.host}:{args.port}: "
+                       f"{exc.strerror or exc}") from None
+    sock.listen(256)                               # connections queue until uvicorn runs
+    port = sock.getsockname()[1]
     server, state = make_uvicorn(hosts, cfg)
     names = ", ".join(f"{h.id} ({h.model or '?'}, level {h.level.upper()})" for h in hosts)
     prefix = "/v1" if len(hosts) == 1 else "/v1/{model_id}"
     host = f"[{args.host}]" if ":" in args.host else args.host
-    log(f"lql serve: {names} on http://{host}:{args.port}{prefix} "
+    log(f"lql serve: {names} on http://{host}:{port}{prefix} "
         f"({'API key required' if key else 'no API key'}) — Ctrl-C to stop")
     if not is_loopback(args.host) and not key:
         log("lql serve: warning: listening beyond this machine without an API key")
+    import signal
+
+    def _stop(signum, frame):                  # uvicorn re-raises the signal once it stopped
+        raise KeyboardInterrupt
+
     try:
-        server.run()
+        previous = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:                          # not the main thread
+        previous = None
+    try:
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         state.close()
     log("lql serve: stopped")
     return 0
