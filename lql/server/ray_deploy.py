@@ -74,6 +74,10 @@ def replica_app(path: str | Path, *, replicas: int = 2, api_key: str | None = No
                 if not delivered["done"]:
                     delivered["done"] = True
                     return {"type": "http.request", "body": body, "more_body": False}
+                # Ray Serve's proxy owns the client connection (it cancels this handler
+                # when the client goes): until then, no disconnect to report
+                import asyncio
+                await asyncio.Event().wait()
                 return {"type": "http.disconnect"}
 
             async def send(msg: dict[str, Any]) -> None:
