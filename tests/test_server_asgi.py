@@ -592,3 +592,60 @@ def test_use_remote_larql_protocol(srv):
     assert r.rows[0]["inserted"] >= 1 and r.rows[0]["session"] == s.remote.session_id
     with pytest.raises(Exception, match="not in a LARQL server's HTTP API"):
         s.query("SHOW LAYERS")
+
+
+def test_several_models_and_a_time_budget(host, vindex_path):
+    """Two vindexes: /v1/{model_id}/…; the unprefixed path asks which. A request past
+    its wall-time budget is cancelled (504) and the server goes on."""
+    other = ModelHost("tiny-2", vindex_path)
+    t = ServerThread([host, other], ServeConfig(port=0, timeout_s=0.01, log=LOGS.append)).start()
+    try:
+        s, d = call(t, "GET", "/v1/models", key=None)
+        assert s == 200 and [m["path"] for m in d["models"]] == ["/v1/tiny", "/v1/tiny-2"]
+        s, d = call(t, "GET", "/v1/walk?prompt=Paris", key=None)
+        assert s == 404 and "/v1/{model_id}/" in d["error"]
+        s, d = call(t, "POST", "/v1/tiny-2/query",
+                    {"lql": 'INFER "Once upon a time" RAW GENERATE 2000'}, key=None)
+        assert s == 504 and "budget" in d[-1]["message"] if isinstance(d, list) else \
+            s == 504 and "budget" in d["error"]
+        assert call(t, "GET", "/v1/health", key=None)[0] == 200
+    finally:
+        t.stop()
+
+
+def test_generate_does_not_hold_short_requests(srv):
+    """While a long generation streams, a WALK is answered and the stream goes on after it
+    (GENERATE has its own worker pool)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    conn.request("POST", "/v1/completions",
+                 body=json.dumps({"prompt": "Once upon a time", "max_tokens": 2000,
+                                  "stream": True}),
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    try:
+        assert r.readline().startswith(b"data: ")
+        s, d = call(srv, "GET", "/v1/walk?prompt=Paris&top=2")
+        assert s == 200 and d["hits"]
+        later = [r.readline() for _ in range(4)]
+        assert any(ln.startswith(b"data: {") for ln in later), later   # still generating
+    finally:
+        r.close()
+        conn.close()
+
+
+def test_errors_do_not_disclose_server_paths(srv, vindex_path):
+    bad = {"version": 1, "operations": [{"op": "delete", "layer": 9999, "feature": 0}]}
+    s, d = call(srv, "POST", "/v1/patches/apply", {"name": "bad", "patch": bad}, sid="leak")
+    assert s == 400, d
+    text = json.dumps(d)
+    assert str(srv.state.sessions.root) not in text and str(vindex_path) not in text, text
+    s, d = call(srv, "POST", "/v1/query", {"lql": 'USE "/etc"'})
+    assert s == 403 and "/etc" not in json.dumps(d).replace('USE \\"/etc\\"', "")
+
+
+def test_scrubber():
+    from lql.server.guard import Scrubber
+    sc = Scrubber({"<vindex:x>": "/srv/models/x.vindex"})
+    assert sc("no /srv/models/x.vindex/index.json") == "no <vindex:x>/index.json"
+    assert sc("read /etc/ssl/certs failed") == "read <path>/certs failed"
+    assert sc("address /v1/{model_id}/walk") == "address /v1/{model_id}/walk"

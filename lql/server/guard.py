@@ -154,5 +154,11 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         for form, label in self._pairs:
             text = text.replace(form, label)
-        # any other absolute path: keep the last component only
-        return re.sub(r"(?<![\w<])/(?:[^\s'\"/:]+/)+([^\s'\"/:]*)", r"<path>/\1", text)
+        # any other absolute path on this machine (its first folder exists here): keep the
+        # last component only; URL paths such as /v1/{model_id}/walk are left alone
+        def repl(m: re.Match[str]) -> str:
+            first = m.group(0).split("/", 2)[1]
+            if not first or first == "v1" or not os.path.isdir("/" + first):
+                return m.group(0)
+            return "<path>/" + m.group(1)
+        return re.sub(r"(?<![\w<])/(?:[^\s'\"/:]+/)+([^\s'\"/:]*)", repl, text)
