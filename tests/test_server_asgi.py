@@ -649,3 +649,26 @@ def test_scrubber():
     assert sc("no /srv/models/x.vindex/index.json") == "no <vindex:x>/index.json"
     assert sc("read /etc/ssl/certs failed") == "read <path>/certs failed"
     assert sc("address /v1/{model_id}/walk") == "address /v1/{model_id}/walk"
+
+
+def test_concurrent_requests_equal_serial_ones(srv):
+    from concurrent.futures import ThreadPoolExecutor
+    paths = ["/v1/walk?prompt=Paris&top=3", "/v1/describe?entity=France&band=all&min_score=-100",
+             "/v1/walk?prompt=France&top=2&layers=0,1"]
+    bodies = [{"prompt": "The capital of France is", "top": 3}, {"prompt": "Water", "top": 2}]
+
+    def strip(d):
+        d.pop("latency_ms", None)
+        return d
+    want = {p: strip(call(srv, "GET", p)[1]) for p in paths}
+    want_i = {b["prompt"]: strip(call(srv, "POST", "/v1/infer", b)[1]) for b in bodies}
+
+    def ask(i):
+        if i % 2:
+            b = bodies[i % len(bodies)]
+            return ("infer", b["prompt"]), strip(call(srv, "POST", "/v1/infer", b)[1])
+        p = paths[i % len(paths)]
+        return ("get", p), strip(call(srv, "GET", p)[1])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for (kind, k), got in pool.map(ask, range(24)):
+            assert got == (want[k] if kind == "get" else want_i[k]), k
