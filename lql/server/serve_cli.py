@@ -102,6 +102,10 @@ def cli_serve(args) -> int:
     if getattr(args, "legacy", False):
         return _legacy(paths[0], args)
     pin_blas_threads(getattr(args, "blas_threads", 1))
+    for p in paths:                                # a missing path: USE's own error first
+        if not Path(p).expanduser().exists():
+            from ..session import Session
+            Session().query(f"USE {_quote(str(p))}")
     try:
         from .app import ModelHost, ServeConfig
         from .asgi_serve import make_uvicorn
