@@ -6,7 +6,7 @@
     lql extract SOURCE -o OUT [--level browse|inference|all] [--dtype f16|f32]
                 [--layers A-B] [--force]
     lql verify PATH
-    lql serve [PATH] [--host H] [--port P]
+    lql serve PATH [PATH...] [--host H] [--port P] [--api-key KEY]
 
 Options: ``--format table|json|csv`` (table: rich tables, coloured on a terminal,
 plain otherwise; json: exactly one JSON array on stdout; csv: one CSV block
@@ -83,10 +83,9 @@ def _sub_parser() -> argparse.ArgumentParser:
     ve = sub.add_parser("verify", help="check a vindex's files and checksums")
     ve.add_argument("path", metavar="PATH")
 
-    se = sub.add_parser("serve", help="serve a vindex over HTTP (USE REMOTE)")
-    se.add_argument("path", nargs="?", default=None, metavar="PATH")
-    se.add_argument("--host", default="127.0.0.1")
-    se.add_argument("--port", type=int, default=8080)
+    se = sub.add_parser("serve", help="serve vindexes over HTTP (LARQL's /v1 API, USE REMOTE)")
+    from .server.serve_cli import add_serve_arguments
+    add_serve_arguments(se)
     return p
 
 

@@ -376,6 +376,12 @@ def _start_cli(vindex_path, lql_env, tmp_path):
     return proc, f"http://127.0.0.1:{m.group(1)}"
 
 
+def _has_serve_extra() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("starlette", "uvicorn"))
+
+
+@pytest.mark.skipif(not _has_serve_extra(), reason="lql serve needs the serve extra")
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_lql_serve_subcommand(stop, vindex_path, lql_env, tmp_path, local):
     proc, url = _start_cli(vindex_path, lql_env, tmp_path)

@@ -21,6 +21,10 @@ def use_remote(session, stmt) -> Result:
     level = str(info.get("extract_level") or "?").upper()
     msg = (f"Using remote vindex at {remote.url}: {info.get('model') or '?'} "
            f"({info.get('family') or '?'}), {info.get('num_layers')} layers, level {level}, "
-           f"dtype {info.get('dtype')} — read-only: browse and inference statements run on the "
-           f"server; edits need a local vindex (USE \"<path>\" leaves remote mode)")
+           + (f"dtype {info.get('dtype')} — read-only: browse and inference statements run on "
+              f"the server; edits need a local vindex (USE \"<path>\" leaves remote mode)"
+              if getattr(remote, "protocol", "legacy") == "legacy" else
+              f"dtype {info.get('dtype')} — {'LARQL' if remote.protocol == 'larql' else 'lql'} "
+              f"server: statements run there, edits in this client's own session overlay "
+              f"(X-Session-Id {remote.session_id}); the served files never change"))
     return Result.msg("USE REMOTE", msg, **row)

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from typing import Any
 
 from .. import ast
 from ..errors import LqlError
 from ..result import Result
-from .policy import route
+from .policy import SESSION_WRITES, route
 
 __all__ = ["RemoteVindex", "RemoteError", "connect", "normalize_url"]
 
@@ -73,22 +75,32 @@ def is_loopback(host: str | None) -> bool:
 class RemoteVindex:
     """A connection to one ``lql serve`` URL (stateless HTTP; nothing stays open)."""
 
-    def __init__(self, url: str, info: dict[str, Any]):
+    def __init__(self, url: str, info: dict[str, Any], *, protocol: str = "legacy",
+                 api_key: str | None = None, session_id: str | None = None):
         self.url = url
         self.info = info
+        #: "legacy" (lql's old /query server), "lql" (lql serve's /v1 API) or "larql"
+        self.protocol = protocol
+        self.api_key = api_key
+        self.session_id = session_id        # X-Session-Id: this client's server-side overlay
         handlers = [urllib.request.ProxyHandler({})] if is_loopback(
             urllib.parse.urlsplit(url).hostname) else []
         self._opener = urllib.request.build_opener(*handlers)
 
     # ------------------------------------------------------------ HTTP
     def _request(self, path: str, body: dict[str, Any] | None = None,
-                 timeout: float = CONNECT_TIMEOUT_S) -> tuple[int, Any]:
+                 timeout: float = CONNECT_TIMEOUT_S, method: str | None = None
+                 ) -> tuple[int, Any]:
         """``(status, decoded JSON)`` of a GET (``body=None``) or a JSON POST."""
         data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.url + path, data=data, method="GET" if body is None
-                                     else "POST")
+        req = urllib.request.Request(self.url + path, data=data, method=method or (
+            "GET" if body is None else "POST"))
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        if self.session_id:
+            req.add_header("X-Session-Id", self.session_id)
         try:
             with self._opener.open(req, timeout=timeout) as resp:
                 status, raw = resp.status, resp.read()
@@ -108,9 +120,20 @@ class RemoteVindex:
             raise RemoteError(f"{self.url}{path} did not answer like an lql server "
                               f"(HTTP {status}, not JSON)", self.url) from None
 
+    def _request_soft(self, path: str) -> tuple[int, Any]:
+        """Like :meth:`_request`, but an answer that is not JSON is status 0, not an error
+        (probing which protocol a server speaks)."""
+        try:
+            return self._request(path)
+        except RemoteError as exc:
+            if "not JSON" in str(exc):
+                return 0, None
+            raise
+
     def query(self, text: str, chat: str = "AUTO") -> list[Result]:
         """Run ``text`` on the server; its results, or a :class:`RemoteError`."""
-        status, payload = self._request("/query", {"lql": text, "chat": chat},
+        path = "/v1/query" if self.protocol == "lql" else "/query"
+        status, payload = self._request(path, {"lql": text, "chat": chat},
                                         timeout=QUERY_TIMEOUT_S)
         results = [self._result(d) for d in self._result_list(payload, status)]
         for r in results:
@@ -148,6 +171,16 @@ class RemoteVindex:
     def run(self, stmt: ast.Statement, *, chat_mode: ast.ChatMode | None = None) -> list[Result]:
         """Send a statement :meth:`claims` returned True for (and :meth:`leaves` False),
         or refuse it with a clear error. ``chat_mode`` is the session's ``ast.ChatMode``."""
+        chat = "AUTO" if chat_mode is None else chat_mode.value     # the wire format: a keyword
+        if self.protocol == "larql":
+            from .larql_client import run_larql
+            return run_larql(self, stmt, chat)
+        if self.protocol == "lql" and route(stmt) == "refuse":
+            if isinstance(stmt, SESSION_WRITES):                # into this client's overlay
+                return self.query(stmt.to_lql(), chat=chat)
+            if isinstance(stmt, (ast.ApplyPatch, ast.RemovePatch)):
+                from .larql_client import patch_statement
+                return patch_statement(self, stmt)
         if route(stmt) == "refuse":
             from ..errors import ExecutionError
             kw = stmt.keyword
@@ -168,7 +201,6 @@ class RemoteVindex:
                 f"{kw} needs a local vindex, but the session uses the read-only remote vindex "
                 f"at {self.url}: edits need a local vindex — EXTRACT MODEL \"<source>\" INTO "
                 f"\"<name>.vindex\" or USE \"<local vindex path>\" first")
-        chat = "AUTO" if chat_mode is None else chat_mode.value     # the wire format: a keyword
         return self.query(stmt.to_lql(), chat=chat)
 
     def __repr__(self) -> str:
@@ -176,9 +208,32 @@ class RemoteVindex:
 
 
 def connect(given: str) -> RemoteVindex:
-    """Check ``/health`` and ``/info`` at ``given``; a :class:`RemoteVindex` for it."""
+    """Find out what serves ``given`` and return a :class:`RemoteVindex` for it.
+
+    ``GET /v1/health`` first: an answer with an ``"lql"`` field is ``lql serve`` (its /v1
+    API; ``/v1/info`` describes the vindex), one without is a LARQL server (``/v1/stats``
+    describes it). Otherwise the old lql server's ``/health`` and ``/info``. The API key
+    comes from ``$LQL_API_KEY``; a fresh ``X-Session-Id`` gives this client its own
+    overlay on servers that keep one."""
     url = normalize_url(given)
-    probe = RemoteVindex(url, {})
+    key = os.environ.get("LQL_API_KEY") or None
+    sid = "lql-" + uuid.uuid4().hex[:16]
+    probe = RemoteVindex(url, {}, api_key=key)
+    status, health = probe._request_soft("/v1/health")
+    if status == 200 and isinstance(health, dict) and health.get("status") == "ok":
+        protocol = "lql" if "lql" in health else "larql"
+        status, info = probe._request("/v1/info" if protocol == "lql" else "/v1/stats")
+        if status == 401:
+            raise RemoteError(f"{url} needs an API key: set LQL_API_KEY to it", url)
+        if status != 200 or not isinstance(info, dict):
+            raise RemoteError(f"{url} did not describe its vindex (HTTP {status})", url)
+        if protocol == "larql":
+            info = {"model": info.get("model"), "family": info.get("family"),
+                    "num_layers": info.get("layers"), "hidden_size": info.get("hidden_size"),
+                    "vocab_size": info.get("vocab_size"), "dtype": info.get("dtype"),
+                    "extract_level": info.get("extract_level"),
+                    "layer_bands": info.get("layer_bands")}
+        return RemoteVindex(url, info, protocol=protocol, api_key=key, session_id=sid)
     status, health = probe._request("/health")
     if status != 200 or not isinstance(health, dict) or health.get("status") != "ok":
         raise RemoteError(f"{url} is not a healthy lql server (/health answered HTTP {status})",

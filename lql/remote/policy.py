@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import ast
 
-__all__ = ["READ_ONLY", "server_refusal", "route"]
+__all__ = ["READ_ONLY", "SESSION_WRITES", "server_refusal", "session_refusal", "route"]
 
 #: statements the server runs: they read the served vindex and change nothing
 READ_ONLY: tuple[type, ...] = (
@@ -80,3 +80,26 @@ def route(stmt: ast.Statement) -> str:
     if isinstance(stmt, READ_ONLY):
         return "remote"
     return "refuse"
+
+
+#: statements a client's own session (``X-Session-Id``) may run besides the read-only ones:
+#: edits that land in that session's overlay. Patch files and paths stay server-side:
+#: APPLY / REMOVE / SAVE PATCH go through the /v1/patches endpoints instead.
+SESSION_WRITES: tuple[type, ...] = (ast.Insert, ast.Delete, ast.Update, ast.Rebalance)
+
+
+def session_refusal(stmt: ast.Statement) -> str | None:
+    """Why a client's own server session will not run ``stmt`` (``None``: it will)."""
+    if isinstance(stmt, ast.Pipe):
+        return session_refusal(stmt.left) or session_refusal(stmt.right)
+    if isinstance(stmt, SESSION_WRITES):
+        return None
+    if isinstance(stmt, (ast.ApplyPatch, ast.RemovePatch, ast.SavePatch, ast.BeginPatch)):
+        return (f"{stmt.keyword} names a file on the server; use POST /v1/patches/apply, "
+                f"DELETE /v1/patches/{{name}} or POST /v1/patches/save instead")
+    why = server_refusal(stmt)
+    if why is not None and "read-only" in why:
+        return (f"{stmt.keyword} is not allowed on a served vindex (a session runs WALK, "
+                f"DESCRIBE, SELECT, INFER, EXPLAIN, TRACE without SAVE, SHOW, STATS, HELP, "
+                f"and INSERT / DELETE / UPDATE / REBALANCE into its own overlay)")
+    return why

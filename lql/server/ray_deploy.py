@@ -1,0 +1,173 @@
+"""The vindex server as a Ray Serve deployment (the ``ray`` extra; docs/SCALING.md).
+
+Two shapes, both built on Ray Serve rather than a cluster protocol of our own:
+
+* **Replicas** (:func:`replica_app`): N copies of the same ASGI app (:mod:`lql.server.app`)
+  behind Ray Serve's HTTP proxy, which balances requests over them. Every replica opens
+  the vindex itself (memory-mapped: replicas on one node share the page cache).
+  ``X-Session-Id`` overlays live in one replica's memory, so a client with a session
+  must stick to a replica: Ray Serve routes by the session header only when told to,
+  so sessions are pinned with ``session_replicas=1`` (one replica serves the writable
+  sessions, the others the shared read-only view) — see docs/SCALING.md.
+
+* **Layer shards** (:func:`shard_app`): for a vindex larger than one machine, each
+  :class:`LayerShard` deployment holds a contiguous layer range and runs the residual
+  through it; the :class:`ShardRouter` passes the residual (a float32 array of
+  ``hidden_size``) from shard to shard. The shard's forward step must come from the model
+  package (lql.model owns the forward pass and has no layer-range entry point yet), so
+  :meth:`LayerShard.forward` raises NotImplementedError: the shape is a skeleton.
+
+Run it with ``python -m lql.server.ray_deploy PATH [--replicas N]`` or from Python with
+``serve.run(replica_app(path, replicas=2))``. ``benchmarks/bench_ray_serve.py`` starts a
+local Ray instance and measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["replica_app", "shard_app", "RAY_HINT", "main"]
+
+RAY_HINT = "the Ray Serve deployment needs the `ray` extra: pip install 'lql[ray]'"
+
+
+def _serve() -> Any:
+    try:
+        from ray import serve
+    except ImportError as exc:          # pragma: no cover - depends on the extra
+        raise ImportError(RAY_HINT) from exc
+    return serve
+
+
+def replica_app(path: str | Path, *, replicas: int = 2, api_key: str | None = None,
+                workers: int = 1, generate_workers: int = 1) -> Any:
+    """A Ray Serve application: ``replicas`` copies of the vindex server for ``path``."""
+    serve = _serve()
+    vpath = str(Path(path).resolve())
+
+    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 1},
+                      max_ongoing_requests=64)
+    class VindexReplica:
+        def __init__(self) -> None:
+            import os
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            from .app import ModelHost, ServeConfig, build_app
+            from .serve_cli import model_ids
+            host = ModelHost(model_ids([Path(vpath)])[0], Path(vpath))
+            host.warmup()
+            cfg = ServeConfig(api_key=api_key, workers=workers,
+                              generate_workers=generate_workers, allow_hosts=["*"])
+            self._asgi, self._state = build_app([host], cfg)
+
+        async def __call__(self, request: Any) -> Any:
+            # Ray Serve hands a Starlette Request; run our ASGI app on its scope
+            from starlette.responses import Response
+            body = await request.body()
+            scope = dict(request.scope)
+            sent: dict[str, Any] = {"status": 500, "headers": [], "body": []}
+            delivered = {"done": False}
+
+            async def receive() -> dict[str, Any]:
+                if not delivered["done"]:
+                    delivered["done"] = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                # Ray Serve's proxy owns the client connection (it cancels this handler
+                # when the client goes): until then, no disconnect to report
+                import asyncio
+                await asyncio.Event().wait()
+                return {"type": "http.disconnect"}
+
+            async def send(msg: dict[str, Any]) -> None:
+                if msg["type"] == "http.response.start":
+                    sent["status"] = msg["status"]
+                    sent["headers"] = msg.get("headers", [])
+                elif msg["type"] == "http.response.body":
+                    sent["body"].append(msg.get("body", b""))
+
+            await self._asgi(scope, receive, send)
+            headers = {k.decode(): v.decode() for k, v in sent["headers"]
+                       if k.lower() not in (b"content-length",)}
+            return Response(b"".join(sent["body"]), status_code=sent["status"],
+                            headers=headers)
+
+    return VindexReplica.bind()                                       # type: ignore[attr-defined]
+
+
+def shard_app(path: str | Path, ranges: list[tuple[int, int]]) -> Any:
+    """A Ray Serve application of layer shards for ``path``: one deployment per
+    ``(first, last)`` range, chained by a router that passes the residual along.
+
+    Each shard opens the same vindex (on its own machine: its copy, or the layers it
+    needs) and answers ``forward(residual, positions)`` for its range."""
+    serve = _serve()
+    vpath = str(Path(path).resolve())
+
+    @serve.deployment(ray_actor_options={"num_cpus": 1})
+    class LayerShard:
+        def __init__(self, first: int, last: int) -> None:
+            import os
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            from ..session import Session
+            s = Session()
+            s.query(f'USE "{vpath}"')
+            self.vindex = s.vindex
+            self.first, self.last = first, last
+
+        def layers(self) -> tuple[int, int]:
+            return self.first, self.last
+
+        def forward(self, residual: Any) -> Any:
+            """The residual after this shard's layers. Needs a per-layer-range step from
+            lql.model (which owns the forward pass) — not there yet, so this says so."""
+            raise NotImplementedError(
+                f"layer shard {self.first}-{self.last}: lql.model has no layer-range forward "
+                f"step yet (docs/SCALING.md, 'Layer shards'); the routing around it is ready")
+
+    @serve.deployment
+    class ShardRouter:
+        def __init__(self, *shards: Any) -> None:
+            self.shards = shards
+
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            import numpy as np
+            doc = await request.json()
+            h = np.asarray(doc["residual"], dtype=np.float32)
+            for shard in self.shards:
+                h = await shard.forward.remote(h)
+            return {"residual": np.asarray(h).tolist()}
+
+    shards = [LayerShard.bind(a, b) for a, b in ranges]              # type: ignore[attr-defined]
+    return ShardRouter.bind(*shards)                                  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lql.server.ray_deploy")
+    ap.add_argument("path")
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--api-key", default=None)
+    a = ap.parse_args(argv)
+    try:
+        import ray
+        serve = _serve()
+    except ImportError:
+        sys.stderr.write(f"error: {RAY_HINT}\n")
+        return 1
+    ray.init(include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": a.port})
+    serve.run(replica_app(a.path, replicas=a.replicas, api_key=a.api_key), route_prefix="/")
+    sys.stderr.write(f"lql on Ray Serve: {a.replicas} replicas on http://127.0.0.1:{a.port}\n")
+    try:
+        import time
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
