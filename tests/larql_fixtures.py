@@ -152,4 +152,129 @@ def larql_labels(root: Path, probe: dict[tuple[int, int], str],
         "counts": counts, "top_tokens": [[] for _ in range(k)]}, indent=2))
 
 
-__all__ = ["larql_vindex", "larql_index", "larql_labels", "larql_bands"]
+__all__ = ["larql_vindex", "larql_index", "larql_labels", "larql_bands", "larql_q4k_vindex",
+           "quantize_q4_k", "quantize_q6_k"]
+
+
+# ---------------------------------------------------------------- quant: q4k
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype("<f2")
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    """Rust's ``f32::round``: half away from zero (numpy rounds half to even)."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_q4_k(values: np.ndarray) -> bytes:
+    """LARQL's ``quantize_q4_k`` (larql-compute/src/cpu/ops/q4_common.rs:131-220), vectorised
+    over super-blocks: 144-byte llama.cpp ``block_q4_K`` blocks of 256 values (zero-padded)."""
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    x = np.concatenate([x, np.zeros(-x.size % 256, np.float32)])
+    blk = x.reshape(-1, 8, 32)
+    mins = np.minimum(blk.min(-1), 0.0)
+    maxs = np.maximum(blk.max(-1), 0.0)
+    rng = maxs - mins
+    gmax, gmin = rng.max(-1), mins.min(-1)
+    d = np.where(gmax > 0, gmax / np.float32(15 * 63), 0).astype(np.float32)
+    dmin = np.where(gmin < 0, -gmin / np.float32(63), 0).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qs = np.where(d[:, None] > 0, np.clip(_round(rng / (15 * d[:, None])), 0, 63), 0)
+        qm = np.where(dmin[:, None] > 0, np.clip(_round(-mins / dmin[:, None]), 0, 63), 0)
+    qs, qm = qs.astype(np.uint8), qm.astype(np.uint8)
+    packed = np.zeros((blk.shape[0], 12), np.uint8)
+    for j in range(4):
+        packed[:, j] = (qs[:, j] & 0x3F) | (((qs[:, j + 4] >> 4) & 0x03) << 6)
+        packed[:, j + 4] = (qm[:, j] & 0x3F) | (((qm[:, j + 4] >> 4) & 0x03) << 6)
+        packed[:, j + 8] = (qs[:, j + 4] & 0x0F) | ((qm[:, j + 4] & 0x0F) << 4)
+    scale = d[:, None] * qs                                  # (blocks, 8)
+    low = dmin[:, None] * qm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(scale > 0, 1.0 / scale, 0.0).astype(np.float32)
+    enc = np.clip(_round((blk + low[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.uint8)
+    nib = (enc[:, 0::2, :] | (enc[:, 1::2, :] << 4)).reshape(-1, 128)   # groups (2g, 2g+1)
+    out = np.concatenate([_f16(d)[:, None].view(np.uint8), _f16(dmin)[:, None].view(np.uint8),
+                          packed, nib], axis=1)
+    return out.tobytes()
+
+
+def quantize_q6_k(values: np.ndarray) -> bytes:
+    """LARQL's ``quantize_q6_k`` (q4_common.rs:222-298): 210-byte blocks, LARQL's own
+    in-order bit layout (not llama.cpp's interleaving)."""
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    x = np.concatenate([x, np.zeros(-x.size % 256, np.float32)])
+    blk = x.reshape(-1, 256)
+    amax = np.abs(blk).max(-1)
+    d = (amax / np.float32(31 * 127)).astype(np.float32)
+    sub = np.abs(blk.reshape(-1, 16, 16)).max(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, sub / (31 * d[:, None]), 0)
+    sc = np.clip(_round(sc), -128, 127).astype(np.int8)
+    step = d[:, None] * sc.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(np.abs(step) > 1e-10, 1.0 / step, 0.0).astype(np.float32)
+    q = (np.clip(_round(blk.reshape(-1, 16, 16) * inv[:, :, None]), -32, 31) + 32)
+    q = q.astype(np.uint8).reshape(-1, 256)
+    ql = (q[:, 0::2] & 0x0F) | ((q[:, 1::2] & 0x0F) << 4)
+    hi = ((q >> 4) & 0x03).reshape(-1, 64, 4)
+    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+    out = np.concatenate([ql, qh, sc.view(np.uint8), _f16(d)[:, None].view(np.uint8)], axis=1)
+    return out.tobytes()
+
+
+def larql_q4k_vindex(root: Path, *, keep_gate: bool = True) -> Path:
+    """A LARQL ``quant: q4k`` SmolLM2 vindex (write.rs:529-1030) at ``root``: Q/K/O Q4_K and
+    V Q6_K in attn_weights_q4k.bin, gate/up Q4_K and down Q6_K in interleaved_q4k.bin (each
+    with its ``{key, shape, format, offset, length}`` manifest), lm_head_q4.bin (Q4_K of the
+    tied embeddings, kind ``tensor_q4k``), norms.bin f32 (kind ``vector``).  Without
+    ``keep_gate`` there is no gate_vectors.bin (LARQL then synthesises the gates from
+    interleaved_q4k.bin, format/load.rs:90-104)."""
+    from lql.vindex import open_vindex
+    src = smollm2_vindex("inference", "f16")
+    v = open_vindex(src)
+    root.mkdir(parents=True)
+    keep = {"tokenizer.json", "embeddings.bin", "down_meta.bin"} | (
+        {"gate_vectors.bin"} if keep_gate else set())
+    for p in src.iterdir():
+        if p.name in keep:
+            _link(p, root / p.name)
+    w = v.weights
+
+    def write(name: str, keys: list[tuple[str, str]]) -> None:
+        entries, offset, chunks = [], 0, []
+        for key, form in keys:
+            data = (quantize_q4_k if form == "Q4_K" else quantize_q6_k)(w[key])
+            entries.append({"key": key, "shape": list(w.shape(key)), "format": form,
+                            "offset": offset, "length": len(data)})
+            offset += len(data)
+            chunks.append(data)
+        (root / name).write_bytes(b"".join(chunks))
+        (root / name.replace(".bin", "_manifest.json")).write_text(json.dumps(entries, indent=2))
+
+    L = v.num_layers
+    write("attn_weights_q4k.bin", [
+        (f"layers.{n}.self_attn.{p}_proj.weight", "Q6_K" if p == "v" else "Q4_K")
+        for n in range(L) for p in "qkvo"])
+    write("interleaved_q4k.bin", [
+        (f"layers.{n}.mlp.{p}_proj.weight", "Q6_K" if p == "down" else "Q4_K")
+        for n in range(L) for p in ("gate", "up", "down")])
+    norms, entries, offset = [], [], 0
+    for e in v.manifest or ():
+        if e["file"] == "norms.bin":
+            vec = w[e["key"]].astype("<f4")
+            entries.append({"key": e["key"], "kind": "vector", "shape": list(vec.shape),
+                            "offset": offset, "length": vec.nbytes, "file": "norms.bin"})
+            offset += vec.nbytes
+            norms.append(vec.tobytes())
+    (root / "norms.bin").write_bytes(b"".join(norms))
+    head = quantize_q4_k(v.embeddings.astype(np.float32))
+    (root / "lm_head_q4.bin").write_bytes(head)
+    entries.append({"key": "lm_head.weight", "kind": "tensor_q4k",
+                    "shape": [v.vocab_size, v.hidden_size], "offset": 0, "length": len(head),
+                    "file": "lm_head_q4.bin"})
+    (root / "weight_manifest.json").write_text(json.dumps(entries, indent=2))
+    index = larql_index(json.loads((src / "index.json").read_text()), "inference")
+    index["quant"] = "q4k"
+    (root / "index.json").write_text(json.dumps(index, indent=2))
+    return root

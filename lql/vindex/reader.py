@@ -185,6 +185,9 @@ class Vindex:
             manifest = validate_manifest(fmt.read_json(self.path / fmt.MANIFEST),
                                          str(self.path / fmt.MANIFEST), self.np_dtype.itemsize,
                                          self._file_sizes())
+        if self.quant == "q4k":               # LARQL's Q4_K layout files (lql.vindex.kquant)
+            from .kquant import layout_entries
+            manifest = [*(manifest or ()), *layout_entries(self.path, self._file_sizes())]
         self._manifest = manifest
         if self.model_config:
             from .larql import complete_larql_config
@@ -192,6 +195,10 @@ class Vindex:
                 self.index, self.model_config, {e["key"] for e in manifest or ()})
             self.assumed.update({f"model_config.{k}": v for k, v in assumed.items()})
             self.caveats.extend(caveats)
+        if self.quant == "q4k":
+            self.caveats.append("the weights are LARQL's Q4_K/Q6_K blocks decoded to f32: "
+                                "results differ from the original model by the quantisation "
+                                "error")
         self.weights = VindexWeights(self, manifest)
 
     # ------------------------------------------------------------ validation
@@ -213,8 +220,18 @@ class Vindex:
             out[layer] = entry
         return out
 
+    @property
+    def _gate_from_q4k(self) -> bool:
+        """LARQL's q4k vindex may omit gate_vectors.bin: the gates are then the Q4_K FFN
+        gate rows of interleaved_q4k.bin (LARQL: format/load.rs:90-104, synthesised)."""
+        from .kquant import GATE_SOURCE
+        return (self.quant == "q4k" and not (self.path / fmt.GATE).is_file()
+                and (self.path / GATE_SOURCE).is_file())
+
     def _check_required_files(self) -> None:
         for name in fmt.REQUIRED_FILES[self.level]:
+            if name == fmt.GATE and self._gate_from_q4k:
+                continue
             if not (self.path / name).is_file():
                 raise VindexError(f"{self.path / name}: file is missing (needed by a "
                                   f"{self.level.upper()} vindex)", path=str(self.path / name))
@@ -227,8 +244,10 @@ class Vindex:
         return sizes
 
     def _check_sizes(self) -> None:
-        item = self.np_dtype.itemsize
         gate = self.path / fmt.GATE
+        if self._gate_from_q4k:
+            self._check_embeddings()
+            return
         size = gate.stat().st_size
         end = max((e["offset"] + e["length"] for e in self._layers.values()), default=0)
         if size < end:
@@ -243,6 +262,9 @@ class Vindex:
         if covered != end:
             raise VindexError(f"{gate}: {end - covered} bytes belong to no layer entry of "
                               f"index.json (a layer entry is missing)", path=str(gate))
+        self._check_embeddings()
+
+    def _check_embeddings(self) -> None:
         emb = self.path / fmt.EMBEDDINGS
         size = emb.stat().st_size
         n = self.vocab_size * self.hidden_size
@@ -288,6 +310,11 @@ class Vindex:
             raw = self._view(entry["file"], entry["offset"], entry["length"], shape,
                              np.dtype("<u2"))
             return bf16_to_f32(raw)
+        if store in ("q4_k", "q6_k"):
+            from .kquant import dequantize
+            raw = self._view(entry["file"], entry["offset"], entry["length"],
+                             (entry["length"],), np.dtype(np.uint8))
+            return dequantize(raw, store, shape, str(self.path / entry["file"]))
         if store not in STORAGE:
             raise refuse_kind(entry, str(self.path / fmt.MANIFEST))
         arr = self._view(entry["file"], entry["offset"], entry["length"], shape, STORAGE[store])
@@ -314,6 +341,21 @@ class Vindex:
     def gate_raw(self, layer: int) -> np.ndarray:
         """The layer's gate rows in storage dtype (memory-mapped, read-only)."""
         e = self._layer_entry(layer)
+        if self._gate_from_q4k:             # decoded from Q4_K, in the index dtype
+            key = self.weights.gate_key(layer)
+            entry = self.weights.entry(key)
+            if entry is None:
+                raise VindexError(f"{self.path}: no gate_vectors.bin and no {key} in "
+                                  f"interleaved_q4k_manifest.json", path=str(self.path))
+            rows = self._tensor(entry)
+            if rows.shape != (e["num_features"], self.hidden_size):
+                raise VindexError(f"{self.path / entry['file']}: {key} has shape "
+                                  f"{list(rows.shape)}, index.json says "
+                                  f"{[e['num_features'], self.hidden_size]}",
+                                  path=str(self.path / entry["file"]))
+            out = rows.astype(self.np_dtype)
+            out.setflags(write=False)
+            return out
         return self._view(fmt.GATE, e["offset"], e["length"], (e["num_features"], self.hidden_size))
 
     def gate(self, layer: int) -> np.ndarray:

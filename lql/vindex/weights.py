@@ -95,6 +95,10 @@ class VindexWeights(Mapping[str, np.ndarray]):
             return shape[::-1] if self._gate_transposed else shape
         raise MissingTensorError([key], where=f"vindex {self._v.path}")
 
+    def gate_key(self, layer: int) -> str:
+        """The model key of ``layer``'s FFN gate (input) projection."""
+        return self._gate_pattern.format(layer=layer)
+
     def entry(self, key: str) -> dict[str, Any] | None:
         """The manifest entry of a key stored in a split weight file (else ``None``)."""
         return self._entries.get(key)
@@ -111,13 +115,14 @@ STORAGE: dict[str, np.dtype] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
 #: written by write.rs:281/296 (tensor, vector), 942 (tensor_f16), 760/776 (packed_bf16)
 KINDS: dict[str, str | None] = {"tensor": None, "vector": None, "tensor_f16": "f16",
                                 "packed_bf16": "bf16"}
-#: kinds recognised but not readable here (another piece of work)
-REFUSED_KINDS = {"tensor_q4k": "Q4_K blocks (LARQL write.rs:1007); quantised tensors are not "
-                               "readable here yet"}
+#: kinds recognised but not readable here (none at present: ``tensor_q4k``, LARQL's Q4_K
+#: lm_head of write.rs:1007, is decoded by lql.vindex.kquant)
+REFUSED_KINDS: dict[str, str] = {}
 
 
 def entry_dtype(entry: dict[str, Any]) -> str:
-    """The storage of one validated manifest entry: ``f32``, ``f16`` or ``bf16``."""
+    """The storage of one validated manifest entry: ``f32``, ``f16``, ``bf16``, or LARQL's
+    block formats ``q4_k`` / ``q6_k`` (lql.vindex.kquant)."""
     return str(entry.get("_dtype", "f32"))
 
 
@@ -142,7 +147,7 @@ def validate_manifest(manifest: Any, path: str, itemsize: int,
     does (``length == n × 4`` → f32, ``n × 2`` → f16; ``tensor_f16`` is f16,
     ``packed_bf16`` bf16), not from index.json's ``dtype`` (LARQL writes norms f32 in f16
     vindexes).  It is recorded under the entry's ``_dtype`` (the returned entries are
-    copies).  An entry of a kind that cannot be read here (``tensor_q4k``, unknown kinds)
+    copies).  An entry of a kind that cannot be read here (unknown kinds)
     gets ``_dtype`` ``"refused"`` and raises only when asked for.  ``itemsize`` is the
     index dtype's, preferred when a length fits both (an empty tensor)."""
     import math
@@ -160,7 +165,14 @@ def validate_manifest(manifest: Any, path: str, itemsize: int,
         e = dict(e)
         kind = e.get("kind", "tensor")
         n = math.prod(int(x) for x in e["shape"])
-        if kind not in KINDS:
+        if kind == "tensor_q4k":            # Q4_K blocks (lql.vindex.kquant)
+            from .kquant import padded_bytes
+            e["_dtype"] = "q4_k"
+            if e["length"] != padded_bytes(e["shape"], "Q4_K"):
+                raise VindexError(f"{path}: {e['key']} (tensor_q4k) has length {e['length']}, "
+                                  f"shape {e['shape']} needs {padded_bytes(e['shape'], 'Q4_K')} "
+                                  f"bytes", path=path)
+        elif kind not in KINDS:
             e["_dtype"] = "refused"
         elif KINDS[kind] is not None:
             e["_dtype"] = KINDS[kind]
