@@ -153,7 +153,8 @@ def larql_labels(root: Path, probe: dict[tuple[int, int], str],
 
 
 __all__ = ["larql_vindex", "larql_index", "larql_labels", "larql_bands", "larql_q4k_vindex",
-           "quantize_q4_k", "quantize_q6_k"]
+           "quantize_q4_k", "quantize_q6_k", "larql_e2b_layout", "larql_svd_layout",
+           "truncated_tokenizer"]
 
 
 # ---------------------------------------------------------------- quant: q4k
@@ -277,4 +278,104 @@ def larql_q4k_vindex(root: Path, *, keep_gate: bool = True) -> Path:
     index = larql_index(json.loads((src / "index.json").read_text()), "inference")
     index["quant"] = "q4k"
     (root / "index.json").write_text(json.dumps(index, indent=2))
+    return root
+
+
+# ---------------------------------------------------------------- the two published layouts
+
+def truncated_tokenizer(src: Path, dst: Path, size: int) -> None:
+    """SmolLM2's byte-level BPE cut to its first ``size`` tokens (ids kept; merges whose
+    parts or result are beyond it dropped): a tokenizer that covers fewer tokens than the
+    embedding rows, as the published Gemma-4-E2B vindex's substitute tokenizer does."""
+    tj = json.loads(src.read_text())
+    model = tj["model"]
+    vocab = {t: i for t, i in model["vocab"].items() if i < size}
+    merges = []
+    for m in model["merges"]:
+        a, b = m if isinstance(m, list) else m.split(" ", 1)
+        if a in vocab and b in vocab and a + b in vocab:
+            merges.append(m)
+    model["vocab"], model["merges"] = vocab, merges
+    tj["added_tokens"] = [t for t in tj.get("added_tokens", []) if t["id"] < size]
+    dst.write_text(json.dumps(tj))
+
+
+def larql_e2b_layout(root: Path, tokens: int = 20000) -> Path:
+    """The file set of the published *Gemma 4 E2B (LarQL v0.2)* vindex, built small from
+    SmolLM2: gate_vectors.bin (f16), down_features.bin (down transposed, features × hidden,
+    f32 as LARQL's build_down_features writes it: larql-vindex/examples/
+    build_down_features.rs), embeddings.bin, down_meta.bin, feature_clusters.jsonl,
+    relation_clusters.json, norms.bin, a substitute tokenizer.json with ``tokens`` tokens
+    (fewer than the embedding rows), index.json (BROWSE, no weight manifest) and
+    manifest.json (build provenance)."""
+    from lql.vindex import open_vindex
+    src = smollm2_vindex("inference", "f16")
+    v = open_vindex(src)
+    root.mkdir(parents=True)
+    for name in ("gate_vectors.bin", "embeddings.bin", "down_meta.bin", "norms.bin"):
+        _link(src / name, root / name)
+    with open(root / "down_features.bin", "wb") as fh:
+        for n in v.layers:
+            fh.write(np.ascontiguousarray(
+                v.weights[f"layers.{n}.mlp.down_proj.weight"].T, dtype="<f4").tobytes())
+    truncated_tokenizer(src / "tokenizer.json", root / "tokenizer.json", tokens)
+    ix = json.loads((src / "index.json").read_text())
+    (root / "index.json").write_text(json.dumps(larql_index(ix, "browse"), indent=2))
+    (root / "manifest.json").write_text(json.dumps(
+        {"larql_version": "0.2.0", "built_at": "2026-04-01T00:00:00Z",
+         "source": "google/gemma-4-E2B-it", "files": sorted(p.name for p in root.iterdir())}))
+    larql_labels(root, {}, {(n, 0): 0 for n in v.layers}, ["capital"], v.hidden_size)
+    return root
+
+
+def larql_svd_layout(root: Path, k: int = 16, *, explicit: bool = False) -> Path:
+    """The published *Qwen3-8B SVD vindex* layout, built small from SmolLM2: per layer the
+    top-``k`` right singular vectors of gate_proj (gate_vectors.bin) and left singular
+    vectors of down_proj (down_features.bin), each scaled by its singular value, as
+    ``[L × k × H]`` f16; down_meta.bin for those down directions (E · u, top 10);
+    embeddings.bin, norms.bin, tokenizer.json, manifest.json, SHA256SUMS; index.json with
+    only ``num_layers, hidden_size, num_feats, vocab_size`` (no ``layers``, no dtype).
+    ``explicit``: the same files with our full index.json (the reference)."""
+    import hashlib
+
+    from lql.vindex import open_vindex
+    from lql.vindex.down_meta import DownMetaWriter, layer_records
+    src = smollm2_vindex("inference", "f16")
+    v = open_vindex(src)
+    root.mkdir(parents=True)
+    for name in ("embeddings.bin", "norms.bin", "tokenizer.json"):
+        _link(src / name, root / name)
+    emb = np.ascontiguousarray(v.embeddings, dtype=np.float32)
+    gates, downs = [], []
+    with open(root / "down_meta.bin", "wb") as fh:
+        w = DownMetaWriter(fh, v.num_layers, 10)
+        for n in range(v.num_layers):
+            g = v.weights[f"layers.{n}.mlp.gate_proj.weight"]            # (F, H)
+            _u, s, vt = np.linalg.svd(g, full_matrices=False)
+            gates.append((vt[:k] * s[:k, None]).astype("<f2"))
+            d = v.weights[f"layers.{n}.mlp.down_proj.weight"]            # (H, F)
+            u, s2, _vt = np.linalg.svd(d, full_matrices=False)
+            dirs = (u[:, :k] * s2[:k]).T.astype("<f2")                   # (k, H)
+            downs.append(dirs)
+            cols = dirs.astype(np.float32).T
+            w.write_layer(n, layer_records(emb, lambda lo, hi, c=cols: c[:, lo:hi], k, 10))
+        w.finish()
+    (root / "gate_vectors.bin").write_bytes(b"".join(g.tobytes() for g in gates))
+    (root / "down_features.bin").write_bytes(b"".join(d.tobytes() for d in downs))
+    if explicit:
+        ix = json.loads((src / "index.json").read_text())
+        length = k * v.hidden_size * 2
+        ix.update(intermediate_size=k, extract_level="browse", has_model_weights=False,
+                  down_top_k=10, checksums=None,
+                  layers=[{"layer": n, "num_features": k, "offset": n * length, "length": length}
+                          for n in range(v.num_layers)])
+        ix.pop("index_checksum", None)
+    else:
+        ix = {"num_layers": v.num_layers, "hidden_size": v.hidden_size, "num_feats": k,
+              "vocab_size": v.vocab_size}
+    (root / "index.json").write_text(json.dumps(ix, indent=2))
+    (root / "manifest.json").write_text(json.dumps({"method": "svd", "num_feats": k}))
+    sums = [f"{hashlib.sha256((root / p).read_bytes()).hexdigest()}  {p}"
+            for p in sorted(x.name for x in root.iterdir())]
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     return root

@@ -79,6 +79,9 @@ def use(session, stmt) -> Result:
     from ..browse.info import total_features
     from ..browse.labels import labels_of
     v = open_vindex_checked(session, stmt.path)
+    check_tok = getattr(v, "tokenizer_caveat", None)
+    if callable(check_tok):
+        check_tok()                        # a substitute tokenizer: said below, as a caveat
     session.use_vindex(v)                  # a new base: edits start a fresh overlay
     lab = labels_of(v)
     n_clusters = len((lab.clusters or {}).get("labels") or []) if isinstance(lab.clusters, dict) else 0

@@ -43,6 +43,11 @@ class VindexWeights(Mapping[str, np.ndarray]):
         self._entries: dict[str, dict[str, Any]] = {}
         for entry in manifest or ():
             self._entries[entry["key"]] = entry
+        # LARQL's down_features.bin (feature-major down): each layer's down key, when the
+        # manifest does not store it
+        self._down_keys = {fam.down_key(layer): layer for layer in vindex.layers
+                           if fam.down_key(layer) not in self._entries} \
+            if vindex.has_down_features() else {}
         src = (getattr(vindex, "source", None) or {}).get("path") or "<model folder or .gguf>"
         #: what a model builder says when a tensor it needs is not here
         self.where = (f'vindex {vindex.path}; re-run EXTRACT MODEL "{src}" INTO "{vindex.path}" '
@@ -63,19 +68,23 @@ class VindexWeights(Mapping[str, np.ndarray]):
         if layer is not None:
             gate = self._v.gate(layer)
             return gate.T if self._gate_transposed else gate
+        layer = self._down_keys.get(key)
+        if layer is not None:               # (hidden, features), as the model stores it
+            return self._v.down_features(layer).T
         level = self._v.level
         hint = "" if level != "browse" else " (extracted WITH BROWSE; re-extract WITH INFERENCE)"
         raise MissingTensorError([key], where=f"vindex {self._v.path}{hint}")
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries or key in self._embed_keys or key in self._gate_keys
+        return (key in self._entries or key in self._embed_keys or key in self._gate_keys
+                or key in self._down_keys)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
-        for key in (*self._embed_keys[:1], *self._gate_keys, *self._entries):
+        for key in (*self._embed_keys[:1], *self._gate_keys, *self._entries, *self._down_keys):
             if key not in seen:
                 seen.add(key)
                 yield key
@@ -93,6 +102,9 @@ class VindexWeights(Mapping[str, np.ndarray]):
         if layer is not None:
             shape = (self._v.num_features(layer), self._v.hidden_size)
             return shape[::-1] if self._gate_transposed else shape
+        layer = self._down_keys.get(key)
+        if layer is not None:
+            return (self._v.hidden_size, self._v.num_features(layer))
         raise MissingTensorError([key], where=f"vindex {self._v.path}")
 
     def gate_key(self, layer: int) -> str:
