@@ -91,6 +91,15 @@ class Level(_KeywordEnum):
     ALL = "ALL"
 
 
+# LARQL's EXTRACT COMPONENTS names, and the smallest level that stores each (lql extracts
+# by level; COMPONENTS chooses the level when WITH is not given: docs/LARQL.md)
+COMPONENT_LEVELS: dict[str, Level] = {
+    "FFN_GATE": Level.BROWSE, "FFN_DOWN": Level.BROWSE, "EMBEDDINGS": Level.BROWSE,
+    "FFN_UP": Level.INFERENCE, "ATTN_OV": Level.INFERENCE, "ATTN_QK": Level.INFERENCE,
+}
+COMPONENTS: tuple[str, ...] = tuple(COMPONENT_LEVELS)
+
+
 class DType(_KeywordEnum):
     F16 = "F16"
     F32 = "F32"
@@ -355,12 +364,14 @@ class Extract(Statement):
     dtype: DType | None = None          # default F16
     force: bool = False
     adapter: str | None = None          # WITH ADAPTER "<peft dir>": a LoRA merged first
+    components: tuple[str, ...] = ()    # LARQL's COMPONENTS list (upper case); () = none given
 
     def to_lql(self) -> str:
         return _join("EXTRACT MODEL", quote(self.source), "INTO", quote(self.output),
                      _opt("WITH", self.level, str), _opt("WITH ADAPTER", self.adapter, quote),
                      _opt("LAYERS", self.layers, _lql),
-                     _opt("DTYPE", self.dtype, str), _flag("FORCE", self.force))
+                     _opt("DTYPE", self.dtype, str), _flag("FORCE", self.force),
+                     _opt("COMPONENTS", ", ".join(self.components) or None))
 
 
 @dataclass(frozen=True)
@@ -377,9 +388,11 @@ class UseModel(Statement):
     keyword: ClassVar[str] = "USE MODEL"
     source: str
     adapter: str | None = None          # WITH ADAPTER "<peft dir>": a LoRA merged at load
+    auto_extract: bool = False          # AUTO_EXTRACT: extract (cached) and USE the vindex
 
     def to_lql(self) -> str:
-        return _join(f"USE MODEL {quote(self.source)}", _opt("WITH ADAPTER", self.adapter, quote))
+        return _join(f"USE MODEL {quote(self.source)}", _opt("WITH ADAPTER", self.adapter, quote),
+                     _flag("AUTO_EXTRACT", self.auto_extract))
 
 
 @dataclass(frozen=True)

@@ -152,4 +152,230 @@ def larql_labels(root: Path, probe: dict[tuple[int, int], str],
         "counts": counts, "top_tokens": [[] for _ in range(k)]}, indent=2))
 
 
-__all__ = ["larql_vindex", "larql_index", "larql_labels", "larql_bands"]
+__all__ = ["larql_vindex", "larql_index", "larql_labels", "larql_bands", "larql_q4k_vindex",
+           "quantize_q4_k", "quantize_q6_k", "larql_e2b_layout", "larql_svd_layout",
+           "truncated_tokenizer"]
+
+
+# ---------------------------------------------------------------- quant: q4k
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype("<f2")
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    """Rust's ``f32::round``: half away from zero (numpy rounds half to even)."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_q4_k(values: np.ndarray) -> bytes:
+    """LARQL's ``quantize_q4_k`` (larql-compute/src/cpu/ops/q4_common.rs:131-220), vectorised
+    over super-blocks: 144-byte llama.cpp ``block_q4_K`` blocks of 256 values (zero-padded)."""
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    x = np.concatenate([x, np.zeros(-x.size % 256, np.float32)])
+    blk = x.reshape(-1, 8, 32)
+    mins = np.minimum(blk.min(-1), 0.0)
+    maxs = np.maximum(blk.max(-1), 0.0)
+    rng = maxs - mins
+    gmax, gmin = rng.max(-1), mins.min(-1)
+    d = np.where(gmax > 0, gmax / np.float32(15 * 63), 0).astype(np.float32)
+    dmin = np.where(gmin < 0, -gmin / np.float32(63), 0).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qs = np.where(d[:, None] > 0, np.clip(_round(rng / (15 * d[:, None])), 0, 63), 0)
+        qm = np.where(dmin[:, None] > 0, np.clip(_round(-mins / dmin[:, None]), 0, 63), 0)
+    qs, qm = qs.astype(np.uint8), qm.astype(np.uint8)
+    packed = np.zeros((blk.shape[0], 12), np.uint8)
+    for j in range(4):
+        packed[:, j] = (qs[:, j] & 0x3F) | (((qs[:, j + 4] >> 4) & 0x03) << 6)
+        packed[:, j + 4] = (qm[:, j] & 0x3F) | (((qm[:, j + 4] >> 4) & 0x03) << 6)
+        packed[:, j + 8] = (qs[:, j + 4] & 0x0F) | ((qm[:, j + 4] & 0x0F) << 4)
+    scale = d[:, None] * qs                                  # (blocks, 8)
+    low = dmin[:, None] * qm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(scale > 0, 1.0 / scale, 0.0).astype(np.float32)
+    enc = np.clip(_round((blk + low[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.uint8)
+    nib = (enc[:, 0::2, :] | (enc[:, 1::2, :] << 4)).reshape(-1, 128)   # groups (2g, 2g+1)
+    out = np.concatenate([_f16(d)[:, None].view(np.uint8), _f16(dmin)[:, None].view(np.uint8),
+                          packed, nib], axis=1)
+    return out.tobytes()
+
+
+def quantize_q6_k(values: np.ndarray) -> bytes:
+    """LARQL's ``quantize_q6_k`` (q4_common.rs:222-298): 210-byte blocks, LARQL's own
+    in-order bit layout (not llama.cpp's interleaving)."""
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    x = np.concatenate([x, np.zeros(-x.size % 256, np.float32)])
+    blk = x.reshape(-1, 256)
+    amax = np.abs(blk).max(-1)
+    d = (amax / np.float32(31 * 127)).astype(np.float32)
+    sub = np.abs(blk.reshape(-1, 16, 16)).max(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, sub / (31 * d[:, None]), 0)
+    sc = np.clip(_round(sc), -128, 127).astype(np.int8)
+    step = d[:, None] * sc.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(np.abs(step) > 1e-10, 1.0 / step, 0.0).astype(np.float32)
+    q = (np.clip(_round(blk.reshape(-1, 16, 16) * inv[:, :, None]), -32, 31) + 32)
+    q = q.astype(np.uint8).reshape(-1, 256)
+    ql = (q[:, 0::2] & 0x0F) | ((q[:, 1::2] & 0x0F) << 4)
+    hi = ((q >> 4) & 0x03).reshape(-1, 64, 4)
+    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+    out = np.concatenate([ql, qh, sc.view(np.uint8), _f16(d)[:, None].view(np.uint8)], axis=1)
+    return out.tobytes()
+
+
+def larql_q4k_vindex(root: Path, *, keep_gate: bool = True) -> Path:
+    """A LARQL ``quant: q4k`` SmolLM2 vindex (write.rs:529-1030) at ``root``: Q/K/O Q4_K and
+    V Q6_K in attn_weights_q4k.bin, gate/up Q4_K and down Q6_K in interleaved_q4k.bin (each
+    with its ``{key, shape, format, offset, length}`` manifest), lm_head_q4.bin (Q4_K of the
+    tied embeddings, kind ``tensor_q4k``), norms.bin f32 (kind ``vector``).  Without
+    ``keep_gate`` there is no gate_vectors.bin (LARQL then synthesises the gates from
+    interleaved_q4k.bin, format/load.rs:90-104)."""
+    from lql.vindex import open_vindex
+    src = smollm2_vindex("inference", "f16")
+    v = open_vindex(src)
+    root.mkdir(parents=True)
+    keep = {"tokenizer.json", "embeddings.bin", "down_meta.bin"} | (
+        {"gate_vectors.bin"} if keep_gate else set())
+    for p in src.iterdir():
+        if p.name in keep:
+            _link(p, root / p.name)
+    w = v.weights
+
+    def write(name: str, keys: list[tuple[str, str]]) -> None:
+        entries, offset, chunks = [], 0, []
+        for key, form in keys:
+            data = (quantize_q4_k if form == "Q4_K" else quantize_q6_k)(w[key])
+            entries.append({"key": key, "shape": list(w.shape(key)), "format": form,
+                            "offset": offset, "length": len(data)})
+            offset += len(data)
+            chunks.append(data)
+        (root / name).write_bytes(b"".join(chunks))
+        (root / name.replace(".bin", "_manifest.json")).write_text(json.dumps(entries, indent=2))
+
+    L = v.num_layers
+    write("attn_weights_q4k.bin", [
+        (f"layers.{n}.self_attn.{p}_proj.weight", "Q6_K" if p == "v" else "Q4_K")
+        for n in range(L) for p in "qkvo"])
+    write("interleaved_q4k.bin", [
+        (f"layers.{n}.mlp.{p}_proj.weight", "Q6_K" if p == "down" else "Q4_K")
+        for n in range(L) for p in ("gate", "up", "down")])
+    norms, entries, offset = [], [], 0
+    for e in v.manifest or ():
+        if e["file"] == "norms.bin":
+            vec = w[e["key"]].astype("<f4")
+            entries.append({"key": e["key"], "kind": "vector", "shape": list(vec.shape),
+                            "offset": offset, "length": vec.nbytes, "file": "norms.bin"})
+            offset += vec.nbytes
+            norms.append(vec.tobytes())
+    (root / "norms.bin").write_bytes(b"".join(norms))
+    head = quantize_q4_k(v.embeddings.astype(np.float32))
+    (root / "lm_head_q4.bin").write_bytes(head)
+    entries.append({"key": "lm_head.weight", "kind": "tensor_q4k",
+                    "shape": [v.vocab_size, v.hidden_size], "offset": 0, "length": len(head),
+                    "file": "lm_head_q4.bin"})
+    (root / "weight_manifest.json").write_text(json.dumps(entries, indent=2))
+    index = larql_index(json.loads((src / "index.json").read_text()), "inference")
+    index["quant"] = "q4k"
+    (root / "index.json").write_text(json.dumps(index, indent=2))
+    return root
+
+
+# ---------------------------------------------------------------- the two published layouts
+
+def truncated_tokenizer(src: Path, dst: Path, size: int) -> None:
+    """SmolLM2's byte-level BPE cut to its first ``size`` tokens (ids kept; merges whose
+    parts or result are beyond it dropped): a tokenizer that covers fewer tokens than the
+    embedding rows, as the published Gemma-4-E2B vindex's substitute tokenizer does."""
+    tj = json.loads(src.read_text())
+    model = tj["model"]
+    vocab = {t: i for t, i in model["vocab"].items() if i < size}
+    merges = []
+    for m in model["merges"]:
+        a, b = m if isinstance(m, list) else m.split(" ", 1)
+        if a in vocab and b in vocab and a + b in vocab:
+            merges.append(m)
+    model["vocab"], model["merges"] = vocab, merges
+    tj["added_tokens"] = [t for t in tj.get("added_tokens", []) if t["id"] < size]
+    dst.write_text(json.dumps(tj))
+
+
+def larql_e2b_layout(root: Path, tokens: int = 20000) -> Path:
+    """The file set of the published *Gemma 4 E2B (LarQL v0.2)* vindex, built small from
+    SmolLM2: gate_vectors.bin (f16), down_features.bin (down transposed, features × hidden,
+    f32 as LARQL's build_down_features writes it: larql-vindex/examples/
+    build_down_features.rs), embeddings.bin, down_meta.bin, feature_clusters.jsonl,
+    relation_clusters.json, norms.bin, a substitute tokenizer.json with ``tokens`` tokens
+    (fewer than the embedding rows), index.json (BROWSE, no weight manifest) and
+    manifest.json (build provenance)."""
+    from lql.vindex import open_vindex
+    src = smollm2_vindex("inference", "f16")
+    v = open_vindex(src)
+    root.mkdir(parents=True)
+    for name in ("gate_vectors.bin", "embeddings.bin", "down_meta.bin", "norms.bin"):
+        _link(src / name, root / name)
+    with open(root / "down_features.bin", "wb") as fh:
+        for n in v.layers:
+            fh.write(np.ascontiguousarray(
+                v.weights[f"layers.{n}.mlp.down_proj.weight"].T, dtype="<f4").tobytes())
+    truncated_tokenizer(src / "tokenizer.json", root / "tokenizer.json", tokens)
+    ix = json.loads((src / "index.json").read_text())
+    (root / "index.json").write_text(json.dumps(larql_index(ix, "browse"), indent=2))
+    (root / "manifest.json").write_text(json.dumps(
+        {"larql_version": "0.2.0", "built_at": "2026-04-01T00:00:00Z",
+         "source": "google/gemma-4-E2B-it", "files": sorted(p.name for p in root.iterdir())}))
+    larql_labels(root, {}, {(n, 0): 0 for n in v.layers}, ["capital"], v.hidden_size)
+    return root
+
+
+def larql_svd_layout(root: Path, k: int = 16, *, explicit: bool = False) -> Path:
+    """The published *Qwen3-8B SVD vindex* layout, built small from SmolLM2: per layer the
+    top-``k`` right singular vectors of gate_proj (gate_vectors.bin) and left singular
+    vectors of down_proj (down_features.bin), each scaled by its singular value, as
+    ``[L × k × H]`` f16; down_meta.bin for those down directions (E · u, top 10);
+    embeddings.bin, norms.bin, tokenizer.json, manifest.json, SHA256SUMS; index.json with
+    only ``num_layers, hidden_size, num_feats, vocab_size`` (no ``layers``, no dtype).
+    ``explicit``: the same files with our full index.json (the reference)."""
+    import hashlib
+
+    from lql.vindex import open_vindex
+    from lql.vindex.down_meta import DownMetaWriter, layer_records
+    src = smollm2_vindex("inference", "f16")
+    v = open_vindex(src)
+    root.mkdir(parents=True)
+    for name in ("embeddings.bin", "norms.bin", "tokenizer.json"):
+        _link(src / name, root / name)
+    emb = np.ascontiguousarray(v.embeddings, dtype=np.float32)
+    gates, downs = [], []
+    with open(root / "down_meta.bin", "wb") as fh:
+        w = DownMetaWriter(fh, v.num_layers, 10)
+        for n in range(v.num_layers):
+            g = v.weights[f"layers.{n}.mlp.gate_proj.weight"]            # (F, H)
+            _u, s, vt = np.linalg.svd(g, full_matrices=False)
+            gates.append((vt[:k] * s[:k, None]).astype("<f2"))
+            d = v.weights[f"layers.{n}.mlp.down_proj.weight"]            # (H, F)
+            u, s2, _vt = np.linalg.svd(d, full_matrices=False)
+            dirs = (u[:, :k] * s2[:k]).T.astype("<f2")                   # (k, H)
+            downs.append(dirs)
+            cols = dirs.astype(np.float32).T
+            w.write_layer(n, layer_records(emb, lambda lo, hi, c=cols: c[:, lo:hi], k, 10))
+        w.finish()
+    (root / "gate_vectors.bin").write_bytes(b"".join(g.tobytes() for g in gates))
+    (root / "down_features.bin").write_bytes(b"".join(d.tobytes() for d in downs))
+    if explicit:
+        ix = json.loads((src / "index.json").read_text())
+        length = k * v.hidden_size * 2
+        ix.update(intermediate_size=k, extract_level="browse", has_model_weights=False,
+                  down_top_k=10, checksums=None,
+                  layers=[{"layer": n, "num_features": k, "offset": n * length, "length": length}
+                          for n in range(v.num_layers)])
+        ix.pop("index_checksum", None)
+    else:
+        ix = {"num_layers": v.num_layers, "hidden_size": v.hidden_size, "num_feats": k,
+              "vocab_size": v.vocab_size}
+    (root / "index.json").write_text(json.dumps(ix, indent=2))
+    (root / "manifest.json").write_text(json.dumps({"method": "svd", "num_feats": k}))
+    sums = [f"{hashlib.sha256((root / p).read_bytes()).hexdigest()}  {p}"
+            for p in sorted(x.name for x in root.iterdir())]
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return root

@@ -90,6 +90,15 @@ def stats(view: VindexView, *, overlay=None) -> Result:
     if assumed:                            # index.json values the reader had to assume
         row["assumed"] = ", ".join(f"{k}={v}" for k, v in assumed.items())
         extra.insert(0, "assumed")
+    features_are = getattr(base, "features_are", None)
+    if features_are:                       # e.g. an SVD vindex: not FFN neurons
+        row["features_are"] = features_are
+        extra.insert(0, "features_are")
+    check_tok = getattr(base, "tokenizer_caveat", None)
+    tok_note = check_tok() if callable(check_tok) else None
+    if tok_note:
+        row["tokenizer_size"] = int(getattr(base, "tokenizer_size", 0))
+        extra.insert(0, "tokenizer_size")
     mc = dict(getattr(view, "model_config", None) or {})
     if mc.get("num_experts"):              # MoE: expert rows, addressed apart from features
         from .experts import moe_layers
@@ -101,6 +110,10 @@ def stats(view: VindexView, *, overlay=None) -> Result:
     notes = ["bands derived from the layer count (index.json has none)"] if derived else []
     if assumed:
         notes.append(f"assumed (absent from index.json, the family's defaults): {row['assumed']}")
+    if features_are:
+        notes.append(f"features are {features_are}")
+    if tok_note:
+        notes.append(tok_note)
     return Result.table("STATS", STATS_COLUMNS + extra, [row],
                         message="; ".join(notes) or None)
 

@@ -10,10 +10,11 @@ overlay-free vindex that ``WALK ... COMPARE`` compares against.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .. import ast
-from ..errors import NoVindexError, VindexError
+from ..errors import ExecutionError, NoVindexError, VindexError
 from ..result import Result
 from ..runtime.view import EditedView, VindexView, overlay_of
 from . import handler
@@ -78,6 +79,9 @@ def use(session, stmt) -> Result:
     from ..browse.info import total_features
     from ..browse.labels import labels_of
     v = open_vindex_checked(session, stmt.path)
+    check_tok = getattr(v, "tokenizer_caveat", None)
+    if callable(check_tok):
+        check_tok()                        # a substitute tokenizer: said below, as a caveat
     session.use_vindex(v)                  # a new base: edits start a fresh overlay
     lab = labels_of(v)
     n_clusters = len((lab.clusters or {}).get("labels") or []) if isinstance(lab.clusters, dict) else 0
@@ -110,6 +114,8 @@ def use_model(session, stmt) -> Result:
         src = lora = AdapterSource(src, session.resolve_path(stmt.adapter))
         adapter = {"path": str(lora.adapter_path), "modules": len(lora.merged_modules),
                    "scaling": lora.scaling}
+    if stmt.auto_extract:
+        return _auto_extract(session, stmt, src)
     session.use_source(src)
     cfg = src.model_config or {}
     layers = cfg.get("num_layers") or (src.hf_config or {}).get("num_hidden_layers")
@@ -120,6 +126,30 @@ def use_model(session, stmt) -> Result:
                       f"TRACE and STATS work on it; browsing and edits need a vindex",
                       path=str(src.path or where), model=src.name, family=src.family,
                       **({"adapter": adapter} if adapter else {}))
+
+
+def _auto_extract(session, stmt, src) -> Result:
+    """``USE MODEL … AUTO_EXTRACT``: extract the source once (INFERENCE, f16) into the
+    vindex cache (:mod:`lql.vindex.autocache`), then USE it — browsing, INFER and edits
+    all work; a later AUTO_EXTRACT of the unchanged source reuses the folder."""
+    from ..vindex import extract as run_extract
+    from ..vindex.autocache import cached_path
+    try:
+        out = cached_path(src, level="inference", dtype="f16")
+    except ValueError as e:
+        raise ExecutionError(str(e)) from None
+    reused = (out / "index.json").is_file()
+    t0 = time.perf_counter()
+    if not reused:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_extract(src, out, level="inference", dtype="f16",
+                    check_cancelled=session.check_cancelled)
+    seconds = round(time.perf_counter() - t0, 2)
+    used = use(session, ast.Use(str(out)))
+    how = "reused the cached vindex" if reused else f"extracted it in {seconds} s into"
+    return Result.msg("USE MODEL", f"AUTO_EXTRACT {stmt.source}: {how} {out}. {used.message}",
+                      **{**used.meta, "auto_extract": {"vindex": str(out), "reused": reused,
+                                                       "seconds": seconds}})
 
 
 # --------------------------------------------------------------------------- STATS / SHOW

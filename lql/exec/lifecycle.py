@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from .. import ast
+from ..errors import ExecutionError
 from ..result import Result
 from . import handler
 
@@ -38,8 +39,9 @@ def extract(session, stmt) -> Result:
     # the storage layer takes plain layer numbers (lql.vindex knows nothing of the AST)
     layers = (range(stmt.layers.start, stmt.layers.end + 1)
               if isinstance(stmt.layers, ast.Range) else None)     # None: ALL LAYERS
+    level, note = _level_for(stmt)
     t0 = time.perf_counter()
-    out = run_extract(source, output, level=_enum_value(stmt.level, "browse"),
+    out = run_extract(source, output, level=_enum_value(level, "browse"),
                       dtype=_enum_value(stmt.dtype, "f16"), layers=layers,
                       force=bool(stmt.force), check_cancelled=session.check_cancelled)
     seconds = round(time.perf_counter() - t0, 2)
@@ -52,4 +54,27 @@ def extract(session, stmt) -> Result:
     message = (f"extracted {row['model']} ({row['family']}, {row['layers']}/{row['num_layers']} "
                f"layers, {row['level'].upper()}, {row['dtype']}) into {out} — "
                f"{row['size_mb']} MB in {seconds} s")
+    if note:
+        message += f"; {note}"
     return Result.table("EXTRACT", EXTRACT_COLUMNS, [row], message=message)
+
+
+_ORDER = (ast.Level.BROWSE, ast.Level.INFERENCE, ast.Level.ALL)
+
+
+def _level_for(stmt) -> tuple[ast.Level | None, str | None]:
+    """LARQL's ``COMPONENTS …``: lql extracts whole levels, so the components choose the
+    smallest level that stores them all when ``WITH`` is absent; a ``WITH`` level that
+    lacks one of them is refused (LARQL parses the list and ignores it)."""
+    if not stmt.components:
+        return stmt.level, None
+    need = max((ast.COMPONENT_LEVELS[c] for c in stmt.components), key=_ORDER.index)
+    names = ", ".join(stmt.components)
+    if stmt.level is not None and _ORDER.index(stmt.level) < _ORDER.index(need):
+        lacking = [c for c in stmt.components
+                   if _ORDER.index(ast.COMPONENT_LEVELS[c]) > _ORDER.index(stmt.level)]
+        raise ExecutionError(f"COMPONENTS {', '.join(lacking)} need WITH {need} "
+                             f"(WITH {stmt.level} does not store them)")
+    level = stmt.level or need
+    return level, (f"COMPONENTS {names}: lql extracts whole levels — WITH {level} stores "
+                   f"them (and everything else that level holds)")

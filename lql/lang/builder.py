@@ -223,6 +223,8 @@ class Builder:
 
     # ---- shared clauses ----------------------------------------------------
     def with_level(self, c: Children) -> Clause:
+        if _opt(c, "WEIGHTS") is not None:      # LARQL's legacy WITH WEIGHTS = WITH INFERENCE
+            return Clause("level", ast.Level.INFERENCE, _head(c))
         return Clause("level", _choice(c, ast.Level), _head(c))
 
     def layers(self, c: Children) -> Clause:
@@ -284,7 +286,22 @@ class Builder:
         return ast.Extract(string(source), string(output), level=d.get("level"),
                            layers=d.get("layers"), dtype=d.get("dtype"),
                            force=d.get("force", False), adapter=d.get("adapter"),
-                           **_pos(_head(c)))
+                           components=d.get("components", ()), **_pos(_head(c)))
+
+    def components(self, c: Children) -> Clause:
+        names = []
+        for tok in _toks(c, "NAME"):
+            name = tok.value.upper()
+            if name not in ast.COMPONENTS:
+                close = difflib.get_close_matches(name, ast.COMPONENTS, n=1, cutoff=0.6)
+                raise NodeError(f"unknown component {tok.value}", tok, expected=ast.COMPONENTS,
+                                suggestion=close[0] if close else None)
+            if name not in names:
+                names.append(name)
+        return Clause("components", tuple(names), _head(c))
+
+    def auto_extract(self, c: Children) -> Clause:
+        return Clause("auto_extract", True, _head(c))
 
     def with_adapter(self, c: Children) -> Clause:
         return Clause("adapter", string(_tok(c, "STRING")), _head(c))
@@ -294,7 +311,8 @@ class Builder:
 
     def use_model(self, c: Children) -> ast.UseModel:
         d = _collect(c)
-        return ast.UseModel(string(_tok(c, "STRING")), adapter=d.get("adapter"), **_pos(_head(c)))
+        return ast.UseModel(string(_tok(c, "STRING")), adapter=d.get("adapter"),
+                            auto_extract=d.get("auto_extract", False), **_pos(_head(c)))
 
     def use_remote(self, c: Children) -> ast.UseRemote:
         return ast.UseRemote(string(_tok(c, "STRING")), **_pos(_head(c)))
@@ -620,6 +638,12 @@ class Builder:
 
     def show_entities(self, c: Children) -> ast.ShowEntities:
         d = _collect(c)
+        bare = _opt(c, "NUMBER")                # LARQL's SHOW ENTITIES 26: the layer
+        if bare is not None:
+            if "layer" in d:
+                raise NodeError("SHOW ENTITIES takes one layer: a bare number or AT LAYER, "
+                                "not both", bare)
+            d["layer"] = _int(bare, "a layer")
         return ast.ShowEntities(layer=d.get("layer"), limit=d.get("limit"), **_pos(_head(c)))
 
     def show_models(self, c: Children) -> ast.ShowModels:

@@ -83,13 +83,16 @@ def clear_cache() -> None:
 #: down-meta) and LARQL's ATTENTION (+ attention weights and norms, no FFN up/down:
 #: larql-vindex/src/config/types.rs:79-99, format/weights/write.rs:260-263)
 NO_FORWARD_LEVELS = ("browse", "attention")
+#: index.json ``quant`` values whose weights a forward pass can read
+READABLE_QUANT = ("none", "q4k")
 
 
 def can_forward(view: VindexView) -> bool:
-    """False for a BROWSE or ATTENTION vindex, or one whose weights are quantised."""
+    """False for a BROWSE or ATTENTION vindex, or one quantised in a format not read here
+    (LARQL's ``q4k`` is: lql.vindex.kquant decodes it)."""
     v = base_of(view)
     return str(getattr(v, "level", "inference")).lower() not in NO_FORWARD_LEVELS and \
-        str(getattr(v, "quant", "none") or "none").lower() == "none"
+        str(getattr(v, "quant", "none") or "none").lower() in READABLE_QUANT
 
 
 def forward_caveats(view: VindexView) -> list[str]:
@@ -106,11 +109,11 @@ def check_level(view: VindexView, what: str = "this statement") -> None:
     src = (getattr(v, "source", None) or {}).get("path") or "<model folder or .gguf>"
     path = getattr(v, "path", None) or "model.vindex"
     quant = str(getattr(v, "quant", "none") or "none").lower()
-    if quant != "none":
+    if quant not in READABLE_QUANT:
         raise LevelError(
             f"this vindex stores its weights quantised (quant={quant}: attn_weights_q4k.bin, "
-            f"interleaved_q4k.bin); {what} needs a forward pass, and quantised weights are not "
-            f"readable here yet — browse statements (WALK, DESCRIBE, SELECT) work")
+            f"interleaved_q4k.bin); {what} needs a forward pass, and only quant=q4k is "
+            f"readable here — browse statements (WALK, DESCRIBE, SELECT) work")
     level = str(getattr(v, "level", "browse")).upper()
     has = ("attention weights and norms but no FFN up/down weights" if level == "ATTENTION"
            else "no attention, norm or FFN weights")

@@ -144,7 +144,9 @@ def load_index(root: Path) -> dict[str, Any]:
     index = read_json(path)
     if not isinstance(index, dict):
         raise VindexError(f"{path}: expected a JSON object", path=str(path))
-    missing = [k for k in REQUIRED_KEYS if k not in index]
+    # the published SVD vindexes have num_feats instead of a layers list (lql.vindex.larql)
+    missing = [k for k in REQUIRED_KEYS if k not in index
+               and not (k == "layers" and "num_feats" in index)]
     if missing:
         raise VindexError(f"{path}: missing required key{'s' if len(missing) > 1 else ''} "
                           + ", ".join(repr(k) for k in missing), path=str(path))

@@ -13,7 +13,10 @@ from a default as *assumed*.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
+
+from ..errors import VindexError
 
 __all__ = ["complete_larql_config", "is_larql_config", "label_key", "parse_label_key",
            "ASSUMABLE", "for_larql", "LARQL_DEFAULT_ROPE_BASE"]
@@ -165,3 +168,49 @@ def parse_label_key(key: object) -> tuple[int, int] | None:
 def label_key(layer: int, feature: int) -> str:
     """The feature_labels.json key LARQL reads: ``"L<layer>_F<feature>"``."""
     return f"L{int(layer)}_F{int(feature)}"
+
+
+# ---------------------------------------------------------------- published layouts
+
+#: what the features of a LARQL SVD vindex are (STATS ``features_are``, USE's note)
+SVD_FEATURES = ("the top-{k} SVD directions of each layer's gate_proj (gate_vectors.bin) and "
+                "down_proj (down_features.bin), not FFN neurons: a feature's gate is a singular "
+                "direction, its output tokens those of the matching down direction")
+
+
+def svd_layout(index: dict[str, Any], folder: Path) -> tuple[dict[str, Any], dict[str, Any],
+                                                             list[str]] | None:
+    """The published Qwen3-8B SVD vindex: index.json has ``num_layers, hidden_size,
+    num_feats, vocab_size`` and no ``layers`` list; gate_vectors.bin / down_features.bin
+    hold ``[L × num_feats × H]`` f16.  Returns the index with the ``layers`` entries (and
+    ``dtype``, ``intermediate_size``) it implies, what was assumed, and the notes to say
+    — or ``None`` for any other index.json."""
+    if "layers" in index or "num_feats" not in index:
+        return None
+    where = str(folder / "index.json")
+    vals = {k: index.get(k) for k in ("num_layers", "hidden_size", "num_feats")}
+    bad = [k for k, v in vals.items() if not (isinstance(v, int) and not isinstance(v, bool)
+                                              and v > 0)]
+    if bad:
+        raise VindexError(f"{where}: an SVD vindex (num_feats, no layers) needs positive "
+                          f"integers for {', '.join(bad)}", path=where)
+    n_layers, hidden, k = (int(vals[key] or 0) for key in ("num_layers", "hidden_size", "num_feats"))
+    assumed: dict[str, Any] = {"layers": f"{n_layers} × {k} features (from num_feats)"}
+    dtype = index.get("dtype")
+    if dtype is None:
+        gate = folder / "gate_vectors.bin"
+        size = gate.stat().st_size if gate.is_file() else None
+        dtype = {n_layers * k * hidden * 2: "f16", n_layers * k * hidden * 4: "f32"}.get(
+            size or -1, "f16")
+        assumed["dtype"] = f"{dtype} (from gate_vectors.bin's size)"
+    item = 2 if dtype == "f16" else 4
+    length = k * hidden * item
+    out = {**index, "dtype": dtype, "intermediate_size": index.get("intermediate_size") or k,
+           "layers": [{"layer": n, "num_features": k, "offset": n * length, "length": length}
+                      for n in range(n_layers)]}
+    return out, assumed, [SVD_FEATURES.format(k=k)]
+
+
+def row_text(row: int) -> str:
+    """How a token row the tokenizer does not cover is shown (never decoded)."""
+    return f"⟨row {row}⟩"

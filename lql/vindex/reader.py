@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ExecutionError, NoVindexError, VindexError
+from ..errors import ExecutionError, MissingTensorError, NoVindexError, VindexError
 from . import format as fmt
 from .down_meta import DownMeta
 from .validate import check_index, check_layer_entries
@@ -36,6 +36,9 @@ from .weights import (
     refuse_kind,
     validate_manifest,
 )
+
+#: LARQL's feature-major down projection (index/walk.rs; built by examples/build_down_features.rs)
+DOWN_FEATURES = "down_features.bin"
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -131,15 +134,26 @@ class Vindex:
         self.index: dict[str, Any] = fmt.load_index(self.path)
         where = str(self.path / fmt.INDEX)
         check_index(self.index, where)
-        ix = {**fmt.DEFAULTS, **{k: v for k, v in self.index.items() if v is not None}}
+        from .larql import svd_layout
+        raw = self.index
+        #: what this vindex's features are when they are not FFN neurons (an SVD vindex)
+        self.features_are: str | None = None
+        svd = svd_layout(raw, self.path)
+        notes: list[str] = []
+        if svd is not None:
+            raw, svd_assumed, notes = svd
+            self.features_are = notes[0]
+        ix = {**fmt.DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
         self.version = int(ix["version"])
         #: index.json values this reader had to assume (absent from the file): key → value,
         #: ``model_config.`` prefixed for model_config keys (STATS ``assumed``, USE's message)
         self.assumed: dict[str, Any] = {}
         #: what a forward pass on this vindex does differently from the original model
         #: (INFER says so), e.g. attention biases a LARQL vindex does not store
-        self.caveats: list[str] = []
-        if self.index.get("dtype") is None:
+        self.caveats: list[str] = list(notes)
+        if svd is not None:
+            self.assumed.update(svd_assumed)
+        elif self.index.get("dtype") is None:
             self.assumed["dtype"] = "f32"      # LARQL's default (config/dtype.rs:12-14)
         self.dtype: str = ix["dtype"]
         self.np_dtype = fmt.np_dtype(self.dtype, where)
@@ -185,6 +199,9 @@ class Vindex:
             manifest = validate_manifest(fmt.read_json(self.path / fmt.MANIFEST),
                                          str(self.path / fmt.MANIFEST), self.np_dtype.itemsize,
                                          self._file_sizes())
+        if self.quant == "q4k":               # LARQL's Q4_K layout files (lql.vindex.kquant)
+            from .kquant import layout_entries
+            manifest = [*(manifest or ()), *layout_entries(self.path, self._file_sizes())]
         self._manifest = manifest
         if self.model_config:
             from .larql import complete_larql_config
@@ -192,6 +209,10 @@ class Vindex:
                 self.index, self.model_config, {e["key"] for e in manifest or ()})
             self.assumed.update({f"model_config.{k}": v for k, v in assumed.items()})
             self.caveats.extend(caveats)
+        if self.quant == "q4k":
+            self.caveats.append("the weights are LARQL's Q4_K/Q6_K blocks decoded to f32: "
+                                "results differ from the original model by the quantisation "
+                                "error")
         self.weights = VindexWeights(self, manifest)
 
     # ------------------------------------------------------------ validation
@@ -213,8 +234,18 @@ class Vindex:
             out[layer] = entry
         return out
 
+    @property
+    def _gate_from_q4k(self) -> bool:
+        """LARQL's q4k vindex may omit gate_vectors.bin: the gates are then the Q4_K FFN
+        gate rows of interleaved_q4k.bin (LARQL: format/load.rs:90-104, synthesised)."""
+        from .kquant import GATE_SOURCE
+        return (self.quant == "q4k" and not (self.path / fmt.GATE).is_file()
+                and (self.path / GATE_SOURCE).is_file())
+
     def _check_required_files(self) -> None:
         for name in fmt.REQUIRED_FILES[self.level]:
+            if name == fmt.GATE and self._gate_from_q4k:
+                continue
             if not (self.path / name).is_file():
                 raise VindexError(f"{self.path / name}: file is missing (needed by a "
                                   f"{self.level.upper()} vindex)", path=str(self.path / name))
@@ -227,8 +258,10 @@ class Vindex:
         return sizes
 
     def _check_sizes(self) -> None:
-        item = self.np_dtype.itemsize
         gate = self.path / fmt.GATE
+        if self._gate_from_q4k:
+            self._check_embeddings()
+            return
         size = gate.stat().st_size
         end = max((e["offset"] + e["length"] for e in self._layers.values()), default=0)
         if size < end:
@@ -243,6 +276,9 @@ class Vindex:
         if covered != end:
             raise VindexError(f"{gate}: {end - covered} bytes belong to no layer entry of "
                               f"index.json (a layer entry is missing)", path=str(gate))
+        self._check_embeddings()
+
+    def _check_embeddings(self) -> None:
         emb = self.path / fmt.EMBEDDINGS
         size = emb.stat().st_size
         n = self.vocab_size * self.hidden_size
@@ -288,6 +324,11 @@ class Vindex:
             raw = self._view(entry["file"], entry["offset"], entry["length"], shape,
                              np.dtype("<u2"))
             return bf16_to_f32(raw)
+        if store in ("q4_k", "q6_k"):
+            from .kquant import dequantize
+            raw = self._view(entry["file"], entry["offset"], entry["length"],
+                             (entry["length"],), np.dtype(np.uint8))
+            return dequantize(raw, store, shape, str(self.path / entry["file"]))
         if store not in STORAGE:
             raise refuse_kind(entry, str(self.path / fmt.MANIFEST))
         arr = self._view(entry["file"], entry["offset"], entry["length"], shape, STORAGE[store])
@@ -314,6 +355,21 @@ class Vindex:
     def gate_raw(self, layer: int) -> np.ndarray:
         """The layer's gate rows in storage dtype (memory-mapped, read-only)."""
         e = self._layer_entry(layer)
+        if self._gate_from_q4k:             # decoded from Q4_K, in the index dtype
+            key = self.weights.gate_key(layer)
+            entry = self.weights.entry(key)
+            if entry is None:
+                raise VindexError(f"{self.path}: no gate_vectors.bin and no {key} in "
+                                  f"interleaved_q4k_manifest.json", path=str(self.path))
+            rows = self._tensor(entry)
+            if rows.shape != (e["num_features"], self.hidden_size):
+                raise VindexError(f"{self.path / entry['file']}: {key} has shape "
+                                  f"{list(rows.shape)}, index.json says "
+                                  f"{[e['num_features'], self.hidden_size]}",
+                                  path=str(self.path / entry["file"]))
+            out = rows.astype(self.np_dtype)
+            out.setflags(write=False)
+            return out
         return self._view(fmt.GATE, e["offset"], e["length"], (e["num_features"], self.hidden_size))
 
     def gate(self, layer: int) -> np.ndarray:
@@ -327,6 +383,54 @@ class Vindex:
             cached.setflags(write=False)
             self._gate_cache.put(layer, cached)
         return cached
+
+    def has_down_features(self) -> bool:
+        return (self.path / DOWN_FEATURES).is_file()
+
+    def down_features(self, layer: int) -> np.ndarray:
+        """LARQL's ``down_features.bin``: ``layer``'s down projection feature-major,
+        (num_features, hidden) f32 (read-only).  Layers follow each other in layer order
+        (cumulative offsets: LARQL's ``layer × width`` formula, index/walk.rs:59-75, is the
+        same for uniform widths); the file's dtype (f32, as LARQL writes it, or f16) comes
+        from its size."""
+        path = self.path / DOWN_FEATURES
+        if not path.is_file():
+            raise MissingTensorError([DOWN_FEATURES], where=f"vindex {self.path}")
+        e = self._layer_entry(layer)
+        rows = sum(self.num_features(n) for n in self.layers)
+        size = path.stat().st_size
+        by_size: dict[int, np.dtype] = {rows * self.hidden_size * 4: np.dtype("<f4"),
+                   rows * self.hidden_size * 2: np.dtype("<f2")}
+        dt = by_size.get(size)
+        if dt is None:
+            raise VindexError(f"{path}: {size} bytes; {rows} features × {self.hidden_size} need "
+                              f"{rows * self.hidden_size * 4} (f32) or "
+                              f"{rows * self.hidden_size * 2} (f16)", path=str(path))
+        before = sum(self.num_features(n) for n in self.layers if n < layer)
+        n = e["num_features"]
+        start = before * self.hidden_size * dt.itemsize
+        arr = self._view(DOWN_FEATURES, start, n * self.hidden_size * dt.itemsize,
+                         (n, self.hidden_size), dt)
+        return arr if arr.dtype == np.float32 else arr.astype(np.float32)
+
+    @cached_property
+    def tokenizer_size(self) -> int:
+        """Tokens tokenizer.json knows (added tokens included)."""
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def tokenizer_caveat(self) -> str | None:
+        """A note when tokenizer.json covers fewer tokens than the embedding rows (the
+        published Gemma-4-E2B vindex ships a substitute Qwen tokenizer): rows beyond it are
+        shown as ``⟨row N⟩``, never decoded.  Added to ``caveats`` once."""
+        if self.tokenizer_size >= self.vocab_size:
+            return None
+        note = (f"tokenizer.json has {self.tokenizer_size:,} tokens but the embeddings have "
+                f"{self.vocab_size:,} rows: it is not this model's tokenizer (a substitute?) — "
+                f"rows {self.tokenizer_size:,}.. are shown as ⟨row N⟩, and token texts below "
+                f"that come from the substitute, not the model")
+        if note not in self.caveats:
+            self.caveats.append(note)
+        return note
 
     # ------------------------------------------------------------ embeddings
     @property
@@ -366,6 +470,9 @@ class Vindex:
         """Decoded text of one token, leading space kept (``" Paris"``)."""
         tid = int(token_id)
         text = self._token_cache.get(tid)
+        if text is None and tid >= self.tokenizer_size:
+            from .larql import row_text
+            return row_text(tid)
         if text is None:
             tok = self.tokenizer
             text = tok.decode([tid], skip_special_tokens=False)

@@ -43,6 +43,11 @@ class VindexWeights(Mapping[str, np.ndarray]):
         self._entries: dict[str, dict[str, Any]] = {}
         for entry in manifest or ():
             self._entries[entry["key"]] = entry
+        # LARQL's down_features.bin (feature-major down): each layer's down key, when the
+        # manifest does not store it
+        self._down_keys = {fam.down_key(layer): layer for layer in vindex.layers
+                           if fam.down_key(layer) not in self._entries} \
+            if vindex.has_down_features() else {}
         src = (getattr(vindex, "source", None) or {}).get("path") or "<model folder or .gguf>"
         #: what a model builder says when a tensor it needs is not here
         self.where = (f'vindex {vindex.path}; re-run EXTRACT MODEL "{src}" INTO "{vindex.path}" '
@@ -63,19 +68,23 @@ class VindexWeights(Mapping[str, np.ndarray]):
         if layer is not None:
             gate = self._v.gate(layer)
             return gate.T if self._gate_transposed else gate
+        layer = self._down_keys.get(key)
+        if layer is not None:               # (hidden, features), as the model stores it
+            return self._v.down_features(layer).T
         level = self._v.level
         hint = "" if level != "browse" else " (extracted WITH BROWSE; re-extract WITH INFERENCE)"
         raise MissingTensorError([key], where=f"vindex {self._v.path}{hint}")
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries or key in self._embed_keys or key in self._gate_keys
+        return (key in self._entries or key in self._embed_keys or key in self._gate_keys
+                or key in self._down_keys)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
-        for key in (*self._embed_keys[:1], *self._gate_keys, *self._entries):
+        for key in (*self._embed_keys[:1], *self._gate_keys, *self._entries, *self._down_keys):
             if key not in seen:
                 seen.add(key)
                 yield key
@@ -93,7 +102,14 @@ class VindexWeights(Mapping[str, np.ndarray]):
         if layer is not None:
             shape = (self._v.num_features(layer), self._v.hidden_size)
             return shape[::-1] if self._gate_transposed else shape
+        layer = self._down_keys.get(key)
+        if layer is not None:
+            return (self._v.hidden_size, self._v.num_features(layer))
         raise MissingTensorError([key], where=f"vindex {self._v.path}")
+
+    def gate_key(self, layer: int) -> str:
+        """The model key of ``layer``'s FFN gate (input) projection."""
+        return self._gate_pattern.format(layer=layer)
 
     def entry(self, key: str) -> dict[str, Any] | None:
         """The manifest entry of a key stored in a split weight file (else ``None``)."""
@@ -111,13 +127,14 @@ STORAGE: dict[str, np.dtype] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
 #: written by write.rs:281/296 (tensor, vector), 942 (tensor_f16), 760/776 (packed_bf16)
 KINDS: dict[str, str | None] = {"tensor": None, "vector": None, "tensor_f16": "f16",
                                 "packed_bf16": "bf16"}
-#: kinds recognised but not readable here (another piece of work)
-REFUSED_KINDS = {"tensor_q4k": "Q4_K blocks (LARQL write.rs:1007); quantised tensors are not "
-                               "readable here yet"}
+#: kinds recognised but not readable here (none at present: ``tensor_q4k``, LARQL's Q4_K
+#: lm_head of write.rs:1007, is decoded by lql.vindex.kquant)
+REFUSED_KINDS: dict[str, str] = {}
 
 
 def entry_dtype(entry: dict[str, Any]) -> str:
-    """The storage of one validated manifest entry: ``f32``, ``f16`` or ``bf16``."""
+    """The storage of one validated manifest entry: ``f32``, ``f16``, ``bf16``, or LARQL's
+    block formats ``q4_k`` / ``q6_k`` (lql.vindex.kquant)."""
     return str(entry.get("_dtype", "f32"))
 
 
@@ -142,7 +159,7 @@ def validate_manifest(manifest: Any, path: str, itemsize: int,
     does (``length == n × 4`` → f32, ``n × 2`` → f16; ``tensor_f16`` is f16,
     ``packed_bf16`` bf16), not from index.json's ``dtype`` (LARQL writes norms f32 in f16
     vindexes).  It is recorded under the entry's ``_dtype`` (the returned entries are
-    copies).  An entry of a kind that cannot be read here (``tensor_q4k``, unknown kinds)
+    copies).  An entry of a kind that cannot be read here (unknown kinds)
     gets ``_dtype`` ``"refused"`` and raises only when asked for.  ``itemsize`` is the
     index dtype's, preferred when a length fits both (an empty tensor)."""
     import math
@@ -160,7 +177,14 @@ def validate_manifest(manifest: Any, path: str, itemsize: int,
         e = dict(e)
         kind = e.get("kind", "tensor")
         n = math.prod(int(x) for x in e["shape"])
-        if kind not in KINDS:
+        if kind == "tensor_q4k":            # Q4_K blocks (lql.vindex.kquant)
+            from .kquant import padded_bytes
+            e["_dtype"] = "q4_k"
+            if e["length"] != padded_bytes(e["shape"], "Q4_K"):
+                raise VindexError(f"{path}: {e['key']} (tensor_q4k) has length {e['length']}, "
+                                  f"shape {e['shape']} needs {padded_bytes(e['shape'], 'Q4_K')} "
+                                  f"bytes", path=path)
+        elif kind not in KINDS:
             e["_dtype"] = "refused"
         elif KINDS[kind] is not None:
             e["_dtype"] = KINDS[kind]
