@@ -497,7 +497,7 @@ def test_json_depth():
     assert json_depth_ok(b'{"a": "[[[[[["}', 2)          # brackets in strings do not count
 
 
-def test_serve_without_extra_says_what_to_install(monkeypatch, capsys):
+def test_serve_without_extra_says_what_to_install(monkeypatch, capsys, tmp_path):
     import builtins
 
     from lql.server import serve_cli
@@ -511,14 +511,14 @@ def test_serve_without_extra_says_what_to_install(monkeypatch, capsys):
     for m in [m for m in sys.modules if m in ("lql.server.app", "lql.server.asgi_serve")]:
         monkeypatch.delitem(sys.modules, m)
     import argparse
-    ns = argparse.Namespace(path=["x.vindex"], legacy=False)
+    ns = argparse.Namespace(path=[str(tmp_path)], legacy=False)   # exists: the extra is next
     assert serve_cli.cli_serve(ns) == 1
     assert "pip install 'lql[serve]'" in capsys.readouterr().err
 
 
-def test_non_loopback_without_key_refused(capsys):
+def test_non_loopback_without_key_refused(capsys, tmp_path):
     from lql.cli import main
-    rc = main(["serve", "/nonexistent.vindex", "--host", "0.0.0.0"])
+    rc = main(["serve", str(tmp_path), "--host", "0.0.0.0"])    # refused before it is opened
     assert rc == 2
     assert "--insecure-no-key" in capsys.readouterr().err
 
