@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RIVALS", "PENALTY", "unembed_directions", "rival_ids", "contrast_direction",
+__all__ = ["RIVALS", "PENALTY", "unembed_directions", "centred_direction", "rival_ids", "contrast_direction",
            "feature_scores", "down_columns", "post_norm_scale", "carriers"]
 
 #: how many of the model's other top candidates the contrast direction averages
@@ -38,15 +38,30 @@ RIVALS = 10
 PENALTY = 0.5
 
 
+def final_norm_weight(model: Any, model_config: dict) -> np.ndarray | None:
+    """The final norm's per-dimension weight (RMSNorm models), ``None`` otherwise."""
+    if str((model_config or {}).get("norm_type", "rms")) != "rms":
+        return None
+    hidden = int(model.head.shape[1])
+    return np.asarray(model.final_norm(np.ones((1, hidden), dtype=np.float32))[0], np.float32)
+
+
 def unembed_directions(model: Any, model_config: dict, ids: Iterable[int]) -> np.ndarray:
     """``(n, hidden)`` rows ``head[t] ⊙ final-norm weight`` (RMSNorm models; the plain head
     rows otherwise)."""
     rows = np.asarray(model.head[np.asarray(list(ids))], dtype=np.float32)
-    if str((model_config or {}).get("norm_type", "rms")) == "rms":
-        w = np.asarray(model.final_norm(np.ones((1, rows.shape[1]), dtype=np.float32))[0],
-                       np.float32)
-        rows = rows * w
-    return rows
+    w = final_norm_weight(model, model_config)
+    return rows if w is None else rows * w
+
+
+def centred_direction(model: Any, model_config: dict, token_id: int) -> np.ndarray:
+    """``(head[t] − mean head) ⊙ final-norm weight``: what only token ``t``'s logit reads
+    (the component every token shares — which tops the projections with generic tokens —
+    removed)."""
+    head = model.head
+    d = np.asarray(head[int(token_id)], np.float32) - np.asarray(head.mean(0, dtype=np.float32))
+    w = final_norm_weight(model, model_config)
+    return d if w is None else d * w
 
 
 def rival_ids(probs: np.ndarray, target_id: int, n: int = RIVALS,
