@@ -18,7 +18,9 @@ marks its rows ``hub``):
   hundred unrelated nouns; the threshold (10 = 10 % of 100) keeps those.
 
 Computed on first use and memoised per vindex (:class:`lql.browse.memo.PerVindex`) and
-per query kind; an overlay's hubs are its base's (edits do not make hubs).  Cost: the
+per query kind; an overlay's hubs are its base's (edits do not make hubs).  A vindex whose
+layers have fewer than :data:`MIN_FEATURES` (1000) features gets none (tiny test models:
+DESCRIBE's 20 hits a layer would cover most of a layer for every query).  Cost: the
 embedding kind is 100 gate scans (well under a second on SmolLM2); the residual kind
 needs 100 short forward passes (seconds, once per vindex and process).
 """
@@ -32,10 +34,14 @@ from .memo import PerVindex
 if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
-__all__ = ["REFERENCE_WORDS", "QUERY_SHARE", "query_hubs", "fan_in_counts"]
+__all__ = ["REFERENCE_WORDS", "QUERY_SHARE", "MIN_FEATURES", "query_hubs", "fan_in_counts"]
 
 #: a token that is a DESCRIBE target of more than this share of the reference words is a hub
 QUERY_SHARE = 0.10
+#: no fan-in hubs on a vindex whose layers have fewer features than this: DESCRIBE keeps 20
+#: hits a layer, so on a tiny model every query hits most features and every target would
+#: look like a hub (the statistic needs hits to be a small share of a layer)
+MIN_FEATURES = 1000
 
 #: common English nouns used as reference queries (the list of benchmarks/eval_describe.py)
 REFERENCE_WORDS = tuple("""time year people way day man thing woman life child world school state
@@ -75,6 +81,8 @@ def fan_in_counts(view: VindexView, via: str = "EMBEDDING") -> dict[int, int]:
 
 def _builder(via: str):
     def build(view: VindexView) -> frozenset[int]:
+        if max((int(view.num_features(l)) for l in _all_layers(view)), default=0) < MIN_FEATURES:
+            return frozenset()
         limit = QUERY_SHARE * len(REFERENCE_WORDS)
         return frozenset(t for t, n in fan_in_counts(view, via).items() if n > limit)
     return build
