@@ -130,7 +130,19 @@ class Baseline:
     hubs: frozenset[int]
 
 
-def _candidate_ok(target, tid: int, skip: frozenset[str]) -> bool:
+def _special_ids(target) -> frozenset[int]:
+    try:
+        return frozenset(i for i, t in target.tokenizer.get_added_tokens_decoder().items()
+                         if getattr(t, "special", False))
+    except AttributeError:                    # older tokenizers
+        return frozenset()
+
+
+def _candidate_ok(target, tid: int, skip: frozenset[str], special: frozenset[int]) -> bool:
+    """A first token that can start an answer: not special, not a stop word / filler,
+    with a letter."""
+    if int(tid) in special:
+        return False
     first = target.token_text(tid).strip().casefold()
     return bool(first) and first not in skip and any(ch.isalpha() for ch in first)
 
@@ -138,6 +150,7 @@ def _candidate_ok(target, tid: int, skip: frozenset[str]) -> bool:
 def _baseline_build(target, chat: bool) -> Baseline:
     from ..browse.tokens import STOP_WORDS
     skip = STOP_WORDS | fillers()
+    special = _special_ids(target)
     means: dict[tuple[str, str], np.ndarray] = {}
     seen: dict[int, set[str]] = {}
     for rel in relations():
@@ -148,7 +161,7 @@ def _baseline_build(target, chat: bool) -> Baseline:
                 ranked = rank_next(target, ids, CANDIDATES)
                 acc += np.asarray(ranked.probs, np.float32)
                 for tid, p, _src in ranked.top:
-                    if p >= MIN_P and _candidate_ok(target, tid, skip):
+                    if p >= MIN_P and _candidate_ok(target, tid, skip, special):
                         seen.setdefault(int(tid), set()).add(ref)
             means[(rel.name, template)] = acc / np.float32(len(REFERENCE_ENTITIES))
     return Baseline(means, frozenset(t for t, refs in seen.items() if len(refs) > HUB_REFS))
@@ -242,6 +255,7 @@ def describe_prompts(target, entity: str, *, chat_mode=None, wrap=None, verbosit
     filtered = verb != "RAW"
     skip = (STOP_WORDS | fillers()) if filtered else frozenset()
     own = _own_words(entity)
+    special = _special_ids(target)
     base = baseline(target, chat) if (contrast and filtered) else None
     answers: dict[str, _Answer] = {}
     n_prompts = 0
@@ -258,7 +272,7 @@ def describe_prompts(target, entity: str, *, chat_mode=None, wrap=None, verbosit
             for tid, p, _src in ranked.top:
                 if p < MIN_P or taken >= PER_TEMPLATE:
                     break
-                if filtered and not _candidate_ok(target, tid, skip):
+                if filtered and not _candidate_ok(target, tid, skip, special):
                     continue                  # a stop word / filler / punctuation: no answer
                 word, wp = _complete(target, cache, tid, p)
                 key = word.casefold().strip(".,;:!?\"'()")
