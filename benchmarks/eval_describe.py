@@ -1,7 +1,22 @@
-"""Print DESCRIBE's top edges per entity for several pipeline variants, so a reader
-can judge which gives what the model associates with the entity.
+"""DESCRIBE evaluation: precision@10 of each DESCRIBE mode against expected associates.
 
-    python benchmarks/eval_describe.py [INFERENCE_VINDEX] [--top 12]
+    python benchmarks/eval_describe.py [INFERENCE_VINDEX] [--modes emb,res,prompts,chat]
+                                       [--entities N] [--json OUT.json]
+    python benchmarks/eval_describe.py [INFERENCE_VINDEX] --variants [--top 12]
+
+Default: for every entity of ``benchmarks/data/describe_associates.json`` (36 entities,
+each with ~20 associates written from general knowledge), run each mode through a
+Session — ``emb`` (``DESCRIBE "<e>"``), ``res`` (``DESCRIBE "<e>" VIA RESIDUAL``),
+``prompts`` (``DESCRIBE "<e>" VIA PROMPTS`` with ``SET CHAT OFF``), ``chat`` (the same
+with ``SET CHAT ON``; skipped on a model without a chat template) — take the first 10
+edge targets and count those that are an expected associate (case-insensitive whole
+word, a trailing plural "s" ignored).  Prints per mode ``p@10`` (hits / 10, the
+goal's measure), ``p@ret`` (hits / edges returned, when fewer than 10) and the
+seconds per entity, plus every entity's top 10 with hits marked ``*``.
+
+``--variants``: the older exploration — DESCRIBE's top edges per entity for several
+pipeline variants, so a reader can judge which gives what the model associates with
+the entity:
 
 Variants (knowledge band, 20 features a layer, floor 0.25, merge by word):
 
@@ -37,14 +52,77 @@ girl moment air teacher force education food music table tree river paper color 
 church street computer science market window phone language doctor""".split()
 
 
+DATA = REPO / "benchmarks" / "data" / "describe_associates.json"
+MODES = {"emb": 'DESCRIBE "{e}"', "res": 'DESCRIBE "{e}" VIA RESIDUAL',
+         "prompts": 'DESCRIBE "{e}" VIA PROMPTS', "chat": 'DESCRIBE "{e}" VIA PROMPTS'}
+
+
+def _key(word: str) -> str:
+    w = str(word).strip().casefold().strip(".,;:!?\"'()")
+    return w[:-1] if len(w) > 3 and w.endswith("s") else w
+
+
+def precision(args) -> None:
+    import json
+    import time
+
+    from lql.session import Session
+    data = json.loads(DATA.read_text(encoding="utf-8"))["entities"]
+    entities = list(data.items())[:args.entities] if args.entities else list(data.items())
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    s = Session()
+    s.execute(f'USE "{args.vindex}"')
+    has_chat = bool(s.vindex.chat_template)
+    report: dict = {"vindex": str(args.vindex), "model": s.vindex.model, "modes": {}}
+    for mode in modes:
+        if mode == "chat" and not has_chat:
+            print(f"== {mode}: skipped (the model has no chat template)")
+            continue
+        s.execute("SET CHAT ON" if mode == "chat" else "SET CHAT OFF")
+        hits_total, ret_total, secs, per = 0, 0, 0.0, []
+        for entity, expected in entities:
+            want = {_key(w) for w in expected}
+            t = time.time()
+            r = s.execute(MODES[mode].format(e=entity))
+            r = r[0] if isinstance(r, list) else r
+            secs += time.time() - t
+            targets = [str(row["target"]) for row in r.rows if row.get("target") is not None][:10]
+            hits = [t for t in targets if _key(t) in want]
+            hits_total += len(hits)
+            ret_total += len(targets)
+            per.append({"entity": entity, "top10": targets, "hits": len(hits)})
+            shown = ", ".join(t.strip() + ("*" if _key(t) in want else "") for t in targets)
+            print(f"  {mode:7s} {entity:12s} {len(hits)}/10  {shown}", flush=True)
+        n = len(entities)
+        row = {"p@10": hits_total / (10 * n), "p@ret": hits_total / max(ret_total, 1),
+               "edges": ret_total / n, "s/entity": secs / n, "entities": per}
+        report["modes"][mode] = row
+        print(f"== {mode}: p@10 {row['p@10']:.3f}  p@ret {row['p@ret']:.3f}  "
+              f"edges/entity {row['edges']:.1f}  {row['s/entity']:.1f} s/entity", flush=True)
+    print(f"\n| mode | p@10 | p@ret | edges/entity | s/entity |  ({report['model']}, {len(entities)} entities)")
+    print("|---|---|---|---|---|")
+    for mode, row in report["modes"].items():
+        print(f"| {mode} | {row['p@10']:.3f} | {row['p@ret']:.3f} | {row['edges']:.1f} | "
+              f"{row['s/entity']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("vindex", nargs="?")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--variants", action="store_true", help="the older variant exploration")
+    ap.add_argument("--modes", default="emb,res,prompts,chat")
+    ap.add_argument("--entities", type=int, default=0, help="only the first N entities")
+    ap.add_argument("--json", help="write the per-entity results here")
     args = ap.parse_args()
     if args.vindex is None:
         from vindex_fixtures import smollm2_vindex
         args.vindex = str(smollm2_vindex(level="inference"))
+    if not args.variants:
+        precision(args)
+        return
     from lql.browse.core import band_layers, down_meta_of, entity_query
     from lql.browse.describe import HUB_SHARE
     from lql.browse.tokens import entity_ids, tokens_of

@@ -145,6 +145,7 @@ class InsertMode(_KeywordEnum):
 class Via(_KeywordEnum):
     EMBEDDING = "EMBEDDING"
     RESIDUAL = "RESIDUAL"
+    PROMPTS = "PROMPTS"                 # run relation templates (lql.browse.prompts)
 
 
 class Positions(_KeywordEnum):
@@ -551,13 +552,15 @@ class ExplainInfer(Statement):
     with_sae: bool = False              # WITH SAE [name]
     sae: str | None = None              # the SAE's name (None: the session's current SAE)
     plot: str | None = None
+    for_token: str | None = None        # FOR <token>: the features carrying that token
 
     def to_lql(self) -> str:
         return _join("EXPLAIN INFER", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
                      _opt("TOP", self.top), _flag("VERBOSE", self.verbose),
                      _flag("WITH ATTENTION", self.with_attention),
                      _with_sae(self.with_sae, self.sae), _opt("", self.wrap, str),
-                     _opt("SYSTEM", self.system, quote), _opt("PLOT", self.plot, quote))
+                     _opt("SYSTEM", self.system, quote), _opt("PLOT", self.plot, quote),
+                     _opt("FOR", self.for_token, quote))
 
 
 @dataclass(frozen=True)

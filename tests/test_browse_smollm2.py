@@ -188,6 +188,73 @@ def hub_tokens(vpath, share=0.002, minimum=20):
     return set(np.nonzero(counts > max(minimum, share * total))[0].tolist())
 
 
+def _top1_ids(vpath):
+    """Per layer, each feature's top down-meta token id, read with the documented layout."""
+    import struct
+    buf = (Path(vpath) / "down_meta.bin").read_bytes()
+    _magic, _ver, n_layers, k = struct.unpack_from("<4I", buf, 0)
+    rec = np.dtype([("top", "<u4"), ("c", "<f4"), ("pairs", [("id", "<u4"), ("s", "<f4")], (k,))])
+    off, out = 16, []
+    for _ in range(n_layers):
+        (n,) = struct.unpack_from("<I", buf, off)
+        off += 4
+        out.append(np.frombuffer(buf, rec, n, off)["pairs"]["id"][:, 0].astype(np.int64))
+        off += n * rec.itemsize
+    return out
+
+
+_FAN_IN: dict[str, set[int]] = {}
+
+
+def fan_in_hub_tokens(source, vpath, hubs, share=0.10, per_layer=20, floor=0.25):
+    """(Once per vindex path.) Tokens that are DESCRIBE targets (every layer, noise and down-meta hubs dropped, one
+    id per merged word: the best hit's) of more than ``share`` of the reference nouns."""
+    from lql.browse.hubs import REFERENCE_WORDS  # the word list is data, not logic
+    from lql.browse.tokens import STOP_WORDS
+    tok = source["tok"]
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    top1 = _top1_ids(vpath)
+    text = lambda i: tok.decode([int(i)])             # noqa: E731
+    norm = lambda s: s.strip().casefold()             # noqa: E731
+    noisy: dict[int, bool] = {}
+
+    def noise(i):
+        if i not in noisy:
+            t = text(i)
+            core = t.strip()
+            noisy[i] = bool(i in special or not core or not re.search(r"[^\W_]", core)
+                            or core.lower() in STOP_WORDS
+                            or (not t[:1].isspace()
+                                and len(tok.encode(" " + core, add_special_tokens=False).ids) != 1))
+        return noisy[i]
+
+    if str(vpath) in _FAN_IN:
+        return _FAN_IN[str(vpath)]
+    gates = [f16(source["gate"][l]) for l in sorted(source["gate"])]
+    counts: dict[int, int] = {}
+    for word in REFERENCE_WORDS:
+        ids = tok.encode(" " + word, add_special_tokens=False).ids
+        q = f16(source["E"][ids]).mean(axis=0)
+        own = {norm(word)} | {norm(text(i)) for i in ids}
+        best: dict[str, tuple[float, int]] = {}
+        for l, g in enumerate(gates):
+            sc = g @ q
+            order = [int(f) for f in np.argsort(-sc, kind="stable")[:per_layer] if sc[f] > 0]
+            for f in order:
+                if sc[f] < floor * sc[order[0]]:
+                    break
+                t = int(top1[l][f])
+                if t in ids or norm(text(t)) in own or noise(t) or t in hubs:
+                    continue
+                key = norm(text(t))
+                if key not in best or sc[f] > best[key][0]:
+                    best[key] = (float(sc[f]), t)
+        for t in {t for _s, t in best.values()}:
+            counts[t] = counts.get(t, 0) + 1
+    _FAN_IN[str(vpath)] = {t for t, n in counts.items() if n > share * len(REFERENCE_WORDS)}
+    return _FAN_IN[str(vpath)]
+
+
 def independent_edges(source, entity: str, layers, per_layer=20, floor=0.25, hubs=()):
     """DESCRIBE's documented pipeline, reimplemented on the source weights."""
     from lql.browse.tokens import STOP_WORDS  # the word list is data, not logic
@@ -241,7 +308,9 @@ def test_describe_matches_independent_pipeline(session, source, vpath):
     lo, hi = r.meta["bands"]["knowledge"]
     hubs = hub_tokens(vpath)
     assert 20 < len(hubs) < 1000
-    want = independent_edges(source, "France", range(lo, hi + 1), hubs=hubs)
+    fan_in = fan_in_hub_tokens(source, vpath, hubs)
+    assert fan_in and not fan_in & hubs
+    want = independent_edges(source, "France", range(lo, hi + 1), hubs=hubs | fan_in)
     assert r.meta["total_edges"]["knowledge"] == len(want)
     got = {row["target"].strip().casefold(): row for row in r.rows}
     top = sorted(want, key=lambda k: -want[k]["gate"])[:len(r.rows)]
@@ -263,7 +332,8 @@ def test_describe_bands_layer_and_not_found(session, source, vpath):
     assert all(len([r for r in full.rows if r["band"] == b]) <= 10 for b in bands)
     at = session.query('DESCRIBE "Paris" AT LAYER 15 VERBOSE')
     assert all(r["layer_min"] == r["layer_max"] == 15 for r in at.rows)
-    want = independent_edges(source, "Paris", [15], hubs=hub_tokens(vpath))
+    hubs = hub_tokens(vpath)
+    want = independent_edges(source, "Paris", [15], hubs=hubs | fan_in_hub_tokens(source, vpath, hubs))
     assert {r["target"].strip().casefold() for r in at.rows} == set(want)
     raw = session.query('DESCRIBE "Paris" AT LAYER 15 RAW')
     assert all(r["relation"] is None for r in raw.rows)

@@ -17,8 +17,10 @@ Pipeline (per band, see docs/BROWSE.md):
    whitespace, sub-word fragments, stop words), and so are *hub* tokens
    (:meth:`DownMeta.hub_ids`: tokens among the stored top-k down tokens of more
    than :data:`HUB_SHARE` of all the vindex's features — generic tokens that top
-   nearly every projection, like SmolLM2's ``" strugg"``) and the entity's own
-   tokens (same id, or the same word ignoring case).
+   nearly every projection, like SmolLM2's ``" strugg"``), *fan-in* hubs
+   (:mod:`lql.browse.hubs`: targets of more than 10 % of 100 reference nouns' DESCRIBE,
+   computed per vindex and query kind — the tokens of features that fire for any
+   entity) and the entity's own tokens (same id, or the same word ignoring case).
 4. edges with the same target word (stripped, case-folded) merge across
    layers: best score (and its layer/feature), ``layer_min``/``layer_max``,
    ``count`` of hits, ``also`` = the merged features' next down tokens.
@@ -134,12 +136,15 @@ def _layer_hits(dm, layer: int, scores: np.ndarray, ex, ex_scores, per_layer: in
 
 def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers: list[int], query_at, *,
                    per_layer: int = PER_LAYER, floor: float = FLOOR, filter_noise: bool = True,
-                   labels: bool = True, experts: bool = False, check=None) -> list[Edge]:
+                   labels: bool = True, experts: bool = False, check=None, via: str = "EMBEDDING",
+                   fan_in: bool = True) -> list[Edge]:
     """Merged, labelled, sorted edges of an entity over ``layers``.
 
     ``query_at(layer)`` gives the query vector for that layer. ``experts``: MoE layers'
     expert rows compete for the per-layer hits too (an edge's ``expert`` says which
-    expert its best hit is in; ``None`` = a dense feature).
+    expert its best hit is in; ``None`` = a dense feature).  ``fan_in`` (with the noise
+    filter): also drop the vindex's fan-in hubs for the ``via`` query kind
+    (:func:`lql.browse.hubs.query_hubs`).
     """
     toks = tokens_of(view)
     dm = down_meta_of(view)
@@ -148,6 +153,9 @@ def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers:
         _norm_word(toks.text(i)) for i in own_ids}
     inserted = inserted_features(view)
     hubs = dm.hub_ids(HUB_SHARE) if filter_noise else frozenset()
+    if filter_noise and fan_in:
+        from .hubs import query_hubs
+        hubs = hubs | query_hubs(view, via)
 
     memo: dict[int, bool] = {}
 
@@ -283,7 +291,7 @@ def describe(view: VindexView, entity: str, *, band=None, layer: int | None = No
             continue
         edges = describe_edges(view, ids, entity, layers, query_at,
                                filter_noise=verb != "RAW", labels=verb != "RAW", experts=experts,
-                               check=check)
+                               check=check, via=via_name)
         if relations_only:
             edges = [e for e in edges if e.relation is not None]
         totals[name] = len(edges)

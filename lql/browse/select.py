@@ -29,7 +29,7 @@ import numpy as np
 from ..ast import SelectSource
 from ..errors import ExecutionError
 from ..result import Result
-from .core import band_layers, check_layer, down_meta_of, entity_query, keyword_of
+from .core import band_layers, check_layer, down_meta_of, entity_query, keyword_of, top_by_abs
 from .describe import describe_edges, edge_row
 from .info import entity_rows, feature_row, layer_feature_rows
 from .labels import labels_of
@@ -177,6 +177,78 @@ def _feature_scan(view: VindexView, where, check):
         yield from layer_feature_rows(view, l, dm)
 
 
+CARRIER_LIMIT = 20
+
+
+def _target_carriers(view: VindexView, where, check) -> list[dict] | None:
+    """``FROM FEATURES WHERE target = X`` (or ``IN``): the features whose down vector pushes X.
+
+    A feature's stored ``target`` is its top down-meta token, and on a trained model almost
+    no feature's top token is a content word like " Paris" (the projections are topped by
+    generic tokens), so a literal match finds nothing.  Instead, with the weights (an
+    INFERENCE vindex) every feature of the allowed layers is scored by
+    ``down · (u(X) − mean u)`` (u: the unembedding rows ⊙ the final-norm weight, centred on
+    the vocabulary's mean — the direction only X has): the largest ``|score|`` first
+    (a negative score pushes X when the feature's activation is negative); on a BROWSE
+    vindex, the features whose stored down-meta tokens (any of the top-k) include X.
+    X is the word-initial token (" Paris") when the vocabulary has one, else the bare one.
+    Rows: ``target`` = X, ``confidence`` = the score (BROWSE: that token's down-meta
+    score), ``down_tokens`` the feature's own top tokens.  ``None``: not this query."""
+    conds = [c for c in where if c.field.lower() == "target" and c.op in ("=", "IN")]
+    others = [c for c in where if c.field.lower() not in ("target", "layer")]
+    if not conds or others:
+        return None
+    c = conds[0]
+    vals = c.value if c.op == "IN" else (c.value,)
+    from .tokens import tokens_of
+    toks = tokens_of(view)
+    tok = view.tokenizer
+    wanted: dict[int, str] = {}
+    for v in vals:
+        for text in (" " + str(v).strip(), str(v).strip()):
+            ids = tok.encode(text, add_special_tokens=False).ids
+            if len(ids) == 1 and toks.text(ids[0]).strip() == str(v).strip():
+                wanted.setdefault(int(ids[0]), toks.text(ids[0]))
+                break                        # the word-initial token when there is one
+    if not wanted:
+        return []
+    layer_conds, _ = _split(where, "layer")
+    layers = _layers_for(view, layer_conds)
+    dm = down_meta_of(view)
+    from ..runtime import can_forward
+    rows = []
+    if can_forward(view):
+        from ..infer.attribution import centred_direction, down_columns
+        from ..runtime import model_for
+        model = model_for(view)
+        for tid, text in wanted.items():
+            d = centred_direction(model, view.model_config, tid)
+            for l in layers:
+                if check is not None:
+                    check()
+                cols = down_columns(model, l)
+                if cols is None:
+                    continue
+                sc = d @ cols
+                for f in top_by_abs(sc, CARRIER_LIMIT).tolist():
+                    rows.append((abs(float(sc[f])), l, int(f), text, float(sc[f])))
+    else:
+        for tid, text in wanted.items():
+            for l in layers:
+                ids, sc = dm.layer(l)
+                hit = np.nonzero(ids == tid)
+                for f, k in zip(*hit):
+                    rows.append((float(sc[f, k]), l, int(f), text, float(sc[f, k])))
+    rows.sort(key=lambda r: (-r[0], r[1], r[2]))
+    out = []
+    for _a, l, f, text, score in rows:
+        r = feature_row(view, l, f, dm)
+        r.update({"target": text, "confidence": round(score, 6), "entity": None,
+                  "distance": None})
+        out.append(r)
+    return out
+
+
 def _addressed(conds, name: str) -> list[int] | None:
     """The values an ``=`` / ``IN`` condition on ``name`` pins (``None``: not pinned)."""
     for c in conds:
@@ -276,8 +348,9 @@ def select(view: VindexView, source, *, fields=None, nearest=None, where=(), ord
             else:
                 rows = []
                 want = limit if (limit is not None and order_by is None) else None
+                carried = _target_carriers(view, where, check) if src == "FEATURES" else None
                 scan = _expert_scan if src == "EXPERTS" else _feature_scan
-                for r in scan(view, where, check):
+                for r in (carried if carried is not None else scan(view, where, check)):
                     if not row_matches(r, where):
                         continue
                     r["entity"] = None

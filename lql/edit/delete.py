@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..infer.attribution import RIVALS, feature_scores, rival_ids, unembed_directions
 from ..model import Record
 from ..runtime import model_for, predict, run
 from .patch import PatchOp
@@ -67,12 +68,7 @@ def sibling_prompts(template: str, entity: str) -> list[str]:
 
 
 def _directions(view: VindexView, ids) -> np.ndarray:
-    m = model_for(view)
-    rows = np.asarray(m.head[np.asarray(ids)], dtype=np.float32)
-    if str(view.model_config.get("norm_type", "rms")) == "rms":
-        w = np.asarray(m.final_norm(np.ones((1, rows.shape[1]), dtype=np.float32))[0], np.float32)
-        rows = rows * w
-    return rows
+    return unembed_directions(model_for(view), view.model_config, ids)
 
 
 def reference_activations(view: VindexView, references: list[str]) -> tuple[list | None, list[int]]:
@@ -96,11 +92,11 @@ def fact_feature_scores(view: OverlayVindex, prompt: str, target_id: int, *, exc
     prompt than on the template's other fillers: what is specific to this fact."""
     out = run(view, prompt, record=Record(ffn_activations=True))
     probs = out.probs()
-    others = [int(t) for t in np.argsort(-probs)[:11] if int(t) != target_id][:10]
-    others += [int(t) for t in rivals if int(t) != target_id]
+    others = rival_ids(probs, target_id, RIVALS, rivals)
     rivals = list(rivals)[:len(baseline)] if baseline else []
     dirs = _directions(view, [target_id] + others)
     direction = dirs[0] - dirs[1:].mean(0)
+    rival_dirs = None
     if baseline:
         rdirs = _directions(view, list(rivals))
         rival_dirs = rdirs - dirs[1:].mean(0)
@@ -110,16 +106,11 @@ def fact_feature_scores(view: OverlayVindex, prompt: str, target_id: int, *, exc
         act = out.ffn_activations[layer]
         if act is None:
             continue
-        penalty = 0.0
-        if baseline:
-            ref_acts = np.stack([r[layer] for r in baseline])            # (refs, features)
-            act = np.asarray(act, np.float32) - ref_acts.mean(0)
+        ref_acts = np.stack([r[layer] for r in baseline]) if baseline else None  # (refs, features)
         cols = lay.columns(np.asarray(view.weights[lay.down_key(layer)], dtype=np.float32))
-        if baseline:
-            # what the feature does for each reference's own answer: don't break those
-            ref_dirs = rival_dirs @ cols                                    # (refs, features)
-            penalty = np.maximum((ref_acts * ref_dirs).max(0), 0.0)
-        score = np.asarray(act, dtype=np.float32) * (direction @ cols) - PENALTY * penalty
+        # the shared attribution (lql.infer.attribution); the baseline / penalty: see module doc
+        score = feature_scores(act, cols, direction, ref_acts=ref_acts, rival_dirs=rival_dirs,
+                               penalty=PENALTY)
         top = np.argsort(-score)[:BATCH * 4]
         found += [(float(score[f]), layer, int(f)) for f in top
                   if score[f] > 0 and (layer, int(f)) not in exclude]

@@ -228,11 +228,38 @@ def describe(session, stmt) -> Result:
     from ..browse.describe import describe as compute
     from ..plot import attach_plot, plot_target
     plot = plot_target(session, stmt)
+    if stmt.via is ast.Via.PROMPTS:
+        return attach_plot(_describe_prompts(session, stmt), plot)
     return attach_plot(compute(current_view(session), stmt.entity, band=stmt.band,
                                layer=stmt.layer, relations_only=stmt.relations_only,
                                verbosity=stmt.verbosity, via=stmt.via, experts=stmt.experts,
                                check=_check(session)),
                        plot)
+
+
+def _describe_prompts(session, stmt) -> Result:
+    """DESCRIBE ... VIA PROMPTS: the relation templates answered by the model (an INFERENCE
+    vindex or live weights; raw or chat as SET CHAT says); a band / AT LAYER narrows where
+    the carrying features are looked for."""
+    from ..browse.core import band_layers, bands_of, check_layer
+    from ..errors import ExecutionError
+    from ..infer.engine import target_for
+    from ..infer.relations import describe_prompts
+    if stmt.experts:
+        raise ExecutionError("DESCRIBE ... VIA PROMPTS reports dense FFN features; drop EXPERTS")
+    target = target_for(session, "DESCRIBE ... VIA PROMPTS")
+    layers = None
+    if session.vindex is not None and (stmt.layer is not None or stmt.band is not None):
+        v = session.vindex
+        if stmt.layer is not None:
+            layers = [check_layer(v, int(stmt.layer))]
+        elif stmt.band is not ast.Band.ALL_LAYERS:
+            name = str(stmt.band.value).lower()
+            if name not in bands_of(v):
+                raise ExecutionError(f"unknown band {stmt.band.value!r}")
+            layers = band_layers(v, name)
+    return describe_prompts(target, stmt.entity, chat_mode=session.chat_mode,
+                            verbosity=stmt.verbosity, layers=layers, check=_check(session))
 
 
 @handler(ast.Select)

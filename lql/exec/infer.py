@@ -77,6 +77,16 @@ def explain_infer(session, stmt) -> Result:
     target = target_for(session, "EXPLAIN INFER")
     prep = _prepare(session, stmt, target)
     sae = session.sae(stmt.sae) if stmt.with_sae else None       # unknown name: fail first
+    for_token = getattr(stmt, "for_token", None)
+    if for_token is not None:                # FOR <token>: the features carrying it
+        if stmt.with_attention or sae is not None:
+            from ..errors import ExecutionError
+            raise ExecutionError("EXPLAIN INFER ... FOR ranks the features carrying a token; "
+                                 "it takes no WITH ATTENTION / WITH SAE (run those without FOR)")
+        from ..infer.explain import explain_for
+        return attach_plot(explain_for(target, prep, for_token, layers=stmt.layers,
+                                       top=stmt.top, verbose=stmt.verbose,
+                                       check=session.check_cancelled), plot)
     result = explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
                      with_attention=stmt.with_attention,
                      check=session.check_cancelled)

@@ -20,11 +20,11 @@ DEFAULT_TOP = 5
 
 
 def rank_next(target, ids, top: int, *, record: Record | None = None,
-              hooks=None) -> Prediction:
+              hooks=None, cache=None) -> Prediction:
     """Run ``ids`` through ``target`` and rank the next token (KNN store applied;
-    ``hooks``: steering / injection, :mod:`lql.steer`)."""
+    ``hooks``: steering / injection, :mod:`lql.steer`; ``cache``: a KV cache to fill)."""
     return rank(target.model, ids, top, view=target.view if target.is_overlay else None,
-                record=record, hooks=hooks)
+                record=record, hooks=hooks, cache=cache)
 
 
 def _rows(target, ranked: Prediction, with_source: bool) -> list[dict]:

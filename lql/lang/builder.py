@@ -460,7 +460,7 @@ class Builder:
                                 with_attention=d.get("with_attention", False),
                                 wrap=d.get("wrap"), system=d.get("system"),
                                 with_sae="sae" in d, sae=d.get("sae"), plot=d.get("plot"),
-                                **_pos(_head(c)))
+                                for_token=d.get("for_token"), **_pos(_head(c)))
 
     def for_token(self, c: Children) -> Clause:
         return Clause("for_token", string(_tok(c, "STRING")), _head(c))

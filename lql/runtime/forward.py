@@ -135,11 +135,12 @@ class Prediction:
 
 
 def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
-         record: Any = None, hooks: Any = None) -> Prediction:
+         record: Any = None, hooks: Any = None, cache: Any = None) -> Prediction:
     """Run ``ids`` through ``model`` and rank the next token; ``view``'s KNN store applied;
-    ``hooks`` (steering, injection: :class:`lql.model.Hooks`) passed to the forward pass."""
+    ``hooks`` (steering, injection: :class:`lql.model.Hooks`) passed to the forward pass;
+    ``cache``: a KV cache the pass fills (to continue from it)."""
     layers = knn_layers(view) if view is not None else []
-    out = model.forward(list(ids), record=_knn_record(layers, record), hooks=hooks)
+    out = model.forward(list(ids), record=_knn_record(layers, record), hooks=hooks, cache=cache)
     probs = softmax64(out.logits)
     hit = knn_hit(view, out, layers) if layers else None
     ranked = [(int(t), float(probs[t]), "model")
