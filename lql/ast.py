@@ -553,6 +553,8 @@ class ExplainInfer(Statement):
     sae: str | None = None              # the SAE's name (None: the session's current SAE)
     plot: str | None = None
     for_token: str | None = None        # FOR <token>: the features carrying that token
+    band: Band | None = None            # LARQL: SYNTAX / KNOWLEDGE / OUTPUT / ALL LAYERS
+    relations_only: bool = False        # LARQL: RELATIONS ONLY (labelled features only)
 
     def to_lql(self) -> str:
         return _join("EXPLAIN INFER", quote(self.prompt), _opt("LAYERS", self.layers, _lql),
@@ -560,7 +562,8 @@ class ExplainInfer(Statement):
                      _flag("WITH ATTENTION", self.with_attention),
                      _with_sae(self.with_sae, self.sae), _opt("", self.wrap, str),
                      _opt("SYSTEM", self.system, quote), _opt("PLOT", self.plot, quote),
-                     _opt("FOR", self.for_token, quote))
+                     _opt("FOR", self.for_token, quote), _opt("", self.band, str),
+                     _flag("RELATIONS ONLY", self.relations_only))
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,40 @@ def test_show_entities_bare_layer_is_at_layer():
     bare = s.query("SHOW ENTITIES 1 LIMIT 5;")
     at = s.query("SHOW ENTITIES AT LAYER 1 LIMIT 5;")
     assert bare.rows == at.rows
+
+
+def test_explain_infer_band_and_relations_only(tmp_path):
+    import json
+    import os
+    import shutil
+
+    from lql.browse.core import bands_of
+    src = tiny_vindex("llama", "inference", "f32")
+    d = tmp_path / "v"
+    shutil.copytree(src, d, copy_function=os.link)
+    s = Session()
+    s.query(f'USE "{d}";')
+    lo, hi = bands_of(s.vindex)["knowledge"]
+    prompt = '"The capital of France is" TOP 4 RAW'
+    band = s.query(f"EXPLAIN INFER {prompt} KNOWLEDGE;")
+    assert band.rows == s.query(f"EXPLAIN INFER {prompt} LAYERS {lo}-{hi};").rows
+    assert {r["layer"] for r in band.rows} == set(range(lo, hi + 1))
+    with pytest.raises(ExecutionError, match="LAYERS or a band"):
+        s.query(f"EXPLAIN INFER {prompt} LAYERS 0-1 OUTPUT;")
+    full = s.query(f"EXPLAIN INFER {prompt};").rows
+    assert s.query(f"EXPLAIN INFER {prompt} ALL LAYERS;").rows == full
+    none = s.query(f"EXPLAIN INFER {prompt} RELATIONS ONLY;")
+    assert none.rows == [] and "no labels" in none.message
+    # label two of the features EXPLAIN shows (LARQL's key format), one per sign if possible
+    pick = sorted(full, key=lambda r: r["activation"])[:1] + \
+        sorted(full, key=lambda r: -r["activation"])[:1]
+    (d / "feature_labels.json").write_text(json.dumps(
+        {f"L{r['layer']}_F{r['feature']}": "capital" for r in pick}))
+    s2 = Session()
+    s2.query(f'USE "{d}";')
+    only = s2.query(f"EXPLAIN INFER {prompt} RELATIONS ONLY;").rows
+    assert {(r["layer"], r["feature"]) for r in only} == {(r["layer"], r["feature"]) for r in pick}
+    assert all(r["label"] == "capital" for r in only)
+    for layer in {r["layer"] for r in only}:          # positive activations first per layer
+        acts = [r["activation"] for r in only if r["layer"] == layer]
+        assert acts == sorted(acts, key=lambda a: (a <= 0, -abs(a)))

@@ -75,6 +75,8 @@ def explain_infer(session, stmt) -> Result:
     from ..plot import attach_plot, plot_target
     plot = plot_target(session, stmt)
     target = target_for(session, "EXPLAIN INFER")
+    if stmt.band is not None:                # LARQL's band clause: those layers
+        stmt = _band_as_layers(session, stmt)
     prep = _prepare(session, stmt, target)
     sae = session.sae(stmt.sae) if stmt.with_sae else None       # unknown name: fail first
     for_token = getattr(stmt, "for_token", None)
@@ -90,11 +92,52 @@ def explain_infer(session, stmt) -> Result:
     result = explain(target, prep, layers=stmt.layers, top=stmt.top, verbose=stmt.verbose,
                      with_attention=stmt.with_attention,
                      check=session.check_cancelled)
+    if stmt.relations_only:
+        _relations_only(result)
     if sae is not None:                      # WITH SAE: top features at every position
         from ..infer.sae import DEFAULT_TOP_FEATURES, add_sae_rows, feature_rows
         rows = feature_rows(target, sae, prep.ids, top=stmt.top or DEFAULT_TOP_FEATURES)
         add_sae_rows(result, rows, sae_name=stmt.sae or session.sae_name)
     return attach_plot(result, plot)
+
+
+def _band_as_layers(session, stmt):
+    """``EXPLAIN INFER … KNOWLEDGE`` (LARQL's infer_trace.rs band filter): the band's layers
+    of the vindex in use, as a LAYERS range; ALL LAYERS is every layer."""
+    import dataclasses
+
+    from ..browse.core import bands_of
+    from ..errors import ExecutionError
+    if stmt.layers is not None:
+        raise ExecutionError("EXPLAIN INFER takes LAYERS or a band, not both")
+    if stmt.band is ast.Band.ALL_LAYERS:
+        return dataclasses.replace(stmt, band=None)
+    if session.vindex is None:
+        raise ExecutionError(f"a band ({stmt.band.value}) names layers of a vindex; with USE "
+                             f"MODEL give LAYERS a-b instead")
+    lo, hi = bands_of(session.vindex)[str(stmt.band.value).lower()]
+    return dataclasses.replace(stmt, band=None, layers=ast.Range(lo, hi))
+
+
+def _relations_only(result) -> None:
+    """``RELATIONS ONLY`` (LARQL infer_trace.rs:300-325): FFN rows of labelled features only,
+    each layer's positive activations first, then by |activation|; attention and expert rows
+    stay."""
+    kept: list[dict] = []
+    by_layer: dict[int, list[dict]] = {}
+    for row in result.rows:
+        if row.get("kind") != "ffn":
+            kept.append(row)
+        elif row.get("label"):
+            by_layer.setdefault(row["layer"], []).append(row)
+    ffn = [r for layer in sorted(by_layer) for r in sorted(
+        by_layer[layer], key=lambda r: (r["activation"] <= 0, -abs(r["activation"])))]
+    dropped = sum(1 for r in result.rows if r.get("kind") == "ffn") - len(ffn)
+    result.rows = sorted(ffn + kept, key=lambda r: r["layer"])
+    note = f"RELATIONS ONLY: {len(ffn)} labelled feature rows ({dropped} unlabelled dropped)"
+    if not ffn:
+        note += " — this vindex has no labels on the top features (see SHOW RELATIONS)"
+    result.message = f"{result.message}\n{note}" if result.message else note
 
 
 @handler(ast.Trace)

@@ -460,6 +460,7 @@ class Builder:
                                 with_attention=d.get("with_attention", False),
                                 wrap=d.get("wrap"), system=d.get("system"),
                                 with_sae="sae" in d, sae=d.get("sae"), plot=d.get("plot"),
+                                band=d.get("band"), relations_only=d.get("relations_only", False),
                                 for_token=d.get("for_token"), **_pos(_head(c)))
 
     def for_token(self, c: Children) -> Clause:
