@@ -94,6 +94,7 @@ class Level(_KeywordEnum):
 class DType(_KeywordEnum):
     F16 = "F16"
     F32 = "F32"
+    BF16 = "BF16"
 
 
 class WalkMode(_KeywordEnum):

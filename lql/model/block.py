@@ -41,6 +41,13 @@ FFN = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Tables = Callable[["Rope"], tuple[np.ndarray, np.ndarray]]
 
 
+def _f32(w: np.ndarray) -> np.ndarray:
+    """``w`` as float32, kept as it is when contiguous in either order (a transposed view of
+    a ``[out, in]`` array is as fast for BLAS as a copy, and costs nothing)."""
+    arr = np.asarray(w, dtype=F32)
+    return arr if arr.flags.c_contiguous or arr.flags.f_contiguous else np.ascontiguousarray(arr)
+
+
 class Attention:
     """Fused QKV projection, optional per-head q/k norms (Qwen3, Gemma 3), RoPE, GQA, output projection."""
 
@@ -52,9 +59,9 @@ class Attention:
         """``qkv_t`` is ``[hidden, q | k | v]``; ``[hidden, q | k]`` when ``k_eq_v``; ``[hidden, q]``
         when ``kv_shared``."""
         self.v_norm, self.k_eq_v, self.kv_shared = v_norm, k_eq_v, kv_shared
-        self.qkv = np.ascontiguousarray(qkv_t, dtype=F32)
+        self.qkv = _f32(qkv_t)
         self.qkv_bias = None if qkv_bias is None else np.asarray(qkv_bias, dtype=F32)
-        self.o = np.ascontiguousarray(o_t, dtype=F32)
+        self.o = _f32(o_t)
         self.o_bias = None if o_bias is None else np.asarray(o_bias, dtype=F32)
         self.n_q, self.n_kv, self.head_dim = n_q, n_kv, head_dim
         self.scale, self.softcap, self.window = scale, softcap, window

@@ -52,6 +52,20 @@ class GatedFFN:
         self.down_bias = None if down_bias is None else np.asarray(down_bias, dtype=F32)
         self.act = ACTIVATIONS[act]
 
+    @classmethod
+    def fused(cls, gate_up: np.ndarray, down: np.ndarray, act: str, gate_bias: np.ndarray | None = None,
+              up_bias: np.ndarray | None = None, down_bias: np.ndarray | None = None) -> GatedFFN:
+        """From float32 ``gate_up`` ``[2·ffn, hidden]`` (gate rows, then up) and ``down``
+        ``[hidden, ffn]`` in the checkpoint's order, used transposed without a copy."""
+        self = cls.__new__(cls)
+        self.width = gate_up.shape[0] // 2
+        self.gate_up = np.asarray(gate_up, dtype=F32).T
+        self.gate_up_bias = None if gate_bias is None else np.concatenate([gate_bias, up_bias]).astype(F32)
+        self.down = np.asarray(down, dtype=F32).T
+        self.down_bias = None if down_bias is None else np.asarray(down_bias, dtype=F32)
+        self.act = ACTIVATIONS[act]
+        return self
+
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gu = _linear(x, self.gate_up, self.gate_up_bias)
         hidden = self.act(gu[:, :self.width]) * gu[:, self.width:]
