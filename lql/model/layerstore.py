@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from lql.model.block import Block
 
 _FUNCTIONS = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, type)
-#: the default ``LQL_WEIGHT_CACHE_MB``: room for a ~1B-parameter model's float32 layers
-DEFAULT_BUDGET_MB = 4096
+#: the default ``LQL_WEIGHT_CACHE_MB``: room for a ~0.75B-parameter model's float32 layers
+DEFAULT_BUDGET_MB = 3072
 
 
 def budget_bytes() -> int:

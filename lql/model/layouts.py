@@ -77,6 +77,11 @@ class Tensors:
             row += shape[0]
         return out
 
+    def release(self, key: str) -> None:
+        """Drop the source's mapped pages of ``key`` from this process (after a cast copy)."""
+        if self._release is not None:
+            self._release(key)
+
     def get(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         arr = np.asarray(self.weights[key], dtype=F32)
         if shape is not None and tuple(arr.shape) != tuple(shape):

@@ -275,6 +275,10 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
     blocks = LayerStore(factories)
     blocks.warm()
     head = embed if tied else np.ascontiguousarray(tensors.get(layout.head, embed.shape))
+    if embed.base is None or embed.flags.owndata:      # a cast copy: the mapped words are not needed
+        tensors.release(layout.embed)
+    if not tied and (head.base is None or head.flags.owndata):
+        tensors.release(layout.head)
     model = Model(spec, embed=embed, position_table=layout.positions(tensors), blocks=blocks,
                   final_norm=layout.final(spec, tensors), head=head, model_config=model_config)
     model.ropes = [f.args[4] for f in factories]

@@ -117,6 +117,9 @@ class VindexWeights(Mapping[str, np.ndarray]):
         if key in self._entries:
             e = self._entries[key]
             return e["file"], int(e["offset"]), int(e["length"])
+        if key in self._embed_keys:
+            raw = self._v.embeddings_raw
+            return "embeddings.bin", 0, int(raw.nbytes)
         layer = self._gate_keys.get(key)
         if layer is not None and self._v.has_layer(layer):
             e = self._v._layer_entry(layer)
