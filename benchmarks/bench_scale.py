@@ -217,10 +217,13 @@ def main(argv=None) -> int:
     ap.add_argument("--convert", type=Path, default=os.environ.get("LQL_CONVERT_HF_TO_GGUF"),
                     help="llama.cpp's convert_hf_to_gguf.py")
     args = ap.parse_args(argv)
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    from model_fixtures import smollm2_hf_dir
+    # the tokenizer folder, found in a child (building it may import torch: the parent stays
+    # small, since a child's peak RSS starts from its parent's at fork)
+    tok_dir = Path(subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[1:]; "
+                                   "from model_fixtures import smollm2_hf_dir; print(smollm2_hf_dir())",
+                                   str(REPO), str(REPO / "tests")], check=True, capture_output=True,
+                                  text=True).stdout.strip().splitlines()[-1])
     from tokenizers import Tokenizer
-    tok_dir = smollm2_hf_dir()
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     cfg = config(args, tok.get_vocab_size(), tok.token_to_id("<|im_start|>") or 1,
                  tok.token_to_id("<|im_end|>") or 2)
@@ -262,13 +265,6 @@ def main(argv=None) -> int:
         b.step("ours", "INFER 200 tokens", [py, me, "--_ours", use, "infer_long"])
         b.step("ours", "GENERATE 16", [py, me, "--_ours", use, "generate"])
         if not args.no_peers:
-            b.step("transformers", "load+prompts+gen16", [py, me, "--_hf", str(model_dir), str(args.threads)])
-        b.step("ours", "USE+WALK+DESCRIBE", [py, me, "--_ours", use, "browse"])
-        b.step("ours", "INSERT COMPOSE", [py, me, "--_ours", use, f"insert:{args.layers * 5 // 8}"])
-        b.step("ours", "COMPILE INTO MODEL", [py, me, "--_ours", use + f'; COMPILE CURRENT INTO MODEL "{compiled}"',
-                                               "noop"])
-        shutil.rmtree(compiled, ignore_errors=True)
-        if not args.no_peers:
             conv = args.convert
             if conv is None or not Path(conv).is_file():
                 print("  llama.cpp: no convert_hf_to_gguf.py (--convert / LQL_CONVERT_HF_TO_GGUF): skipped")
@@ -279,6 +275,13 @@ def main(argv=None) -> int:
                 if row and row["rc"] == 0:
                     b.step("llama.cpp", "load+prompts+gen16", [py, me, "--_llama", str(gguf), str(args.threads)])
                 gguf.unlink(missing_ok=True)
+        if not args.no_peers:
+            b.step("transformers", "load+prompts+gen16", [py, me, "--_hf", str(model_dir), str(args.threads)])
+        b.step("ours", "USE+WALK+DESCRIBE", [py, me, "--_ours", use, "browse"])
+        b.step("ours", "INSERT COMPOSE", [py, me, "--_ours", use, f"insert:{args.layers * 5 // 8}"])
+        b.step("ours", "COMPILE INTO MODEL", [py, me, "--_ours", use + f'; COMPILE CURRENT INTO MODEL "{compiled}"',
+                                               "noop"])
+        shutil.rmtree(compiled, ignore_errors=True)
         b.step("ours", "bare E·W_down (1 layer)", [py, me, "--_matmul", str(vindex)])
         shutil.rmtree(vindex, ignore_errors=True)
         if not args.no_browse:
