@@ -272,11 +272,11 @@ def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...], str]], we
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little") + raw)
-        for name, shape, key in tensors:
+        for _name, shape, key in tensors:
             arr = np.asarray(weights[key], dtype=np.float32)
             if tuple(arr.shape) != tuple(shape):
                 raise ExecutionError(f"tensor {key} has shape {arr.shape}, expected {shape}")
-            fh.write(memoryview(_encode(arr, store)).cast("B"))
+            fh.write(_encode(arr, store).data)
             del arr
         fh.flush()
         os.fsync(fh.fileno())

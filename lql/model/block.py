@@ -25,6 +25,7 @@ import numpy as np
 
 from lql.model.attention import attend, attention_mask
 from lql.model.cache import LayerCache
+from lql.model.ffn import matmul
 from lql.model.rope import apply_rope
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Attention:
     def __call__(self, x: np.ndarray, positions: np.ndarray, tables: Tables,
                  cache: LayerCache | None) -> tuple[np.ndarray, np.ndarray]:
         t, d = x.shape[0], self.head_dim
-        qkv = x @ self.qkv
+        qkv = matmul(x, self.qkv)
         if self.qkv_bias is not None:
             qkv += self.qkv_bias
         nq, nkv = self.n_q * d, self.n_kv * d
@@ -100,7 +101,7 @@ class Attention:
         mask = attention_mask(positions, k_positions, self.window)
         out, probs = attend(np.ascontiguousarray(q), k, v, mask, scale=self.scale, softcap=self.softcap)
         merged = out.transpose(1, 0, 2).reshape(t, nq)
-        projected = merged @ self.o
+        projected = matmul(merged, self.o)
         if self.o_bias is not None:
             projected += self.o_bias
         return projected, probs

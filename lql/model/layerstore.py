@@ -22,6 +22,7 @@ Built blocks are read-only by convention; an overlay's edited layers are pinned 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import types
@@ -134,10 +135,13 @@ class _Budget:
             if self.used + size > limit:
                 return False
             key = id(slot)
-            self.items[key] = (weakref.ref(slot, lambda _r, k=key: self._drop(k)), size)
+            self.items[key] = (weakref.ref(slot, functools.partial(self._dropped, key)), size)
             self.used += size
             slot.block, slot.nbytes = block, size
             return True
+
+    def _dropped(self, key: int, _ref: object) -> None:
+        self._drop(key)
 
     def _drop(self, key: int) -> None:
         with self.lock:

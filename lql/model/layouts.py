@@ -60,7 +60,9 @@ class Tensors:
         if tuple(src.shape) != tuple(shape):
             raise LqlError(f"tensor {key} has shape {tuple(src.shape)}, expected {tuple(shape)}")
         if self._raw is not None and src.dtype == _BF16:      # bfloat16 words: the top half of an f32
-            np.left_shift(src, 16, out=dst.view(np.uint32), dtype=np.uint32)
+            wide = dst.view(np.uint32)
+            np.copyto(wide, src)                  # widen, then shift in place: ~3x faster than
+            np.left_shift(wide, 16, out=wide)     # one left_shift with a casting dtype
         else:
             np.copyto(dst, src, casting="unsafe")
         if self._release is not None:

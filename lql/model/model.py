@@ -266,11 +266,13 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
 
     ropes: dict[RopeSpec, Rope] = {}
     factories: list[Callable[[], Block]] = []
+    layer_ropes: list[Rope | None] = []
     for i in range(num_layers):
         rope = None
         rope_spec = spec.rope[i]
         if rope_spec is not None:
             rope = ropes.setdefault(rope_spec, Rope(rope_spec))
+        layer_ropes.append(rope)
         factories.append(functools.partial(layout.block, spec, tensors, i, present, rope))
     blocks = LayerStore(factories)
     blocks.warm()
@@ -281,5 +283,5 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
         tensors.release(layout.head)
     model = Model(spec, embed=embed, position_table=layout.positions(tensors), blocks=blocks,
                   final_norm=layout.final(spec, tensors), head=head, model_config=model_config)
-    model.ropes = [f.args[4] for f in factories]
+    model.ropes = layer_ropes
     return model

@@ -168,8 +168,10 @@ def bf16_to_f32(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     pass (a widening shift); ``out`` (float32, ``raw``'s shape) receives it when given."""
     words = np.asarray(raw, dtype="<u2")
     if out is None:
-        return np.left_shift(words, 16, dtype=np.uint32).view(np.float32)
-    np.left_shift(words, 16, out=out.view(np.uint32), dtype=np.uint32)
+        out = np.empty(words.shape, dtype=np.float32)
+    wide = out.view(np.uint32)
+    np.copyto(wide, words)                # widen, then shift in place (faster than a casting shift)
+    np.left_shift(wide, 16, out=wide)
     return out
 
 
