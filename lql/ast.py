@@ -103,6 +103,7 @@ COMPONENTS: tuple[str, ...] = tuple(COMPONENT_LEVELS)
 class DType(_KeywordEnum):
     F16 = "F16"
     F32 = "F32"
+    BF16 = "BF16"
 
 
 class WalkMode(_KeywordEnum):

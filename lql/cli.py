@@ -3,7 +3,7 @@
     lql                              REPL (or, with stdin not a terminal, run stdin as a script)
     lql FILE.lql | lql run FILE.lql  run a script
     lql -e "STMT; STMT"              run statements (-e may repeat; runs before FILE)
-    lql extract SOURCE -o OUT [--level browse|inference|all] [--dtype f16|f32]
+    lql extract SOURCE -o OUT [--level browse|inference|all] [--dtype f16|f32|bf16]
                 [--layers A-B] [--force]
     lql verify PATH
     lql serve PATH [PATH...] [--host H] [--port P] [--api-key KEY]
@@ -76,7 +76,7 @@ def _sub_parser() -> argparse.ArgumentParser:
     ex.add_argument("source", help="Hugging Face model folder or .gguf file")
     ex.add_argument("-o", "--output", required=True, metavar="OUT", help="vindex folder to write")
     ex.add_argument("--level", choices=("browse", "inference", "all"), default="browse")
-    ex.add_argument("--dtype", choices=("f16", "f32"), default="f16")
+    ex.add_argument("--dtype", choices=("f16", "f32", "bf16"), default="f16")
     ex.add_argument("--layers", metavar="A-B", default=None, help="layer range, inclusive")
     ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
 

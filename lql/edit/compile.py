@@ -6,10 +6,14 @@
   with the edits applied (in the vindex's own dtype); ``index.json`` gets new
   checksums for rewritten files and a ``compiled_from`` provenance key (unknown
   keys preserved).  Built in a temporary sibling and renamed into place.
-* :func:`compile_model` — ``model.safetensors`` with the family's own tensor
-  names (``Family.hf_key``), ``config.json`` (``Family.hf_config``), the
-  tokenizer files and the chat template.  f32 vindexes write float32, f16
-  vindexes float16 (the stored values, exactly).
+* :func:`compile_model` — safetensors with the family's own tensor names
+  (``Family.hf_key``), ``config.json`` (``Family.hf_config``), the tokenizer files
+  and the chat template.  f32 vindexes write float32, f16 vindexes float16, bf16
+  vindexes bfloat16 (the stored values, exactly).  Streamed tensor by tensor (one
+  tensor's float32 copy at a time, never the model): one ``model.safetensors`` when it
+  fits one shard, else ``model-0000k-of-0000n.safetensors`` shards of at most
+  ``shard_bytes`` (default :data:`SHARD_BYTES`, 4 GiB) plus
+  ``model.safetensors.index.json``, as Hugging Face writes them.
 
 KNN entries are not weights: they cannot be baked into either output; the
 result says how many were left out (keep the ``.vlp`` patch for them).
@@ -31,6 +35,18 @@ from .overlay import Overlay, OverlayVindex, ffn_layout
 __all__ = ["compile_vindex", "compile_model", "resolve_conflicts"]
 
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+#: the largest shard COMPILE INTO MODEL writes (a tensor larger than this gets a shard of its own)
+SHARD_BYTES = 4 << 30
+#: vindex dtype → (safetensors dtype, config torch_dtype, bytes per value)
+_OUT_DTYPES = {"f32": ("F32", "float32", 4), "f16": ("F16", "float16", 2), "bf16": ("BF16", "bfloat16", 2)}
+
+
+def _encode(arr: np.ndarray, store: str) -> np.ndarray:
+    """float32 values as the words of storage ``store`` (``f32``, ``f16``, ``bf16``)."""
+    if store == "bf16":
+        from ..vindex.weights import f32_to_bf16
+        return f32_to_bf16(arr)
+    return np.ascontiguousarray(arr, dtype=np.dtype("<f2") if store == "f16" else np.dtype("<f4"))
 
 
 def _check_out(out: Path, force: bool, base_path: Path | None) -> None:
@@ -85,11 +101,11 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
     feats = ov.features if ov is not None else {}
     lay = ffn_layout(base)
     index = json.loads((src / "index.json").read_text(encoding="utf-8"))
-    dtype = np.dtype("<f2") if base.dtype == "f16" else np.dtype("<f4")
+    dtype = str(base.dtype)
     manifest = {e["key"]: e for e in (getattr(base, "manifest", None) or [])}
 
     # which slices of which file change
-    writes: dict[str, list[tuple[int, np.ndarray, np.dtype]]] = {}
+    writes: dict[str, list[tuple[int, np.ndarray, str]]] = {}
     for layer in edited_layers:
         edits = [e for (l, _), e in feats.items() if l == layer]
         if any(e.gate is not None for e in edits):
@@ -104,8 +120,7 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             if entry is None:
                 continue                      # a BROWSE vindex has no up/down weights
             writes.setdefault(entry["file"], []).append(   # in the entry's own storage
-                (entry["offset"], np.asarray(view.weights[key], np.float32),
-                 np.dtype("<f2") if entry.get("_dtype") == "f16" else np.dtype("<f4")))
+                (entry["offset"], np.asarray(view.weights[key], np.float32), str(entry.get("_dtype", "f32"))))
     changed = set(writes) | ({"down_meta.bin"} if edited_layers else set())
 
     with AtomicDir(out, force, hint="FORCE") as staging:
@@ -129,7 +144,7 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             with open(dst, "r+b") as fh:
                 for offset, arr, store in parts:
                     fh.seek(offset)
-                    fh.write(np.ascontiguousarray(arr, dtype=store).tobytes())
+                    fh.write(_encode(arr, store).tobytes())
         if edited_layers:
             dm = view.down_meta
             with open(tmp / "down_meta.bin", "wb") as fh:
@@ -159,9 +174,8 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
 
 # --------------------------------------------------------------------------- INTO MODEL
 
-def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False) -> dict:
-    from safetensors.numpy import save_file
-
+def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False,
+                  shard_bytes: int | None = None) -> dict:
     from ..families import get_family
     if format.upper() == "GGUF":
         raise NotBuiltError("COMPILE ... INTO MODEL ... FORMAT GGUF is not supported yet; "
@@ -187,20 +201,27 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
         raise LevelError(f"COMPILE INTO MODEL needs every tensor; this vindex (extracted at "
                          f"{str(level).upper()}) lacks {len(missing)}, e.g. {missing[0]} — "
                          f"re-extract WITH ALL")
-    np_dtype = np.float16 if base.dtype == "f16" else np.float32
-    tensors = {}
-    for k in keys:
-        try:
-            arr = np.asarray(view.weights[k])
-        except MissingTensorError:
-            raise
-        tensors[fam.hf_key(k)] = np.ascontiguousarray(arr.astype(np_dtype))
+    store = str(base.dtype) if str(base.dtype) in _OUT_DTYPES else "f32"
+    st_dtype, torch_dtype, item = _OUT_DTYPES[store]
+    shapes = {k: _shape(view.weights, k) for k in keys}
+    shards = _plan_shards(keys, {k: item * int(np.prod(shapes[k], dtype=np.int64)) for k in keys},
+                          SHARD_BYTES if shard_bytes is None else int(shard_bytes))
     cfg = fam.hf_config(mc)
-    cfg["torch_dtype"] = "float16" if np_dtype == np.float16 else "float32"
+    cfg["torch_dtype"] = torch_dtype
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     with AtomicDir(out, force, hint="FORCE") as staging:
         tmp = staging.folder
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        del tensors
+        weight_map: dict[str, str] = {}
+        total = 0
+        for name, shard in zip(names, shards, strict=True):
+            total += _write_shard(tmp / name, [(fam.hf_key(k), shapes[k], k) for k in shard],
+                                  view.weights, store, st_dtype)
+            weight_map.update({fam.hf_key(k): name for k in shard})
+        if len(shards) > 1:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                indent=2) + "\n", encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         for name in TEXT_FILES:
             p = Path(base.path) / name
@@ -208,5 +229,55 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
                 shutil.copyfile(p, tmp / name)
     ov = getattr(view, "overlay", None)
     return {"path": str(out), "tensors": len(keys), "dtype": cfg["torch_dtype"],
+            "shards": len(shards),
             "edited_features": len(ov.features) if ov is not None else 0,
             "knn_left_out": len(ov.knn) if ov is not None else 0}
+
+
+def _shape(weights, key: str) -> tuple[int, ...]:
+    getter = getattr(weights, "shape", None)
+    if callable(getter):
+        try:
+            return tuple(int(d) for d in getter(key))
+        except (KeyError, MissingTensorError, TypeError):
+            pass
+    return tuple(int(d) for d in np.shape(weights[key]))
+
+
+def _plan_shards(keys: list[str], sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """``keys`` in order, cut into shards of at most ``limit`` bytes (never an empty one)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for k in keys:
+        if shards[-1] and used + sizes[k] > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(k)
+        used += sizes[k]
+    return shards
+
+
+def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...], str]], weights, store: str,
+                 st_dtype: str) -> int:
+    """One safetensors file, written tensor by tensor (header first: the shapes are known);
+    returns its data bytes.  Each tensor's values come from ``weights`` (float32) one at a time."""
+    item = 2 if store in ("f16", "bf16") else 4
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for name, shape, _ in tensors:
+        n = item * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        for _name, shape, key in tensors:
+            arr = np.asarray(weights[key], dtype=np.float32)
+            if tuple(arr.shape) != tuple(shape):
+                raise ExecutionError(f"tensor {key} has shape {arr.shape}, expected {shape}")
+            fh.write(_encode(arr, store).data)
+            del arr
+        fh.flush()
+        os.fsync(fh.fileno())
+    return off

@@ -25,6 +25,7 @@ import numpy as np
 
 from lql.model.attention import attend, attention_mask
 from lql.model.cache import LayerCache
+from lql.model.ffn import matmul
 from lql.model.rope import apply_rope
 
 if TYPE_CHECKING:
@@ -41,6 +42,13 @@ FFN = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Tables = Callable[["Rope"], tuple[np.ndarray, np.ndarray]]
 
 
+def _f32(w: np.ndarray) -> np.ndarray:
+    """``w`` as float32, kept as it is when contiguous in either order (a transposed view of
+    a ``[out, in]`` array is as fast for BLAS as a copy, and costs nothing)."""
+    arr = np.asarray(w, dtype=F32)
+    return arr if arr.flags.c_contiguous or arr.flags.f_contiguous else np.ascontiguousarray(arr)
+
+
 class Attention:
     """Fused QKV projection, optional per-head q/k norms (Qwen3, Gemma 3), RoPE, GQA, output projection."""
 
@@ -52,9 +60,9 @@ class Attention:
         """``qkv_t`` is ``[hidden, q | k | v]``; ``[hidden, q | k]`` when ``k_eq_v``; ``[hidden, q]``
         when ``kv_shared``."""
         self.v_norm, self.k_eq_v, self.kv_shared = v_norm, k_eq_v, kv_shared
-        self.qkv = np.ascontiguousarray(qkv_t, dtype=F32)
+        self.qkv = _f32(qkv_t)
         self.qkv_bias = None if qkv_bias is None else np.asarray(qkv_bias, dtype=F32)
-        self.o = np.ascontiguousarray(o_t, dtype=F32)
+        self.o = _f32(o_t)
         self.o_bias = None if o_bias is None else np.asarray(o_bias, dtype=F32)
         self.n_q, self.n_kv, self.head_dim = n_q, n_kv, head_dim
         self.scale, self.softcap, self.window = scale, softcap, window
@@ -63,7 +71,7 @@ class Attention:
     def __call__(self, x: np.ndarray, positions: np.ndarray, tables: Tables,
                  cache: LayerCache | None) -> tuple[np.ndarray, np.ndarray]:
         t, d = x.shape[0], self.head_dim
-        qkv = x @ self.qkv
+        qkv = matmul(x, self.qkv)
         if self.qkv_bias is not None:
             qkv += self.qkv_bias
         nq, nkv = self.n_q * d, self.n_kv * d
@@ -93,7 +101,7 @@ class Attention:
         mask = attention_mask(positions, k_positions, self.window)
         out, probs = attend(np.ascontiguousarray(q), k, v, mask, scale=self.scale, softcap=self.softcap)
         merged = out.transpose(1, 0, 2).reshape(t, nq)
-        projected = merged @ self.o
+        projected = matmul(merged, self.o)
         if self.o_bias is not None:
             projected += self.o_bias
         return projected, probs

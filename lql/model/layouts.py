@@ -10,8 +10,12 @@ its flag value (the families write the flag; ``lql.model`` never sees a family n
 
 A layout first lists every key the forward pass will read (so a missing tensor is
 reported up front, all names at once), then builds the layer objects.  Every
-tensor is copied once into a contiguous float32 array (fused / transposed where
-that makes the matmuls faster); the source mapping is not kept.
+tensor is cast once into a float32 array (q/k/v and gate/up fused into one array,
+written in place from the source's storage words — no intermediate copies), kept in
+the source's ``[out, in]`` order and used transposed (BLAS reads either order); the
+source mapping is not kept by the block.  A mapping that has ``raw(key)`` (the stored
+words, bf16 as ``uint16``) and ``release(key)`` (drop the pages read) is read that way,
+so a layer built from a memory-mapped vindex leaves no mapped pages behind.
 """
 
 from __future__ import annotations
@@ -33,11 +37,52 @@ Norm = RMSNorm | LayerNorm
 F32 = np.float32
 
 
+_BF16 = np.dtype("<u2")
+
+
 class Tensors:
     """Reads keys from the source mapping as float32, checking shapes."""
 
     def __init__(self, weights: Mapping[str, Any]):
         self.weights = weights
+        self._raw = getattr(weights, "raw", None)
+        self._release = getattr(weights, "release", None)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        getter = getattr(self.weights, "shape", None)
+        if callable(getter):
+            return tuple(int(d) for d in getter(key))
+        return tuple(np.shape(self.weights[key]))
+
+    def into(self, key: str, shape: tuple[int, ...], dst: np.ndarray) -> None:
+        """Cast tensor ``key`` (checked to be ``shape``) into the float32 array ``dst``."""
+        src = self._raw(key) if self._raw is not None else np.asarray(self.weights[key])
+        if tuple(src.shape) != tuple(shape):
+            raise LqlError(f"tensor {key} has shape {tuple(src.shape)}, expected {tuple(shape)}")
+        if self._raw is not None and src.dtype == _BF16:      # bfloat16 words: the top half of an f32
+            wide = dst.view(np.uint32)
+            np.copyto(wide, src)                  # widen, then shift in place: ~3x faster than
+            np.left_shift(wide, 16, out=wide)     # one left_shift with a casting dtype
+        else:
+            np.copyto(dst, src, casting="unsafe")
+        if self._release is not None:
+            self._release(key)
+
+    def stack(self, parts: list[tuple[str, tuple[int, int]]]) -> np.ndarray:
+        """The 2-D tensors ``parts`` (``(key, shape)``, equal widths) stacked by rows into one
+        new float32 array ``[sum of rows, width]``."""
+        width = parts[0][1][1]
+        out = np.empty((sum(s[0] for _, s in parts), width), dtype=F32)
+        row = 0
+        for key, shape in parts:
+            self.into(key, shape, out[row:row + shape[0]])
+            row += shape[0]
+        return out
+
+    def release(self, key: str) -> None:
+        """Drop the source's mapped pages of ``key`` from this process (after a cast copy)."""
+        if self._release is not None:
+            self._release(key)
 
     def get(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         arr = np.asarray(self.weights[key], dtype=F32)
@@ -84,9 +129,8 @@ class HFLayout:
         heads = spec.heads(i)
         p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
         nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d
-        q = t.get(p + "self_attn.q_proj.weight", (nq, h))
-        k = t.get(p + "self_attn.k_proj.weight", (nkv, h))
-        v = t.get(p + "self_attn.v_proj.weight", (nkv, h))
+        qkv = t.stack([(p + "self_attn.q_proj.weight", (nq, h)), (p + "self_attn.k_proj.weight", (nkv, h)),
+                       (p + "self_attn.v_proj.weight", (nkv, h))])
         qkv_bias = None
         if spec.attention_bias:
             qkv_bias = np.concatenate([t.get(p + "self_attn.q_proj.bias", (nq,)),
@@ -99,21 +143,21 @@ class HFLayout:
             q_norm = self._norm(spec, t, p + "self_attn.q_norm.weight", d)
             k_norm = self._norm(spec, t, p + "self_attn.k_norm.weight", d)
         attention = Attention(
-            qkv_t=np.concatenate([q, k, v], axis=0).T, qkv_bias=qkv_bias,
-            o_t=t.get(p + "self_attn.o_proj.weight", (h, nq)).T, o_bias=o_bias,
+            qkv_t=qkv.T, qkv_bias=qkv_bias,
+            o_t=t.stack([(p + "self_attn.o_proj.weight", (h, nq))]).T, o_bias=o_bias,
             n_q=heads.num_q_heads, n_kv=heads.num_kv_heads, head_dim=d, scale=heads.attn_scale,
             softcap=spec.attn_softcap, window=spec.sliding[i], q_norm=q_norm, k_norm=k_norm, rope=rope)
-        gate = t.get(p + "mlp.gate_proj.weight")
-        ff = gate.shape[0]
-        if gate.shape != (ff, h):
-            raise LqlError(f"tensor {p}mlp.gate_proj.weight has shape {gate.shape}, expected (*, {h})")
+        gate_shape = t.shape(p + "mlp.gate_proj.weight")
+        ff = gate_shape[0]
+        if len(gate_shape) != 2 or gate_shape != (ff, h):
+            raise LqlError(f"tensor {p}mlp.gate_proj.weight has shape {gate_shape}, expected (*, {h})")
         biases = {}
         if spec.mlp_bias:
             biases = dict(gate_bias=t.get(p + "mlp.gate_proj.bias", (ff,)),
                           up_bias=t.get(p + "mlp.up_proj.bias", (ff,)),
                           down_bias=t.get(p + "mlp.down_proj.bias", (h,)))
-        ffn = GatedFFN(gate, t.get(p + "mlp.up_proj.weight", (ff, h)),
-                       t.get(p + "mlp.down_proj.weight", (h, ff)), spec.activation, **biases)
+        ffn = GatedFFN.fused(t.stack([(p + "mlp.gate_proj.weight", (ff, h)), (p + "mlp.up_proj.weight", (ff, h))]),
+                             t.stack([(p + "mlp.down_proj.weight", (h, ff))]), spec.activation, **biases)
         def norm(name: str) -> Norm:
             return self._norm(spec, t, p + name, h)
 

@@ -28,6 +28,7 @@ Tensor names are the normalised Hugging Face names (``layers.N.self_attn.q_proj.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from lql.errors import LqlError, MissingTensorError, UnsupportedArchitectureErro
 from lql.model.block import Attention, Block
 from lql.model.config import ArchSpec, RopeSpec, layer_heads, per_layer_values
 from lql.model.ffn import ACTIVATIONS, GatedFFN
+from lql.model.layerstore import LayerStore
 from lql.model.layouts import Tensors
 from lql.model.moe import Experts, MoEBranch, Router
 from lql.model.norms import RMSNorm
@@ -312,11 +314,14 @@ def build_mixed_model(model_config: Mapping[str, Any], weights: Mapping[str, np.
     if missing:  # a weights mapping may say where it comes from and how to complete it
         raise MissingTensorError(missing, where=str(getattr(weights, "where", "") or ""))
     ropes: dict[RopeSpec, Rope] = {}
-    blocks = []
+    layer_ropes: list[Rope | None] = []
     for i in range(num_layers):
         rope_spec = spec.rope[i]
         assert rope_spec is not None  # mixed_spec gives every layer RoPE
-        blocks.append(_block(spec, plan, t, i, ropes.setdefault(rope_spec, Rope(rope_spec))))
+        layer_ropes.append(ropes.setdefault(rope_spec, Rope(rope_spec)))
+    # built when they run, cached while the budget allows (lql.model.layerstore)
+    blocks = LayerStore([functools.partial(_block, spec, plan, t, i, layer_ropes[i]) for i in range(num_layers)])
+    blocks.warm()
     per_layer_embed = None
     if plan.ple:
         table = weights["embed_tokens_per_layer.weight"]  # as stored: gathered per token, never cast whole
@@ -330,9 +335,11 @@ def build_mixed_model(model_config: Mapping[str, Any], weights: Mapping[str, np.
     head = embed if tied else np.ascontiguousarray(t.get("lm_head.weight", embed.shape))
     final = RMSNorm(t.get("norm.weight", (hidden,)), spec.norm_eps, spec.norm_offset)
     sources = plan.sources if any(s is not None for s in plan.sources) else None
-    return Model(spec, embed=embed, position_table=None, blocks=blocks, final_norm=final, head=head,
-                 model_config=cfg, per_layer_embed=per_layer_embed, kv_sources=sources,
-                 block_factory=lambda w, i, rope: _block(spec, plan, Tensors(w), i, rope))
+    model = Model(spec, embed=embed, position_table=None, blocks=blocks, final_norm=final, head=head,
+                  model_config=cfg, per_layer_embed=per_layer_embed, kv_sources=sources,
+                  block_factory=lambda w, i, rope: _block(spec, plan, Tensors(w), i, rope))
+    model.ropes = layer_ropes
+    return model
 
 
 __all__ = ["MIXED_KEYS", "build_mixed_model", "is_mixed", "mixed_spec"]

@@ -1,13 +1,17 @@
 """The model: embeddings → blocks → final norm → unembedding, with recording, hooks,
 a KV cache and greedy generation.  Built by :func:`build_model`.
 
-Memory: every weight is held once as float32 (fused QKV and gate/up copies replace the
-originals; a tied head shares the embedding array), so the resident cost is about
-``4 × parameter count`` bytes (SmolLM2-135M: ~540 MB) plus the KV cache.
+Memory: the embedding, final norm and head are held as float32 (a tied head shares the
+embedding array); the layers are a :class:`~lql.model.layerstore.LayerStore`: each is built
+(cast to float32, QKV and gate/up fused) when it first runs and kept while the process-wide
+budget ``LQL_WEIGHT_CACHE_MB`` allows, else built again (read ahead in the background) on
+every pass.  A model whose layers fit is built whole at :func:`build_model` (about
+``4 × parameter count`` bytes: SmolLM2-135M ~540 MB) plus the KV cache.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,6 +21,7 @@ import numpy as np
 from lql.errors import ExecutionError, LqlError, MissingTensorError, NonFiniteError
 from lql.model.cache import KVCache
 from lql.model.config import ArchSpec, arch_spec
+from lql.model.layerstore import LayerStore
 from lql.model.layouts import Tensors, layout_for
 from lql.model.records import ForwardOutput, Hooks, Record
 from lql.model.rope import Rope
@@ -43,7 +48,7 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
 
 class Model:
     def __init__(self, spec: ArchSpec, *, embed: np.ndarray, position_table: np.ndarray | None,
-                 blocks: list[Block], final_norm: Norm, head: np.ndarray, model_config: dict[str, Any],
+                 blocks: list[Block] | LayerStore, final_norm: Norm, head: np.ndarray, model_config: dict[str, Any],
                  per_layer_embed: PerLayerEmbeddings | None = None,
                  kv_sources: list[int | None] | None = None,
                  block_factory: BlockFactory | None = None) -> None:
@@ -57,6 +62,7 @@ class Model:
         self.blocks = blocks
         self.final_norm = final_norm
         self.head = head                      # [vocab, hidden] (the embedding itself when tied)
+        self.ropes: list[Rope | None] | None = None  # per layer (a rebuilt layer's RoPE), when known
         self.hooks: Hooks | None = None       # default hooks for every call (edits/overlays)
         self.num_layers = spec.num_layers
         self.vocab_size = head.shape[0]
@@ -95,7 +101,7 @@ class Model:
     def rebuild_block(self, weights: Mapping[str, np.ndarray], layer: int) -> Block:
         """Layer ``layer``'s block built afresh from ``weights`` (an edited view's), with this
         model's spec and RoPE tables — how an overlay swaps in the layers it edits."""
-        rope = getattr(self.blocks[layer].attention, "rope", None)
+        rope = self.ropes[layer] if self.ropes is not None else getattr(self.blocks[layer].attention, "rope", None)
         if self.block_factory is not None:
             return self.block_factory(weights, layer, rope)
         return layout_for(self.model_config).block(self.spec, Tensors(weights), layer, set(weights.keys()), rope)
@@ -129,6 +135,8 @@ class Model:
             return x[-1].copy() if where == "last" else x.copy()
 
         n = self.num_layers
+        blocks = self.blocks
+        prefetch = getattr(blocks, "prefetch", None)
         residuals: list[Any] | None = [None] * n if record.residuals else None
         attn_d: list[Any] | None = [None] * n if record.deltas else None
         ffn_d: list[Any] | None = [None] * n if record.deltas else None
@@ -141,7 +149,10 @@ class Model:
         _check_finite(h, -1, self, "the embedding")
         embedding = pick(h, record.residuals) if record.residuals else None
         per_layer = self.per_layer_embed(ids, h) if self.per_layer_embed is not None else None
-        for i, block in enumerate(self.blocks):
+        for i in range(n):
+            block = blocks[i]
+            if prefetch is not None:
+                prefetch(i + 1)              # read-ahead: the next layer builds while this one runs
             layer_cache = cache.layers[i] if cache is not None else None
             if per_layer is None:
                 h, trace = block(h, positions, tables, layer_cache, hooks)
@@ -254,13 +265,23 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
         raise MissingTensorError(missing, where=str(getattr(weights, "where", "") or ""))
 
     ropes: dict[RopeSpec, Rope] = {}
-    blocks: list[Block] = []
+    factories: list[Callable[[], Block]] = []
+    layer_ropes: list[Rope | None] = []
     for i in range(num_layers):
         rope = None
         rope_spec = spec.rope[i]
         if rope_spec is not None:
             rope = ropes.setdefault(rope_spec, Rope(rope_spec))
-        blocks.append(layout.block(spec, tensors, i, present, rope))
+        layer_ropes.append(rope)
+        factories.append(functools.partial(layout.block, spec, tensors, i, present, rope))
+    blocks = LayerStore(factories)
+    blocks.warm()
     head = embed if tied else np.ascontiguousarray(tensors.get(layout.head, embed.shape))
-    return Model(spec, embed=embed, position_table=layout.positions(tensors), blocks=blocks,
-                 final_norm=layout.final(spec, tensors), head=head, model_config=model_config)
+    if embed.base is None or embed.flags.owndata:      # a cast copy: the mapped words are not needed
+        tensors.release(layout.embed)
+    if not tied and (head.base is None or head.flags.owndata):
+        tensors.release(layout.head)
+    model = Model(spec, embed=embed, position_table=layout.positions(tensors), blocks=blocks,
+                  final_norm=layout.final(spec, tensors), head=head, model_config=model_config)
+    model.ropes = layer_ropes
+    return model

@@ -146,7 +146,7 @@ def _rebuild(bm: Any, view: VindexView, layers: list[int]) -> Any:
     """A shallow copy of ``bm`` with ``layers`` rebuilt from ``view.weights`` (by the model
     itself: per-layer shapes, e.g. Gemma 4's, included)."""
     m = copy.copy(bm)
-    m.blocks = list(bm.blocks)
+    m.blocks = bm.blocks.copy()              # a LayerStore shares its layers' cache
     for i in layers:
         m.blocks[i] = bm.rebuild_block(view.weights, i)
     return m

@@ -36,6 +36,9 @@ class BinWriter:
         """Append ``array`` cast to the file dtype; returns (offset, length) in bytes.
 
         Refuses values that f16 cannot hold (|x| > 65504 would become inf)."""
+        if self.dtype == np.dtype("<u2"):      # bfloat16 words (f32's range: no overflow check)
+            from .weights import f32_to_bf16
+            return self.write_bytes(f32_to_bf16(array).tobytes())
         with np.errstate(over="ignore"):
             cast = np.ascontiguousarray(array, dtype=self.dtype)
         if self.dtype.itemsize == 2 and cast.size and not np.isfinite(cast).all() \

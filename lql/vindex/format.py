@@ -39,7 +39,12 @@ FEATURE_CLUSTERS = "feature_clusters.jsonl"
 LEVELS = ("browse", "attention", "inference", "all")
 #: the levels ``EXTRACT`` writes
 EXTRACT_LEVELS = ("browse", "inference", "all")
-DTYPES: dict[str, np.dtype] = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
+#: numpy dtypes of the stored words; ``bf16`` is stored as its 16-bit patterns (``<u2``: numpy
+#: has no bfloat16) and must be converted with :func:`lql.vindex.weights.bf16_to_f32`, never
+#: ``astype`` (see :func:`to_f32`)
+DTYPES: dict[str, np.dtype] = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4"), "bf16": np.dtype("<u2")}
+#: the numpy dtype that stands for bfloat16 words
+BF16 = np.dtype("<u2")
 DEFAULT_TOP_K = 10
 
 #: files every vindex of a level must have (the weight files an inference/all
@@ -81,8 +86,16 @@ def np_dtype(name: str, where: str = INDEX) -> np.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise VindexError(f"{where}: unsupported dtype {name!r} (supported: f16, f32)",
+        raise VindexError(f"{where}: unsupported dtype {name!r} (supported: f16, f32, bf16)",
                           path=where) from None
+
+
+def to_f32(raw: np.ndarray) -> np.ndarray:
+    """Stored words (``<f4``, ``<f2`` or bf16 as ``<u2``) → float32 (no copy for f32)."""
+    if raw.dtype == BF16:
+        from .weights import bf16_to_f32
+        return bf16_to_f32(raw)
+    return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
 
 def derive_layer_bands(num_layers: int) -> dict[str, list[int]]:

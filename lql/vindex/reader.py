@@ -14,6 +14,7 @@ variable ``LQL_GATE_CACHE_MB``); cached arrays are read-only.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import weakref
@@ -198,7 +199,7 @@ class Vindex:
         if (self.path / fmt.MANIFEST).is_file():
             manifest = validate_manifest(fmt.read_json(self.path / fmt.MANIFEST),
                                          str(self.path / fmt.MANIFEST), self.np_dtype.itemsize,
-                                         self._file_sizes())
+                                         self._file_sizes(), self.dtype)
         if self.quant == "q4k":               # LARQL's Q4_K layout files (lql.vindex.kquant)
             from .kquant import layout_entries
             manifest = [*(manifest or ()), *layout_entries(self.path, self._file_sizes())]
@@ -285,7 +286,7 @@ class Vindex:
         # embeddings.bin's dtype from its size, as LARQL's loader does
         # (format/weights/load.rs:158-163): f32 when it is n × 4 bytes, else f16
         self.embed_np_dtype = STORAGE["f32"] if size == n * 4 else (
-            STORAGE["f16"] if size == n * 2 else self.np_dtype)
+            (fmt.BF16 if self.dtype == "bf16" else STORAGE["f16"]) if size == n * 2 else self.np_dtype)
         item = self.embed_np_dtype.itemsize
         want = n * item
         if size != want:
@@ -307,6 +308,24 @@ class Vindex:
                         mm = np.memmap(path, dtype=np.uint8, mode="r")
                     self._maps[name] = mm
         return mm
+
+    def _release(self, name: str, offset: int, length: int) -> None:
+        """``madvise(MADV_DONTNEED)`` the whole pages of ``name``'s bytes ``offset..+length``
+        (read-only shared mapping: the pages stay cached by the OS; a later read maps them
+        again).  A no-op where madvise is unavailable."""
+        mm = self._maps.get(name)
+        raw = getattr(mm, "_mmap", None)
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if raw is None or advice is None or length <= 0:
+            return
+        page = mmap.PAGESIZE
+        start = -(-offset // page) * page
+        end = (offset + length) // page * page
+        if end > start:
+            try:
+                raw.madvise(advice, start, end - start)
+            except (OSError, ValueError):
+                pass
 
     def _view(self, name: str, offset: int, length: int, shape: tuple[int, ...],
               dtype: np.dtype | None = None) -> np.ndarray:
@@ -379,7 +398,7 @@ class Vindex:
             return raw
         cached = self._gate_cache.get(layer)
         if cached is None:
-            cached = raw.astype(np.float32)
+            cached = fmt.to_f32(raw)
             cached.setflags(write=False)
             self._gate_cache.put(layer, cached)
         return cached
@@ -435,7 +454,14 @@ class Vindex:
     # ------------------------------------------------------------ embeddings
     @property
     def embeddings(self) -> np.ndarray:
-        """The raw (vocab, hidden) embedding matrix in storage dtype (memory-mapped)."""
+        """The (vocab, hidden) embedding matrix in storage dtype (memory-mapped); a bf16
+        vindex's as float32 (numpy has no bfloat16: its words are in :attr:`embeddings_raw`)."""
+        raw = self.embeddings_raw
+        return fmt.to_f32(raw) if raw.dtype == fmt.BF16 else raw
+
+    @property
+    def embeddings_raw(self) -> np.ndarray:
+        """The (vocab, hidden) embedding matrix's stored words, memory-mapped (bf16 as ``<u2``)."""
         return self._view(fmt.EMBEDDINGS, 0, self.vocab_size * self.hidden_size *
                           self.embed_np_dtype.itemsize, (self.vocab_size, self.hidden_size),
                           self.embed_np_dtype)
@@ -446,11 +472,10 @@ class Vindex:
         if idx.size and (idx.min() < 0 or idx.max() >= self.vocab_size):
             bad = int(idx[(idx < 0) | (idx >= self.vocab_size)].flat[0])
             raise ExecutionError(f"token id {bad} out of range 0..{self.vocab_size - 1}")
-        return self.embeddings[idx].astype(np.float32)
+        return fmt.to_f32(self.embeddings_raw[idx])
 
     def _embeddings_f32(self) -> np.ndarray:
-        emb = self.embeddings
-        return emb if emb.dtype == np.float32 else emb.astype(np.float32)
+        return fmt.to_f32(self.embeddings_raw)
 
     # ------------------------------------------------------------ tokenizer & text files
     @cached_property

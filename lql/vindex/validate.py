@@ -159,7 +159,7 @@ INDEX_RULES: dict[str, Rule] = {
     "version": Int(1, 2),
     "model": Opt(Str()),
     "family": Opt(Str()),
-    "dtype": OneOf("f16", "f32"),
+    "dtype": OneOf("f16", "f32", "bf16"),
     "quant": Opt(OneOf("none", "q4k")),
     "source": Opt(Dict()),
     "checksums": Opt(_checksums),

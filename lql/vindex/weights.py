@@ -93,6 +93,50 @@ class VindexWeights(Mapping[str, np.ndarray]):
         return sum(1 for _ in self)
 
     # ---- extras
+    def raw(self, key: str) -> np.ndarray:
+        """The stored words of ``key``, memory-mapped, no copy: ``<f4``/``<f2``, or bfloat16
+        as ``<u2`` (convert with :func:`bf16_to_f32`).  What a layer builder casts from."""
+        if key in self._entries:
+            entry = self._entries[key]
+            store = entry_dtype(entry)
+            if store == "bf16":
+                dtype = np.dtype("<u2")
+            elif store in STORAGE:
+                dtype = STORAGE[store]
+            elif store in ("q4_k", "q6_k"):       # LARQL's blocks: decoded (lql.vindex.kquant)
+                return self._v._tensor(entry)
+            else:
+                raise refuse_kind(entry, str(self._v.path))
+            return self._v._view(entry["file"], entry["offset"], entry["length"],
+                                 tuple(entry["shape"]), dtype)
+        if key in self._embed_keys:
+            return self._v.embeddings_raw
+        layer = self._gate_keys.get(key)
+        if layer is not None:
+            gate = self._v.gate_raw(layer)
+            return gate.T if self._gate_transposed else gate
+        return self[key]                           # raises the missing-tensor error
+
+    def release(self, key: str) -> None:
+        """Tell the OS this process is done with ``key``'s mapped pages (they stay in the
+        page cache, but leave this process's resident set): after a layer is cast."""
+        span = self._span(key)
+        if span is not None:
+            self._v._release(*span)
+
+    def _span(self, key: str) -> tuple[str, int, int] | None:
+        if key in self._entries:
+            e = self._entries[key]
+            return e["file"], int(e["offset"]), int(e["length"])
+        if key in self._embed_keys:
+            raw = self._v.embeddings_raw
+            return "embeddings.bin", 0, int(raw.nbytes)
+        layer = self._gate_keys.get(key)
+        if layer is not None and self._v.has_layer(layer):
+            e = self._v._layer_entry(layer)
+            return "gate_vectors.bin", int(e["offset"]), int(e["length"])
+        return None
+
     def shape(self, key: str) -> tuple[int, ...]:
         if key in self._entries:
             return tuple(self._entries[key]["shape"])
@@ -138,9 +182,29 @@ def entry_dtype(entry: dict[str, Any]) -> str:
     return str(entry.get("_dtype", "f32"))
 
 
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) → float32: the top half of an f32."""
-    return (np.asarray(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+def bf16_to_f32(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) → float32: the top half of an f32.  One vectorised
+    pass (a widening shift); ``out`` (float32, ``raw``'s shape) receives it when given."""
+    words = np.asarray(raw, dtype="<u2")
+    if out is None:
+        out = np.empty(words.shape, dtype=np.float32)
+    wide = out.view(np.uint32)
+    np.copyto(wide, words)                # widen, then shift in place (faster than a casting shift)
+    np.left_shift(wide, 16, out=wide)
+    return out
+
+
+def f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), rounding to nearest even (as torch does);
+    NaN stays a (quiet) NaN.  Exact for values that already are bfloat16 (a bf16 checkpoint
+    read as f32), so such a checkpoint round-trips bit for bit."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(u.view(np.float32))
+    if nan.any():
+        out[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return out
 
 
 def refuse_kind(entry: dict[str, Any], where: str) -> MissingTensorError | VindexError:
@@ -151,7 +215,8 @@ def refuse_kind(entry: dict[str, Any], where: str) -> MissingTensorError | Vinde
 
 
 def validate_manifest(manifest: Any, path: str, itemsize: int,
-                      file_sizes: dict[str, int | None]) -> list[dict[str, Any]]:
+                      file_sizes: dict[str, int | None],
+                      index_dtype: str | None = None) -> list[dict[str, Any]]:
     """Check each entry's fields (types, ranges), its length against its shape and its
     file's size.  Errors name the manifest or the weight file with its folder.
 
@@ -161,7 +226,8 @@ def validate_manifest(manifest: Any, path: str, itemsize: int,
     vindexes).  It is recorded under the entry's ``_dtype`` (the returned entries are
     copies).  An entry of a kind that cannot be read here (unknown kinds)
     gets ``_dtype`` ``"refused"`` and raises only when asked for.  ``itemsize`` is the
-    index dtype's, preferred when a length fits both (an empty tensor)."""
+    index dtype's, preferred when a length fits both (an empty tensor); in a vindex whose
+    ``index_dtype`` is ``bf16`` the 2-byte entries are bfloat16."""
     import math
     from pathlib import Path
 
@@ -198,6 +264,8 @@ def validate_manifest(manifest: Any, path: str, itemsize: int,
                                   f"{e['shape']} needs {n * itemsize} bytes ({n * 4} as f32 or "
                                   f"{n * 2} as f16)", path=path)
             e["_dtype"] = by_len[e["length"]]
+            if e["_dtype"] == "f16" and index_dtype == "bf16":
+                e["_dtype"] = "bf16"          # 2-byte words of a bf16 vindex are bfloat16
         size = file_sizes.get(e["file"])
         where = str(folder / e["file"])
         if size is None:
