@@ -116,7 +116,9 @@ def encode_knn_store(facts: Iterable[StoredFact]) -> bytes:
     for layer, group in layers.items():
         out.append(struct.pack("<II", layer, len(group)))
         keys = np.stack([np.asarray(f.key, dtype=np.float32) for f in group])
-        if not np.isfinite(keys.astype(np.float16)).all():
+        with np.errstate(over="ignore"):
+            fits = bool(np.isfinite(keys.astype(np.float16)).all())
+        if not fits:
             raise ValueError(f"layer {layer}: a KNN key does not fit f16")
         out.append(keys.astype("<f2").tobytes())
         out.append(np.asarray([f.target_id for f in group], dtype="<u4").tobytes())
