@@ -8,8 +8,8 @@
   keys preserved).  Built in a temporary sibling and renamed into place.
 * :func:`compile_model` — ``model.safetensors`` with the family's own tensor
   names (``Family.hf_key``), ``config.json`` (``Family.hf_config``), the
-  tokenizer files and the chat template.  f32 vindexes write float32, f16
-  vindexes float16 (the stored values, exactly).
+  tokenizer files and the chat template, in the dtype the model runs in
+  (:func:`model_dtype`: the source's; bfloat16 for Gemma, never float16 there).
 
 KNN entries are not weights: they cannot be baked into either output; the
 result says how many were left out (keep the ``.vlp`` patch for them).
@@ -28,7 +28,69 @@ from ..atomic import AtomicDir
 from ..errors import ExecutionError, LevelError, MissingTensorError, NotBuiltError
 from .overlay import Overlay, OverlayVindex, ffn_layout
 
-__all__ = ["compile_vindex", "compile_model", "resolve_conflicts"]
+__all__ = ["compile_vindex", "compile_model", "resolve_conflicts", "model_dtype", "save_bf16",
+           "to_bf16_bits"]
+
+_TORCH_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+                "f16": "float16", "half": "float16", "float32": "float32", "f32": "float32",
+                "float": "float32"}
+
+
+def model_dtype(base) -> str:
+    """The dtype COMPILE INTO MODEL writes: the one the model can run in.  The source's own
+    (``torch_dtype`` / ``dtype`` in its config or provenance) when recorded; else bfloat16 for
+    the Gemma families (their activations overflow float16: transformers gives NaN); else the
+    vindex's storage dtype.  float16 is never written for a Gemma family."""
+    mc = dict(getattr(base, "model_config", None) or {})
+    src = dict(getattr(base, "source", None) or {})
+    found = None
+    for d in (mc, src):
+        for key in ("torch_dtype", "dtype", "source_dtype"):
+            name = _TORCH_NAMES.get(str(d.get(key, "")).lower())
+            if name is not None:
+                found = name
+                break
+        if found:
+            break
+    gemma = str(getattr(base, "family", "") or "").lower().startswith("gemma")
+    if found is None:
+        found = "bfloat16" if gemma else ("float16" if base.dtype == "f16" else "float32")
+    if gemma and found == "float16":
+        found = "bfloat16"
+    return found
+
+
+def to_bf16_bits(arr) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), round to nearest even (NaN kept NaN)."""
+    a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+    u = a.view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+def save_bf16(tensors: dict, path: Path) -> None:
+    """Write ``tensors`` (name → float array) as a BF16 safetensors file (the format: an
+    8-byte little-endian header length, the JSON header, then the raw data)."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        bits = to_bf16_bits(tensors[name])
+        raw = bits.tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(np.shape(tensors[name])),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little"))
+        fh.write(text)
+        for raw in blobs:
+            fh.write(raw)
 
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -187,19 +249,26 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
         raise LevelError(f"COMPILE INTO MODEL needs every tensor; this vindex (extracted at "
                          f"{str(level).upper()}) lacks {len(missing)}, e.g. {missing[0]} — "
                          f"re-extract WITH ALL")
-    np_dtype = np.float16 if base.dtype == "f16" else np.float32
+    torch_dtype = model_dtype(base)
     tensors = {}
     for k in keys:
         try:
             arr = np.asarray(view.weights[k])
         except MissingTensorError:
             raise
-        tensors[fam.hf_key(k)] = np.ascontiguousarray(arr.astype(np_dtype))
+        tensors[fam.hf_key(k)] = arr
     cfg = fam.hf_config(mc)
-    cfg["torch_dtype"] = "float16" if np_dtype == np.float16 else "float32"
+    cfg["torch_dtype"] = torch_dtype
+    cfg["dtype"] = torch_dtype                 # the key newer transformers reads
     with AtomicDir(out, force, hint="FORCE") as staging:
         tmp = staging.folder
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if torch_dtype == "bfloat16":
+            save_bf16(tensors, tmp / "model.safetensors")
+        else:
+            np_dtype = np.float16 if torch_dtype == "float16" else np.float32
+            save_file({k: np.ascontiguousarray(np.asarray(a).astype(np_dtype))
+                       for k, a in tensors.items()},
+                      str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del tensors
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         for name in TEXT_FILES:
@@ -207,6 +276,6 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
             if p.is_file():
                 shutil.copyfile(p, tmp / name)
     ov = getattr(view, "overlay", None)
-    return {"path": str(out), "tensors": len(keys), "dtype": cfg["torch_dtype"],
+    return {"path": str(out), "tensors": len(keys), "dtype": torch_dtype,
             "edited_features": len(ov.features) if ov is not None else 0,
             "knn_left_out": len(ov.knn) if ov is not None else 0}

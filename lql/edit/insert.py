@@ -195,8 +195,14 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
                              f"try another AT LAYER")
     out = run(view, text, record=Record(residuals="last", layers=frozenset([layer])))
     r_norm = float(np.linalg.norm(out.residuals[layer]))
-    down = _through_post_norm(view, layer, unembed_direction(view, tid))
-    down = down * (ALPHA_UNIT * alpha * r_norm / act)
+    direction = unembed_direction(view, tid)
+    if has_post_ffn_norm(view, layer):
+        # Gemma 2/3/4: the FFN output is RMS-normed before it joins the residual, so the
+        # down vector is solved through that norm (see post_norm_down)
+        down = post_norm_down(view, text, layer, direction, alpha, act)
+    else:
+        down = _through_post_norm(view, layer, direction)
+        down = down * (ALPHA_UNIT * alpha * r_norm / act)
     vectors["down"] = down
     emb = np.asarray(view.embed([tid]), dtype=np.float32)[0]
     op = PatchOp.make("insert", layer=layer, feature=feature, relation=relation, entity=entity,
@@ -353,6 +359,57 @@ def _through_post_norm(view: VindexView, layer: int, direction: np.ndarray) -> n
     safe = np.where(np.abs(scale) < 1e-3, np.copysign(1e-3, scale + 1e-12), scale)
     d = direction / safe
     return (d / float(np.linalg.norm(d))).astype(np.float32)
+
+
+def has_post_ffn_norm(view: VindexView, layer: int) -> bool:
+    """Whether ``layer``'s FFN output passes a norm before it joins the residual (Gemma 2/3/4)."""
+    return getattr(model_for(view).blocks[layer], "post_ffn_norm", None) is not None
+
+
+def raw_ffn_output(view: VindexView, prompt, layer: int) -> np.ndarray:
+    """The FFN's raw output (before a post-FFN norm) at ``layer``, last position."""
+    from ..model import Hooks
+    got: dict[str, np.ndarray] = {}
+
+    def grab(l: int, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if l == layer:
+            got["o"] = np.array(out[-1], dtype=np.float64, copy=True)
+        return out
+
+    run(view, prompt, hooks=Hooks(ffn=grab))
+    return got["o"]
+
+
+#: strength of a post-norm push: the written vector's RMS is this × ALPHA × rms(FFN output)
+POST_NORM_UNIT = 30.0
+
+
+def post_norm_down(view: VindexView, prompt, layer: int, direction: np.ndarray,
+                   alpha: float, act: float) -> np.ndarray:
+    """The down vector for a layer whose FFN output ``o`` goes through an RMS norm ``N``
+    with scale ``s`` before it joins the residual (Gemma 2/3/4 sandwich norms).
+
+    ``N`` maps every output onto the ellipsoid ``rms(y/s) = 1``, so how far one feature can
+    push is capped, and it is not capped equally in every direction: the largest
+    ``direction·y`` on the ellipsoid is at ``y ∝ s²⊙direction``, reached by a pre-norm
+    output along ``s⊙direction``.  So the feature writes ``x ∝ s⊙direction`` with
+    ``rms(x) = POST_NORM_UNIT·alpha·rms(o)``; the normed output is then
+    ``N(o + x)``, tending to the optimum as ``alpha`` grows.  Measured on Gemma 3 270M
+    (the raw FFN output replaced by ``s⊙direction`` at layers 12–17 of 18): the target
+    becomes top-1 with P > 0.99 for "The capital of Atlantis is" → " Poseidon" and
+    "The capital of France is" → " Rome"; pushing along ``direction`` itself (what the
+    norm then shrinks to ‖direction‖/rms(direction/s) ≈ 20–300, against ‖r_L‖ ≈ 10⁴) does
+    nothing.  ``down = x / act``."""
+    norm = model_for(view).blocks[layer].post_ffn_norm
+    o = raw_ffn_output(view, prompt, layer)
+    scale = np.asarray(norm(np.ones((1, o.shape[0]), np.float32))[0], np.float64)
+    want = scale * np.asarray(direction, np.float64)
+
+    def rms(v: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(np.square(v))))
+
+    x = want * (POST_NORM_UNIT * alpha * rms(o) / max(rms(want), 1e-30))
+    return (x / act).astype(np.float32)
 
 
 def _activation(view: VindexView, x: float) -> float:
