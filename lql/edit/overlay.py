@@ -129,6 +129,7 @@ class KnnEntry:
     confidence: float = 1.0
     patch: str = ""
     center: np.ndarray | None = None    # subtracted from the residual before the cosine
+    threshold: float | None = None      # this entry's calibrated cosine threshold (INSERT)
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -196,7 +197,9 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     int(op.get("target_id", 0)), op.get("entity", ""),
                                     op.get("relation", ""), op.get("target", ""),
                                     float(op.get("confidence", 1.0) or 1.0), patch.name,
-                                    None if center is None else center.astype(np.float32)))
+                                    None if center is None else center.astype(np.float32),
+                                    None if op.get("threshold") is None
+                                    else float(op.get("threshold"))))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
     return _State(feats, knn)
@@ -359,8 +362,12 @@ class Overlay:
             return None
         r = np.asarray(residual_last, dtype=np.float32).reshape(-1)
         cos = np.array([e.cosine(r) for e in entries])
-        i = int(np.argmax(cos))
-        return (entries[i], float(cos[i])) if cos[i] > KNN_THRESHOLD else None
+        # an entry fires above its own calibrated threshold (KNN_THRESHOLD without one);
+        # the best margin over its threshold wins
+        limit = np.array([KNN_THRESHOLD if e.threshold is None else e.threshold
+                          for e in entries])
+        i = int(np.argmax(cos - limit))
+        return (entries[i], float(cos[i])) if cos[i] > limit[i] else None
 
 
 # --------------------------------------------------------------------------- the patched view

@@ -41,41 +41,88 @@ def _note(started: bool, ov) -> str:
 
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
-    from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op
+    from ..edit.insert import (calibrate_compose, compose_op, install_layer, knn_op,
+                               target_tokens)
+    from ..edit.prompts import template_for
+    from ..edit.verify import check_target, collateral, sequence_probability, sibling_snapshot
     ov = session.edit_overlay()
     view = session.vindex
     for name in ("entity", "relation", "target"):
         if not str(getattr(stmt, name)).strip():
             raise ExecutionError(f"INSERT needs a non-empty {name}")
+    check_target(stmt.target)
     layer = install_layer(view, stmt.layer)
     insert_mode = stmt.mode or ast.InsertMode.KNN
     mode = insert_mode.value.lower()             # the row / message spelling
     if stmt.confidence is not None and not 0.0 <= stmt.confidence <= 1.0:
         raise ExecutionError("CONFIDENCE must be between 0 and 1")
-    if insert_mode is ast.InsertMode.COMPOSE:
-        check_level(view, "INSERT ... MODE COMPOSE")
-        if stmt.alpha is not None and stmt.alpha <= 0:
-            raise ExecutionError("ALPHA must be positive")
-        plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                          alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt)
-        started = ov.record(plan.op)
-        cal = calibrate_compose(ov, view, plan)
-        detail = (f"feature {plan.feature} ({plan.slot} slot), ALPHA {cal['alpha']:g}; "
-                  f"P({plan.target_text!r} | {plan.prompt!r}) = {cal['probability']:.3f}"
-                  + ("" if cal["retrieved"] else " — NOT top-1 (try REBALANCE or AT LAYER)"))
-        meta = dict(cal)
-    else:
-        plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                      confidence=stmt.confidence, prompt=stmt.prompt)
-        started = ov.record(plan.op)
-        if not can_forward(view):
-            detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
-                      f"no forward pass; the entry is stored, INFER needs INFERENCE)")
+    forward = can_forward(view)
+    ids = target_tokens(view, stmt.target) if forward else target_tokens(view, stmt.target)[:1]
+    template = template_for(stmt.relation, stmt.prompt)
+    siblings = sibling_snapshot(view, template, stmt.entity) if forward else []
+    started = False
+    plans, cals = [], []
+    # one feature / KNN entry per target token: token i is produced after the prompt and
+    # the target's first i tokens, so GENERATE writes the whole target
+    for i, tid in enumerate(ids):
+        prefix = tuple(ids[:i])
+        if insert_mode is ast.InsertMode.COMPOSE:
+            check_level(view, "INSERT ... MODE COMPOSE")
+            if stmt.alpha is not None and stmt.alpha <= 0:
+                raise ExecutionError("ALPHA must be positive")
+            plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                              alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt,
+                              prefix=prefix, token=tid)
+            started |= ov.record(plan.op)
+            cals.append(calibrate_compose(ov, view, plan))
         else:
-            detail = f"KNN key from the raw prompt {plan.prompt!r}"
-        meta = {}
+            plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                          confidence=stmt.confidence, prompt=stmt.prompt, prefix=prefix,
+                          token=tid)
+            started |= ov.record(plan.op)
+        plans.append(plan)
+    plan = plans[0]
+    meta: dict[str, Any] = {"target_ids": ids, "tokens": len(ids)}
+    if insert_mode is ast.InsertMode.COMPOSE:
+        cal = cals[0]
+        feats = ", ".join(str(p.feature) for p in plans)
+        detail = (f"feature{'s' if len(plans) > 1 else ''} {feats} ({plan.slot} slot), "
+                  f"ALPHA {cal['alpha']:g}")
+        meta.update(cal)
+        meta["features"] = [p.feature for p in plans]
+    elif not forward:
+        detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
+                  f"no forward pass; the entry is stored, INFER needs INFERENCE)")
+    else:
+        thr = [float(p.op.get("threshold") or 0.75) for p in plans]
+        detail = (f"KNN key{'s' if len(plans) > 1 else ''} from the raw prompt {plan.prompt!r}"
+                  f" (threshold {min(thr):.2f}{'–' + format(max(thr), '.2f') if len(thr) > 1 else ''}"
+                  f": above every checked neighbour)")
+    verdict = ""
+    if forward:
+        p_whole = sequence_probability(view, plan.seq or plan.prompt, ids)
+        p_first = float(cals[0]["probability"]) if cals else \
+            float(sequence_probability(view, plan.seq or plan.prompt, ids[:1]))
+        hits = collateral(view, siblings)
+        reached = p_whole >= 0.5 and not hits
+        meta.update({"p_target": p_whole, "p_first_token": p_first, "reached": reached,
+                     "collateral": hits, "siblings_checked": len(siblings)})
+        verdict = (f"; P(whole target {stmt.target!r} | prompt) = {p_whole:.3f}"
+                   + (f" over {len(ids)} tokens" if len(ids) > 1 else "")
+                   + f"; {len(hits)}/{len(siblings)} sibling prompts changed top-1"
+                   + ("" if not hits else " (" + ", ".join(
+                       f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}" for h in hits[:3])
+                      + ")"))
+        if not reached:
+            why = []
+            if p_whole < 0.5:
+                why.append("the target is not the likely continuation")
+            if hits:
+                why.append("it changed other entities' answers")
+            verdict += ("; GOAL NOT REACHED: " + " and ".join(why)
+                        + " (try another AT LAYER, ALPHA or MODE, or REBALANCE)")
     wraps = _session_wraps(session, view)
-    if can_forward(view):
+    if forward:
         detail += ("; trained on the raw (completion-style) prompt"
                    + (" — this session wraps INFER prompts in the chat template (SET CHAT "
                       "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
@@ -84,7 +131,7 @@ def insert(session, stmt: ast.Insert) -> Result:
     row = {"layer": layer, "feature": plan.feature, "entity": stmt.entity,
            "relation": stmt.relation, "target": stmt.target, "mode": mode}
     msg = (f"inserted ({stmt.entity}, {stmt.relation}, {stmt.target}) MODE {mode.upper()} at "
-           f"layer {layer}, {detail}{_note(started, ov)}")
+           f"layer {layer}, {detail}{verdict}{_note(started, ov)}")
     return Result.table("INSERT", COLUMNS, [row], message=msg, auto_patch=started,
                         prompt=plan.prompt, target_token=plan.target_text, **meta)
 
