@@ -183,7 +183,7 @@ class InsertPlan:
 def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, layer: int,
                alpha: float | None = None, confidence: float | None = None,
                prompt: str | None = None, prefix: tuple[int, ...] = (),
-               token: int | None = None) -> InsertPlan:
+               token: int | None = None, push: float = 1.0) -> InsertPlan:
     """``prefix``/``token``: for a multi-token target, the feature that produces target
     token ``token`` after the prompt and the target tokens ``prefix`` (one per token)."""
     from ..model import Record
@@ -222,7 +222,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
                              f"try another AT LAYER")
     out = run(view, seq, record=Record(residuals="last", layers=frozenset([layer])))
     r_norm = float(np.linalg.norm(out.residuals[layer]))
-    direction = unembed_direction(view, tid)
+    direction = unembed_direction(view, tid) * np.float32(1.0 if push >= 0 else -1.0)
     if has_post_ffn_norm(view, layer):
         # Gemma 2/3/4: the FFN output is RMS-normed before it joins the residual, so the
         # down vector is solved through that norm (see post_norm_down)
@@ -234,7 +234,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     emb = np.asarray(view.embed([tid]), dtype=np.float32)[0]
     op = PatchOp.make("insert", layer=layer, feature=feature, relation=relation, entity=entity,
                       target=target, confidence=1.0 if confidence is None else float(confidence),
-                      mode="compose", alpha=alpha, prompt=text,
+                      mode="compose" if push >= 0 else "suppress", alpha=alpha, prompt=text,
                       prefix_ids=[int(i) for i in prefix] or None,
                       down_meta={"t": ttext.strip(), "i": tid, "c": float(emb @ down)},
                       vectors=vectors)

@@ -59,19 +59,37 @@ def sequence_probability(view: VindexView, prompt: str | Sequence[int], ids: Seq
 
 
 def sibling_snapshot(view: VindexView, template: str, entity: str,
-                     n: int = SIBLINGS_CHECKED) -> list[tuple[str, int]]:
-    """``[(prompt, top-1 id)]`` for the template filled with ``n`` sibling entities."""
+                     n: int = SIBLINGS_CHECKED) -> list[tuple[str, int, float]]:
+    """``[(prompt, top-1 id, its probability)]`` for the template filled with ``n`` siblings."""
     from ..runtime import predict
     from .delete import sibling_prompts
-    return [(p, predict(view, p, top=1).top1) for p in sibling_prompts(template, entity)[:n]]
+    out = []
+    for p in sibling_prompts(template, entity)[:n]:
+        pred = predict(view, p, top=1)
+        out.append((p, pred.top1, float(pred.top[0][1])))
+    return out
 
 
-def collateral(view: VindexView, before: list[tuple[str, int]]) -> list[dict]:
-    """The siblings whose top-1 changed since ``before``: ``[{prompt, before, after}]``."""
+def collateral(view: VindexView, before: list[tuple[str, int, float]], limit: float = 0.30) -> list[dict]:
+    """The siblings whose top-1 changed since ``before``, or whose top-1's probability moved
+    by more than ``limit`` of itself: ``[{prompt, before, after, change}]``."""
     from ..runtime import predict
     out = []
-    for p, t0 in before:
-        t1 = predict(view, p, top=1).top1
-        if t1 != t0:
-            out.append({"prompt": p, "before": view.token_text(t0), "after": view.token_text(t1)})
+    for p, t0, p0 in before:
+        pred = predict(view, p, top=1)
+        p1 = float(pred.p(t0))
+        change = abs(p1 - p0) / p0 if p0 > 0 else 0.0
+        if pred.top1 != t0 or change > limit:
+            out.append({"prompt": p, "before": view.token_text(t0),
+                        "after": view.token_text(pred.top1), "change": change})
     return out
+
+
+def max_change(view: VindexView, before: list[tuple[str, int, float]]) -> float:
+    """The largest relative change of a sibling's top-1 probability since ``before``."""
+    from ..runtime import predict
+    worst = 0.0
+    for p, t0, p0 in before:
+        p1 = float(predict(view, p, top=1).p(t0))
+        worst = max(worst, abs(p1 - p0) / p0 if p0 > 0 else 0.0)
+    return worst

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
+#: DELETE's goal: P(target) at most this fraction of its start (≥ 70 % suppression)
+KEEP_GOAL = 0.30
 AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
              'SAVE PATCH "file.vlp" keeps them')
 
@@ -251,9 +253,26 @@ def delete(session, stmt: ast.Delete) -> Result:
     n = len(rows)
     msg = f"deleted {n} edge{'s' if n != 1 else ''}"
     if meta:
-        msg = (f"deleted {n} feature{'s' if n != 1 else ''} carrying ({meta['entity']}, "
-               f"{meta['relation']}, {meta['target']}); P({meta['target_token']!r} | "
-               f"{meta['prompt']!r}) {meta['p_before']:.3f} → {meta['p_after']:.3f}")
+        sup = meta["suppression"]
+        msg = ((f"suppressed ({meta['entity']}, {meta['relation']}, {meta['target']}) with one "
+                f"selective feature (L{rows[0]['layer']}:F{rows[0]['feature']})"
+                if meta["how"] == "suppress" else
+                f"deleted {n} feature{'s' if n != 1 else ''} carrying ({meta['entity']}, "
+                f"{meta['relation']}, {meta['target']})")
+               + f"; P({meta['target_token']!r} | "
+               f"{meta['prompt']!r}) {meta['p_before']:.3f} → {meta['p_after']:.3f} "
+               f"(suppression {sup:.0%}, goal ≥ {1 - KEEP_GOAL:.0%}); "
+               f"{len(meta['collateral'])}/{meta['siblings_checked']} sibling prompts changed "
+               f"(top-1, or P by > 30 %)" + ("" if not meta["collateral"] else " (" + ", ".join(
+                   f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}"
+                   for h in meta["collateral"][:3]) + ")"))
+        if not meta["reached"]:
+            why = []
+            if sup < 1 - KEEP_GOAL:
+                why.append(f"suppression is only {sup:.0%}")
+            if meta["collateral"]:
+                why.append("other entities' answers changed")
+            msg += "; GOAL NOT REACHED: " + " and ".join(why)
     return Result.table("DELETE", COLUMNS, rows, message=msg + _note(started, ov),
                         removed=n, auto_patch=started, **meta)
 
@@ -264,21 +283,51 @@ def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target
     from ..edit.prompts import canonical_prompt, template_for
     from ..runtime import predict
     check_level(view, "DELETE of a fact the model knows")
+    from ..edit.verify import collateral, is_stop_word, sibling_snapshot
     prompt = canonical_prompt(entity, relation)
     if target is None:
-        tid = predict(view, prompt).top1
+        pred = predict(view, prompt, top=10)
+        tid = pred.top1
         ttext = view.token_text(tid)
+        if is_stop_word(ttext):
+            real = [view.token_text(t) for t, _, _ in pred.top if not is_stop_word(view.token_text(t))]
+            raise ExecutionError(
+                f"DELETE refuses: the model's answer to {prompt!r} is {ttext!r}, a stop word, "
+                f"not a fact (deleting it would change the model's grammar); name the fact's "
+                f"target: AND target = ..." + (f" (its first real candidate is {real[0]!r})"
+                                               if real else ""))
         target = ttext.strip()
     else:
+        from ..edit.verify import check_target
+        check_target(target, "DELETE")
         tid, ttext = target_token(view, target)
     template = template_for(relation)
     refs = sibling_prompts(template, entity)
     started = ov.recording is None
-    rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
+    siblings = sibling_snapshot(view, template, entity)
+    # first one selective suppression feature (cheap, precise); if it cannot reach the goal
+    # without collateral it is dropped again and the carrying features are deleted instead
+    from ..edit.delete import suppress_fact
+    from ..edit.insert import install_layer
+    mark = len(ov.recording.operations) if ov.recording is not None else 0
+    how = "suppress"
+    rep = suppress_fact(ov, view, entity, relation, target, prompt, tid,
+                        layer=install_layer(view, None))
+    hits = collateral(view, siblings)
+    if rep.p_after > KEEP_GOAL * rep.p_before or hits:
+        assert ov.recording is not None
+        del ov.recording.operations[mark:]
+        ov._changed()
+        how = "feature"
+        rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
+        hits = collateral(view, siblings)
+    sup = 1.0 - rep.p_after / rep.p_before if rep.p_before > 0 else 0.0
     rows = [{"layer": l, "feature": f, "entity": entity, "relation": relation,
-             "target": target, "mode": "feature"} for l, f in rep.features]
+             "target": target, "mode": how} for l, f in rep.features]
     meta = {"entity": entity, "relation": relation, "target": target, "target_token": ttext,
-            "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after}
+            "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after,
+            "suppression": sup, "collateral": hits, "siblings_checked": len(siblings),
+            "reached": sup >= 1 - KEEP_GOAL and not hits, "how": how}
     return rows, meta, started and bool(rows)
 
 
