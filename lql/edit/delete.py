@@ -174,7 +174,9 @@ def suppress_fact(overlay, view: OverlayVindex, entity: str, relation: str, targ
     for _ in range(max_doublings):
         if p <= keep * p0:
             break
-        op.set_vector("down", op.vector("down") * 2.0)
+        down = op.vector("down")
+        assert down is not None
+        op.set_vector("down", down * 2.0)
         op.data["alpha"] = float(op.data.get("alpha") or 0.1) * 2.0
         overlay._changed()
         p = float(predict(view, prompt).probs[target_id])

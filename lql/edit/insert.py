@@ -250,7 +250,7 @@ GENERIC_NEGATIVES = ("Once upon a time", "The weather today is", "My favourite f
 NEGATIVE_MARGIN = -3.0
 
 
-def _ffn_input(view: VindexView, prompt: str, layer: int) -> np.ndarray:
+def _ffn_input(view: VindexView, prompt: str | tuple[int, ...], layer: int) -> np.ndarray:
     """FFN input at ``layer`` (last position), memoised per overlay state below ``layer``."""
     ov = getattr(view, "overlay", None)
     below = () if ov is None else tuple(sorted(

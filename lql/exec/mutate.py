@@ -43,8 +43,7 @@ def _note(started: bool, ov) -> str:
 
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
-    from ..edit.insert import (calibrate_compose, compose_op, install_layer, knn_op,
-                               target_tokens)
+    from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op, target_tokens
     from ..edit.prompts import template_for
     from ..edit.verify import check_target, collateral, sequence_probability, sibling_snapshot
     ov = session.edit_overlay()
@@ -111,7 +110,7 @@ def insert(session, stmt: ast.Insert) -> Result:
                      "collateral": hits, "siblings_checked": len(siblings)})
         verdict = (f"; P(whole target {stmt.target!r} | prompt) = {p_whole:.3f}"
                    + (f" over {len(ids)} tokens" if len(ids) > 1 else "")
-                   + f"; {len(hits)}/{len(siblings)} sibling prompts changed top-1"
+                   + f"; {len(hits)}/{len(siblings)} sibling prompts changed (top-1, or P by > 30 %)"
                    + ("" if not hits else " (" + ", ".join(
                        f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}" for h in hits[:3])
                       + ")"))
