@@ -38,14 +38,14 @@ _TORCH_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16"
 
 def model_dtype(base) -> str:
     """The dtype COMPILE INTO MODEL writes: the one the model can run in.  The source's own
-    (``torch_dtype`` / ``dtype`` in its config or provenance) when recorded; else bfloat16 for
-    the Gemma families (their activations overflow float16: transformers gives NaN); else the
-    vindex's storage dtype.  float16 is never written for a Gemma family."""
+    (``source_dtype`` in the provenance, from its ``config.json``) when recorded; else the
+    vindex's storage dtype, except that float16 becomes bfloat16 for the Gemma families
+    (their activations overflow float16: transformers then gives NaN logits)."""
     mc = dict(getattr(base, "model_config", None) or {})
     src = dict(getattr(base, "source", None) or {})
     found = None
     for d in (mc, src):
-        for key in ("torch_dtype", "dtype", "source_dtype"):
+        for key in ("source_dtype", "torch_dtype"):
             name = _TORCH_NAMES.get(str(d.get(key, "")).lower())
             if name is not None:
                 found = name
@@ -54,7 +54,7 @@ def model_dtype(base) -> str:
             break
     gemma = str(getattr(base, "family", "") or "").lower().startswith("gemma")
     if found is None:
-        found = "bfloat16" if gemma else ("float16" if base.dtype == "f16" else "float32")
+        found = "float16" if base.dtype == "f16" else "float32"
     if gemma and found == "float16":
         found = "bfloat16"
     return found
