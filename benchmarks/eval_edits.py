@@ -16,7 +16,7 @@ that many facts inserted together, then all measured):
   prompt and two generic prompts, edited vs base;
 * chat (``--chat``, models with a chat template) — the new target appears in the first 16
   tokens of the reply to the fact's prompt sent as a user turn;
-* after COMPILE INTO MODEL (``--compile DIR``, COMPOSE only): the compiled folder loaded by
+* after COMPILE INTO MODEL (``--compile DIR``, COMPOSE and MEMIT): the compiled folder loaded by
   ``transformers`` with its defaults, greedy decoding there (needs the ``parity`` extra).
 
 Batch 1 ("single") inserts, measures and REMOVEs each of the first ``--single`` facts.
@@ -56,8 +56,20 @@ def fresh(path):
     return base, ov, OverlayVindex(base, ov)
 
 
+def insert_memit(ov, view, facts: list[dict], layer: int) -> None:
+    """MODE MEMIT: one closed-form update for the whole batch (lql/edit/memit.py)."""
+    from lql.edit.memit import MemitFact, calibrate_memit, memit_op
+    op, checks = memit_op(view, [MemitFact(f["entity"], f["relation"], f["target_new"],
+                                           f["prompt"]) for f in facts], layer=layer)
+    ov.record(op)
+    calibrate_memit(ov, view, op, checks)
+
+
 def insert_fact(ov, view, mode: str, fact: dict, layer: int) -> None:
     """The INSERT statement's loop: one op per target token (lql/exec/mutate.py)."""
+    if mode == "memit":
+        insert_memit(ov, view, [fact], layer)
+        return
     from lql.edit.insert import calibrate_compose, compose_op, knn_op, target_tokens
     ids = target_tokens(view, fact["target_new"])
     for i, tid in enumerate(ids):
@@ -214,13 +226,15 @@ def main() -> None:
         for b in [int(x) for x in args.batches.split(",") if x]:
             group = facts[:b]
             t0 = time.perf_counter()
-            for f in group:
+            if mode == "memit":
+                insert_memit(ov, view, group, layer)
+            for f in group if mode != "memit" else []:
                 insert_fact(ov, view, mode, f, layer)
             t_ins = time.perf_counter() - t0
             m = measure(view, group, base_top, chat=args.chat, flu=True)
             row = {"mode": mode, "batch": b, **m, "insert_s": t_ins,
                    "seconds": time.perf_counter() - t0}
-            if args.compile and mode == "compose":
+            if args.compile and mode in ("compose", "memit"):
                 from lql.edit.compile import compile_model
                 out = Path(args.compile) / f"{mode}-{b}"
                 compile_model(view, out, force=True)

@@ -131,6 +131,7 @@ class PromptWrap(_KeywordEnum):
 class InsertMode(_KeywordEnum):
     KNN = "KNN"
     COMPOSE = "COMPOSE"
+    MEMIT = "MEMIT"
 
 
 class Via(_KeywordEnum):

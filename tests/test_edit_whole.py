@@ -84,8 +84,11 @@ def test_model_dtype_rules():
                                source={} if src is None else {"source_dtype": src})
     assert model_dtype(v("gemma3", "f16")) == "bfloat16"      # f16 overflows in Gemma
     assert model_dtype(v("gemma2", "f32", "bfloat16")) == "bfloat16"
-    assert model_dtype(v("gemma3", "f32")) == "float32"
-    assert model_dtype(v("llama", "f16")) == "float16"
+    assert model_dtype(v("gemma3", "f32")) == "bfloat16"
+    assert model_dtype(v("gemma3", "f32", "float32")) == "float32"
+    assert model_dtype(v("gemma3", "f16", "float16")) == "bfloat16"
+    assert model_dtype(v("llama", "f16")) == "float32"          # fp16 NaNs SmolLM2 too
+    assert model_dtype(v("llama", "f16", "float16")) == "float16"
     assert model_dtype(v("llama", "f32", "bfloat16")) == "bfloat16"
     # round to nearest even, independently: 1 + 2^-8 is halfway between bf16 1.0 and 1+2^-7
     x = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, np.inf], np.float32)

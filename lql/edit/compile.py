@@ -38,9 +38,9 @@ _TORCH_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16"
 
 def model_dtype(base) -> str:
     """The dtype COMPILE INTO MODEL writes: the one the model can run in.  The source's own
-    (``source_dtype`` in the provenance, from its ``config.json``) when recorded; else the
-    vindex's storage dtype, except that float16 becomes bfloat16 for the Gemma families
-    (their activations overflow float16: transformers then gives NaN logits)."""
+    (``source_dtype`` in the provenance, from its ``config.json``) when recorded; else
+    float32 (bfloat16 for the Gemma families).  float16 is never chosen for a Gemma family
+    (its activations overflow: transformers then gives NaN logits)."""
     mc = dict(getattr(base, "model_config", None) or {})
     src = dict(getattr(base, "source", None) or {})
     found = None
@@ -54,7 +54,10 @@ def model_dtype(base) -> str:
             break
     gemma = str(getattr(base, "family", "") or "").lower().startswith("gemma")
     if found is None:
-        found = "float16" if base.dtype == "f16" else "float32"
+        # the source's dtype is unknown (a GGUF): float16 is not safe — SmolLM2 and the Gemmas
+        # give NaN logits in transformers' float16 — so f16 storage is written as float32
+        # (its values exactly), bfloat16 for the Gemma families (what they are released in)
+        found = "bfloat16" if gemma else "float32"
     if gemma and found == "float16":
         found = "bfloat16"
     return found
@@ -159,8 +162,10 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             writes.setdefault("gate_vectors.bin", []).append(
                 (entry["offset"], np.asarray(view.gate(layer), np.float32), dtype))
         for kind, key in (("up", lay.up_key(layer)), ("down", lay.down_key(layer))):
-            if not key or not any(getattr(e, kind) is not None or (kind == "down" and e.deleted)
-                                  for e in edits):
+            low_rank = bool(ov is not None and kind == "down" and ov.low_rank.get(layer))
+            if not key or not (low_rank or any(getattr(e, kind) is not None
+                                               or (kind == "down" and e.deleted)
+                                               for e in edits)):
                 continue
             entry = manifest.get(key)
             if entry is None:

@@ -141,6 +141,8 @@ class KnnEntry:
 class _State:
     features: dict[tuple[int, int], FeatureEdit]
     knn: list[KnnEntry]
+    #: per layer, the low-rank down-weight updates of ``memit`` ops: [(U, V)], ΔW = U·Vᵀ
+    low_rank: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 def _slot(op: PatchOp) -> tuple[int, int]:
@@ -155,10 +157,14 @@ def _slot(op: PatchOp) -> tuple[int, int]:
 def _fold(patches: list[Patch], hidden: int) -> _State:
     feats: dict[tuple[int, int], FeatureEdit] = {}
     knn: list[KnnEntry] = []
+    low_rank: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for patch in patches:
         for op in patch.operations:
             kind = op.op
-            if kind == "insert":
+            if kind == "memit":
+                from .patch import memit_factors
+                low_rank.setdefault(int(op.get("layer")), []).append(memit_factors(op))
+            elif kind == "insert":
                 e = FeatureEdit(*_slot(op), gate=op.vector("gate"), up=op.vector("up"),
                                 down=op.vector("down"), down_meta=op.get("down_meta"),
                                 info=_info(op), patch=patch.name)
@@ -202,7 +208,7 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     else float(op.get("threshold"))))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
-    return _State(feats, knn)
+    return _State(feats, knn, low_rank)
 
 
 def _info(op: PatchOp) -> dict:
@@ -280,7 +286,12 @@ class Overlay:
         return not any(p.operations for p in self.stack)
 
     def edited_layers(self) -> set[int]:
-        return {layer for layer, _ in self.features}
+        return {layer for layer, _ in self.features} | set(self.state.low_rank)
+
+    @property
+    def low_rank(self) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+        """Per layer, the ``memit`` ops' low-rank down-weight updates ``[(U, V)]``."""
+        return self.state.low_rank
 
     def has_unsaved_edits(self) -> bool:
         """True when the patch being recorded holds operations not written to disk."""
@@ -398,13 +409,14 @@ class OverlayWeights(Mapping):
             return self._base()[key]
         layer, kind = role
         edits = [e for (l, _), e in ov.features.items() if l == layer]
-        if not edits:
+        if not edits and not (kind == "down" and ov.low_rank.get(layer)):
             return self._base()[key]
-        out = self._patched(key, kind, edits)
+        out = self._patched(key, kind, edits, layer)
         self._cache[key] = out
         return out
 
-    def _patched(self, key: str, kind: str, edits: list[FeatureEdit]) -> np.ndarray:
+    def _patched(self, key: str, kind: str, edits: list[FeatureEdit],
+                 layer: int | None = None) -> np.ndarray:
         lay = self._view.overlay.layout
         if kind == "gate":
             rows = np.array(self._view.gate(edits[0].layer), dtype=np.float32, copy=True)
@@ -420,6 +432,8 @@ class OverlayWeights(Mapping):
         for e in edits:
             if e.down is not None:
                 cols[:, e.feature] = e.down
+        for u, v in self._view.overlay.low_rank.get(layer if layer is not None else -1, []):
+            cols += (u @ v.T).astype(np.float32)       # a memit op: ΔW = U·Vᵀ
         return lay.uncolumns(cols)
 
     def __contains__(self, key: object) -> bool:

@@ -44,7 +44,7 @@ def _note(started: bool, ov) -> str:
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
     from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op, target_tokens
-    from ..edit.prompts import template_for
+    from ..edit.prompts import canonical_prompt, template_for
     from ..edit.verify import check_target, collateral, sequence_probability, sibling_snapshot
     ov = session.edit_overlay()
     view = session.vindex
@@ -65,7 +65,19 @@ def insert(session, stmt: ast.Insert) -> Result:
     plans, cals = [], []
     # one feature / KNN entry per target token: token i is produced after the prompt and
     # the target's first i tokens, so GENERATE writes the whole target
-    for i, tid in enumerate(ids):
+    memit_cal: dict | None = None
+    if insert_mode is ast.InsertMode.MEMIT:
+        from ..edit.insert import InsertPlan, fact_sequence
+        from ..edit.memit import MemitFact, calibrate_memit, memit_op
+        check_level(view, "INSERT ... MODE MEMIT")
+        op, checks = memit_op(view, [MemitFact(stmt.entity, stmt.relation, stmt.target,
+                                               stmt.prompt)], layer=layer, alpha=stmt.alpha)
+        started |= ov.record(op)
+        memit_cal = calibrate_memit(ov, view, op, checks)
+        text = canonical_prompt(stmt.entity, stmt.relation, stmt.prompt)
+        plans.append(InsertPlan(op, layer, None, None, text, ids[0], view.token_text(ids[0]),
+                                fact_sequence(view, text)))
+    for i, tid in enumerate(ids if memit_cal is None else []):
         prefix = tuple(ids[:i])
         if insert_mode is ast.InsertMode.COMPOSE:
             check_level(view, "INSERT ... MODE COMPOSE")
@@ -91,6 +103,11 @@ def insert(session, stmt: ast.Insert) -> Result:
                   f"ALPHA {cal['alpha']:g}")
         meta.update(cal)
         meta["features"] = [p.feature for p in plans]
+    elif memit_cal is not None:
+        detail = (f"rank-{plans[0].op.get('rank')} closed-form update of the down weights "
+                  f"(covariance from the shipped text sample), scale ×{memit_cal['scale']:g}; "
+                  f"{memit_cal['retrieved']}/{memit_cal['of']} target tokens top-1")
+        meta.update(memit_cal)
     elif not forward:
         detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
                   f"no forward pass; the entry is stored, INFER needs INFERENCE)")
