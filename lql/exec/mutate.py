@@ -525,3 +525,4 @@ try:  # pragma: no cover - import side effect only
     from . import compile as _compile  # noqa: F401
 except ImportError:
     pass
+from . import compact as _compact  # noqa: E402,F401  (COMPACT MINOR/MAJOR, SHOW COMPACT STATUS)
