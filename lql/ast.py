@@ -906,3 +906,7 @@ class ShowCompactStatus(Statement):
 
     def to_lql(self) -> str:
         return "SHOW COMPACT STATUS"
+
+
+STATEMENT_TYPES = STATEMENT_TYPES + (CompactMinor, CompactMajor, ShowCompactStatus)
+__all__ += ["CompactMinor", "CompactMajor", "ShowCompactStatus"]
