@@ -213,7 +213,8 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
 
 def _info(op: PatchOp) -> dict:
     info = {"op": op.op}
-    for k in ("entity", "relation", "target", "confidence", "mode", "alpha", "prompt"):
+    for k in ("entity", "relation", "target", "confidence", "mode", "alpha", "prompt",
+              "prefix_ids"):
         if op.get(k) is not None:
             info[k] = op.get(k)
     info.setdefault("mode", "compose" if op.vector("down") is not None else "insert")
