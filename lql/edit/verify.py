@@ -18,7 +18,7 @@ from ..errors import ExecutionError
 if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
-__all__ = ["STOP_WORDS", "check_target", "sequence_probability", "sibling_snapshot",
+__all__ = ["STOP_WORDS", "check_target", "sequence_probability", "whole_target", "sibling_snapshot",
            "collateral", "SIBLINGS_CHECKED"]
 
 #: function words no fact has as its answer (INSERT refuses them; DELETE without a target
@@ -56,6 +56,20 @@ def sequence_probability(view: VindexView, prompt: str | Sequence[int], ids: Seq
         p *= float(pred.p(int(t)))
         seq.append(int(t))
     return p
+
+
+def whole_target(view: VindexView, prompt: str | Sequence[int], ids: Sequence[int]) -> tuple[float, bool]:
+    """``(P(ids | prompt), greedy)``: the teacher-forced probability of the whole target
+    and whether greedy decoding writes it (every token top-1 after the ones before)."""
+    from ..runtime import predict, prompt_ids
+    seq = list(prompt_ids(view, prompt) if isinstance(prompt, str) else prompt)
+    p, greedy = 1.0, True
+    for t in ids:
+        pred = predict(view, seq, top=1)
+        p *= float(pred.p(int(t)))
+        greedy &= pred.top1 == int(t)
+        seq.append(int(t))
+    return p, greedy
 
 
 def sibling_snapshot(view: VindexView, template: str, entity: str,

@@ -45,7 +45,13 @@ def _note(started: bool, ov) -> str:
 def insert(session, stmt: ast.Insert) -> Result:
     from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op, target_tokens
     from ..edit.prompts import canonical_prompt, template_for
-    from ..edit.verify import check_target, collateral, sequence_probability, sibling_snapshot
+    from ..edit.verify import (
+        check_target,
+        collateral,
+        sequence_probability,
+        sibling_snapshot,
+        whole_target,
+    )
     ov = session.edit_overlay()
     view = session.vindex
     for name in ("entity", "relation", "target"):
@@ -118,23 +124,25 @@ def insert(session, stmt: ast.Insert) -> Result:
                   f": above every checked neighbour)")
     verdict = ""
     if forward:
-        p_whole = sequence_probability(view, plan.seq or plan.prompt, ids)
+        p_whole, greedy_ok = whole_target(view, plan.seq or plan.prompt, ids)
         p_first = float(cals[0]["probability"]) if cals else \
             float(sequence_probability(view, plan.seq or plan.prompt, ids[:1]))
         hits = collateral(view, siblings)
-        reached = p_whole >= 0.5 and not hits
+        reached = greedy_ok and not hits
         meta.update({"p_target": p_whole, "p_first_token": p_first, "reached": reached,
+                     "generates_target": greedy_ok,
                      "collateral": hits, "siblings_checked": len(siblings)})
         verdict = (f"; P(whole target {stmt.target!r} | prompt) = {p_whole:.3f}"
                    + (f" over {len(ids)} tokens" if len(ids) > 1 else "")
+                   + ("" if greedy_ok else " (greedy decoding does NOT write it)")
                    + f"; {len(hits)}/{len(siblings)} sibling prompts changed (top-1, or P by > 30 %)"
                    + ("" if not hits else " (" + ", ".join(
                        f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}" for h in hits[:3])
                       + ")"))
         if not reached:
             why = []
-            if p_whole < 0.5:
-                why.append("the target is not the likely continuation")
+            if not greedy_ok:
+                why.append("greedy decoding does not write the whole target")
             if hits:
                 why.append("it changed other entities' answers")
             verdict += ("; GOAL NOT REACHED: " + " and ".join(why)
