@@ -141,6 +141,7 @@ class PromptWrap(_KeywordEnum):
 class InsertMode(_KeywordEnum):
     KNN = "KNN"
     COMPOSE = "COMPOSE"
+    MEMIT = "MEMIT"
 
 
 class Via(_KeywordEnum):
@@ -896,3 +897,36 @@ STATEMENT_TYPES: tuple[type[Statement], ...] = (
     ShowModels, Stats, SetChat, Pipe, Help,
     UseSae, DescribeSaeFeature, SelectSaeFeatures, EvaluateSae, Capture,
 )
+
+
+# ---- compaction (issue 14): KNN → COMPOSE → MEMIT
+
+@dataclass(frozen=True)
+class CompactMinor(Statement):
+    keyword: ClassVar[str] = "COMPACT MINOR"
+
+    def to_lql(self) -> str:
+        return "COMPACT MINOR"
+
+
+@dataclass(frozen=True)
+class CompactMajor(Statement):
+    keyword: ClassVar[str] = "COMPACT MAJOR"
+    full: bool = False
+    lambda_: float | None = None
+
+    def to_lql(self) -> str:
+        return _join("COMPACT MAJOR", _flag("FULL", self.full),
+                     None if self.lambda_ is None else f"WITH LAMBDA = {_num(self.lambda_)}")
+
+
+@dataclass(frozen=True)
+class ShowCompactStatus(Statement):
+    keyword: ClassVar[str] = "SHOW COMPACT STATUS"
+
+    def to_lql(self) -> str:
+        return "SHOW COMPACT STATUS"
+
+
+STATEMENT_TYPES = STATEMENT_TYPES + (CompactMinor, CompactMajor, ShowCompactStatus)
+__all__ += ["CompactMinor", "CompactMajor", "ShowCompactStatus"]

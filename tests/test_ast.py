@@ -109,6 +109,10 @@ KEYWORDS = {
 }
 
 
+KEYWORDS.update({A.CompactMinor: "COMPACT MINOR", A.CompactMajor: "COMPACT MAJOR",
+                 A.ShowCompactStatus: "SHOW COMPACT STATUS"})
+
+
 def test_every_statement_has_its_result_contract_keyword():
     assert set(KEYWORDS) == set(A.STATEMENT_TYPES)
     for cls, keyword in KEYWORDS.items():

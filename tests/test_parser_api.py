@@ -27,7 +27,7 @@ STATEMENT_START = set(STATEMENT_KEYWORDS) | {";"}
     ("SELECT * FROM EDGES WHERE layer ", {"=", "!=", "<", ">", "<=", ">=", "IN", "LIKE"}),
     ("SELECT * FROM EDGES WHERE layer = 3 ", {"AND", "LIMIT", "NEAREST", "ORDER", "WHERE",
                                               ";", "|>"}),
-    ("SHOW ", {"ENTITIES", "FEATURES", "LAYERS", "MODELS", "PATCHES", "RELATIONS"}),
+    ("SHOW ", {"COMPACT", "ENTITIES", "FEATURES", "LAYERS", "MODELS", "PATCHES", "RELATIONS"}),
     ("SET CHAT ", {"AUTO", "OFF", "ON"}),
     ("HELP ", {"a statement name", ";", "|>"}),
     ('INFER "x" |> ', set(STATEMENT_KEYWORDS)),

@@ -149,7 +149,7 @@ def test_corpus_is_large_enough():
     ('WALK', ("a string",)),
     ('WALK "x" LAYERS', ("ALL", "a layer range")),
     ('WALK "x" TOPP 5', ("COMPARE", "EXPERTS", "LAYERS", "MODE", "PLOT", "TOP", "|>", ";")),
-    ('SHOW', ("ENTITIES", "FEATURES", "LAYERS", "MODELS", "PATCHES", "RELATIONS")),
+    ('SHOW', ("COMPACT", "ENTITIES", "FEATURES", "LAYERS", "MODELS", "PATCHES", "RELATIONS")),
     ('SET CHAT MAYBE', ("AUTO", "OFF", "ON")),
     ('SELECT FROM EDGES', ("a field name", "*")),
     ('SELECT * FROM EDGES WHERE layer 27', ("IN", "LIKE", "=", "!=", "<", ">", "<=", ">=")),

@@ -220,6 +220,18 @@ CASES: list[tuple[str, A.Statement]] = [
 ]
 
 
+# issue 14: compaction statements and INSERT MODE MEMIT
+CASES += [
+    ('COMPACT MINOR', A.CompactMinor()),
+    ('COMPACT MAJOR', A.CompactMajor()),
+    ('compact major full with lambda = 0.25', A.CompactMajor(full=True, lambda_=0.25)),
+    ('COMPACT MAJOR WITH LAMBDA = 2', A.CompactMajor(lambda_=2.0)),
+    ('SHOW COMPACT STATUS', A.ShowCompactStatus()),
+    ('INSERT INTO EDGES (entity, relation, target) VALUES ("a", "b", "c") MODE MEMIT',
+     A.Insert("a", "b", "c", mode=A.InsertMode.MEMIT)),
+]
+
+
 @pytest.mark.parametrize("text,expected", CASES, ids=[c[0][:60] for c in CASES])
 def test_statement_parses_to_expected_ast(text, expected):
     assert parse(text) == [expected]

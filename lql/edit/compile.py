@@ -8,8 +8,8 @@
   keys preserved).  Built in a temporary sibling and renamed into place.
 * :func:`compile_model` — safetensors with the family's own tensor names
   (``Family.hf_key``), ``config.json`` (``Family.hf_config``), the tokenizer files
-  and the chat template.  f32 vindexes write float32, f16 vindexes float16, bf16
-  vindexes bfloat16 (the stored values, exactly).  Streamed tensor by tensor (one
+  and the chat template, in the dtype the model runs in (:func:`model_dtype`: the
+  source's; bfloat16 for Gemma, never float16 there).  Streamed tensor by tensor (one
   tensor's float32 copy at a time, never the model): one ``model.safetensors`` when it
   fits one shard, else ``model-0000k-of-0000n.safetensors`` shards of at most
   ``shard_bytes`` (default :data:`SHARD_BYTES`, 4 GiB) plus
@@ -32,7 +32,41 @@ from ..atomic import AtomicDir
 from ..errors import ExecutionError, LevelError, MissingTensorError, NotBuiltError
 from .overlay import Overlay, OverlayVindex, ffn_layout
 
-__all__ = ["compile_vindex", "compile_model", "resolve_conflicts"]
+__all__ = ["compile_vindex", "compile_model", "resolve_conflicts", "model_dtype"]
+
+_TORCH_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+                "f16": "float16", "half": "float16", "float32": "float32", "f32": "float32",
+                "float": "float32"}
+
+
+def model_dtype(base) -> str:
+    """The dtype COMPILE INTO MODEL writes: the one the model can run in.  The source's own
+    (``source_dtype`` in the provenance, from its ``config.json``) when recorded; else
+    float32 (bfloat16 for the Gemma families).  float16 is never chosen for a Gemma family
+    (its activations overflow: transformers then gives NaN logits)."""
+    mc = dict(getattr(base, "model_config", None) or {})
+    src = dict(getattr(base, "source", None) or {})
+    found = None
+    for d in (mc, src):
+        for key in ("source_dtype", "torch_dtype"):
+            name = _TORCH_NAMES.get(str(d.get(key, "")).lower())
+            if name is not None:
+                found = name
+                break
+        if found:
+            break
+    gemma = str(getattr(base, "family", "") or "").lower().startswith("gemma")
+    if found is None and str(getattr(base, "dtype", "")) == "bf16":
+        found = "bfloat16"                     # a bf16 vindex: its stored values, exactly
+    if found is None:
+        # the source's dtype is unknown (a GGUF): float16 is not safe — SmolLM2 and the Gemmas
+        # give NaN logits in transformers' float16 — so f16 storage is written as float32
+        # (its values exactly), bfloat16 for the Gemma families (what they are released in)
+        found = "bfloat16" if gemma else "float32"
+    if gemma and found == "float16":
+        found = "bfloat16"
+    return found
+
 
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 #: the largest shard COMPILE INTO MODEL writes (a tensor larger than this gets a shard of its own)
@@ -113,8 +147,10 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             writes.setdefault("gate_vectors.bin", []).append(
                 (entry["offset"], np.asarray(view.gate(layer), np.float32), dtype))
         for kind, key in (("up", lay.up_key(layer)), ("down", lay.down_key(layer))):
-            if not key or not any(getattr(e, kind) is not None or (kind == "down" and e.deleted)
-                                  for e in edits):
+            low_rank = bool(ov is not None and kind == "down" and ov.low_rank.get(layer))
+            if not key or not (low_rank or any(getattr(e, kind) is not None
+                                               or (kind == "down" and e.deleted)
+                                               for e in edits)):
                 continue
             entry = manifest.get(key)
             if entry is None:
@@ -201,13 +237,15 @@ def compile_model(view, out, *, format: str = "SAFETENSORS", force: bool = False
         raise LevelError(f"COMPILE INTO MODEL needs every tensor; this vindex (extracted at "
                          f"{str(level).upper()}) lacks {len(missing)}, e.g. {missing[0]} — "
                          f"re-extract WITH ALL")
-    store = str(base.dtype) if str(base.dtype) in _OUT_DTYPES else "f32"
-    st_dtype, torch_dtype, item = _OUT_DTYPES[store]
+    torch_dtype = model_dtype(base)
+    store = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[torch_dtype]
+    st_dtype, _name, item = _OUT_DTYPES[store]
     shapes = {k: _shape(view.weights, k) for k in keys}
     shards = _plan_shards(keys, {k: item * int(np.prod(shapes[k], dtype=np.int64)) for k in keys},
                           SHARD_BYTES if shard_bytes is None else int(shard_bytes))
     cfg = fam.hf_config(mc)
     cfg["torch_dtype"] = torch_dtype
+    cfg["dtype"] = torch_dtype                 # the key newer transformers reads
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     with AtomicDir(out, force, hint="FORCE") as staging:

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from ..runtime.view import VindexView
     from .overlay import OverlayVindex
 
-__all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "SIBLING_ENTITIES"]
+__all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "SIBLING_ENTITIES",
+           "suppress_fact"]
 
 #: fillers of the fact's template whose own answers DELETE must not break (the entity itself
 #: is left out); countries dominate because most relations of the prompt table are about them
@@ -144,3 +145,30 @@ def delete_fact(overlay, view: OverlayVindex, prompt: str, target_id: int, *, re
             removed.append((layer, f))
         p = float(predict(view, prompt).probs[target_id])
     return DeleteReport(removed, p0, p)
+
+
+def suppress_fact(overlay, view: OverlayVindex, entity: str, relation: str, target: str,
+                  prompt: str, target_id: int, *, layer: int, keep: float = KEEP,
+                  max_doublings: int = 4) -> DeleteReport:
+    """DELETE by a *suppression feature*: one new FFN feature at ``layer`` whose gate fires
+    on this fact's prompt only (the same selective gate as INSERT MODE COMPOSE) and whose
+    down vector pushes *against* the target (through Gemma's post-FFN norm where there is
+    one).  Its down vector doubles (at most ``max_doublings`` times) until P(target) ≤
+    ``keep`` × its start.  An overlay insert like any other: REMOVE PATCH reverts it
+    exactly; COMPILE bakes it in.  The fact's name is kept in the op (``mode: suppress``)."""
+    from .insert import compose_op
+    p0 = float(predict(view, prompt).probs[target_id])
+    plan = compose_op(view, entity, relation, target, layer=layer, push=-1.0, token=target_id)
+    overlay.record(plan.op)
+    p = float(predict(view, prompt).probs[target_id])
+    op = plan.op
+    for _ in range(max_doublings):
+        if p <= keep * p0:
+            break
+        down = op.vector("down")
+        assert down is not None
+        op.set_vector("down", down * 2.0)
+        op.data["alpha"] = float(op.data.get("alpha") or 0.1) * 2.0
+        overlay._changed()
+        p = float(predict(view, prompt).probs[target_id])
+    return DeleteReport([(plan.layer, int(plan.feature or 0))], p0, p)

@@ -82,6 +82,21 @@ def target_token(view: VindexView, target: str) -> tuple[int, str]:
     return int(ids[0]), view.token_text(int(ids[0]))
 
 
+def target_tokens(view: VindexView, target: str) -> list[int]:
+    """Every token of the target as it follows a prompt (leading space added)."""
+    text = target if target.startswith(" ") else " " + target.strip()
+    ids = [int(i) for i in view.tokenizer.encode(text, add_special_tokens=False).ids]
+    if not ids:
+        raise ExecutionError(f"target {target!r} does not tokenize")
+    return ids
+
+
+def fact_sequence(view: VindexView, prompt: str, prefix: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The token ids of ``prompt`` followed by the target tokens already produced."""
+    from ..runtime import prompt_ids
+    return tuple(prompt_ids(view, prompt)) + tuple(int(i) for i in prefix)
+
+
 #: look-alike tokens the down direction is contrasted with (" Py" vs "Py", " Es" vs "Es")
 NEIGHBOURS = 8
 
@@ -111,13 +126,16 @@ def _references(entity: str) -> list[str]:
     return [e for e in REFERENCE_ENTITIES if e.lower() != low]
 
 
-def _centers(view: VindexView, template: str, entity: str, layer: int, want: str) -> np.ndarray:
+def _centers(view: VindexView, template: str, entity: str, layer: int, want: str,
+             prefix: tuple[int, ...] = ()) -> np.ndarray:
     """Mean over the reference fillers of the FFN input (``want="ffn"``) or the residual
     after the layer (``want="residual"``) at the last position."""
     from ..model import Record
     vecs = []
     for ref in _references(entity):
-        prompt = template.replace("{entity}", ref)
+        prompt: str | tuple[int, ...] = template.replace("{entity}", ref)
+        if prefix:
+            prompt = fact_sequence(view, str(prompt), prefix)
         if want == "ffn":
             vecs.append(ffn_inputs(view, prompt, [layer])[layer])
         else:
@@ -159,18 +177,27 @@ class InsertPlan:
     prompt: str
     target_id: int
     target_text: str
+    seq: tuple[int, ...] = ()           # prompt ids + the target prefix (whole targets)
 
 
 def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, layer: int,
                alpha: float | None = None, confidence: float | None = None,
-               prompt: str | None = None) -> InsertPlan:
+               prompt: str | None = None, prefix: tuple[int, ...] = (),
+               token: int | None = None, push: float = 1.0) -> InsertPlan:
+    """``prefix``/``token``: for a multi-token target, the feature that produces target
+    token ``token`` after the prompt and the target tokens ``prefix`` (one per token)."""
     from ..model import Record
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
     template = template_for(relation, prompt)
-    text = canonical_prompt(entity, relation, prompt)
-    tid, ttext = target_token(view, target)
-    u = _ffn_input(view, text, layer)
-    negatives = _negatives(view, template, entity, text, layer)
+    base_text = canonical_prompt(entity, relation, prompt)
+    if token is None:
+        tid, ttext = target_token(view, target)
+    else:
+        tid, ttext = int(token), view.token_text(int(token))
+    seq = fact_sequence(view, base_text, prefix)
+    text = base_text + "".join(view.token_text(int(i)) for i in prefix)
+    u = _ffn_input(view, seq, layer)
+    negatives = _negatives(view, template, entity, text, layer, prefix)
     c = negatives[:len(_references(entity))].mean(0)
     if float(np.linalg.norm(u - c)) < 1e-6 * max(1.0, float(np.linalg.norm(u))):
         raise ExecutionError(f"the entity {entity!r} does not change the model's state on "
@@ -193,18 +220,25 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     if act <= 0:
         raise ExecutionError(f"the new feature would not fire on {text!r} at layer {layer}; "
                              f"try another AT LAYER")
-    out = run(view, text, record=Record(residuals="last", layers=frozenset([layer])))
+    out = run(view, seq, record=Record(residuals="last", layers=frozenset([layer])))
     r_norm = float(np.linalg.norm(out.residuals[layer]))
-    down = _through_post_norm(view, layer, unembed_direction(view, tid))
-    down = down * (ALPHA_UNIT * alpha * r_norm / act)
+    direction = unembed_direction(view, tid) * np.float32(1.0 if push >= 0 else -1.0)
+    if has_post_ffn_norm(view, layer):
+        # Gemma 2/3/4: the FFN output is RMS-normed before it joins the residual, so the
+        # down vector is solved through that norm (see post_norm_down)
+        down = post_norm_down(view, seq, layer, direction, alpha, act)
+    else:
+        down = _through_post_norm(view, layer, direction)
+        down = down * (ALPHA_UNIT * alpha * r_norm / act)
     vectors["down"] = down
     emb = np.asarray(view.embed([tid]), dtype=np.float32)[0]
     op = PatchOp.make("insert", layer=layer, feature=feature, relation=relation, entity=entity,
                       target=target, confidence=1.0 if confidence is None else float(confidence),
-                      mode="compose", alpha=alpha, prompt=text,
+                      mode="compose" if push >= 0 else "suppress", alpha=alpha, prompt=text,
+                      prefix_ids=[int(i) for i in prefix] or None,
                       down_meta={"t": ttext.strip(), "i": tid, "c": float(emb @ down)},
                       vectors=vectors)
-    return InsertPlan(op, layer, feature, slot, text, tid, ttext)
+    return InsertPlan(op, layer, feature, slot, text, tid, ttext, seq)
 
 
 #: prompts of other kinds the inserted feature must stay silent on
@@ -216,7 +250,7 @@ GENERIC_NEGATIVES = ("Once upon a time", "The weather today is", "My favourite f
 NEGATIVE_MARGIN = -3.0
 
 
-def _ffn_input(view: VindexView, prompt: str, layer: int) -> np.ndarray:
+def _ffn_input(view: VindexView, prompt: str | tuple[int, ...], layer: int) -> np.ndarray:
     """FFN input at ``layer`` (last position), memoised per overlay state below ``layer``."""
     ov = getattr(view, "overlay", None)
     below = () if ov is None else tuple(sorted(
@@ -235,10 +269,13 @@ def _ffn_input(view: VindexView, prompt: str, layer: int) -> np.ndarray:
     return vec
 
 
-def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer: int) -> np.ndarray:
+def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer: int,
+               prefix: tuple[int, ...] = ()) -> np.ndarray:
     """FFN inputs the new feature must not fire on: the template with the reference
-    fillers (first, in order), generic prompts, and other facts already inserted here."""
-    prompts = [template.replace("{entity}", r) for r in _references(entity)]
+    fillers (first, in order; followed by the same target prefix), generic prompts, and
+    other facts already inserted here."""
+    prompts: list = [fact_sequence(view, template.replace("{entity}", r), prefix) if prefix
+                     else template.replace("{entity}", r) for r in _references(entity)]
     prompts += list(GENERIC_NEGATIVES)
     ov = getattr(view, "overlay", None)
     if ov is not None:
@@ -265,10 +302,16 @@ def selective_direction(u: np.ndarray, negatives: np.ndarray) -> np.ndarray:
 
 
 def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: int,
-           confidence: float | None = None, prompt: str | None = None) -> InsertPlan:
+           confidence: float | None = None, prompt: str | None = None,
+           prefix: tuple[int, ...] = (), token: int | None = None) -> InsertPlan:
     from ..model import Record
-    tid, ttext = target_token(view, target)
-    text = canonical_prompt(entity, relation, prompt)
+    if token is None:
+        tid, ttext = target_token(view, target)
+    else:
+        tid, ttext = int(token), view.token_text(int(token))
+    base_text = canonical_prompt(entity, relation, prompt)
+    text = base_text + "".join(view.token_text(int(i)) for i in prefix)
+    seq = fact_sequence(view, base_text, prefix) if can_forward(view) else ()
     center = None
     if not can_forward(view):
         ids = view.tokenizer.encode(" " + entity.strip(), add_special_tokens=False).ids
@@ -277,20 +320,53 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
         key = np.asarray(view.embed(ids), dtype=np.float32).mean(0) * float(view.embed_scale)
     else:
         template = template_for(relation, prompt)
-        out = run(view, text, record=Record(residuals="last", layers=frozenset([layer])))
+        out = run(view, seq, record=Record(residuals="last", layers=frozenset([layer])))
         r = np.asarray(out.residuals[layer], dtype=np.float32)
-        center = _centers(view, template, entity, layer, "residual")
+        center = _centers(view, template, entity, layer, "residual", prefix)
         key = r - center
     n = float(np.linalg.norm(key))
     if n == 0.0:
         raise ExecutionError(f"the key for {entity!r} at layer {layer} is zero")
     vectors = {"key": key / n}
+    threshold = None
     if center is not None:
         vectors["center"] = center
+        threshold = knn_threshold(view, template, entity, layer, key / n, center, prefix)
     op = PatchOp.make("insert_knn", layer=layer, entity=entity, relation=relation, target=target,
                       target_id=tid, confidence=1.0 if confidence is None else float(confidence),
-                      prompt=text, vectors=vectors)
-    return InsertPlan(op, layer, None, None, text, tid, ttext)
+                      prompt=text, prefix_ids=[int(i) for i in prefix] or None,
+                      threshold=threshold, vectors=vectors)
+    return InsertPlan(op, layer, None, None, text, tid, ttext, seq)
+
+
+#: a KNN key's threshold sits this far above the closest sibling's cosine
+KNN_MARGIN = 0.05
+#: and never above this (the canonical prompt itself has cosine 1)
+KNN_MAX_THRESHOLD = 0.95
+
+
+def knn_threshold(view: VindexView, template: str, entity: str, layer: int, key: np.ndarray,
+                  center: np.ndarray, prefix: tuple[int, ...] = ()) -> float:
+    """A calibrated threshold for a KNN key: above the cosine of every near neighbour (the
+    template filled with the sibling entities not used for the center, and the generic
+    negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75)."""
+    from ..model import Record
+    from .delete import SIBLING_ENTITIES
+    from .overlay import KNN_THRESHOLD
+    refs = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
+    prompts: list = [template.replace("{entity}", e) for e in SIBLING_ENTITIES
+                     if e.lower() not in refs][:6]
+    if prefix:
+        prompts = [fact_sequence(view, p, prefix) for p in prompts]
+    prompts += list(GENERIC_NEGATIVES[:3])
+    worst = -1.0
+    for p in prompts:
+        out = run(view, p, record=Record(residuals="last", layers=frozenset([layer])))
+        r = np.asarray(out.residuals[layer], np.float32) - center
+        nr = float(np.linalg.norm(r))
+        if nr > 0:
+            worst = max(worst, float(key @ r) / nr)
+    return float(min(KNN_MAX_THRESHOLD, max(KNN_THRESHOLD, worst + KNN_MARGIN)))
 
 
 def calibrate_compose(overlay, view: VindexView, plan: InsertPlan, max_doublings: int = 3) -> dict:
@@ -312,14 +388,15 @@ def calibrate_compose(overlay, view: VindexView, plan: InsertPlan, max_doublings
     # the response is not monotonic (it can dip, then rise; or collapse when the push
     # derails the later layers): take the first doubling that puts the target on top,
     # else the scale where its probability was highest
-    p = predict(view, plan.prompt, top=1)
+    seq = plan.seq or plan.prompt
+    p = predict(view, seq, top=1)
     best = (float(p.probs[plan.target_id]), 1.0, p)
     for _ in range(max_doublings):
         if p.top1 == plan.target_id:
             break
         rescale(2.0)
         scale *= 2.0
-        p = predict(view, plan.prompt, top=1)
+        p = predict(view, seq, top=1)
         if float(p.probs[plan.target_id]) > best[0]:
             best = (float(p.probs[plan.target_id]), scale, p)
     if p.top1 != plan.target_id and best[1] != scale:
@@ -353,6 +430,57 @@ def _through_post_norm(view: VindexView, layer: int, direction: np.ndarray) -> n
     safe = np.where(np.abs(scale) < 1e-3, np.copysign(1e-3, scale + 1e-12), scale)
     d = direction / safe
     return (d / float(np.linalg.norm(d))).astype(np.float32)
+
+
+def has_post_ffn_norm(view: VindexView, layer: int) -> bool:
+    """Whether ``layer``'s FFN output passes a norm before it joins the residual (Gemma 2/3/4)."""
+    return getattr(model_for(view).blocks[layer], "post_ffn_norm", None) is not None
+
+
+def raw_ffn_output(view: VindexView, prompt, layer: int) -> np.ndarray:
+    """The FFN's raw output (before a post-FFN norm) at ``layer``, last position."""
+    from ..model import Hooks
+    got: dict[str, np.ndarray] = {}
+
+    def grab(l: int, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if l == layer:
+            got["o"] = np.array(out[-1], dtype=np.float64, copy=True)
+        return out
+
+    run(view, prompt, hooks=Hooks(ffn=grab))
+    return got["o"]
+
+
+#: strength of a post-norm push: the written vector's RMS is this × ALPHA × rms(FFN output)
+POST_NORM_UNIT = 30.0
+
+
+def post_norm_down(view: VindexView, prompt, layer: int, direction: np.ndarray,
+                   alpha: float, act: float) -> np.ndarray:
+    """The down vector for a layer whose FFN output ``o`` goes through an RMS norm ``N``
+    with scale ``s`` before it joins the residual (Gemma 2/3/4 sandwich norms).
+
+    ``N`` maps every output onto the ellipsoid ``rms(y/s) = 1``, so how far one feature can
+    push is capped, and it is not capped equally in every direction: the largest
+    ``direction·y`` on the ellipsoid is at ``y ∝ s²⊙direction``, reached by a pre-norm
+    output along ``s⊙direction``.  So the feature writes ``x ∝ s⊙direction`` with
+    ``rms(x) = POST_NORM_UNIT·alpha·rms(o)``; the normed output is then
+    ``N(o + x)``, tending to the optimum as ``alpha`` grows.  Measured on Gemma 3 270M
+    (the raw FFN output replaced by ``s⊙direction`` at layers 12–17 of 18): the target
+    becomes top-1 with P > 0.99 for "The capital of Atlantis is" → " Poseidon" and
+    "The capital of France is" → " Rome"; pushing along ``direction`` itself (what the
+    norm then shrinks to ‖direction‖/rms(direction/s) ≈ 20–300, against ‖r_L‖ ≈ 10⁴) does
+    nothing.  ``down = x / act``."""
+    norm = model_for(view).blocks[layer].post_ffn_norm
+    o = raw_ffn_output(view, prompt, layer)
+    scale = np.asarray(norm(np.ones((1, o.shape[0]), np.float32))[0], np.float64)
+    want = scale * np.asarray(direction, np.float64)
+
+    def rms(v: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(np.square(v))))
+
+    x = want * (POST_NORM_UNIT * alpha * rms(o) / max(rms(want), 1e-30))
+    return (x / act).astype(np.float32)
 
 
 def _activation(view: VindexView, x: float) -> float:

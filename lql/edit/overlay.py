@@ -129,6 +129,7 @@ class KnnEntry:
     confidence: float = 1.0
     patch: str = ""
     center: np.ndarray | None = None    # subtracted from the residual before the cosine
+    threshold: float | None = None      # this entry's calibrated cosine threshold (INSERT)
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -140,6 +141,8 @@ class KnnEntry:
 class _State:
     features: dict[tuple[int, int], FeatureEdit]
     knn: list[KnnEntry]
+    #: per layer, the low-rank down-weight updates of ``memit`` ops: [(U, V)], ΔW = U·Vᵀ
+    low_rank: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 def _slot(op: PatchOp) -> tuple[int, int]:
@@ -154,10 +157,14 @@ def _slot(op: PatchOp) -> tuple[int, int]:
 def _fold(patches: list[Patch], hidden: int) -> _State:
     feats: dict[tuple[int, int], FeatureEdit] = {}
     knn: list[KnnEntry] = []
+    low_rank: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for patch in patches:
         for op in patch.operations:
             kind = op.op
-            if kind == "insert":
+            if kind == "memit":
+                from .patch import memit_factors
+                low_rank.setdefault(int(op.get("layer")), []).append(memit_factors(op))
+            elif kind == "insert":
                 e = FeatureEdit(*_slot(op), gate=op.vector("gate"), up=op.vector("up"),
                                 down=op.vector("down"), down_meta=op.get("down_meta"),
                                 info=_info(op), patch=patch.name)
@@ -196,15 +203,18 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     int(op.get("target_id", 0)), op.get("entity", ""),
                                     op.get("relation", ""), op.get("target", ""),
                                     float(op.get("confidence", 1.0) or 1.0), patch.name,
-                                    None if center is None else center.astype(np.float32)))
+                                    None if center is None else center.astype(np.float32),
+                                    None if op.get("threshold") is None
+                                    else float(op.get("threshold"))))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
-    return _State(feats, knn)
+    return _State(feats, knn, low_rank)
 
 
 def _info(op: PatchOp) -> dict:
     info = {"op": op.op}
-    for k in ("entity", "relation", "target", "confidence", "mode", "alpha", "prompt"):
+    for k in ("entity", "relation", "target", "confidence", "mode", "alpha", "prompt",
+              "prefix_ids"):
         if op.get(k) is not None:
             info[k] = op.get(k)
     info.setdefault("mode", "compose" if op.vector("down") is not None else "insert")
@@ -277,7 +287,12 @@ class Overlay:
         return not any(p.operations for p in self.stack)
 
     def edited_layers(self) -> set[int]:
-        return {layer for layer, _ in self.features}
+        return {layer for layer, _ in self.features} | set(self.state.low_rank)
+
+    @property
+    def low_rank(self) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+        """Per layer, the ``memit`` ops' low-rank down-weight updates ``[(U, V)]``."""
+        return self.state.low_rank
 
     def has_unsaved_edits(self) -> bool:
         """True when the patch being recorded holds operations not written to disk."""
@@ -359,8 +374,12 @@ class Overlay:
             return None
         r = np.asarray(residual_last, dtype=np.float32).reshape(-1)
         cos = np.array([e.cosine(r) for e in entries])
-        i = int(np.argmax(cos))
-        return (entries[i], float(cos[i])) if cos[i] > KNN_THRESHOLD else None
+        # an entry fires above its own calibrated threshold (KNN_THRESHOLD without one);
+        # the best margin over its threshold wins
+        limit = np.array([KNN_THRESHOLD if e.threshold is None else e.threshold
+                          for e in entries])
+        i = int(np.argmax(cos - limit))
+        return (entries[i], float(cos[i])) if cos[i] > limit[i] else None
 
 
 # --------------------------------------------------------------------------- the patched view
@@ -391,13 +410,14 @@ class OverlayWeights(Mapping):
             return self._base()[key]
         layer, kind = role
         edits = [e for (l, _), e in ov.features.items() if l == layer]
-        if not edits:
+        if not edits and not (kind == "down" and ov.low_rank.get(layer)):
             return self._base()[key]
-        out = self._patched(key, kind, edits)
+        out = self._patched(key, kind, edits, layer)
         self._cache[key] = out
         return out
 
-    def _patched(self, key: str, kind: str, edits: list[FeatureEdit]) -> np.ndarray:
+    def _patched(self, key: str, kind: str, edits: list[FeatureEdit],
+                 layer: int | None = None) -> np.ndarray:
         lay = self._view.overlay.layout
         if kind == "gate":
             rows = np.array(self._view.gate(edits[0].layer), dtype=np.float32, copy=True)
@@ -413,6 +433,8 @@ class OverlayWeights(Mapping):
         for e in edits:
             if e.down is not None:
                 cols[:, e.feature] = e.down
+        for u, v in self._view.overlay.low_rank.get(layer if layer is not None else -1, []):
+            cols += (u @ v.T).astype(np.float32)       # a memit op: ΔW = U·Vᵀ
         return lay.uncolumns(cols)
 
     def __contains__(self, key: object) -> bool:

@@ -32,7 +32,7 @@ __all__ = ["Patch", "PatchOp", "encode_vector", "decode_vector", "read_patch", "
            "OPS", "VECTOR_KEYS", "now_iso", "validate_patch"]
 
 PATCH_VERSION = 1
-OPS = ("insert", "update", "delete", "insert_knn", "delete_knn")
+OPS = ("insert", "update", "delete", "insert_knn", "delete_knn", "memit")
 VECTOR_KEYS = {"gate": "gate_vector_b64", "up": "up_vector_b64", "down": "down_vector_b64",
                "key": "key_vector_b64", "center": "center_vector_b64"}
 
@@ -319,6 +319,8 @@ def validate_patch(patch: Patch, base, path: str) -> None:
         if isinstance(dm, dict) and "i" in dm and vocab and not 0 <= dm["i"] < vocab:
             raise _bad(where, path, f"has down_meta token id {dm['i']}, the vocabulary has "
                                     f"ids 0..{vocab - 1}")
+        if op.op == "memit":
+            check_memit(op, hidden, int(base.num_features(int(layer or 0))), where, path)
         for name in VECTOR_KEYS:
             vec = op.vector(name)
             if vec is None:
@@ -331,3 +333,30 @@ def validate_patch(patch: Patch, base, path: str) -> None:
             if vec.size and float(np.abs(vec).max()) > MAX_ABS:
                 raise _bad(where, path, f"has a {name} vector with a component of magnitude "
                                         f"{float(np.abs(vec).max()):g} (at most {MAX_ABS:g})")
+
+
+def memit_factors(op: PatchOp) -> tuple[np.ndarray, np.ndarray]:
+    """A ``memit`` op's low-rank update of the layer's down weights, ``ΔW = U·Vᵀ``:
+    ``U`` (hidden × rank) from ``memit_u_b64`` and ``V`` (features × rank) from
+    ``memit_v_b64``, both row-major little-endian f32."""
+    rank = int(op.get("rank") or 0)
+    u = decode_vector(op.get("memit_u_b64") or "", where="memit_u_b64")
+    v = decode_vector(op.get("memit_v_b64") or "", where="memit_v_b64")
+    if rank <= 0 or u.size % rank or v.size % rank:
+        raise ExecutionError(f"memit operation with rank {rank} and factors of {u.size} / "
+                             f"{v.size} values")
+    return u.reshape(-1, rank), v.reshape(-1, rank)
+
+
+def check_memit(op: PatchOp, hidden: int, features: int, where: str, path: str) -> None:
+    if op.get("layer") is None:
+        raise _bad(where, path, "a memit operation needs a 'layer'")
+    try:
+        u, v = memit_factors(op)
+    except (ExecutionError, VindexError) as exc:
+        raise _bad(where, path, str(exc)) from None
+    if u.shape[0] != hidden or v.shape[0] != features:
+        raise _bad(where, path, f"memit factors {u.shape} / {v.shape} do not fit hidden "
+                                f"{hidden} × features {features}")
+    if not (np.isfinite(u).all() and np.isfinite(v).all()):
+        raise _bad(where, path, "memit factors with NaN or infinite values")

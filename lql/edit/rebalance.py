@@ -59,7 +59,8 @@ def compose_facts(view: OverlayVindex) -> list[_Fact]:
     facts = []
     for (l, f), e in sorted(view.overlay.features.items()):
         if e.inserted and e.info.get("mode") == "compose" and e.down is not None \
-                and e.info.get("prompt") and e.info.get("target"):
+                and e.info.get("prompt") and e.info.get("target") \
+                and not e.info.get("prefix_ids"):   # a whole target's later tokens: as installed
             tid = (e.down_meta or {}).get("i")
             if tid is None:
                 tid = target_token(view, e.info["target"])[0]

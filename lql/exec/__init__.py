@@ -140,3 +140,9 @@ def lookup(cls: type) -> Callable | None:
 
 def capability(cls: type) -> str:
     return CAPABILITIES.get(cls, "handler")
+
+# compaction (issue 14): handlers in lql/exec/compact.py, imported by the mutate group
+GROUPS.update({ast.CompactMinor: "mutate", ast.CompactMajor: "mutate",
+               ast.ShowCompactStatus: "mutate"})
+CAPABILITIES.update({ast.CompactMinor: "edit overlay", ast.CompactMajor: "edit overlay",
+                     ast.ShowCompactStatus: "edit overlay"})

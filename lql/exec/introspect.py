@@ -156,6 +156,11 @@ _ALIASES = {
 }
 
 
+_ALIASES.update({"COMPACT": "compact", "COMPACT MINOR": "compact", "COMPACT MAJOR": "compact",
+                 "SHOW COMPACT STATUS": "compact", "SHOW COMPACT": "compact",
+                 "MEMIT": "insert"})
+
+
 def help_topics() -> list[str]:
     try:
         return sorted(p.stem for p in _HELP_DIR.glob("*.md") if p.stem != "index")

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
+#: DELETE's goal: P(target) at most this fraction of its start (≥ 70 % suppression)
+KEEP_GOAL = 0.30
 AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
              'SAVE PATCH "file.vlp" keeps them')
 
@@ -41,41 +43,112 @@ def _note(started: bool, ov) -> str:
 
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
-    from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op
+    from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op, target_tokens
+    from ..edit.prompts import canonical_prompt, template_for
+    from ..edit.verify import (
+        check_target,
+        collateral,
+        sequence_probability,
+        sibling_snapshot,
+        whole_target,
+    )
     ov = session.edit_overlay()
     view = session.vindex
     for name in ("entity", "relation", "target"):
         if not str(getattr(stmt, name)).strip():
             raise ExecutionError(f"INSERT needs a non-empty {name}")
+    check_target(stmt.target)
     layer = install_layer(view, stmt.layer)
     insert_mode = stmt.mode or ast.InsertMode.KNN
     mode = insert_mode.value.lower()             # the row / message spelling
     if stmt.confidence is not None and not 0.0 <= stmt.confidence <= 1.0:
         raise ExecutionError("CONFIDENCE must be between 0 and 1")
-    if insert_mode is ast.InsertMode.COMPOSE:
-        check_level(view, "INSERT ... MODE COMPOSE")
-        if stmt.alpha is not None and stmt.alpha <= 0:
-            raise ExecutionError("ALPHA must be positive")
-        plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                          alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt)
-        started = ov.record(plan.op)
-        cal = calibrate_compose(ov, view, plan)
-        detail = (f"feature {plan.feature} ({plan.slot} slot), ALPHA {cal['alpha']:g}; "
-                  f"P({plan.target_text!r} | {plan.prompt!r}) = {cal['probability']:.3f}"
-                  + ("" if cal["retrieved"] else " — NOT top-1 (try REBALANCE or AT LAYER)"))
-        meta = dict(cal)
-    else:
-        plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                      confidence=stmt.confidence, prompt=stmt.prompt)
-        started = ov.record(plan.op)
-        if not can_forward(view):
-            detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
-                      f"no forward pass; the entry is stored, INFER needs INFERENCE)")
+    forward = can_forward(view)
+    ids = target_tokens(view, stmt.target) if forward else target_tokens(view, stmt.target)[:1]
+    template = template_for(stmt.relation, stmt.prompt)
+    siblings = sibling_snapshot(view, template, stmt.entity) if forward else []
+    started = False
+    plans, cals = [], []
+    # one feature / KNN entry per target token: token i is produced after the prompt and
+    # the target's first i tokens, so GENERATE writes the whole target
+    memit_cal: dict | None = None
+    if insert_mode is ast.InsertMode.MEMIT:
+        from ..edit.insert import InsertPlan, fact_sequence
+        from ..edit.memit import MemitFact, calibrate_memit, memit_op
+        check_level(view, "INSERT ... MODE MEMIT")
+        op, checks = memit_op(view, [MemitFact(stmt.entity, stmt.relation, stmt.target,
+                                               stmt.prompt)], layer=layer, alpha=stmt.alpha)
+        started |= ov.record(op)
+        memit_cal = calibrate_memit(ov, view, op, checks)
+        text = canonical_prompt(stmt.entity, stmt.relation, stmt.prompt)
+        plans.append(InsertPlan(op, layer, None, None, text, ids[0], view.token_text(ids[0]),
+                                fact_sequence(view, text)))
+    for i, tid in enumerate(ids if memit_cal is None else []):
+        prefix = tuple(ids[:i])
+        if insert_mode is ast.InsertMode.COMPOSE:
+            check_level(view, "INSERT ... MODE COMPOSE")
+            if stmt.alpha is not None and stmt.alpha <= 0:
+                raise ExecutionError("ALPHA must be positive")
+            plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                              alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt,
+                              prefix=prefix, token=tid)
+            started |= ov.record(plan.op)
+            cals.append(calibrate_compose(ov, view, plan))
         else:
-            detail = f"KNN key from the raw prompt {plan.prompt!r}"
-        meta = {}
+            plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                          confidence=stmt.confidence, prompt=stmt.prompt, prefix=prefix,
+                          token=tid)
+            started |= ov.record(plan.op)
+        plans.append(plan)
+    plan = plans[0]
+    meta: dict[str, Any] = {"target_ids": ids, "tokens": len(ids)}
+    if insert_mode is ast.InsertMode.COMPOSE:
+        cal = cals[0]
+        feats = ", ".join(str(p.feature) for p in plans)
+        detail = (f"feature{'s' if len(plans) > 1 else ''} {feats} ({plan.slot} slot), "
+                  f"ALPHA {cal['alpha']:g}")
+        meta.update(cal)
+        meta["features"] = [p.feature for p in plans]
+    elif memit_cal is not None:
+        detail = (f"rank-{plans[0].op.get('rank')} closed-form update of the down weights "
+                  f"(covariance from the shipped text sample), scale ×{memit_cal['scale']:g}; "
+                  f"{memit_cal['retrieved']}/{memit_cal['of']} target tokens top-1")
+        meta.update(memit_cal)
+    elif not forward:
+        detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
+                  f"no forward pass; the entry is stored, INFER needs INFERENCE)")
+    else:
+        thr = [float(p.op.get("threshold") or 0.75) for p in plans]
+        detail = (f"KNN key{'s' if len(plans) > 1 else ''} from the raw prompt {plan.prompt!r}"
+                  f" (threshold {min(thr):.2f}{'–' + format(max(thr), '.2f') if len(thr) > 1 else ''}"
+                  f": above every checked neighbour)")
+    verdict = ""
+    if forward:
+        p_whole, greedy_ok = whole_target(view, plan.seq or plan.prompt, ids)
+        p_first = float(cals[0]["probability"]) if cals else \
+            float(sequence_probability(view, plan.seq or plan.prompt, ids[:1]))
+        hits = collateral(view, siblings)
+        reached = greedy_ok and not hits
+        meta.update({"p_target": p_whole, "p_first_token": p_first, "reached": reached,
+                     "generates_target": greedy_ok,
+                     "collateral": hits, "siblings_checked": len(siblings)})
+        verdict = (f"; P(whole target {stmt.target!r} | prompt) = {p_whole:.3f}"
+                   + (f" over {len(ids)} tokens" if len(ids) > 1 else "")
+                   + ("" if greedy_ok else " (greedy decoding does NOT write it)")
+                   + f"; {len(hits)}/{len(siblings)} sibling prompts changed (top-1, or P by > 30 %)"
+                   + ("" if not hits else " (" + ", ".join(
+                       f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}" for h in hits[:3])
+                      + ")"))
+        if not reached:
+            why = []
+            if not greedy_ok:
+                why.append("greedy decoding does not write the whole target")
+            if hits:
+                why.append("it changed other entities' answers")
+            verdict += ("; GOAL NOT REACHED: " + " and ".join(why)
+                        + " (try another AT LAYER, ALPHA or MODE, or REBALANCE)")
     wraps = _session_wraps(session, view)
-    if can_forward(view):
+    if forward:
         detail += ("; trained on the raw (completion-style) prompt"
                    + (" — this session wraps INFER prompts in the chat template (SET CHAT "
                       "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
@@ -84,7 +157,7 @@ def insert(session, stmt: ast.Insert) -> Result:
     row = {"layer": layer, "feature": plan.feature, "entity": stmt.entity,
            "relation": stmt.relation, "target": stmt.target, "mode": mode}
     msg = (f"inserted ({stmt.entity}, {stmt.relation}, {stmt.target}) MODE {mode.upper()} at "
-           f"layer {layer}, {detail}{_note(started, ov)}")
+           f"layer {layer}, {detail}{verdict}{_note(started, ov)}")
     return Result.table("INSERT", COLUMNS, [row], message=msg, auto_patch=started,
                         prompt=plan.prompt, target_token=plan.target_text, **meta)
 
@@ -204,9 +277,26 @@ def delete(session, stmt: ast.Delete) -> Result:
     n = len(rows)
     msg = f"deleted {n} edge{'s' if n != 1 else ''}"
     if meta:
-        msg = (f"deleted {n} feature{'s' if n != 1 else ''} carrying ({meta['entity']}, "
-               f"{meta['relation']}, {meta['target']}); P({meta['target_token']!r} | "
-               f"{meta['prompt']!r}) {meta['p_before']:.3f} → {meta['p_after']:.3f}")
+        sup = meta["suppression"]
+        msg = ((f"suppressed ({meta['entity']}, {meta['relation']}, {meta['target']}) with one "
+                f"selective feature (L{rows[0]['layer']}:F{rows[0]['feature']})"
+                if meta["how"] == "suppress" else
+                f"deleted {n} feature{'s' if n != 1 else ''} carrying ({meta['entity']}, "
+                f"{meta['relation']}, {meta['target']})")
+               + f"; P({meta['target_token']!r} | "
+               f"{meta['prompt']!r}) {meta['p_before']:.3f} → {meta['p_after']:.3f} "
+               f"(suppression {sup:.0%}, goal ≥ {1 - KEEP_GOAL:.0%}); "
+               f"{len(meta['collateral'])}/{meta['siblings_checked']} sibling prompts changed "
+               f"(top-1, or P by > 30 %)" + ("" if not meta["collateral"] else " (" + ", ".join(
+                   f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}"
+                   for h in meta["collateral"][:3]) + ")"))
+        if not meta["reached"]:
+            why = []
+            if sup < 1 - KEEP_GOAL:
+                why.append(f"suppression is only {sup:.0%}")
+            if meta["collateral"]:
+                why.append("other entities' answers changed")
+            msg += "; GOAL NOT REACHED: " + " and ".join(why)
     return Result.table("DELETE", COLUMNS, rows, message=msg + _note(started, ov),
                         removed=n, auto_patch=started, **meta)
 
@@ -217,21 +307,51 @@ def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target
     from ..edit.prompts import canonical_prompt, template_for
     from ..runtime import predict
     check_level(view, "DELETE of a fact the model knows")
+    from ..edit.verify import collateral, is_stop_word, sibling_snapshot
     prompt = canonical_prompt(entity, relation)
     if target is None:
-        tid = predict(view, prompt).top1
+        pred = predict(view, prompt, top=10)
+        tid = pred.top1
         ttext = view.token_text(tid)
+        if is_stop_word(ttext):
+            real = [view.token_text(t) for t, _, _ in pred.top if not is_stop_word(view.token_text(t))]
+            raise ExecutionError(
+                f"DELETE refuses: the model's answer to {prompt!r} is {ttext!r}, a stop word, "
+                f"not a fact (deleting it would change the model's grammar); name the fact's "
+                f"target: AND target = ..." + (f" (its first real candidate is {real[0]!r})"
+                                               if real else ""))
         target = ttext.strip()
     else:
+        from ..edit.verify import check_target
+        check_target(target, "DELETE")
         tid, ttext = target_token(view, target)
     template = template_for(relation)
     refs = sibling_prompts(template, entity)
     started = ov.recording is None
-    rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
+    siblings = sibling_snapshot(view, template, entity)
+    # first one selective suppression feature (cheap, precise); if it cannot reach the goal
+    # without collateral it is dropped again and the carrying features are deleted instead
+    from ..edit.delete import suppress_fact
+    from ..edit.insert import install_layer
+    mark = len(ov.recording.operations) if ov.recording is not None else 0
+    how = "suppress"
+    rep = suppress_fact(ov, view, entity, relation, target, prompt, tid,
+                        layer=install_layer(view, None))
+    hits = collateral(view, siblings)
+    if rep.p_after > KEEP_GOAL * rep.p_before or hits:
+        assert ov.recording is not None
+        del ov.recording.operations[mark:]
+        ov._changed()
+        how = "feature"
+        rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
+        hits = collateral(view, siblings)
+    sup = 1.0 - rep.p_after / rep.p_before if rep.p_before > 0 else 0.0
     rows = [{"layer": l, "feature": f, "entity": entity, "relation": relation,
-             "target": target, "mode": "feature"} for l, f in rep.features]
+             "target": target, "mode": how} for l, f in rep.features]
     meta = {"entity": entity, "relation": relation, "target": target, "target_token": ttext,
-            "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after}
+            "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after,
+            "suppression": sup, "collateral": hits, "siblings_checked": len(siblings),
+            "reached": sup >= 1 - KEEP_GOAL and not hits, "how": how}
     return rows, meta, started and bool(rows)
 
 
@@ -413,3 +533,4 @@ try:  # pragma: no cover - import side effect only
     from . import compile as _compile  # noqa: F401
 except ImportError:
     pass
+from . import compact as _compact  # noqa: E402,F401  (COMPACT MINOR/MAJOR, SHOW COMPACT STATUS)

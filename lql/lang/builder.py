@@ -674,3 +674,21 @@ class Builder:
 
     def start(self, c: Children) -> list[ast.Statement]:
         return list(c)
+
+    # ---- compaction (issue 14) ---------------------------------------------
+    def compact_minor(self, c: Children) -> ast.CompactMinor:
+        return ast.CompactMinor(**_pos(_head(c)))
+
+    def compact_full(self, c: Children) -> Clause:
+        return Clause("full", True, _head(c))
+
+    def compact_lambda(self, c: Children) -> Clause:
+        return Clause("lambda_", _float(_tok(c, "NUMBER")), _head(c))
+
+    def compact_major(self, c: Children) -> ast.CompactMajor:
+        d = _collect(c)
+        return ast.CompactMajor(full=d.get("full", False), lambda_=d.get("lambda_"),
+                                **_pos(_head(c)))
+
+    def show_compact_status(self, c: Children) -> ast.ShowCompactStatus:
+        return ast.ShowCompactStatus(**_pos(_head(c)))

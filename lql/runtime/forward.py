@@ -56,7 +56,7 @@ def run(view: VindexView, prompt_or_ids: str | Sequence[int], *, record: Any = N
     return model_for(view).forward(list(ids), record=record, hooks=hooks)
 
 
-def ffn_inputs(view: VindexView, prompt: str, layers: Iterable[int]) -> dict[int, np.ndarray]:
+def ffn_inputs(view: VindexView, prompt: str | Sequence[int], layers: Iterable[int]) -> dict[int, np.ndarray]:
     """The FFN input (the residual after the FFN's input norm) at the last position, per layer."""
     from ..model import Hooks
     want = set(layers)

@@ -106,7 +106,11 @@ class HfSource(ModelSource):
         repo = self.hf_config.get("_name_or_path")
         looks_like_hub_id = isinstance(repo, str) and repo.count("/") == 1 \
             and not Path(repo).exists() and " " not in repo
-        return {**super().provenance, "huggingface_repo": repo if looks_like_hub_id else None}
+        out = {**super().provenance, "huggingface_repo": repo if looks_like_hub_id else None}
+        dtype = self.hf_config.get("torch_dtype") or self.hf_config.get("dtype")
+        if isinstance(dtype, str):
+            out["source_dtype"] = dtype        # what COMPILE INTO MODEL writes back
+        return out
 
 
 def _merge_eos(config_eos, generation_eos):
