@@ -59,7 +59,8 @@ def _tiny_script(tmp: Path) -> list[str]:
     t = tiny_vindex("llama", level="inference")
     return [
         f'USE "{t}"', f"INSERT INTO EDGES (entity, relation, target) VALUES {FACT} MODE COMPOSE",
-        "REBALANCE MAX 1", f'COMPILE CURRENT INTO VINDEX "{tmp / "out.vindex"}"',
+        "REBALANCE MAX 1", "SHOW COMPACT STATUS", "COMPACT MINOR", "COMPACT MAJOR",
+        f'COMPILE CURRENT INTO VINDEX "{tmp / "out.vindex"}"',
         f'DIFF "{t}" CURRENT INTO PATCH "{tmp / "d.vlp"}"',
         f'USE "{t}"', f'MERGE "{tmp / "d.vlp"}"',
         # interpretability: an SAE (random TopK weights, see _sae_files), CAPTURE, SAVE STEER

@@ -47,7 +47,7 @@ class VindexWeights(Mapping[str, np.ndarray]):
         # manifest does not store it
         self._down_keys = {fam.down_key(layer): layer for layer in vindex.layers
                            if fam.down_key(layer) not in self._entries} \
-            if vindex.has_down_features() else {}
+            if getattr(vindex, "has_down_features", lambda: False)() else {}
         src = (getattr(vindex, "source", None) or {}).get("path") or "<model folder or .gguf>"
         #: what a model builder says when a tensor it needs is not here
         self.where = (f'vindex {vindex.path}; re-run EXTRACT MODEL "{src}" INTO "{vindex.path}" '
