@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from synthetic import nbytes, write_bf16_shards  # benchmarks/synthetic.py (run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_FIXTURE = Path(os.environ.get("LQL_GEMMA4_FIXTURES", "/work/shared/fixtures/gemma4")) / "tiny-gemma4"
@@ -123,22 +121,6 @@ def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...], str]]:
     return out
 
 
-def nbytes(shape) -> int:
-    return 2 * math.prod(shape)
-
-
-def _bf16_chunks(shape, init: str, rng: np.random.Generator):
-    """The tensor's bf16 bytes, a few thousand rows at a time (truncated float32)."""
-    if init != "normal":
-        value = 1.0 if init == "ones" else 0.7
-        yield (np.full(shape, value, np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
-        return
-    rows, cols = shape[0], math.prod(shape[1:])
-    std = np.float32(1.0 / math.sqrt(cols))
-    for lo in range(0, rows, ROWS_PER_CHUNK):
-        block = rng.standard_normal((min(ROWS_PER_CHUNK, rows - lo), cols), dtype=np.float32) * std
-        yield (block.view(np.uint32) >> 16).astype(np.uint16).tobytes()
-
 
 def write_model(folder: Path, n: int, seed: int = 0) -> dict:
     """The model folder: config.json, sharded bf16 safetensors + index, the fixture tokenizer."""
@@ -148,35 +130,8 @@ def write_model(folder: Path, n: int, seed: int = 0) -> dict:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(TOKENIZER_FIXTURE / name, folder / name)
     specs = tensor_shapes(cfg)
-    shards: list[list] = [[]]
-    size = 0
-    for s in specs:
-        if shards[-1] and size + nbytes(s[1]) > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(s)
-        size += nbytes(s[1])
-    rng = np.random.default_rng(seed)
-    weight_map = {}
-    for k, shard in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-        off = 0
-        for name, shape, _ in shard:
-            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + nbytes(shape)]}
-            off += nbytes(shape)
-            weight_map[name] = fname
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        with open(folder / fname, "wb") as fh:
-            fh.write(struct.pack("<Q", len(raw)) + raw)
-            for _, shape, init in shard:
-                for chunk in _bf16_chunks(shape, init, rng):
-                    fh.write(chunk)
-    total = sum(nbytes(s[1]) for s in specs)
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    return {"tensors": len(specs), "bytes": total, "shards": len(shards)}
+    return write_bf16_shards(folder, specs, shard_bytes=SHARD_BYTES, seed=seed,
+                             rows_per_chunk=ROWS_PER_CHUNK)
 
 
 # --------------------------------------------------------------------------- measuring

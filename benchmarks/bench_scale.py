@@ -32,15 +32,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from synthetic import nbytes, write_bf16_shards  # benchmarks/synthetic.py (run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS_PER_CHUNK = 2048
@@ -79,55 +79,17 @@ def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...], str]]:
     return out
 
 
-def nbytes(shape) -> int:
-    return 2 * math.prod(shape)
-
 
 def write_model(folder: Path, cfg: dict, tokenizer_dir: Path, seed: int = 0) -> dict:
     """config.json, sharded bf16 safetensors (+ index), the tokenizer — a few MB of RAM at a time."""
-    import numpy as np
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, folder / name)
     specs = tensor_shapes(cfg)
-    shards: list[list] = [[]]
-    size = 0
-    for s in specs:
-        if shards[-1] and size + nbytes(s[1]) > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(s)
-        size += nbytes(s[1])
-    rng = np.random.default_rng(seed)
-    weight_map = {}
-    for k, shard in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-        off = 0
-        for name, shape, _ in shard:
-            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + nbytes(shape)]}
-            off += nbytes(shape)
-            weight_map[name] = fname
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        with open(folder / fname, "wb") as fh:
-            fh.write(struct.pack("<Q", len(raw)) + raw)
-            for _, shape, init in shard:
-                if init == "ones":
-                    fh.write((np.ones(shape, np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes())
-                    continue
-                rows, cols = shape
-                std = np.float32(1.0 / math.sqrt(cols))
-                for lo in range(0, rows, ROWS_PER_CHUNK):
-                    block = rng.standard_normal((min(ROWS_PER_CHUNK, rows - lo), cols), dtype=np.float32)
-                    block *= std
-                    fh.write((block.view(np.uint32) >> 16).astype(np.uint16).tobytes())
-    total = sum(nbytes(s[1]) for s in specs)
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    return {"tensors": len(specs), "bytes": total, "shards": len(shards)}
+    return write_bf16_shards(folder, specs, shard_bytes=SHARD_BYTES, seed=seed,
+                             rows_per_chunk=ROWS_PER_CHUNK)
 
 
 # --------------------------------------------------------------------------- measuring
