@@ -443,10 +443,15 @@ class Vindex:
         shown as ``⟨row N⟩``, never decoded.  Added to ``caveats`` once."""
         if self.tokenizer_size >= self.vocab_size:
             return None
-        note = (f"tokenizer.json has {self.tokenizer_size:,} tokens but the embeddings have "
-                f"{self.vocab_size:,} rows: it is not this model's tokenizer (a substitute?) — "
-                f"rows {self.tokenizer_size:,}.. are shown as ⟨row N⟩, and token texts below "
-                f"that come from the substitute, not the model")
+        if self.tokenizer_size >= 0.9 * self.vocab_size:   # padded rows (Qwen2: 151,936 vs 151,665)
+            note = (f"tokenizer.json has {self.tokenizer_size:,} tokens, the embeddings "
+                    f"{self.vocab_size:,} rows: rows {self.tokenizer_size:,}.. are padding beyond "
+                    f"the tokenizer, shown as ⟨row N⟩")
+        else:
+            note = (f"tokenizer.json has {self.tokenizer_size:,} tokens but the embeddings have "
+                    f"{self.vocab_size:,} rows: it is not this model's tokenizer (a substitute?) — "
+                    f"rows {self.tokenizer_size:,}.. are shown as ⟨row N⟩, and token texts below "
+                    f"that come from the substitute, not the model")
         if note not in self.caveats:
             self.caveats.append(note)
         return note
