@@ -190,10 +190,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
     template = template_for(relation, prompt)
     base_text = canonical_prompt(entity, relation, prompt)
-    if token is None:
-        tid, ttext = target_token(view, target)
-    else:
-        tid, ttext = int(token), view.token_text(int(token))
+    tid, ttext = _token_of(view, target, token)
     seq = fact_sequence(view, base_text, prefix)
     text = base_text + "".join(view.token_text(int(i)) for i in prefix)
     u = _ffn_input(view, seq, layer)
@@ -301,14 +298,19 @@ def selective_direction(u: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     return (w / s).astype(np.float32)
 
 
+def _token_of(view: VindexView, target: str, token: int | None) -> tuple[int, str]:
+    """The token a feature / KNN entry writes: ``token`` (one of a whole target's tokens)
+    when given, else the target's first token."""
+    if token is None:
+        return target_token(view, target)
+    return int(token), view.token_text(int(token))
+
+
 def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: int,
            confidence: float | None = None, prompt: str | None = None,
            prefix: tuple[int, ...] = (), token: int | None = None) -> InsertPlan:
     from ..model import Record
-    if token is None:
-        tid, ttext = target_token(view, target)
-    else:
-        tid, ttext = int(token), view.token_text(int(token))
+    tid, ttext = _token_of(view, target, token)
     base_text = canonical_prompt(entity, relation, prompt)
     text = base_text + "".join(view.token_text(int(i)) for i in prefix)
     seq = fact_sequence(view, base_text, prefix) if can_forward(view) else ()

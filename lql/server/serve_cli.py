@@ -8,8 +8,10 @@ so and exits with status 1. :func:`open_server` keeps the old standard-library s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import LqlError
@@ -159,29 +161,38 @@ def cli_serve(args) -> int:
         f"({'API key required' if key else 'no API key'}) — Ctrl-C to stop")
     if not is_loopback(args.host) and not key:
         log("lql serve: warning: listening beyond this machine without an API key")
-    import signal
-
-    def _stop(signum, frame):                  # uvicorn re-raises the signal once it stopped
-        raise KeyboardInterrupt
-
     try:
-        previous = signal.signal(signal.SIGTERM, _stop)
-    except ValueError:                          # not the main thread
-        previous = None
-    try:
-        server.run(sockets=[sock])
+        with _sigterm_interrupts():             # uvicorn re-raises the signal once it stopped
+            server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         state.close()
     log("lql serve: stopped")
     return 0
 
 
-def _legacy(path: str, args) -> int:
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (a clean stop) while inside; the previous handler
+    comes back after.  Off the main thread signals cannot be set: nothing changes."""
     import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:                          # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _legacy(path: str, args) -> int:
     server = open_server(path, args.host, args.port, log=sys.stderr)
     info = server.info
     sys.stderr.write(f"lql serve: {path} ({info['model'] or '?'}, {info['family'] or '?'}, "
@@ -189,20 +200,12 @@ def _legacy(path: str, args) -> int:
                      f"— Ctrl-C to stop\n")
     sys.stderr.flush()
 
-    def _raise_interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:
-        previous = None
-    try:
-        server.serve_forever(poll_interval=0.25)
+        with _sigterm_interrupts():
+            server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         server.server_close()
     sys.stderr.write("lql serve: stopped\n")
     sys.stderr.flush()

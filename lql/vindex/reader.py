@@ -235,7 +235,7 @@ class Vindex:
             out[layer] = entry
         return out
 
-    @property
+    @cached_property
     def _gate_from_q4k(self) -> bool:
         """LARQL's q4k vindex may omit gate_vectors.bin: the gates are then the Q4_K FFN
         gate rows of interleaved_q4k.bin (LARQL: format/load.rs:90-104, synthesised)."""
@@ -412,25 +412,31 @@ class Vindex:
         (cumulative offsets: LARQL's ``layer × width`` formula, index/walk.rs:59-75, is the
         same for uniform widths); the file's dtype (f32, as LARQL writes it, or f16) comes
         from its size."""
-        path = self.path / DOWN_FEATURES
-        if not path.is_file():
-            raise MissingTensorError([DOWN_FEATURES], where=f"vindex {self.path}")
         e = self._layer_entry(layer)
-        rows = sum(self.num_features(n) for n in self.layers)
-        size = path.stat().st_size
-        by_size: dict[int, np.dtype] = {rows * self.hidden_size * 4: np.dtype("<f4"),
-                   rows * self.hidden_size * 2: np.dtype("<f2")}
-        dt = by_size.get(size)
-        if dt is None:
-            raise VindexError(f"{path}: {size} bytes; {rows} features × {self.hidden_size} need "
-                              f"{rows * self.hidden_size * 4} (f32) or "
-                              f"{rows * self.hidden_size * 2} (f16)", path=str(path))
+        dt = self._down_features_dtype
         before = sum(self.num_features(n) for n in self.layers if n < layer)
         n = e["num_features"]
         start = before * self.hidden_size * dt.itemsize
         arr = self._view(DOWN_FEATURES, start, n * self.hidden_size * dt.itemsize,
                          (n, self.hidden_size), dt)
         return arr if arr.dtype == np.float32 else arr.astype(np.float32)
+
+    @cached_property
+    def _down_features_dtype(self) -> np.dtype:
+        """down_features.bin's storage, from its size (checked once)."""
+        path = self.path / DOWN_FEATURES
+        if not path.is_file():
+            raise MissingTensorError([DOWN_FEATURES], where=f"vindex {self.path}")
+        rows = sum(self.num_features(n) for n in self.layers)
+        size = path.stat().st_size
+        by_size: dict[int, np.dtype] = {rows * self.hidden_size * 4: np.dtype("<f4"),
+                                        rows * self.hidden_size * 2: np.dtype("<f2")}
+        dt = by_size.get(size)
+        if dt is None:
+            raise VindexError(f"{path}: {size} bytes; {rows} features × {self.hidden_size} need "
+                              f"{rows * self.hidden_size * 4} (f32) or "
+                              f"{rows * self.hidden_size * 2} (f16)", path=str(path))
+        return dt
 
     @cached_property
     def tokenizer_size(self) -> int:
