@@ -103,7 +103,10 @@ def test_our_patch_read_the_larql_way(vindex, tmp_path):
     raw_inserts = [o for o in doc["operations"] if o["op"] == "insert"]
     assert all("down_vector_b64" in o and "down_vector_b64" not in k
                for o, k in zip(raw_inserts, inserts))
-    assert ins.rows or ins.message
+    # the fact itself, as LARQL reads it
+    assert {(o["entity"], o["relation"], o["target"]) for o in inserts} == \
+        {("Atlantis", "capital", "Poseidon")}
+    assert "Poseidon" in (ins.message or "")
 
 
 def test_larql_patch_applied_here_and_removed(vindex, tmp_path):
