@@ -321,8 +321,8 @@ class App:
                          f"{request.url.path}; its work was cancelled after "
                          f"{time.perf_counter() - t0:.1f} s")
                 raise _Gone()
-            raise GuardError(504, f"the request ran past its {self.cfg.timeout_s:g} s "
-                                  f"budget and was cancelled")
+            raise GuardError(408, f"the request ran past its {self.cfg.timeout_s:g} s wall-time "
+                                  f"budget (--timeout) and was cancelled")
         results = wrapped.result()
         return results, (time.perf_counter() - t0) * 1000.0
 
