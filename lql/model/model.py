@@ -185,6 +185,69 @@ class Model:
                              ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
 
 
+    # ------------------------------------------------------------------ layer shards
+    def forward_layers(self, ids: ArrayLike, h: np.ndarray | None, first: int, last: int, *,
+                       hooks: Hooks | None = None) -> np.ndarray:
+        """The residual ``[seq, hidden]`` after layers ``first .. last-1`` of the whole
+        sequence ``ids``, given ``h``, its residual before layer ``first`` (``None`` with
+        ``first == 0``: the embedding is computed here).  One layer-range shard's step
+        (docs/SCALING.md): shards chained over ``0..n`` give the residual :meth:`forward`
+        computes, and :meth:`logits_from_hidden` of its last row gives its logits.  No KV
+        cache: every call runs the whole sequence.  A layer that reads another layer's KV
+        cache (Gemma 4 KV sharing) must lie in the same range as that layer."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        n = self.num_layers
+        if ids.size == 0:
+            raise ExecutionError("forward_layers needs at least one token")
+        if not 0 <= first < last <= n:
+            raise ExecutionError(f"layer range {first}..{last - 1} is not within 0..{n - 1}")
+        hooks = hooks if hooks is not None else self.hooks
+        if self.kv_sources is not None:
+            outside = [(i, src) for i in range(first, last)
+                       if (src := self.kv_sources[i]) is not None and not first <= src < last]
+            if outside:
+                i, src = outside[0]
+                raise ExecutionError(f"layer {i} reads layer {src}'s KV cache, "
+                                     f"which lies outside the range {first}..{last - 1}; "
+                                     f"choose shard boundaries that keep them together")
+        positions = np.arange(ids.size)
+        tables_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def tables(rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+            if id(rope) not in tables_cache:
+                tables_cache[id(rope)] = rope.tables(positions)
+            return tables_cache[id(rope)]
+
+        embedded = None
+        if h is None or self.per_layer_embed is not None:
+            embedded = self.embed(ids, positions, hooks.embed if hooks is not None else None)
+        if h is None:
+            if first != 0:
+                raise ExecutionError(f"a shard starting at layer {first} needs the residual "
+                                     f"before that layer")
+            h = embedded
+        h = np.asarray(h, dtype=F32)
+        if h.shape != (ids.size, self.hidden_size):
+            raise ExecutionError(f"residual shape {h.shape} does not match "
+                                 f"({ids.size}, {self.hidden_size}) for {ids.size} tokens")
+        per_layer = (self.per_layer_embed(ids, embedded)
+                     if self.per_layer_embed is not None and embedded is not None else None)
+        cache = self.new_cache() if self.kv_sources is not None else None
+        prefetch = getattr(self.blocks, "prefetch", None)
+        for i in range(first, last):
+            block = self.blocks[i]
+            if prefetch is not None and i + 1 < last:
+                prefetch(i + 1)
+            layer_cache = cache.layers[i] if cache is not None else None
+            if per_layer is None:
+                h, _trace = block(h, positions, tables, layer_cache, hooks)
+            else:
+                h, _trace = block(h, positions, tables, layer_cache, hooks,
+                                  per_layer_input=per_layer[:, i])
+            _check_finite(h, i, block, f"the residual after layer {i}")
+        return h
+
+
 def _non_finite_weight(obj: object, path: str = "", depth: int = 0,
                        seen: set[int] | None = None) -> str | None:
     """The attribute path of the first weight array under ``obj`` holding NaN/Inf (a block,

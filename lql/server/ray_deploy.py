@@ -13,9 +13,11 @@ Two shapes, both built on Ray Serve rather than a cluster protocol of our own:
 * **Layer shards** (:func:`shard_app`): for a vindex larger than one machine, each
   :class:`LayerShard` deployment holds a contiguous layer range and runs the residual
   through it; the :class:`ShardRouter` passes the residual (a float32 array of
-  ``hidden_size``) from shard to shard. The shard's forward step must come from the model
-  package (lql.model owns the forward pass and has no layer-range entry point yet), so
-  :meth:`LayerShard.forward` raises NotImplementedError: the shape is a skeleton.
+  ``[seq, hidden]``) from shard to shard; each step is ``lql.model.Model.forward_layers``
+  (tested in tests/test_layer_shards.py against one whole forward pass).
+  Each shard memory-maps the vindex and builds only the layers it runs (the layer
+  store builds a layer when it first runs); no KV cache crosses shards, so every request
+  runs its whole prompt (a next-token answer, not GENERATE).
 
 Run it with ``python -m lql.server.ray_deploy PATH [--replicas N]`` or from Python with
 ``serve.run(replica_app(path, replicas=2))``. ``benchmarks/bench_ray_serve.py`` starts a
@@ -110,21 +112,33 @@ def shard_app(path: str | Path, ranges: list[tuple[int, int]]) -> Any:
         def __init__(self, first: int, last: int) -> None:
             import os
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            from ..infer.engine import target_for
             from ..session import Session
             s = Session()
             s.query(f'USE "{vpath}"')
-            self.vindex = s.vindex
+            self.target = target_for(s)
             self.first, self.last = first, last
 
         def layers(self) -> tuple[int, int]:
             return self.first, self.last
 
-        def forward(self, residual: Any) -> Any:
-            """The residual after this shard's layers. Needs a per-layer-range step from
-            lql.model (which owns the forward pass) — not there yet, so this says so."""
-            raise NotImplementedError(
-                f"layer shard {self.first}-{self.last}: lql.model has no layer-range forward "
-                f"step yet (docs/SCALING.md, 'Layer shards'); the routing around it is ready")
+        def tokenize(self, prompt: str) -> list[int]:
+            return [int(i) for i in self.target.tokenizer.encode(prompt).ids]
+
+        def forward(self, ids: list[int], residual: Any) -> Any:
+            """The residual ``[seq, hidden]`` after this shard's layers
+            (``lql.model.Model.forward_layers``); ``residual`` is ``None`` for the first."""
+            return self.target.model.forward_layers(ids, residual, self.first, self.last)
+
+        def top(self, residual: Any, k: int = 5) -> list[dict[str, Any]]:
+            """The next-token top ``k`` from the last row of the final residual."""
+            import numpy as np
+            logits = self.target.model.logits_from_hidden(np.asarray(residual)[-1])
+            z = np.exp(logits - logits.max())
+            p = z / z.sum()
+            best = np.argsort(-p, kind="stable")[:k]
+            return [{"token": self.target.token_text(int(i)), "token_id": int(i),
+                     "probability": float(p[i])} for i in best]
 
     @serve.deployment
     class ShardRouter:
@@ -132,12 +146,13 @@ def shard_app(path: str | Path, ranges: list[tuple[int, int]]) -> Any:
             self.shards = shards
 
         async def __call__(self, request: Any) -> dict[str, Any]:
-            import numpy as np
             doc = await request.json()
-            h = np.asarray(doc["residual"], dtype=np.float32)
+            ids = await self.shards[0].tokenize.remote(str(doc["prompt"]))
+            h = None
             for shard in self.shards:
-                h = await shard.forward.remote(h)
-            return {"residual": np.asarray(h).tolist()}
+                h = await shard.forward.remote(ids, h)
+            top = await self.shards[-1].top.remote(h, int(doc.get("top", 5)))
+            return {"prompt": doc["prompt"], "tokens": len(ids), "predictions": top}
 
     shards = [LayerShard.bind(a, b) for a, b in ranges]              # type: ignore[attr-defined]
     return ShardRouter.bind(*shards)                                  # type: ignore[attr-defined]
