@@ -15,9 +15,11 @@ Two shapes, both built on Ray Serve rather than a cluster protocol of our own:
   through it; the :class:`ShardRouter` passes the residual (a float32 array of
   ``[seq, hidden]``) from shard to shard; each step is ``lql.model.Model.forward_layers``
   (tested in tests/test_layer_shards.py against one whole forward pass).
-  Each shard memory-maps the vindex and builds only the layers it runs (the layer
-  store builds a layer when it first runs); no KV cache crosses shards, so every request
-  runs its whole prompt (a next-token answer, not GENERATE).
+  Each shard memory-maps the vindex; a model larger than the weight budget
+  (``LQL_WEIGHT_CACHE_MB``) has its layers built when they first run, so a shard builds
+  only its own, while a model that fits is built whole in every shard. No KV cache
+  crosses shards, so every request runs its whole prompt (a next-token answer, not
+  GENERATE).
 
 Run it with ``python -m lql.server.ray_deploy PATH [--replicas N]`` or from Python with
 ``serve.run(replica_app(path, replicas=2))``. ``benchmarks/bench_ray_serve.py`` starts a
