@@ -365,3 +365,33 @@ def test_larql_band_tables_are_the_defaults():
     assert get_family("qwen3").layer_bands(28) == derive_bands(28)       # LARQL: no qwen3 row
     assert derive_bands(34) == {"syntax": [0, 12], "knowledge": [13, 26], "output": [27, 33]}
     assert get_family("llama").layer_bands(30)["syntax"] == [0, 9]       # our own table wins
+
+
+def test_gemma4_index_json_carries_larqls_moe_and_ple_fields(tmp_path):
+    """LARQL's extractor writes ``model_config.moe`` (MoeConfig, types.rs:310-329; values as
+    extract/streaming.rs:603-614 and architectures/gemma4.rs:243-270 fill them) and
+    ``per_layer_embed_dim`` (types.rs:293); ours does too, beside our flat keys."""
+    from model_fixtures import gemma4_fixtures
+
+    from lql.sources import open_source
+    from lql.vindex import extract
+    root = gemma4_fixtures()
+    if not (root / "tiny-gemma4-moe" / "model.safetensors").is_file():
+        pytest.skip(f"no Gemma 4 fixtures at {root}")
+    cfg = json.loads((root / "tiny-gemma4-moe" / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    v = extract(open_source(root / "tiny-gemma4-moe"), tmp_path / "moe.vindex", level="browse",
+                dtype="f32")
+    ix = json.loads((Path(v) / "index.json").read_text())
+    assert larql_index_problems(ix) == []
+    assert ix["model_config"]["moe"] == {
+        "num_experts": cfg["num_experts"], "top_k": cfg["top_k_experts"], "shared_expert": False,
+        "router_type": "gemma4_top_k_softmax", "hybrid": True,
+        "moe_intermediate_size": cfg["moe_intermediate_size"]}
+    assert ix["model_config"]["num_experts"] == cfg["num_experts"]          # ours kept
+    dense = extract(open_source(root / "tiny-gemma4"), tmp_path / "dense.vindex", level="browse",
+                    dtype="f32")
+    mc = json.loads((Path(dense) / "index.json").read_text())["model_config"]
+    assert "moe" not in mc
+    want = json.loads((root / "tiny-gemma4" / "config.json").read_text())
+    assert mc["per_layer_embed_dim"] == want.get("text_config", want)["hidden_size_per_layer_input"]

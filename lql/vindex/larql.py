@@ -38,6 +38,22 @@ def for_larql(model_config: dict[str, Any]) -> dict[str, Any]:
         out["rope_base"] = LARQL_DEFAULT_ROPE_BASE
     if "attention_k_eq_v" in out and out["attention_k_eq_v"] is None:
         del out["attention_k_eq_v"]
+    # LARQL's MoE description (MoeConfig, types.rs:310-329), as its extractor fills it
+    # (extract/streaming.rs:603-614; Gemma 4's router and hybrid flag: larql-models
+    # architectures/gemma4.rs:243-270).  Our flat keys stay: our reader uses them.
+    if int(out.get("num_experts") or 0) > 0 and not isinstance(out.get("moe"), dict):
+        hybrid = str(out.get("model_type", "")).startswith("gemma4")
+        moe: dict[str, Any] = {
+            "num_experts": int(out["num_experts"]), "top_k": int(out.get("top_k_experts") or 0),
+            "shared_expert": False,
+            "router_type": "gemma4_top_k_softmax" if hybrid else "top_k_softmax",
+            "hybrid": hybrid}
+        if int(out.get("moe_intermediate_size") or 0) > 0:
+            moe["moe_intermediate_size"] = int(out["moe_intermediate_size"])
+        out["moe"] = moe
+    # Gemma 4's per-layer-embedding width under LARQL's name (types.rs:293)
+    if out.get("per_layer_input_size") and out.get("per_layer_embed_dim") is None:
+        out["per_layer_embed_dim"] = int(out["per_layer_input_size"])
     return out
 
 #: normalised model_config keys whose value comes from a config.json field LARQL does not
