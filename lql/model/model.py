@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,20 +123,10 @@ class Model:
         start = cache.length if cache is not None else 0
         positions = np.arange(start, start + ids.size)
 
-        tables_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-        def tables(rope: Rope) -> tuple[np.ndarray, np.ndarray]:
-            key = id(rope)
-            if key not in tables_cache:
-                tables_cache[key] = rope.tables(positions)
-            return tables_cache[key]
-
         def pick(x: np.ndarray, where: object) -> np.ndarray:
             return x[-1].copy() if where == "last" else x.copy()
 
         n = self.num_layers
-        blocks = self.blocks
-        prefetch = getattr(blocks, "prefetch", None)
         residuals: list[Any] | None = [None] * n if record.residuals else None
         attn_d: list[Any] | None = [None] * n if record.deltas else None
         ffn_d: list[Any] | None = [None] * n if record.deltas else None
@@ -145,20 +135,12 @@ class Model:
         ple_d: list[Any] | None = [None] * n if record.deltas and self.per_layer_embed is not None else None
         routes: list[Any] | None = [None] * n if record.experts else None
 
-        h = self.embed(ids, positions, hooks.embed if hooks is not None else None)
-        _check_finite(h, -1, self, "the embedding")
-        embedding = pick(h, record.residuals) if record.residuals else None
-        per_layer = self.per_layer_embed(ids, h) if self.per_layer_embed is not None else None
-        for i in range(n):
-            block = blocks[i]
-            if prefetch is not None:
-                prefetch(i + 1)              # read-ahead: the next layer builds while this one runs
-            layer_cache = cache.layers[i] if cache is not None else None
-            if per_layer is None:
-                h, trace = block(h, positions, tables, layer_cache, hooks)
-            else:
-                h, trace = block(h, positions, tables, layer_cache, hooks, per_layer_input=per_layer[:, i])
-            _check_finite(h, i, block, f"the residual after layer {i}")
+        h0 = self.embed(ids, positions, hooks.embed if hooks is not None else None)
+        _check_finite(h0, -1, self, "the embedding")
+        embedding = pick(h0, record.residuals) if record.residuals else None
+        per_layer = self.per_layer_embed(ids, h0) if self.per_layer_embed is not None else None
+        h = h0
+        for i, h, trace in self._run_blocks(h0, positions, cache, hooks, per_layer, 0, n):
             if not record.wants(i):
                 continue
             if residuals is not None:
@@ -183,7 +165,6 @@ class Model:
         return ForwardOutput(logits=logits, hidden=last.copy(), positions=positions,
                              embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
                              ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
-
 
     # ------------------------------------------------------------------ layer shards
     def forward_layers(self, ids: ArrayLike, h: np.ndarray | None, first: int, last: int, *,
@@ -211,13 +192,6 @@ class Model:
                                      f"which lies outside the range {first}..{last - 1}; "
                                      f"choose shard boundaries that keep them together")
         positions = np.arange(ids.size)
-        tables_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-        def tables(rope: Rope) -> tuple[np.ndarray, np.ndarray]:
-            if id(rope) not in tables_cache:
-                tables_cache[id(rope)] = rope.tables(positions)
-            return tables_cache[id(rope)]
-
         embedded = None
         if h is None or self.per_layer_embed is not None:
             embedded = self.embed(ids, positions, hooks.embed if hooks is not None else None)
@@ -233,19 +207,38 @@ class Model:
         per_layer = (self.per_layer_embed(ids, embedded)
                      if self.per_layer_embed is not None and embedded is not None else None)
         cache = self.new_cache() if self.kv_sources is not None else None
+        out = h
+        for _i, after, _trace in self._run_blocks(h, positions, cache, hooks, per_layer, first, last):
+            out = after
+        return out
+
+    def _run_blocks(self, h: np.ndarray, positions: np.ndarray, cache: KVCache | None,
+                    hooks: Hooks | None, per_layer: np.ndarray | None, first: int,
+                    last: int) -> Iterator[tuple[int, np.ndarray, Any]]:
+        """Layers ``first .. last-1`` over ``h``: yields ``(layer, residual after it, its
+        trace)``, each residual checked finite; the next layer is read ahead while one runs.
+        The one layer loop of :meth:`forward` and :meth:`forward_layers`."""
+        tables_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def tables(rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+            key = id(rope)
+            if key not in tables_cache:
+                tables_cache[key] = rope.tables(positions)
+            return tables_cache[key]
+
         prefetch = getattr(self.blocks, "prefetch", None)
         for i in range(first, last):
             block = self.blocks[i]
             if prefetch is not None and i + 1 < last:
-                prefetch(i + 1)
+                prefetch(i + 1)              # read-ahead: the next layer builds while this one runs
             layer_cache = cache.layers[i] if cache is not None else None
             if per_layer is None:
-                h, _trace = block(h, positions, tables, layer_cache, hooks)
+                h, trace = block(h, positions, tables, layer_cache, hooks)
             else:
-                h, _trace = block(h, positions, tables, layer_cache, hooks,
-                                  per_layer_input=per_layer[:, i])
+                h, trace = block(h, positions, tables, layer_cache, hooks,
+                                 per_layer_input=per_layer[:, i])
             _check_finite(h, i, block, f"the residual after layer {i}")
-        return h
+            yield i, h, trace
 
 
 def _non_finite_weight(obj: object, path: str = "", depth: int = 0,

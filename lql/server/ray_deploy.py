@@ -125,7 +125,8 @@ def shard_app(path: str | Path, ranges: list[tuple[int, int]]) -> Any:
             return self.first, self.last
 
         def tokenize(self, prompt: str) -> list[int]:
-            return [int(i) for i in self.target.tokenizer.encode(prompt).ids]
+            from ..runtime.forward import prompt_ids
+            return [int(i) for i in prompt_ids(self.target.view, prompt)]
 
         def forward(self, ids: list[int], residual: Any) -> Any:
             """The residual ``[seq, hidden]`` after this shard's layers
@@ -135,12 +136,11 @@ def shard_app(path: str | Path, ranges: list[tuple[int, int]]) -> Any:
         def top(self, residual: Any, k: int = 5) -> list[dict[str, Any]]:
             """The next-token top ``k`` from the last row of the final residual."""
             import numpy as np
-            logits = self.target.model.logits_from_hidden(np.asarray(residual)[-1])
-            z = np.exp(logits - logits.max())
-            p = z / z.sum()
-            best = np.argsort(-p, kind="stable")[:k]
+
+            from ..runtime.forward import softmax64, top_ids
+            p = softmax64(self.target.model.logits_from_hidden(np.asarray(residual)[-1]))
             return [{"token": self.target.token_text(int(i)), "token_id": int(i),
-                     "probability": float(p[i])} for i in best]
+                     "probability": float(p[i])} for i in top_ids(p, k)]
 
     @serve.deployment
     class ShardRouter:
