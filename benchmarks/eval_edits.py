@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/eval_edits.py VINDEX [--modes knn,compose]
         [--facts N] [--batches 1,10] [--single N] [--chat] [--compile DIR] [--json OUT]
+        [--knn-key residual|ffn_input]
 
 Data: ``benchmarks/data/counterfact_edits.json`` (60 facts, 6 relations, each with 3
 paraphrase templates and 3 neighbourhood prompts).  Every fact is inserted through the
@@ -195,8 +196,13 @@ def main() -> None:
     ap.add_argument("--chat", action="store_true")
     ap.add_argument("--compile")
     ap.add_argument("--json")
+    ap.add_argument("--knn-key", choices=("residual", "ffn_input"),
+                    help="the vector MODE KNN keys by (default: lql.edit.insert.DEFAULT_KNN_KEY)")
     args = ap.parse_args()
+    from lql.edit import insert as insert_mod
     from lql.edit.insert import install_layer
+    if args.knn_key:
+        insert_mod.DEFAULT_KNN_KEY = args.knn_key
     from lql.runtime import predict
     facts = load_facts(args.facts)
     base, ov, view = fresh(args.vindex)
@@ -219,6 +225,7 @@ def main() -> None:
                         acc.setdefault(k, []).append(v)
                 ov.remove(ov.recording)
             row = {"mode": mode, "batch": 1, "n": args.single,
+                   **({"knn_key": insert_mod.DEFAULT_KNN_KEY} if mode == "knn" else {}),
                    **{k: sum(v) / len(v) for k, v in acc.items()},
                    "seconds": time.perf_counter() - t0}
             rows.append(row)
@@ -233,6 +240,7 @@ def main() -> None:
             t_ins = time.perf_counter() - t0
             m = measure(view, group, base_top, chat=args.chat, flu=True)
             row = {"mode": mode, "batch": b, **m, "insert_s": t_ins,
+                   **({"knn_key": insert_mod.DEFAULT_KNN_KEY} if mode == "knn" else {}),
                    "seconds": time.perf_counter() - t0}
             if args.compile and mode in ("compose", "memit"):
                 from lql.edit.compile import compile_model

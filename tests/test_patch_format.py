@@ -164,14 +164,41 @@ def test_knn_store_threshold_and_delete_knn():
     key[0] = 3.0
     ov.record(PatchOp.make("insert_knn", layer=1, entity="E", relation="r", target="T",
                            target_id=9, vectors={"key": key / 3.0}))
+    # no key_kind and no center: LARQL's key, the FFN input at the layer
+    assert ov.knn[0].key_kind == "ffn_input"
     r = np.zeros(8, np.float32)
     r[0], r[1] = 1.0, 0.5          # cosine 0.894 > 0.75
-    assert ov.knn_override(1, r) == (9, pytest.approx(1 / np.sqrt(1.25), rel=1e-5))
+    other = np.zeros(8, np.float32)
+    other[5] = 1.0
+    assert ov.knn_override(1, other, r) == (9, pytest.approx(1 / np.sqrt(1.25), rel=1e-5))
+    assert ov.knn_override(1, r, other) is None     # the residual is not its key
+    assert ov.knn_override(1, r) is None            # no FFN input recorded: never fires
     r[1] = 1.0                     # cosine 0.707 < 0.75
-    assert ov.knn_override(1, r) is None
-    assert ov.knn_override(0, key) is None          # other layer
+    assert ov.knn_override(1, other, r) is None
+    assert ov.knn_override(0, other, key) is None   # other layer
     ov.record(PatchOp.make("delete_knn", entity="e"))  # case-insensitive match
     assert ov.knn == []
+    # an explicit residual key compares the residual
+    ov.record(PatchOp.make("insert_knn", layer=1, entity="E", relation="r", target="T",
+                           target_id=9, key_kind="residual", vectors={"key": key / 3.0}))
+    r[1] = 0.5
+    assert ov.knn_override(1, r, other) == (9, pytest.approx(1 / np.sqrt(1.25), rel=1e-5))
+    assert ov.knn_override(1, other, r) is None
+
+
+def test_knn_key_kind_read_back_and_checked(tmp_path):
+    key = np.ones(8, np.float32) / np.sqrt(8)
+    for kind in ("ffn_input", "residual", "embedding"):
+        p = Patch(operations=[PatchOp.make("insert_knn", layer=0, entity="E", relation="r",
+                                           target="T", target_id=1, key_kind=kind,
+                                           vectors={"key": key})])
+        path = write_patch(p, tmp_path / f"{kind}.vlp")
+        assert read_patch(path).operations[0].get("key_kind") == kind
+    doc = json.loads(path.read_text())
+    doc["operations"][0]["key_kind"] = "attention_output"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(VindexError, match="key_kind 'attention_output'"):
+        read_patch(path)
 
 
 def test_unsaved_edits_flag():

@@ -125,6 +125,8 @@ def resolve_conflicts(view, policy: str | None):
 def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = None) -> dict:
     from ..vindex.checksums import sha256_file
     from ..vindex.down_meta import DownMetaWriter
+    from ..vindex.knn_store import FILE as KNN_FILE
+    from ..vindex.knn_store import write_knn_store
     view = resolve_conflicts(view, on_conflict)
     ov = getattr(view, "overlay", None)
     base = getattr(view, "base", view)
@@ -167,8 +169,8 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             dst = tmp / item.name
             if item.is_dir():
                 shutil.copytree(item, dst)
-            elif item.name in changed:
-                continue
+            elif item.name in changed or (ov is not None and item.name == KNN_FILE):
+                continue                      # rewritten below (the KNN store: from the overlay)
             else:
                 try:
                     os.link(item, dst)
@@ -190,6 +192,11 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
                     w.write_layer(layer, np.ascontiguousarray(dm.layer_records(layer))
                                   if n else None)
                 w.finish()
+        if ov is not None and ov.knn:
+            # the session's KNN facts (the base store's, loaded at USE, included), as
+            # LARQL's COMPILE INTO VINDEX saves its store (compile/into_vindex.rs:355-358)
+            from .knn_facts import stored_facts
+            write_knn_store(tmp / KNN_FILE, stored_facts(ov.knn))
         sums = dict(index.get("checksums") or {})
         base_gate_sum = sums.get("gate_vectors.bin")     # the base's, before any rewrite
         for name in changed:
@@ -205,7 +212,7 @@ def compile_vindex(view, out, *, force: bool = False, on_conflict: str | None = 
             json.dump(index, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
     return {"path": str(out), "rewritten": sorted(changed), "edited_features": len(feats),
-            "knn_left_out": len(ov.knn) if ov is not None else 0}
+            "knn_facts": len(ov.knn) if ov is not None else 0}
 
 
 # --------------------------------------------------------------------------- INTO MODEL

@@ -306,10 +306,29 @@ def _token_of(view: VindexView, target: str, token: int | None) -> tuple[int, st
     return int(token), view.token_text(int(token))
 
 
+#: the vector INSERT ... MODE KNN keys a fact by (:data:`lql.edit.overlay.KEY_KINDS`)
+DEFAULT_KNN_KEY = "residual"
+
+
+def _knn_vector(view: VindexView, prompt, layer: int, key_kind: str) -> np.ndarray:
+    """The last position's vector a KNN key of ``key_kind`` compares at ``layer``."""
+    from ..model import Record
+    out = run(view, prompt, record=Record(residuals="last", ffn_inputs=True,
+                                          layers=frozenset([layer])))
+    vec = out.ffn_inputs[layer] if key_kind == "ffn_input" else out.residuals[layer]
+    return np.asarray(vec, dtype=np.float32)
+
+
 def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: int,
            confidence: float | None = None, prompt: str | None = None,
-           prefix: tuple[int, ...] = (), token: int | None = None) -> InsertPlan:
-    from ..model import Record
+           prefix: tuple[int, ...] = (), token: int | None = None,
+           key_kind: str | None = None) -> InsertPlan:
+    """An ``insert_knn`` op keyed by ``key_kind`` (:data:`DEFAULT_KNN_KEY` when None):
+    the centred vector of that kind on the canonical prompt, with a calibrated
+    threshold; without weights, the entity's mean embedding (``"embedding"``)."""
+    kind = DEFAULT_KNN_KEY if key_kind is None else key_kind
+    if kind not in ("residual", "ffn_input"):
+        raise ExecutionError(f"KNN key kind {kind!r}: use 'residual' or 'ffn_input'")
     tid, ttext = _token_of(view, target, token)
     base_text = canonical_prompt(entity, relation, prompt)
     text = base_text + "".join(view.token_text(int(i)) for i in prefix)
@@ -320,11 +339,12 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
         if not ids:
             raise ExecutionError(f"entity {entity!r} does not tokenize")
         key = np.asarray(view.embed(ids), dtype=np.float32).mean(0) * float(view.embed_scale)
+        kind = "embedding"
     else:
         template = template_for(relation, prompt)
-        out = run(view, seq, record=Record(residuals="last", layers=frozenset([layer])))
-        r = np.asarray(out.residuals[layer], dtype=np.float32)
-        center = _centers(view, template, entity, layer, "residual", prefix)
+        r = _knn_vector(view, seq, layer, kind)
+        center = _centers(view, template, entity, layer,
+                          "ffn" if kind == "ffn_input" else "residual", prefix)
         key = r - center
     n = float(np.linalg.norm(key))
     if n == 0.0:
@@ -333,8 +353,10 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
     threshold = None
     if center is not None:
         vectors["center"] = center
-        threshold = knn_threshold(view, template, entity, layer, key / n, center, prefix)
+        threshold = knn_threshold(view, template, entity, layer, key / n, center, prefix,
+                                  key_kind=kind)
     op = PatchOp.make("insert_knn", layer=layer, entity=entity, relation=relation, target=target,
+                      key_kind=kind,
                       target_id=tid, confidence=1.0 if confidence is None else float(confidence),
                       prompt=text, prefix_ids=[int(i) for i in prefix] or None,
                       threshold=threshold, vectors=vectors)
@@ -348,11 +370,11 @@ KNN_MAX_THRESHOLD = 0.95
 
 
 def knn_threshold(view: VindexView, template: str, entity: str, layer: int, key: np.ndarray,
-                  center: np.ndarray, prefix: tuple[int, ...] = ()) -> float:
+                  center: np.ndarray, prefix: tuple[int, ...] = (), *,
+                  key_kind: str = "residual") -> float:
     """A calibrated threshold for a KNN key: above the cosine of every near neighbour (the
     template filled with the sibling entities not used for the center, and the generic
     negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75)."""
-    from ..model import Record
     from .delete import SIBLING_ENTITIES
     from .overlay import KNN_THRESHOLD
     refs = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
@@ -363,8 +385,7 @@ def knn_threshold(view: VindexView, template: str, entity: str, layer: int, key:
     prompts += list(GENERIC_NEGATIVES[:3])
     worst = -1.0
     for p in prompts:
-        out = run(view, p, record=Record(residuals="last", layers=frozenset([layer])))
-        r = np.asarray(out.residuals[layer], np.float32) - center
+        r = _knn_vector(view, p, layer, key_kind) - center
         nr = float(np.linalg.norm(r))
         if nr > 0:
             worst = max(worst, float(key @ r) / nr)

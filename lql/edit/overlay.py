@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import ExecutionError
 from ..families import Family, family_or_default
 from ..vindex.down_meta import RecordAccess
-from .patch import Patch, PatchOp
+from .patch import KNN_KEY_KINDS, Patch, PatchOp
 
 if TYPE_CHECKING:
     from ..vindex.weights import VindexWeights
@@ -118,6 +118,34 @@ class FeatureEdit:
         return not self.deleted and self.info.get("op") == "insert"
 
 
+#: the vectors a KNN key can be (a patch op's ``key_kind``)
+KEY_KINDS = KNN_KEY_KINDS
+
+
+def default_key_kind(op: PatchOp) -> str:
+    """An ``insert_knn`` op's key kind: its ``key_kind`` field; without one, ``"residual"``
+    for an op carrying a ``center`` (this tool's INSERT before key kinds were written) and
+    ``"ffn_input"`` otherwise (LARQL's INSERT captures the FFN input:
+    executor/mutation/insert/knn.rs, WalkFfn::take_residuals)."""
+    kind = op.get("key_kind")
+    if kind is not None:
+        return str(kind)
+    return "residual" if op.vector("center") is not None else "ffn_input"
+
+
+def knn_entry_op(entry: KnnEntry, **changes: Any) -> PatchOp:
+    """An ``insert_knn`` op re-creating ``entry`` (key, center, threshold, key kind kept),
+    with ``changes`` (e.g. a new ``target``) applied."""
+    fields: dict[str, Any] = {"layer": entry.layer, "entity": entry.entity,
+                              "relation": entry.relation, "target": entry.target,
+                              "target_id": entry.target_id, "confidence": entry.confidence,
+                              "key_kind": entry.key_kind, "threshold": entry.threshold}
+    fields.update(changes)
+    vectors = {"key": entry.key, **({"center": entry.center} if entry.center is not None else {})}
+    return PatchOp.make("insert_knn", vectors=vectors,
+                        **{k: v for k, v in fields.items() if v is not None})
+
+
 @dataclass
 class KnnEntry:
     layer: int
@@ -130,6 +158,11 @@ class KnnEntry:
     patch: str = ""
     center: np.ndarray | None = None    # subtracted from the residual before the cosine
     threshold: float | None = None      # this entry's calibrated cosine threshold (INSERT)
+    #: which vector the key is (:data:`KEY_KINDS`): ``"residual"`` (the residual after the
+    #: layer, ours before 0.6), ``"ffn_input"`` (the FFN's normed input at the layer: LARQL's
+    #: key), ``"embedding"`` (the entity's mean token embedding, written without weights;
+    #: never fires)
+    key_kind: str = "ffn_input"
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -205,7 +238,8 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     float(op.get("confidence", 1.0) or 1.0), patch.name,
                                     None if center is None else center.astype(np.float32),
                                     None if op.get("threshold") is None
-                                    else float(op.get("threshold"))))
+                                    else float(op.get("threshold")),
+                                    default_key_kind(op)))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
     return _State(feats, knn, low_rank)
@@ -359,21 +393,25 @@ class Overlay:
     def knn_layers(self) -> set[int]:
         return {e.layer for e in self.knn}
 
-    def knn_override(self, layer: int, residual_last) -> tuple[int, float] | None:
-        """The stored target whose key has cosine > 0.75 with ``residual_last`` at ``layer``
-        (the best one), as ``(token_id, cosine)``; ``None`` when no key matches.
+    def knn_override(self, layer: int, residual_last, ffn_input=None) -> tuple[int, float] | None:
+        """The stored target whose key has cosine above its threshold (0.75 without a
+        calibrated one) with the vector of its kind at ``layer`` (the best one), as
+        ``(token_id, cosine)``; ``None`` when no key matches.
 
-        An entry with a ``center`` (written by this tool's INSERT) compares the residual
-        minus that center; one without (another tool's patch) compares the raw residual."""
-        best = self.knn_match(layer, residual_last)
+        An entry compares its key with ``residual_last`` (the residual after the layer)
+        or ``ffn_input`` (the FFN's normed input at the layer) as its ``key_kind`` says,
+        minus its ``center`` when it has one (written by this tool's INSERT)."""
+        best = self.knn_match(layer, residual_last, ffn_input)
         return None if best is None else (best[0].target_id, best[1])
 
-    def knn_match(self, layer: int, residual_last) -> tuple[KnnEntry, float] | None:
-        entries = [e for e in self.knn if e.layer == layer]
+    def knn_match(self, layer: int, residual_last, ffn_input=None) -> tuple[KnnEntry, float] | None:
+        entries = [e for e in self.knn if e.layer == layer and e.key_kind != "embedding"]
+        vectors = {"residual": residual_last, "ffn_input": ffn_input}
+        entries = [e for e in entries if vectors.get(e.key_kind) is not None]
         if not entries:
             return None
-        r = np.asarray(residual_last, dtype=np.float32).reshape(-1)
-        cos = np.array([e.cosine(r) for e in entries])
+        cos = np.array([e.cosine(np.asarray(vectors[e.key_kind], dtype=np.float32).reshape(-1))
+                        for e in entries])
         # an entry fires above its own calibrated threshold (KNN_THRESHOLD without one);
         # the best margin over its threshold wins
         limit = np.array([KNN_THRESHOLD if e.threshold is None else e.threshold
@@ -653,8 +691,8 @@ class OverlayVindex:
     def knn_layers(self) -> set[int]:
         return self.overlay.knn_layers()
 
-    def knn_override(self, layer: int, residual_last) -> tuple[int, float] | None:
-        return self.overlay.knn_override(layer, residual_last)
+    def knn_override(self, layer: int, residual_last, ffn_input=None) -> tuple[int, float] | None:
+        return self.overlay.knn_override(layer, residual_last, ffn_input)
 
     def inserted_edges(self) -> list[dict[str, Any]]:
         """Facts the overlay inserted: COMPOSE features and KNN entries."""

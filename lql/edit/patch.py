@@ -33,6 +33,9 @@ __all__ = ["Patch", "PatchOp", "encode_vector", "decode_vector", "read_patch", "
 
 PATCH_VERSION = 1
 OPS = ("insert", "update", "delete", "insert_knn", "delete_knn", "memit")
+#: what an insert_knn op's key is: the FFN's normed input at the layer (LARQL's), the
+#: residual after the layer, the entity's mean embedding (written without weights)
+KNN_KEY_KINDS = ("ffn_input", "residual", "embedding")
 VECTOR_KEYS = {"gate": "gate_vector_b64", "up": "up_vector_b64", "down": "down_vector_b64",
                "key": "key_vector_b64", "center": "center_vector_b64"}
 
@@ -180,6 +183,11 @@ class Patch:
             if o["op"] == "insert_knn" and ("key_vector_b64" not in o or "layer" not in o):
                 raise VindexError(f"{where}: operation {i} (insert_knn) needs 'layer' and "
                                   f"'key_vector_b64'", path=where)
+            if o["op"] == "insert_knn" and o.get("key_kind") is not None \
+                    and o["key_kind"] not in KNN_KEY_KINDS:
+                raise VindexError(f"{where}: operation {i} (insert_knn) has key_kind "
+                                  f"{o['key_kind']!r} (known: {', '.join(KNN_KEY_KINDS)})",
+                                  path=where)
             check_op_fields(o, f"{where}: operation {i} ({o['op']})", where)
             parsed.append(PatchOp(o))
         return cls(base_model=doc.get("base_model"), base_checksum=doc.get("base_checksum"),

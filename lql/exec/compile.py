@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ast
-from ..edit.patch import Patch, PatchOp, write_patch
+from ..edit.patch import Patch, write_patch
 from ..errors import ExecutionError, NoVindexError
 from ..result import Result
 from . import handler
@@ -37,6 +37,8 @@ def compile_(session, stmt: ast.Compile) -> Result:
         info = compile_model(view, out, format=fmt, force=stmt.force)
         what = f"{fmt.lower()} model"
     msg = f"compiled {what} {out} ({info['edited_features']} edited features baked in)"
+    if info.get("knn_facts"):
+        msg += f"; {info['knn_facts']} KNN facts written to knn_store.bin (USE loads them)"
     if info.get("knn_left_out"):
         msg += (f"; {info['knn_left_out']} KNN entries are not weights and were left out "
                 f"(keep their patch and APPLY it)")
@@ -71,12 +73,8 @@ def diff(session, stmt: ast.Diff) -> Result:
         ops = diff_ops(b, diffs)
         ov = getattr(b, "overlay", None)
         if ov is not None and stmt.layer is None and stmt.relation is None:
-            for k in ov.knn:
-                vec = {"key": k.key, **({"center": k.center} if k.center is not None else {})}
-                ops.append(PatchOp.make("insert_knn", layer=k.layer, entity=k.entity,
-                                        relation=k.relation, target=k.target,
-                                        target_id=k.target_id, confidence=k.confidence,
-                                        vectors=vec))
+            from ..edit.overlay import knn_entry_op
+            ops.extend(knn_entry_op(k) for k in ov.knn)
         patch = Patch(base_model=a.model,
                       base_checksum=(a.index.get("checksums") or {}).get("gate_vectors.bin"),
                       description=stmt.to_lql(), operations=ops)

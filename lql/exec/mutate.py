@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import ast
 from ..edit.conditions import all_match, condition_map
+from ..edit.overlay import knn_entry_op
 from ..edit.patch import PatchOp
 from ..errors import ExecutionError
 from ..result import Result
@@ -396,12 +397,9 @@ def update(session, stmt: ast.Update) -> Result:
         feats, knns = _overlay_matches(view, cmap)
         targets = [(e.layer, e.feature, e) for e, _ in feats]
         for k, _rec in knns:
-            op = PatchOp.make("insert_knn", layer=k.layer, entity=k.entity, relation=k.relation,
-                              target=str(sets.get("target", k.target)),
+            op = knn_entry_op(k, target=str(sets.get("target", k.target)),
                               target_id=new_tid if new_tid is not None else k.target_id,
-                              confidence=sets.get("confidence", k.confidence),
-                              vectors={"key": k.key, **({"center": k.center}
-                                                        if k.center is not None else {})})
+                              confidence=sets.get("confidence", k.confidence))
             started |= ov.record(PatchOp.make("delete_knn", entity=k.entity, relation=k.relation,
                                               target=k.target, layer=k.layer))
             ov.record(op)

@@ -87,7 +87,7 @@ def generate_ids(target, ids, n: int, *, on_token=None, check=None, hooks=None):
         def pick(out):
             hit = knn_hit(target.view, out, layers)
             return None if hit is None else hit["target_id"]
-    rec = Record(residuals="last", layers=frozenset(layers)) if layers else None
+    rec = Record(residuals="last", ffn_inputs=True, layers=frozenset(layers)) if layers else None
     stop = target.stop_ids
     gen = greedy(target.model, ids, n, stop_ids=stop, pick=pick, record=rec, hooks=hooks,
                  max_positions=target.max_positions, check=check)

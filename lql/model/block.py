@@ -116,6 +116,7 @@ class LayerTrace:
     probs: np.ndarray
     ple_delta: np.ndarray | None = None  # what the per-layer-embedding branch added (Gemma 4), or None
     routing: tuple[np.ndarray, np.ndarray] | None = None  # MoE: (weights [T, k], expert ids [T, k])
+    ffn_input: np.ndarray | None = None  # the FFN's normed input (all positions)
 
 
 class Block:
@@ -159,4 +160,4 @@ class Block:
             h = h * self.layer_scalar
         if hooks is not None and hooks.residual is not None:
             h = hooks.residual(self.index, h)
-        return h, LayerTrace(attn_out, ffn_out, hidden, probs, ple_out, routing)
+        return h, LayerTrace(attn_out, ffn_out, hidden, probs, ple_out, routing, x)

@@ -134,6 +134,7 @@ class Model:
         attn_p: list[Any] | None = [None] * n if record.attention else None
         ple_d: list[Any] | None = [None] * n if record.deltas and self.per_layer_embed is not None else None
         routes: list[Any] | None = [None] * n if record.experts else None
+        ffn_in: list[Any] | None = [None] * n if record.ffn_inputs else None
 
         h0 = self.embed(ids, positions, hooks.embed if hooks is not None else None)
         _check_finite(h0, -1, self, "the embedding")
@@ -155,6 +156,8 @@ class Model:
                 routes[i] = (idx[-1].copy(), weights[-1].copy())
             if acts is not None:
                 acts[i] = trace.ffn_hidden[-1].copy()
+            if ffn_in is not None and trace.ffn_input is not None:
+                ffn_in[i] = np.array(trace.ffn_input[-1], dtype=np.float32, copy=True)
             if attn_p is not None:
                 attn_p[i] = trace.probs[:, -1].copy() if record.attention == "last" else trace.probs.copy()
         if cache is not None:
@@ -164,7 +167,8 @@ class Model:
         _check_finite(logits, n, self, "the logits")
         return ForwardOutput(logits=logits, hidden=last.copy(), positions=positions,
                              embedding=embedding, residuals=residuals, attn_deltas=attn_d, ffn_deltas=ffn_d,
-                             ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes)
+                             ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes,
+                             ffn_inputs=ffn_in)
 
     # ------------------------------------------------------------------ layer shards
     def forward_layers(self, ids: ArrayLike, h: np.ndarray | None, first: int, last: int, *,

@@ -24,7 +24,9 @@ class Record:
     (``[heads, S]``), ``"all"`` ``[heads, T, S]``.  ``layers``: restrict to these layers.
     With ``deltas``, a model with per-layer embeddings (Gemma 4) also records what each
     layer's PLE branch adds (``ForwardOutput.ple_deltas``).  ``experts``: per MoE layer,
-    the router's choice at the last position (``ForwardOutput.experts``).
+    the router's choice at the last position (``ForwardOutput.experts``).  ``ffn_inputs``:
+    the FFN's normed input (what the gate reads) at the last position (``[hidden]``) --
+    LARQL's KNN key.
     """
     residuals: Where = None
     deltas: Where = None
@@ -32,6 +34,7 @@ class Record:
     attention: Where = None
     layers: frozenset[int] | None = None
     experts: bool = False
+    ffn_inputs: bool = False
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
@@ -86,6 +89,7 @@ class ForwardOutput:
     attention: list[np.ndarray | None] | None = None
     ple_deltas: list[np.ndarray | None] | None = None
     experts: list[tuple[np.ndarray, np.ndarray] | None] | None = None
+    ffn_inputs: list[np.ndarray | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def probs(self) -> np.ndarray:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -87,11 +87,12 @@ def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] 
     if ov is None or output.residuals is None:
         return None
     best: dict[str, Any] | None = None
+    ffn_in = getattr(output, "ffn_inputs", None)
     for layer in layers:
         res = output.residuals[layer]
         if res is None:
             continue
-        hit = ov.knn_match(layer, res)
+        hit = ov.knn_match(layer, res, None if ffn_in is None else ffn_in[layer])
         if hit is not None and (best is None or hit[1] > best["cosine"]):
             entry, cos = hit
             best = {"layer": layer, "cosine": cos, "target_id": int(entry.target_id),
@@ -103,10 +104,15 @@ def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] 
 
 
 def _knn_record(layers: list[int], record: Any) -> Any:
-    if not layers or record is not None:
+    """``record`` widened to keep what the KNN store compares at ``layers``: the residual
+    and the FFN input at the last position (a KNN key is one or the other)."""
+    if not layers:
         return record
     from ..model import Record
-    return Record(residuals="last", layers=frozenset(layers))
+    if record is None:
+        return Record(residuals="last", ffn_inputs=True, layers=frozenset(layers))
+    return replace(record, residuals=record.residuals or "last", ffn_inputs=True,
+                   layers=None if record.layers is None else record.layers | frozenset(layers))
 
 
 # --------------------------------------------------------------------------- prediction

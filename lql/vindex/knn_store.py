@@ -4,7 +4,9 @@ Format (Divinci-AI/larql at 4f6dfb4, crates/larql-vindex/src/patch/knn_store_io.
 little-endian: ``b"LKNN"``, version ``1`` (u32), key dimension (u32), layer count (u32);
 per layer: layer id (u32), entry count n (u32), the n keys (n × dim f16), the n target
 token ids (u32 each), then per entry a u32 length and that many bytes of JSON
-``{"target_token", "entity", "relation", "confidence"}``.
+``{"target_token", "entity", "relation", "confidence"}`` (LARQL parses it as a free-form
+JSON value, so further fields -- ours: ``key_kind``, ``threshold``, ``center_vector_b64`` --
+are kept here and ignored there).
 
 LARQL writes it in COMPILE INTO VINDEX and loads it at USE.  What a key *is* is not in
 the file: LARQL's key is the FFN input at the install layer (``KnnStore::add`` in
@@ -29,6 +31,10 @@ MAGIC = b"LKNN"
 VERSION = 1
 #: the vector LARQL stores as a KNN key (what a patch op's ``key_kind`` says)
 KEY_KIND = "ffn_input"
+
+
+#: the metadata fields LARQL writes (knn_store_io.rs:69-74); others (``extra``) follow them
+_LARQL_META = ("target_token", "entity", "relation", "confidence")
 
 
 @dataclass
@@ -124,7 +130,8 @@ def encode_knn_store(facts: Iterable[StoredFact]) -> bytes:
         out.append(np.asarray([f.target_id for f in group], dtype="<u4").tobytes())
         for f in group:
             meta = json.dumps({"target_token": f.target_token, "entity": f.entity,
-                               "relation": f.relation, "confidence": f.confidence},
+                               "relation": f.relation, "confidence": f.confidence,
+                               **{k: v for k, v in f.extra.items() if k not in _LARQL_META}},
                               ensure_ascii=False).encode("utf-8")
             out.append(struct.pack("<I", len(meta)) + meta)
     return b"".join(out)

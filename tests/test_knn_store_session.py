@@ -1,0 +1,137 @@
+"""knn_store.bin in a session: USE loads a vindex's KNN facts (LARQL's, keyed by the FFN
+input), INFER fires them, COMPILE INTO VINDEX writes the session's facts back and a USE
+of the compiled vindex fires them again (LARQL: use_cmd.rs:66-73, into_vindex.rs:355-358)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vindex_fixtures import tiny_vindex  # noqa: E402
+
+from lql.runtime import ffn_inputs  # noqa: E402
+from lql.session import Session  # noqa: E402
+from lql.vindex import open_vindex  # noqa: E402
+from lql.vindex.knn_store import StoredFact, read_knn_store, write_knn_store  # noqa: E402
+
+PROMPT = "The capital of France is"
+OTHER = "Water is made of"
+LAYER = 1
+
+
+@pytest.fixture()
+def larql_vindex(tmp_path):
+    """A copy of the tiny Llama vindex with a LARQL-style knn_store.bin: one fact whose key
+    is the FFN input at LAYER on PROMPT (what LARQL's INSERT ... MODE KNN stores), with
+    LARQL's four metadata fields only."""
+    dst = tmp_path / "v"
+    shutil.copytree(tiny_vindex("llama", level="inference"), dst)
+    v = open_vindex(dst)
+    key = ffn_inputs(v, PROMPT, [LAYER])[LAYER]
+    paris = v.tokenizer.token_to_id("ĠParis")
+    write_knn_store(dst / "knn_store.bin", [StoredFact(
+        layer=LAYER, key=key / np.linalg.norm(key), target_id=paris, target_token="Paris",
+        entity="France", relation="capital", confidence=1.0)])
+    other = ffn_inputs(v, OTHER, [LAYER])[LAYER]
+    cos = float(key @ other / np.linalg.norm(key) / np.linalg.norm(other))
+    assert cos < 0.75, cos          # precondition: OTHER is not this key's neighbour
+    return dst, paris
+
+
+def test_use_loads_larqls_store_and_infer_fires_it(larql_vindex):
+    path, paris = larql_vindex
+    s = Session()
+    r = s.query(f'USE "{path}"')
+    assert "1 KNN fact from knn_store.bin" in r.message and r.meta["knn_facts"] == 1
+    assert [e.key_kind for e in s.overlay.knn] == ["ffn_input"]
+    top = s.query(f'INFER "{PROMPT}" TOP 3 RAW')
+    assert top.rows[0]["token_id"] == paris and top.rows[0]["source"] == "knn"
+    assert top.meta["knn"]["cosine"] == pytest.approx(1.0, abs=1e-3)   # f16 key
+    assert s.query(f'INFER "{OTHER}" TOP 3 RAW').meta.get("knn") is None
+    assert not s.has_unsaved_edits()          # loading the store is not an edit
+    # the base vindex is not touched
+    assert len(read_knn_store(path / "knn_store.bin")) == 1
+
+
+def test_compile_into_vindex_keeps_knn_facts(larql_vindex, tmp_path):
+    path, paris = larql_vindex
+    s = Session()
+    s.query(f'USE "{path}"')
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Water", "made of", "Paris") '
+            'AT LAYER 1 MODE KNN')
+    ours = [e for e in s.overlay.knn if e.entity == "Water"][0]
+    water = [op for op in s.overlay.recording.operations if op.op == "insert_knn"][0].get("prompt")
+    out = tmp_path / "compiled"
+    r = s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
+    assert r.meta["knn_facts"] == 2 and "2 KNN facts written to knn_store.bin" in r.message
+    facts = read_knn_store(out / "knn_store.bin")
+    assert [(f.entity, f.layer) for f in facts] == [("France", 1), ("Water", 1)]
+    assert "key_kind" not in facts[0].extra                  # LARQL's own: nothing added
+    assert facts[1].extra["key_kind"] == ours.key_kind
+    assert facts[1].extra["threshold"] == pytest.approx(ours.threshold)
+    s2 = Session()
+    assert s2.query(f'USE "{out}"').meta["knn_facts"] == 2
+    back = [e for e in s2.overlay.knn if e.entity == "Water"][0]
+    assert back.key_kind == ours.key_kind and back.threshold == pytest.approx(ours.threshold)
+    np.testing.assert_array_equal(back.center, ours.center)    # f32 in the metadata
+    for prompt in (PROMPT, water):
+        a = s.query(f'INFER "{prompt}" TOP 3 RAW')
+        b = s2.query(f'INFER "{prompt}" TOP 3 RAW')
+        assert a.rows[0]["token_id"] == b.rows[0]["token_id"] == paris
+        assert b.rows[0]["source"] == "knn"
+        assert b.meta["knn"]["cosine"] == pytest.approx(a.meta["knn"]["cosine"], abs=2e-3)
+
+
+def test_deleting_every_fact_compiles_without_a_store(larql_vindex, tmp_path):
+    path, _ = larql_vindex
+    s = Session()
+    s.query(f'USE "{path}"')
+    s.query('DELETE FROM EDGES WHERE entity = "France" AND relation = "capital"')
+    assert s.overlay.knn == []
+    out = tmp_path / "compiled"
+    s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
+    assert not (out / "knn_store.bin").exists()
+    assert (path / "knn_store.bin").exists()
+
+
+def test_a_malformed_store_is_said_and_left_out(larql_vindex):
+    path, _ = larql_vindex
+    data = (path / "knn_store.bin").read_bytes()
+    (path / "knn_store.bin").write_bytes(data[:-7])
+    s = Session()
+    r = s.query(f'USE "{path}"')
+    assert "knn_store.bin not loaded" in r.message and "truncated" in r.message
+    assert r.meta["knn_facts"] == 0
+    assert s.query(f'INFER "{PROMPT}" TOP 3 RAW').meta.get("knn") is None
+
+
+def test_a_larql_knn_patch_fires_on_the_ffn_input(larql_vindex, tmp_path):
+    """A LARQL patch's insert_knn (format.rs:72-84: no key kind; LARQL's INSERT keys it by
+    the FFN input) fires here on the FFN input, not on the residual."""
+    import base64
+    import json
+    path, paris = larql_vindex
+    (path / "knn_store.bin").unlink()
+    v = open_vindex(path)
+    key = ffn_inputs(v, PROMPT, [LAYER])[LAYER]
+    key = (key / np.linalg.norm(key)).astype("<f4")
+    doc = {"version": 1, "base_model": v.model, "created_at": "2026-01-01T00:00:00Z",
+           "operations": [{"op": "insert_knn", "layer": LAYER, "entity": "France",
+                           "relation": "capital", "target": "Paris", "target_id": paris,
+                           "confidence": 1.0,
+                           "key_vector_b64": base64.b64encode(key.tobytes()).decode()}]}
+    patch = tmp_path / "larql.vlp"
+    patch.write_text(json.dumps(doc))
+    s = Session()
+    s.query(f'USE "{path}"')
+    s.query(f'APPLY PATCH "{patch}"')
+    assert [e.key_kind for e in s.overlay.knn] == ["ffn_input"]
+    r = s.query(f'INFER "{PROMPT}" TOP 3 RAW')
+    assert r.rows[0]["token_id"] == paris and r.rows[0]["source"] == "knn"
+    assert r.meta["knn"]["cosine"] == pytest.approx(1.0, abs=1e-5)
