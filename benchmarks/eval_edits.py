@@ -85,15 +85,14 @@ def insert_fact(ov, view, mode: str, fact: dict, layer: int) -> None:
 
 
 def generate(view, ids, n: int) -> list[int]:
-    from lql.model import Record
-    from lql.runtime import greedy, knn_hit, knn_layers, model_for
+    from lql.runtime import greedy, knn_hit, knn_layers, knn_record, model_for
     layers = knn_layers(view)
     pick = None
     if layers:
         def pick(out):
             hit = knn_hit(view, out, layers)
             return None if hit is None else hit["target_id"]
-    rec = Record(residuals="last", layers=frozenset(layers)) if layers else None
+    rec = knn_record(layers)
     return list(greedy(model_for(view), list(ids), n, stop_ids=(), pick=pick, record=rec))
 
 

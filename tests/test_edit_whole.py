@@ -49,10 +49,9 @@ def test_whole_target_generation_after_insert_smollm2(mode, tmp_path):
     assert 0 < r.meta["p_target"] <= 1
     assert "P(whole target" in r.message
     from lql.runtime import model_for, prompt_ids
-    from lql.runtime.forward import greedy, knn_hit, knn_layers
+    from lql.runtime.forward import greedy, knn_hit, knn_layers, knn_record
     view = s.vindex
     layers = knn_layers(view)
-    from lql.model import Record
 
     def pick(out):
         hit = knn_hit(view, out, layers)
@@ -60,7 +59,7 @@ def test_whole_target_generation_after_insert_smollm2(mode, tmp_path):
 
     got = list(greedy(model_for(view), prompt_ids(view, "The capital of Wakanda is"), len(ids),
                       stop_ids=(), pick=pick if layers else None,
-                      record=Record(residuals="last", layers=frozenset(layers)) if layers else None))
+                      record=knn_record(layers)))
     assert got == ids, view.tokenizer.decode(got)
     # and the edit did not leak into a sibling
     assert not r.meta["collateral"], r.meta["collateral"]

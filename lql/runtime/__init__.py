@@ -15,6 +15,7 @@ from .forward import (
                       greedy,
                       knn_hit,
                       knn_layers,
+                      knn_record,
                       predict,
                       prompt_ids,
                       rank,
@@ -25,7 +26,7 @@ from .forward import (
 from .models import can_forward, check_level, clear_cache, model_for, model_for_source
 from .view import DownMetaView, EditedView, OverlayState, VindexView, base_of, overlay_of
 
-__all__ = ["Prediction", "ffn_inputs", "greedy", "knn_hit", "knn_layers", "predict",
+__all__ = ["Prediction", "ffn_inputs", "greedy", "knn_hit", "knn_layers", "knn_record", "predict",
            "prompt_ids", "rank", "run", "softmax64", "top_ids", "can_forward", "check_level", "clear_cache",
            "model_for", "model_for_source", "DownMetaView", "EditedView", "OverlayState",
            "VindexView", "base_of", "overlay_of"]

@@ -20,7 +20,7 @@ from ..errors import ExecutionError
 from .models import model_for
 from .view import VindexView, overlay_of
 
-__all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit",
+__all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit", "knn_record",
            "Prediction", "rank", "predict", "greedy"]
 
 
@@ -103,9 +103,10 @@ def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] 
     return best
 
 
-def _knn_record(layers: list[int], record: Any) -> Any:
+def knn_record(layers: Iterable[int], record: Any = None) -> Any:
     """``record`` widened to keep what the KNN store compares at ``layers``: the residual
     and the FFN input at the last position (a KNN key is one or the other)."""
+    layers = list(layers)
     if not layers:
         return record
     from ..model import Record
@@ -146,7 +147,7 @@ def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
     ``hooks`` (steering, injection: :class:`lql.model.Hooks`) passed to the forward pass;
     ``cache``: a KV cache the pass fills (to continue from it)."""
     layers = knn_layers(view) if view is not None else []
-    out = model.forward(list(ids), record=_knn_record(layers, record), hooks=hooks, cache=cache)
+    out = model.forward(list(ids), record=knn_record(layers, record), hooks=hooks, cache=cache)
     probs = softmax64(out.logits)
     hit = knn_hit(view, out, layers) if layers else None
     ranked = [(int(t), float(probs[t]), "model")
