@@ -99,6 +99,8 @@ class Session:
         self.chat_mode: ast.ChatMode = ast.ChatMode.AUTO
         self.overlay: Overlay | None = None   # set once a mutation or patch is applied
         self.base_vindex: Any = None  # the unpatched base while an overlay is active
+        self.knn_store_note = ""      # what USE did with the vindex's knn_store.bin
+        self.knn_store_facts = 0
         self.last_result: Result | None = None
         self.on_token: Callable[[str], None] | None = None   # GENERATE streaming (the REPL)
         self.remote: RemoteVindex | None = None   # while USE REMOTE is in effect
@@ -111,11 +113,33 @@ class Session:
     # Handlers and editing code never assign these attributes: they call these methods.
 
     def use_vindex(self, vindex: Any) -> None:
-        """``USE``: browse ``vindex``; edits start a fresh overlay over it."""
+        """``USE``: browse ``vindex``; edits start a fresh overlay over it.  The vindex's
+        own KNN facts (``knn_store.bin``) are applied, as LARQL's USE loads them; what
+        happened is in :attr:`knn_store_note` (``""`` without a store)."""
         self.vindex = vindex
         self.model_source = None
         self.overlay = None
         self.base_vindex = None
+        self.knn_store_note, self.knn_store_facts = "", 0
+        if vindex is not None and getattr(vindex, "path", None) is not None:
+            self._load_knn_store(vindex)
+
+    def _load_knn_store(self, vindex: Any) -> None:
+        from .edit.knn_facts import store_patch
+        from .errors import VindexError
+        try:
+            patch = store_patch(vindex)
+        except VindexError as e:          # LARQL warns and goes on; we say it at USE
+            self.knn_store_note = f"knn_store.bin not loaded: {e}"
+            return
+        if patch is None:
+            return
+        if patch.operations:
+            overlay = self.edit_overlay()
+            assert overlay is not None
+            overlay.apply(patch)
+        n = self.knn_store_facts = len(patch.operations)
+        self.knn_store_note = f"{n} KNN fact{'s' if n != 1 else ''} from knn_store.bin"
 
     def use_source(self, source: Any) -> None:
         """``USE MODEL``: run inference on live weights (no vindex, no overlay)."""

@@ -135,3 +135,15 @@ def test_a_larql_knn_patch_fires_on_the_ffn_input(larql_vindex, tmp_path):
     r = s.query(f'INFER "{PROMPT}" TOP 3 RAW')
     assert r.rows[0]["token_id"] == paris and r.rows[0]["source"] == "knn"
     assert r.meta["knn"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_every_way_of_using_a_vindex_loads_its_store(larql_vindex):
+    """Session.use_vindex (what the server's per-client sessions call) loads the store
+    as USE does."""
+    path, paris = larql_vindex
+    s = Session()
+    s.use_vindex(open_vindex(path))
+    assert s.knn_store_facts == 1 and len(s.overlay.knn) == 1
+    assert s.query(f'INFER "{PROMPT}" TOP 1 RAW').rows[0]["token_id"] == paris
+    s.use_vindex(None)
+    assert s.overlay is None and s.knn_store_facts == 0

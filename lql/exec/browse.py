@@ -83,7 +83,7 @@ def use(session, stmt) -> Result:
     if callable(check_tok):
         check_tok()                        # a substitute tokenizer: said below, as a caveat
     session.use_vindex(v)                  # a new base: edits start a fresh overlay
-    knn_note, n_knn = _load_knn_store(session, v)
+    knn_note, n_knn = session.knn_store_note, session.knn_store_facts
     lab = labels_of(v)
     n_clusters = len((lab.clusters or {}).get("labels") or []) if isinstance(lab.clusters, dict) else 0
     present = sum(1 for l in range(v.num_layers) if v.num_features(l) > 0)
@@ -104,24 +104,6 @@ def use(session, stmt) -> Result:
                       num_layers=v.num_layers, features=total_features(v), level=v.level,
                       dtype=v.dtype, labels=len(lab.probe), clusters=n_clusters, patches=0,
                       knn_facts=n_knn, **({"assumed": assumed} if assumed else {}))
-
-
-def _load_knn_store(session, v) -> tuple[str, int]:
-    """Apply ``v``'s knn_store.bin (LARQL's KNN facts) to the session, as LARQL's USE does
-    (use_cmd.rs:66-73).  Returns (what to say, how many facts).  A malformed store is said
-    and left out (LARQL warns and goes on), so the vindex still opens."""
-    from ..edit.knn_facts import store_patch
-    from ..errors import VindexError
-    try:
-        patch = store_patch(v)
-    except VindexError as e:
-        return f"knn_store.bin not loaded: {e}", 0
-    if patch is None:
-        return "", 0
-    if patch.operations:
-        session.edit_overlay().apply(patch)
-    n = len(patch.operations)
-    return f"{n} KNN fact{'s' if n != 1 else ''} from knn_store.bin", n
 
 
 @handler(ast.UseModel)
