@@ -156,10 +156,10 @@ class KnnEntry:
     target: str = ""
     confidence: float = 1.0
     patch: str = ""
-    center: np.ndarray | None = None    # subtracted from the residual before the cosine
+    center: np.ndarray | None = None    # subtracted from the compared vector before the cosine
     threshold: float | None = None      # this entry's calibrated cosine threshold (INSERT)
     #: which vector the key is (:data:`KEY_KINDS`): ``"residual"`` (the residual after the
-    #: layer, ours before 0.6), ``"ffn_input"`` (the FFN's normed input at the layer: LARQL's
+    #: layer: our INSERT's default), ``"ffn_input"`` (the FFN's normed input at the layer: LARQL's
     #: key), ``"embedding"`` (the entity's mean token embedding, written without weights;
     #: never fires)
     key_kind: str = "ffn_input"
