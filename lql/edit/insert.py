@@ -306,7 +306,7 @@ def _token_of(view: VindexView, target: str, token: int | None) -> tuple[int, st
     return int(token), view.token_text(int(token))
 
 
-#: the vector INSERT ... MODE KNN keys a fact by (:data:`lql.edit.overlay.KEY_KINDS`)
+#: the vector INSERT ... MODE KNN keys a fact by (:data:`lql.edit.patch.KNN_KEY_KINDS`)
 DEFAULT_KNN_KEY = "residual"
 
 

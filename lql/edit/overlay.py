@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import ExecutionError
 from ..families import Family, family_or_default
 from ..vindex.down_meta import RecordAccess
-from .patch import KNN_KEY_KINDS, Patch, PatchOp
+from .patch import Patch, PatchOp
 
 if TYPE_CHECKING:
     from ..vindex.weights import VindexWeights
@@ -118,10 +118,6 @@ class FeatureEdit:
         return not self.deleted and self.info.get("op") == "insert"
 
 
-#: the vectors a KNN key can be (a patch op's ``key_kind``)
-KEY_KINDS = KNN_KEY_KINDS
-
-
 def default_key_kind(op: PatchOp) -> str:
     """An ``insert_knn`` op's key kind: its ``key_kind`` field; without one, ``"residual"``
     for an op carrying a ``center`` (this tool's INSERT before key kinds were written) and
@@ -158,7 +154,7 @@ class KnnEntry:
     patch: str = ""
     center: np.ndarray | None = None    # subtracted from the compared vector before the cosine
     threshold: float | None = None      # this entry's calibrated cosine threshold (INSERT)
-    #: which vector the key is (:data:`KEY_KINDS`): ``"residual"`` (the residual after the
+    #: which vector the key is (:data:`lql.edit.patch.KNN_KEY_KINDS`): ``"residual"`` (the residual after the
     #: layer: our INSERT's default), ``"ffn_input"`` (the FFN's normed input at the layer: LARQL's
     #: key), ``"embedding"`` (the entity's mean token embedding, written without weights;
     #: never fires)
