@@ -221,3 +221,54 @@ def test_sharded_compile_loads_in_transformers(tmp_path, family, dtype):
     assert int(np.argmax(ref)) == int(np.argmax(ours))
     np.testing.assert_array_equal(np.argsort(-ref)[:5], np.argsort(-ours)[:5])
     np.testing.assert_allclose(ref, ours, rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- stored words
+
+@pytest.mark.parametrize("storage", ["f32", "f16", "bf16"])
+def test_stored_matrix_product_is_the_cached_product_bit_for_bit(storage):
+    """Blocks cast from the stored words (crossing the stacked parts' boundaries) give what
+    the float32 matrix gives, for one row, a few rows, and past the few-row limit."""
+    from lql.model.ffn import matmul
+    from lql.model.stored import STREAM_MAX_ROWS, StoredMatrix
+    rng = np.random.default_rng(3)
+    for splits, cols in [((64, 32, 32), 64), ((3, 5, 120), 64), ((700, 300), 2000), ((37,), 33)]:
+        parts = []
+        for rows in splits:
+            a = rng.standard_normal((rows, cols), dtype=np.float32)
+            parts.append({"f32": a, "f16": a.astype(np.float16),
+                          "bf16": (a.view(np.uint32) >> 16).astype(np.uint16)}[storage])
+        full = np.concatenate([(p.astype(np.uint32) << 16).view(np.float32) if storage == "bf16"
+                               else p.astype(np.float32) for p in parts])
+        stored = StoredMatrix(parts)
+        assert stored.shape == full.T.shape
+        np.testing.assert_array_equal(np.asarray(stored), full.T)
+        for t in (1, 2, 5, STREAM_MAX_ROWS, STREAM_MAX_ROWS + 1):
+            x = rng.standard_normal((t, cols), dtype=np.float32)
+            np.testing.assert_array_equal(matmul(x, stored), matmul(x, full.T), err_msg=f"{splits} {t}")
+
+
+def test_bf16_layers_run_from_their_stored_words_at_budget_zero(tmp_path, monkeypatch):
+    """At budget 0 a call over a few rows multiplies the bf16 words where they are stored
+    (no float32 layer is built), a long prompt casts the layer; both equal the cached model."""
+    from lql.model.stored import STREAM_MAX_ROWS, StoredMatrix
+    v = open_vindex(extract(_bf16_source(tmp_path), tmp_path / "b", level="inference", dtype="bf16",
+                            progress=False))
+    long_prompt = (PROMPT * 4)[:STREAM_MAX_ROWS + 4]
+    results = {}
+    for budget in ("-1", "0"):
+        monkeypatch.setenv("LQL_WEIGHT_CACHE_MB", budget)
+        layerstore.clear_weight_cache()
+        m = build_model(v.model_config, v.weights)
+        few, many = m.blocks.for_rows(0, 1, False), m.blocks.for_rows(0, STREAM_MAX_ROWS + 1, False)
+        results[budget] = (m.forward(PROMPT).logits, m.forward(long_prompt).logits,
+                           list(greedy(m, PROMPT[:3], 8, stop_ids=())))
+        if budget == "0":
+            assert isinstance(few.ffn.gate_up, StoredMatrix) and isinstance(few.attention.o, StoredMatrix)
+            assert isinstance(many.ffn.gate_up, np.ndarray)
+            assert m.blocks.cached_layers() == []
+        else:
+            assert few is many and isinstance(few.ffn.gate_up, np.ndarray)
+    for a, b in zip(results["0"], results["-1"]):
+        np.testing.assert_array_equal(a, b)
+    layerstore.clear_weight_cache()

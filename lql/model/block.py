@@ -27,6 +27,7 @@ from lql.model.attention import attend, attention_mask
 from lql.model.cache import LayerCache
 from lql.model.ffn import matmul
 from lql.model.rope import apply_rope
+from lql.model.stored import StoredMatrix
 
 if TYPE_CHECKING:
     from lql.model.moe import MoEBranch
@@ -42,9 +43,12 @@ FFN = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Tables = Callable[["Rope"], tuple[np.ndarray, np.ndarray]]
 
 
-def _f32(w: np.ndarray) -> np.ndarray:
+def _f32(w: np.ndarray | StoredMatrix) -> np.ndarray | StoredMatrix:
     """``w`` as float32, kept as it is when contiguous in either order (a transposed view of
-    a ``[out, in]`` array is as fast for BLAS as a copy, and costs nothing)."""
+    a ``[out, in]`` array is as fast for BLAS as a copy, and costs nothing), or a
+    :class:`StoredMatrix` as it is (multiplied from its stored words)."""
+    if isinstance(w, StoredMatrix):
+        return w
     arr = np.asarray(w, dtype=F32)
     return arr if arr.flags.c_contiguous or arr.flags.f_contiguous else np.ascontiguousarray(arr)
 
@@ -52,7 +56,8 @@ def _f32(w: np.ndarray) -> np.ndarray:
 class Attention:
     """Fused QKV projection, optional per-head q/k norms (Qwen3, Gemma 3), RoPE, GQA, output projection."""
 
-    def __init__(self, *, qkv_t: np.ndarray, qkv_bias: np.ndarray | None, o_t: np.ndarray,
+    def __init__(self, *, qkv_t: np.ndarray | StoredMatrix, qkv_bias: np.ndarray | None,
+                 o_t: np.ndarray | StoredMatrix,
                  o_bias: np.ndarray | None, n_q: int, n_kv: int,
                  head_dim: int, scale: float, softcap: float | None, window: int | None,
                  q_norm: Norm | None = None, k_norm: Norm | None = None, rope: Rope | None = None,

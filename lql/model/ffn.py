@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from lql.model.stored import STREAM_MAX_ROWS, StoredMatrix
+
 F32 = np.float32
 _TANH_C = F32(math.sqrt(2.0 / math.pi))
 
@@ -34,25 +36,26 @@ ACTIVATIONS = {"silu": silu, "gelu_pytorch_tanh": gelu_tanh, "gelu_tanh": gelu_t
                "gelu_new": gelu_tanh}
 
 
-#: weights at least this large (elements) multiply a few rows as one vector-matrix product
-#: per row: OpenBLAS's sgemm with 2-16 rows runs far below its gemv speed on such matrices
-#: (4096 x 11008, 5 rows: 0.86 s vs 5 x 0.056 s measured); small models keep one matmul
-ROWWISE_MIN = 1 << 22
-ROWWISE_MAX_ROWS = 16
-
-
-def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``x @ w`` for ``x`` ``[T, in]``; a few rows times a large ``w`` go row by row."""
-    if 1 < x.shape[0] <= ROWWISE_MAX_ROWS and w.size >= ROWWISE_MIN and x.ndim == 2:
+def matmul(x: np.ndarray, w: np.ndarray | StoredMatrix) -> np.ndarray:
+    """``x @ w`` for ``x`` ``[T, in]``.  A few rows (at most :data:`STREAM_MAX_ROWS`: a
+    decode step, a short prompt) go one matrix-vector product per row over ``w``'s
+    ``[out, in]`` rows: OpenBLAS's sgemm with 2-16 rows runs far below its gemv speed on
+    large matrices (4096 x 11008, 5 rows: 0.86 s vs 5 x 0.056 s measured), and it is the
+    product a :class:`~lql.model.stored.StoredMatrix` (a layer the cache does not hold)
+    computes block by block, bit for bit."""
+    if isinstance(w, StoredMatrix):
+        return w.product(x)
+    if x.ndim == 2 and x.shape[0] <= STREAM_MAX_ROWS:
+        rows = w.T                                      # [out, in]
         out = np.empty((x.shape[0], w.shape[1]), dtype=np.result_type(x, w))
         for i in range(x.shape[0]):
-            np.matmul(x[i], w, out=out[i])
+            np.matmul(rows, x[i], out=out[i])
         return out
     result: np.ndarray = x @ w
     return result
 
 
-def _linear(x: np.ndarray, w_t: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+def _linear(x: np.ndarray, w_t: np.ndarray | StoredMatrix, b: np.ndarray | None) -> np.ndarray:
     out: np.ndarray = matmul(x, w_t)
     return out if b is None else out + b
 
@@ -71,15 +74,17 @@ class GatedFFN:
         self.act = ACTIVATIONS[act]
 
     @classmethod
-    def fused(cls, gate_up: np.ndarray, down: np.ndarray, act: str, gate_bias: np.ndarray | None = None,
-              up_bias: np.ndarray | None = None, down_bias: np.ndarray | None = None) -> GatedFFN:
-        """From float32 ``gate_up`` ``[2·ffn, hidden]`` (gate rows, then up) and ``down``
-        ``[hidden, ffn]`` in the checkpoint's order, used transposed without a copy."""
+    def fused(cls, gate_up_t: np.ndarray | StoredMatrix, down_t: np.ndarray | StoredMatrix, act: str,
+              gate_bias: np.ndarray | None = None, up_bias: np.ndarray | None = None,
+              down_bias: np.ndarray | None = None) -> GatedFFN:
+        """From ``gate_up_t`` ``[hidden, 2·ffn]`` (gate columns, then up) and ``down_t``
+        ``[ffn, hidden]``: float32 transposed views of the checkpoint's ``[out, in]`` arrays
+        (used without a copy), or :class:`StoredMatrix` standing for them."""
         self = cls.__new__(cls)
-        self.width = gate_up.shape[0] // 2
-        self.gate_up = np.asarray(gate_up, dtype=F32).T
+        self.width = gate_up_t.shape[1] // 2
+        self.gate_up = gate_up_t if isinstance(gate_up_t, StoredMatrix) else np.asarray(gate_up_t, dtype=F32)
         self.gate_up_bias = None if gate_bias is None else np.concatenate([gate_bias, up_bias]).astype(F32)
-        self.down = np.asarray(down, dtype=F32).T
+        self.down = down_t if isinstance(down_t, StoredMatrix) else np.asarray(down_t, dtype=F32)
         self.down_bias = None if down_bias is None else np.asarray(down_bias, dtype=F32)
         self.act = ACTIVATIONS[act]
         return self

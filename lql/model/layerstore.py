@@ -12,6 +12,10 @@ pass reaches it, and keeps it while the process-wide budget allows:
   LRU drop each layer just before it is needed again, so the cached set is not churned by
   its own model; layers of *other* models are evicted, least recently used first, to make
   room).  ``0`` caches nothing: every layer is built when it runs and dropped after.
+* Few rows: a call over at most ``STREAM_MAX_ROWS`` rows (a decode step, a short prompt)
+  runs a layer that is not cached over its stored words, cast block by block as each
+  product needs it (:mod:`lql.model.stored`): memory is read once, at 2 bytes a weight for
+  16-bit storage, instead of cast whole into float32 and read again.
 * Read-ahead: while layer ``i`` runs, layer ``i + 1`` (when it is not cached) is built in a
   background thread — its pages are read from disk and cast while numpy computes (both
   release the GIL), so streaming overlaps compute.  At most two streamed layers are alive.
@@ -33,6 +37,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+
+from lql.model.stored import STREAM_MAX_ROWS
 
 if TYPE_CHECKING:
     from lql.model.block import Block
@@ -86,11 +92,12 @@ def owned_bytes(obj: object, seen: set[int] | None = None, depth: int = 0) -> in
 class _Slot:
     """One layer of one model: its factory and, when cached, its built block."""
 
-    __slots__ = ("factory", "block", "nbytes", "future", "lock", "group", "__weakref__")
+    __slots__ = ("factory", "block", "nbytes", "future", "lock", "group", "stored", "__weakref__")
 
     def __init__(self, factory: Callable[[], Block], group: int) -> None:
         self.factory = factory
         self.block: Block | None = None
+        self.stored: Block | None = None     # the layer over its stored words (few rows)
         self.nbytes = 0
         self.future: Future[Block] | None = None
         self.lock = threading.Lock()
@@ -183,9 +190,14 @@ def clear_weight_cache() -> None:
 class LayerStore(Sequence["Block"]):
     """A model's layers as a sequence: ``store[i]`` is layer ``i``'s built block."""
 
-    def __init__(self, factories: Sequence[Callable[[], Block]]) -> None:
+    def __init__(self, factories: Sequence[Callable[[], Block]],
+                 stored: Sequence[Callable[[], Block]] | None = None) -> None:
+        """``factories[i]()`` builds layer ``i`` cast to float32; ``stored[i]()``, when given,
+        builds it over its stored words (:class:`~lql.model.stored.StoredMatrix`), which a
+        call over a few rows runs instead of casting a layer the cache does not hold."""
         group = id(self)
         self._slots = [_Slot(f, group) for f in factories]
+        self._stored = list(stored) if stored is not None else None
         self._pinned: dict[int, Block] = {}
 
     @classmethod
@@ -232,6 +244,25 @@ class LayerStore(Sequence["Block"]):
         for i in range(len(self)):
             yield self[i]
 
+    def for_rows(self, i: int, rows: int, ahead: bool = True) -> Block:
+        """Layer ``i`` for a forward call over ``rows`` rows.  A layer that is not built, run
+        over at most :data:`~lql.model.stored.STREAM_MAX_ROWS` rows, is multiplied from its
+        stored words (its stored-words block is built once and kept: it owns no weights);
+        otherwise the layer is built (or taken from the cache) and, with ``ahead``, layer
+        ``i + 1`` is read ahead in the background."""
+        few = self._stored is not None and rows <= STREAM_MAX_ROWS
+        if few and not self.is_ready(i):
+            slot = self._slots[i]
+            block = slot.stored
+            if block is None:
+                assert self._stored is not None
+                block = slot.stored = self._stored[i]()
+            return block
+        block = self[i]
+        if ahead and not few:
+            self.prefetch(i + 1)
+        return block
+
     def warm(self) -> int:
         """Build layers from the first on while the budget keeps them (what a model whose
         layers fit does at once, so its shape errors come at build time); the number kept."""
@@ -260,6 +291,7 @@ class LayerStore(Sequence["Block"]):
         """A store over the same layers (sharing their cache), with its own pinned layers."""
         other = LayerStore.__new__(LayerStore)
         other._slots = self._slots
+        other._stored = self._stored
         other._pinned = dict(self._pinned)
         return other
 

@@ -31,6 +31,7 @@ from lql.model.config import ArchSpec
 from lql.model.ffn import DenseFFN, GatedFFN
 from lql.model.norms import LayerNorm, RMSNorm
 from lql.model.rope import Rope
+from lql.model.stored import StoredMatrix
 
 Norm = RMSNorm | LayerNorm
 
@@ -79,6 +80,24 @@ class Tensors:
             row += shape[0]
         return out
 
+    def words(self, parts: list[tuple[str, tuple[int, int]]]) -> StoredMatrix:
+        """The 2-D tensors ``parts`` (``(key, shape)``, equal widths) stacked by rows, left
+        in their stored words: a :class:`StoredMatrix` multiplied block by block (a layer
+        the weight cache does not hold, run over a few rows)."""
+        arrays = []
+        for key, shape in parts:
+            src = self._raw(key) if self._raw is not None else np.asarray(self.weights[key])
+            if tuple(src.shape) != tuple(shape):
+                raise LqlError(f"tensor {key} has shape {tuple(src.shape)}, expected {tuple(shape)}")
+            arrays.append(src)
+        return StoredMatrix(arrays, [k for k, _ in parts], self._release)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the source gives its stored words (``raw``): memory-mapped, so a layer can
+        be multiplied where it is stored."""
+        return self._raw is not None
+
     def release(self, key: str) -> None:
         """Drop the source's mapped pages of ``key`` from this process (after a cast copy)."""
         if self._release is not None:
@@ -92,6 +111,8 @@ class Tensors:
 
 
 class HFLayout:
+    #: :meth:`block` can leave the matrices in their stored words (``stored=True``)
+    streams = True
     embed = "embed_tokens.weight"
     final_norm = "norm.weight"
     head = "lm_head.weight"
@@ -125,11 +146,18 @@ class HFLayout:
     def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._norm(spec, t, self.final_norm, spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None,
+              stored: bool = False) -> Block:
+        """Layer ``i``: its matrices cast to float32 (fused), or with ``stored`` left in their
+        stored words (:class:`StoredMatrix`, for a few rows at a time)."""
         heads = spec.heads(i)
         p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
         nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d
-        qkv = t.stack([(p + "self_attn.q_proj.weight", (nq, h)), (p + "self_attn.k_proj.weight", (nkv, h)),
+
+        def matrix(parts: list[tuple[str, tuple[int, int]]]) -> np.ndarray | StoredMatrix:
+            return t.words(parts) if stored else t.stack(parts).T   # used as [in, out]
+
+        qkv = matrix([(p + "self_attn.q_proj.weight", (nq, h)), (p + "self_attn.k_proj.weight", (nkv, h)),
                        (p + "self_attn.v_proj.weight", (nkv, h))])
         qkv_bias = None
         if spec.attention_bias:
@@ -143,8 +171,8 @@ class HFLayout:
             q_norm = self._norm(spec, t, p + "self_attn.q_norm.weight", d)
             k_norm = self._norm(spec, t, p + "self_attn.k_norm.weight", d)
         attention = Attention(
-            qkv_t=qkv.T, qkv_bias=qkv_bias,
-            o_t=t.stack([(p + "self_attn.o_proj.weight", (h, nq))]).T, o_bias=o_bias,
+            qkv_t=qkv, qkv_bias=qkv_bias,
+            o_t=matrix([(p + "self_attn.o_proj.weight", (h, nq))]), o_bias=o_bias,
             n_q=heads.num_q_heads, n_kv=heads.num_kv_heads, head_dim=d, scale=heads.attn_scale,
             softcap=spec.attn_softcap, window=spec.sliding[i], q_norm=q_norm, k_norm=k_norm, rope=rope)
         gate_shape = t.shape(p + "mlp.gate_proj.weight")
@@ -156,8 +184,8 @@ class HFLayout:
             biases = dict(gate_bias=t.get(p + "mlp.gate_proj.bias", (ff,)),
                           up_bias=t.get(p + "mlp.up_proj.bias", (ff,)),
                           down_bias=t.get(p + "mlp.down_proj.bias", (h,)))
-        ffn = GatedFFN.fused(t.stack([(p + "mlp.gate_proj.weight", (ff, h)), (p + "mlp.up_proj.weight", (ff, h))]),
-                             t.stack([(p + "mlp.down_proj.weight", (h, ff))]), spec.activation, **biases)
+        ffn = GatedFFN.fused(matrix([(p + "mlp.gate_proj.weight", (ff, h)), (p + "mlp.up_proj.weight", (ff, h))]),
+                             matrix([(p + "mlp.down_proj.weight", (h, ff))]), spec.activation, **biases)
         def norm(name: str) -> Norm:
             return self._norm(spec, t, p + name, h)
 
@@ -174,6 +202,7 @@ class HFLayout:
 
 
 class GPT2Layout(HFLayout):
+    streams = False           # Conv1D weights are stored [in, out]: always cast
     embed = "wte.weight"
     final_norm = "ln_f.weight"
     position_table = "wpe.weight"

@@ -230,11 +230,12 @@ class Model:
                 tables_cache[key] = rope.tables(positions)
             return tables_cache[key]
 
-        prefetch = getattr(self.blocks, "prefetch", None)
+        for_rows = getattr(self.blocks, "for_rows", None)
+        rows = int(h.shape[0])
         for i in range(first, last):
-            block = self.blocks[i]
-            if prefetch is not None and i + 1 < last:
-                prefetch(i + 1)              # read-ahead: the next layer builds while this one runs
+            # a LayerStore reads the next layer ahead while this one runs, or runs a layer it
+            # does not hold over its stored words when the call has few rows
+            block = for_rows(i, rows, i + 1 < last) if for_rows is not None else self.blocks[i]
             layer_cache = cache.layers[i] if cache is not None else None
             if per_layer is None:
                 h, trace = block(h, positions, tables, layer_cache, hooks)
@@ -334,7 +335,11 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
             rope = ropes.setdefault(rope_spec, Rope(rope_spec))
         layer_ropes.append(rope)
         factories.append(functools.partial(layout.block, spec, tensors, i, present, rope))
-    blocks = LayerStore(factories)
+    stored = None
+    if layout.streams and tensors.mapped:     # few-row calls multiply uncached layers where stored
+        stored = [functools.partial(layout.block, spec, tensors, i, present, layer_ropes[i], stored=True)
+                  for i in range(num_layers)]
+    blocks = LayerStore(factories, stored)
     blocks.warm()
     head = embed if tied else np.ascontiguousarray(tensors.get(layout.head, embed.shape))
     if embed.base is None or embed.flags.owndata:      # a cast copy: the mapped words are not needed

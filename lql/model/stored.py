@@ -1,0 +1,193 @@
+"""Weights multiplied where they are stored: a layer's matrices read from their memory-mapped
+words and cast in small row blocks as a product needs them.
+
+A decode step (a few rows of activations) reads each weight once, so for a layer that the
+weight cache cannot keep (:mod:`lql.model.layerstore`) casting the whole layer to float32
+first costs three passes over memory for one: read the 16-bit words, write the float32
+copy, read it again for the product.  :class:`StoredMatrix` instead casts ``CHUNK_ELEMS``
+elements at a time into a small buffer that stays in the core's cache and multiplies that
+block at once, so memory is read once, at 2 bytes a weight for bf16/f16 storage; the rows
+are split between two threads (numpy's copies and BLAS calls release the GIL).
+
+A bf16 word is the top half of a float32: it is copied into the odd 16-bit halves of a
+float32 buffer whose even halves stay zero (one strided copy, no shift).  float16 words are
+converted by numpy's cast; float32 words are multiplied as they are mapped.
+
+The products are bit-identical to those of the cached float32 layer: each block goes
+through :func:`lql.model.ffn.matmul`'s choice of kernel made for the whole matrix (one
+matrix-vector product per activation row for a large matrix), and every output element is
+the same dot product over the same ``in`` elements.  Tests: tests/test_scale.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+F32 = np.float32
+_BF16 = np.dtype("<u2")
+
+#: elements cast per block (1 MiB of float32: a block and its product stay in L2)
+CHUNK_ELEMS = 1 << 18
+#: row alignment of the blocks (see :meth:`StoredMatrix._step`)
+ALIGN = 16
+#: a forward call over at most this many rows (a decode step, a short prompt) multiplies a
+#: layer the cache does not hold from its stored words; longer calls cast the whole layer
+#: once (read ahead in the background), where the cast is shared by every row
+STREAM_MAX_ROWS = 16
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lql-stored")
+        return _POOL
+
+
+def _buffers() -> tuple[np.ndarray, np.ndarray]:
+    """This thread's cast buffers: ``(bf16 buffer, other buffer)``, float32, ``CHUNK_ELEMS``
+    each.  The bf16 one is written only through its odd halves, so its even halves stay 0."""
+    bufs: tuple[np.ndarray, np.ndarray] | None = getattr(_LOCAL, "bufs", None)
+    if bufs is None:
+        bufs = (np.zeros(CHUNK_ELEMS, dtype=F32), np.empty(CHUNK_ELEMS, dtype=F32))
+        _LOCAL.bufs = bufs
+    return bufs
+
+
+class StoredMatrix:
+    """A matrix ``W`` ``[rows, cols]`` kept as its stored row blocks (``parts``: the words of
+    several tensors stacked by rows, e.g. q, k and v), standing for the float32 ``W.T``
+    ``[cols, rows]`` that a layer multiplies by: ``x @ W.T`` is :meth:`product`.
+
+    ``np.asarray`` gives that float32 ``W.T`` (a full cast, for the rare reader of a whole
+    weight); ``release`` (``key -> None``) drops a part's mapped pages after each product,
+    so a pass over a large model does not keep its weights resident."""
+
+    __slots__ = ("parts", "keys", "release", "rows", "cols")
+
+    def __init__(self, parts: Sequence[np.ndarray], keys: Sequence[str] = (),
+                 release: Callable[[str], None] | None = None) -> None:
+        if not parts:
+            raise ValueError("a stored matrix needs at least one part")
+        cols = int(parts[0].shape[1])
+        for p in parts:
+            if p.ndim != 2 or p.shape[1] != cols:
+                raise ValueError(f"stored parts of shapes {[tuple(q.shape) for q in parts]} do not stack by rows")
+        self.parts = list(parts)
+        self.keys = list(keys)
+        self.release = release
+        self.rows = sum(int(p.shape[0]) for p in parts)
+        self.cols = cols
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape of the float32 matrix it stands for, ``W.T``: ``(cols, rows)``."""
+        return (self.cols, self.rows)
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(F32)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        full = np.empty((self.rows, self.cols), dtype=F32)
+        row = 0
+        for part in self.parts:
+            n = int(part.shape[0])
+            _cast_into(part, full[row:row + n])
+            row += n
+        self._release()
+        out = full.T
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def product(self, x: np.ndarray) -> np.ndarray:
+        """``x @ W.T`` for ``x`` ``[T, cols]`` float32.  At most :data:`STREAM_MAX_ROWS` rows:
+        one matrix-vector product per row of ``x`` over each 16-row-aligned block, as
+        :func:`lql.model.ffn.matmul` makes over a whole cached matrix (bit-identical); more
+        rows: one product with the whole matrix cast."""
+        t = x.shape[0]
+        if t > STREAM_MAX_ROWS:
+            out_full: np.ndarray = x @ np.asarray(self)
+            return out_full
+        out = np.empty((t, self.rows), dtype=F32)
+        step = self._step()
+        half = (self.rows // 2) // step * step
+        if half >= 2 * step:
+            side: Future[None] = _pool().submit(self._rows, x, out, half, self.rows, step)
+            try:
+                self._rows(x, out, 0, half, step)
+            finally:
+                side.result()
+        else:
+            self._rows(x, out, 0, self.rows, step)
+        self._release()
+        return out
+
+    def _step(self) -> int:
+        """Rows per block: a multiple of :data:`ALIGN` (BLAS's matrix-vector kernels sum a
+        row the same way only within aligned groups of rows)."""
+        return max(ALIGN, (CHUNK_ELEMS // self.cols) // ALIGN * ALIGN)
+
+    def _rows(self, x: np.ndarray, out: np.ndarray, lo: int, hi: int, step: int) -> None:
+        """Rows ``lo..hi`` of ``W`` (``lo`` a multiple of ``step``) into ``out[:, lo:hi]``."""
+        bf16_buf, other_buf = _buffers()
+        for r in range(lo, hi, step):
+            n = min(step, hi - r)
+            block = self._block(r, n, bf16_buf, other_buf)
+            for i in range(x.shape[0]):
+                np.matmul(block, x[i], out=out[i, r:r + n])
+
+    def _block(self, r: int, n: int, bf16_buf: np.ndarray, other_buf: np.ndarray) -> np.ndarray:
+        """Rows ``r..r+n`` of ``W`` as float32 ``[n, cols]``: a view of float32 words within
+        one part, else cast (and gathered across parts) into this thread's buffer."""
+        base = 0
+        pieces: list[tuple[np.ndarray, int]] = []          # (source rows, row in the block)
+        for part in self.parts:
+            size = int(part.shape[0])
+            a, b = max(r, base), min(r + n, base + size)
+            if a < b:
+                pieces.append((part[a - base:b - base], a - r))
+            base += size
+            if base >= r + n:
+                break
+        if len(pieces) == 1 and pieces[0][0].dtype == np.float32:
+            return pieces[0][0]
+        bf16 = all(p.dtype == _BF16 for p, _ in pieces)
+        buf = bf16_buf if bf16 else other_buf
+        block = buf[:n * self.cols].reshape(n, self.cols)
+        for src, at in pieces:
+            dst = block[at:at + src.shape[0]]
+            if bf16:
+                dst.view(np.uint16).reshape(src.shape[0], 2 * self.cols)[:, 1::2] = src
+            else:
+                _cast_into(src, dst)
+        return block
+
+    def _release(self) -> None:
+        if self.release is not None:
+            for key in self.keys:
+                self.release(key)
+
+
+def _cast_into(src: np.ndarray, dst: np.ndarray) -> None:
+    if src.dtype == _BF16:
+        wide = dst.view(np.uint32)
+        np.copyto(wide, src)
+        np.left_shift(wide, 16, out=wide)
+    else:
+        np.copyto(dst, src, casting="unsafe")
