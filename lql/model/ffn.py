@@ -67,9 +67,9 @@ class GatedFFN:
                  gate_bias: np.ndarray | None = None, up_bias: np.ndarray | None = None,
                  down_bias: np.ndarray | None = None) -> None:
         self.width = gate.shape[0]
-        self.gate_up = np.ascontiguousarray(np.concatenate([gate, up], axis=0).T, dtype=F32)
+        self.gate_up: np.ndarray | StoredMatrix = np.ascontiguousarray(np.concatenate([gate, up], axis=0).T, dtype=F32)
         self.gate_up_bias = None if gate_bias is None else np.concatenate([gate_bias, up_bias]).astype(F32)
-        self.down = np.ascontiguousarray(down.T, dtype=F32)
+        self.down: np.ndarray | StoredMatrix = np.ascontiguousarray(down.T, dtype=F32)
         self.down_bias = None if down_bias is None else np.asarray(down_bias, dtype=F32)
         self.act = ACTIVATIONS[act]
 

@@ -225,7 +225,9 @@ class GPT2Layout(HFLayout):
     def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._ln(spec, t, "ln_f", spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None,
+              stored: bool = False) -> Block:
+        """Layer ``i``, always cast (``stored`` is not supported: see :attr:`streams`)."""
         p, h, heads = self.layer_prefix(i), spec.hidden_size, spec.heads(i)
         attention = Attention(
             qkv_t=t.get(p + "attn.c_attn.weight", (h, 3 * h)), qkv_bias=t.get(p + "attn.c_attn.bias", (3 * h,)),

@@ -112,8 +112,8 @@ class StoredMatrix:
             _cast_into(part, full[row:row + n])
             row += n
         self._release()
-        out = full.T
-        return out if dtype is None else out.astype(dtype, copy=False)
+        out: np.ndarray = full.T
+        return out if dtype is None else np.asarray(out, dtype=np.dtype(dtype))  # type: ignore[call-overload]
 
     def product(self, x: np.ndarray) -> np.ndarray:
         """``x @ W.T`` for ``x`` ``[T, cols]`` float32.  At most :data:`STREAM_MAX_ROWS` rows:
