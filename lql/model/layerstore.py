@@ -12,9 +12,8 @@ pass reaches it, and keeps it while the process-wide budget allows:
   LRU drop each layer just before it is needed again, so the cached set is not churned by
   its own model; layers of *other* models are evicted, least recently used first, to make
   room).  ``0`` caches nothing: every layer is built when it runs and dropped after.
-* Few rows: a call over at most ``STREAM_MAX_ROWS`` rows (a decode step, a short prompt)
-  runs a layer that is not cached over its stored words, cast block by block as each
-  product needs it (:mod:`lql.model.stored`): memory is read once, at 2 bytes a weight for
+* Decode: a call over at most ``STREAM_MAX_ROWS`` rows (one: a decode step) runs a layer
+  that is not cached over its stored words, cast block by block as each product needs it (:mod:`lql.model.stored`): memory is read once, at 2 bytes a weight for
   16-bit storage, instead of cast whole into float32 and read again.
 * Read-ahead: while layer ``i`` runs, layer ``i + 1`` (when it is not cached) is built in a
   background thread — its pages are read from disk and cast while numpy computes (both
@@ -97,7 +96,7 @@ class _Slot:
     def __init__(self, factory: Callable[[], Block], group: int) -> None:
         self.factory = factory
         self.block: Block | None = None
-        self.stored: Block | None = None     # the layer over its stored words (few rows)
+        self.stored: Block | None = None     # the layer over its stored words (decode)
         self.nbytes = 0
         self.future: Future[Block] | None = None
         self.lock = threading.Lock()
@@ -194,7 +193,7 @@ class LayerStore(Sequence["Block"]):
                  stored: Sequence[Callable[[], Block]] | None = None) -> None:
         """``factories[i]()`` builds layer ``i`` cast to float32; ``stored[i]()``, when given,
         builds it over its stored words (:class:`~lql.model.stored.StoredMatrix`), which a
-        call over a few rows runs instead of casting a layer the cache does not hold."""
+        decode step runs instead of casting a layer the cache does not hold."""
         group = id(self)
         self._slots = [_Slot(f, group) for f in factories]
         self._stored = list(stored) if stored is not None else None

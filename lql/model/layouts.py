@@ -83,7 +83,7 @@ class Tensors:
     def words(self, parts: list[tuple[str, tuple[int, int]]]) -> StoredMatrix:
         """The 2-D tensors ``parts`` (``(key, shape)``, equal widths) stacked by rows, left
         in their stored words: a :class:`StoredMatrix` multiplied block by block (a layer
-        the weight cache does not hold, run over a few rows)."""
+        the weight cache does not hold, run over one row: a decode step)."""
         arrays = []
         for key, shape in parts:
             src = self._raw(key) if self._raw is not None else np.asarray(self.weights[key])
@@ -149,7 +149,7 @@ class HFLayout:
     def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None,
               stored: bool = False) -> Block:
         """Layer ``i``: its matrices cast to float32 (fused), or with ``stored`` left in their
-        stored words (:class:`StoredMatrix`, for a few rows at a time)."""
+        stored words (:class:`StoredMatrix`, for a decode step's one row)."""
         heads = spec.heads(i)
         p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
         nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d

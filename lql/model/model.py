@@ -234,7 +234,7 @@ class Model:
         rows = int(h.shape[0])
         for i in range(first, last):
             # a LayerStore reads the next layer ahead while this one runs, or runs a layer it
-            # does not hold over its stored words when the call has few rows
+            # does not hold over its stored words when the call is one row (decode)
             block = for_rows(i, rows, i + 1 < last) if for_rows is not None else self.blocks[i]
             layer_cache = cache.layers[i] if cache is not None else None
             if per_layer is None:
@@ -336,7 +336,7 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
         layer_ropes.append(rope)
         factories.append(functools.partial(layout.block, spec, tensors, i, present, rope))
     stored = None
-    if layout.streams and tensors.mapped:     # few-row calls multiply uncached layers where stored
+    if layout.streams and tensors.mapped:     # decode steps multiply uncached layers where stored
         stored = [functools.partial(layout.block, spec, tensors, i, present, layer_ropes[i], stored=True)
                   for i in range(num_layers)]
     blocks = LayerStore(factories, stored)

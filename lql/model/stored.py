@@ -1,7 +1,7 @@
 """Weights multiplied where they are stored: a layer's matrices read from their memory-mapped
 words and cast in small row blocks as a product needs them.
 
-A decode step (a few rows of activations) reads each weight once, so for a layer that the
+A decode step (one row of activations) reads each weight once, so for a layer that the
 weight cache cannot keep (:mod:`lql.model.layerstore`) casting the whole layer to float32
 first costs three passes over memory for one: read the 16-bit words, write the float32
 copy, read it again for the product.  :class:`StoredMatrix` instead casts ``CHUNK_ELEMS``
@@ -13,10 +13,10 @@ A bf16 word is the top half of a float32: it is copied into the odd 16-bit halve
 float32 buffer whose even halves stay zero (one strided copy, no shift).  float16 words are
 converted by numpy's cast; float32 words are multiplied as they are mapped.
 
-The products are bit-identical to those of the cached float32 layer: each block goes
-through :func:`lql.model.ffn.matmul`'s choice of kernel made for the whole matrix (one
-matrix-vector product per activation row for a large matrix), and every output element is
-the same dot product over the same ``in`` elements.  Tests: tests/test_scale.py.
+The products are bit-identical to those of the cached float32 layer: a one-row product
+is a matrix-vector product either way, and OpenBLAS's gemv sums each row the same way
+over the whole matrix and over blocks that start on a multiple of 16 rows (blocks that
+do not can differ in the last bit, measured).  Tests: tests/test_scale.py.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ _BF16 = np.dtype("<u2")
 CHUNK_ELEMS = 1 << 18
 #: row alignment of the blocks (see :meth:`StoredMatrix._step`)
 ALIGN = 16
-#: a forward call over at most this many rows (a decode step, a short prompt) multiplies a
-#: layer the cache does not hold from its stored words; longer calls cast the whole layer
-#: once (read ahead in the background), where the cast is shared by every row
-STREAM_MAX_ROWS = 16
+#: a forward call over at most this many rows (a decode step) multiplies a layer the cache
+#: does not hold from its stored words; longer calls (a prompt) cast the whole layer once,
+#: read ahead in the background, where the cast is shared by every row and one sgemm beats
+#: a block-by-block product (which would also not sum each element as sgemm does)
+STREAM_MAX_ROWS = 1
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -116,10 +117,9 @@ class StoredMatrix:
         return out if dtype is None else np.asarray(out, dtype=np.dtype(dtype))  # type: ignore[call-overload]
 
     def product(self, x: np.ndarray) -> np.ndarray:
-        """``x @ W.T`` for ``x`` ``[T, cols]`` float32.  At most :data:`STREAM_MAX_ROWS` rows:
-        one matrix-vector product per row of ``x`` over each 16-row-aligned block, as
-        :func:`lql.model.ffn.matmul` makes over a whole cached matrix (bit-identical); more
-        rows: one product with the whole matrix cast."""
+        """``x @ W.T`` for ``x`` ``[T, cols]`` float32.  One row (a decode step): a
+        matrix-vector product over each 16-row-aligned block, bit-identical to the product
+        with the whole matrix; more rows: one product with the whole matrix cast."""
         t = x.shape[0]
         if t > STREAM_MAX_ROWS:
             out_full: np.ndarray = x @ np.asarray(self)
