@@ -328,40 +328,29 @@ def larql_e2b_layout(root: Path, tokens: int = 20000) -> Path:
     return root
 
 
-def larql_svd_layout(root: Path, k: int = 16, *, explicit: bool = False) -> Path:
+def larql_svd_layout(root: Path, k: int = 16, *, explicit: bool = False, reuse: Path | None = None) -> Path:
     """The published *Qwen3-8B SVD vindex* layout, built small from SmolLM2: per layer the
     top-``k`` right singular vectors of gate_proj (gate_vectors.bin) and left singular
     vectors of down_proj (down_features.bin), each scaled by its singular value, as
     ``[L × k × H]`` f16; down_meta.bin for those down directions (E · u, top 10);
     embeddings.bin, norms.bin, tokenizer.json, manifest.json, SHA256SUMS; index.json with
     only ``num_layers, hidden_size, num_feats, vocab_size`` (no ``layers``, no dtype).
-    ``explicit``: the same files with our full index.json (the reference)."""
+    ``explicit``: the same files with our full index.json (the reference); ``reuse``: a
+    layout already built with the same ``k``, whose data files are linked (the SVDs of 60
+    matrices are the fixture's cost)."""
     import hashlib
 
     from lql.vindex import open_vindex
-    from lql.vindex.down_meta import DownMetaWriter, layer_records
     src = smollm2_vindex("inference", "f16")
     v = open_vindex(src)
     root.mkdir(parents=True)
     for name in ("embeddings.bin", "norms.bin", "tokenizer.json"):
         _link(src / name, root / name)
-    emb = np.ascontiguousarray(v.embeddings, dtype=np.float32)
-    gates, downs = [], []
-    with open(root / "down_meta.bin", "wb") as fh:
-        w = DownMetaWriter(fh, v.num_layers, 10)
-        for n in range(v.num_layers):
-            g = v.weights[f"layers.{n}.mlp.gate_proj.weight"]            # (F, H)
-            _u, s, vt = np.linalg.svd(g, full_matrices=False)
-            gates.append((vt[:k] * s[:k, None]).astype("<f2"))
-            d = v.weights[f"layers.{n}.mlp.down_proj.weight"]            # (H, F)
-            u, s2, _vt = np.linalg.svd(d, full_matrices=False)
-            dirs = (u[:, :k] * s2[:k]).T.astype("<f2")                   # (k, H)
-            downs.append(dirs)
-            cols = dirs.astype(np.float32).T
-            w.write_layer(n, layer_records(emb, lambda lo, hi, c=cols: c[:, lo:hi], k, 10))
-        w.finish()
-    (root / "gate_vectors.bin").write_bytes(b"".join(g.tobytes() for g in gates))
-    (root / "down_features.bin").write_bytes(b"".join(d.tobytes() for d in downs))
+    if reuse is not None:
+        for name in ("down_meta.bin", "gate_vectors.bin", "down_features.bin"):
+            _link(reuse / name, root / name)
+    else:
+        _svd_files(v, root, k)
     if explicit:
         ix = json.loads((src / "index.json").read_text())
         length = k * v.hidden_size * 2
@@ -379,3 +368,25 @@ def larql_svd_layout(root: Path, k: int = 16, *, explicit: bool = False) -> Path
             for p in sorted(x.name for x in root.iterdir())]
     (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     return root
+
+
+def _svd_files(v, root: Path, k: int) -> None:
+    """gate_vectors.bin, down_features.bin and down_meta.bin of the SVD layout."""
+    from lql.vindex.down_meta import DownMetaWriter, layer_records
+    emb = np.ascontiguousarray(v.embeddings, dtype=np.float32)
+    gates, downs = [], []
+    with open(root / "down_meta.bin", "wb") as fh:
+        w = DownMetaWriter(fh, v.num_layers, 10)
+        for n in range(v.num_layers):
+            g = v.weights[f"layers.{n}.mlp.gate_proj.weight"]            # (F, H)
+            _u, s, vt = np.linalg.svd(g, full_matrices=False)
+            gates.append((vt[:k] * s[:k, None]).astype("<f2"))
+            d = v.weights[f"layers.{n}.mlp.down_proj.weight"]            # (H, F)
+            u, s2, _vt = np.linalg.svd(d, full_matrices=False)
+            dirs = (u[:, :k] * s2[:k]).T.astype("<f2")                   # (k, H)
+            downs.append(dirs)
+            cols = dirs.astype(np.float32).T
+            w.write_layer(n, layer_records(emb, lambda lo, hi, c=cols: c[:, lo:hi], k, 10))
+        w.finish()
+    (root / "gate_vectors.bin").write_bytes(b"".join(g.tobytes() for g in gates))
+    (root / "down_features.bin").write_bytes(b"".join(d.tobytes() for d in downs))

@@ -30,9 +30,9 @@ TOKENS = 20000
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
-    return {"e2b": larql_e2b_layout(root / "e2b", TOKENS),
-            "svd": larql_svd_layout(root / "svd"),
-            "svd_ref": larql_svd_layout(root / "svd_ref", explicit=True)}
+    svd = larql_svd_layout(root / "svd")
+    return {"e2b": larql_e2b_layout(root / "e2b", TOKENS), "svd": svd,
+            "svd_ref": larql_svd_layout(root / "svd_ref", explicit=True, reuse=svd)}
 
 
 def _session(path):

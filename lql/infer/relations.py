@@ -20,7 +20,8 @@ and a chat question) is run on the entity:
 4. specificity: the answer's first-token probability minus its mean probability on the
    same template filled with the :data:`REFERENCE_ENTITIES` (ten unrelated fillers —
    Portugal, Nairobi, Galileo, Chopin, copper, horse, …; computed once per model and chat
-   mode, on the overlay-free model): what the template says for *any* entity ("Europe"
+   mode, on the overlay-free model, the ten prompts of a template packed into one pass:
+   :meth:`lql.model.Model.forward_many`): what the template says for *any* entity ("Europe"
    as every continent, "English" as every language, "various") is not something the
    model associates with this one.  An answer with specificity ≤ 0 is dropped, and so is
    an *answer hub* (:class:`Baseline`): a token that is a candidate answer for more than
@@ -55,6 +56,7 @@ import numpy as np
 from ..errors import ExecutionError
 from ..model import Record
 from ..result import Result
+from ..runtime import rank_many
 from .predict import rank_next
 from .prompt import checked_ids, should_wrap
 
@@ -156,9 +158,9 @@ def _baseline_build(target, chat: bool) -> Baseline:
     for rel in relations():
         for template in rel.templates:
             acc = np.zeros(int(target.model.vocab_size), dtype=np.float32)
-            for ref in REFERENCE_ENTITIES:
-                _text, ids = relation_prompt(target, rel, template, ref, chat=chat)
-                ranked = rank_next(target, ids, CANDIDATES)
+            prompts = [relation_prompt(target, rel, template, ref, chat=chat)[1] for ref in REFERENCE_ENTITIES]
+            # the reference entities' prompts in one packed pass (the base model: no edits)
+            for ref, ranked in zip(REFERENCE_ENTITIES, rank_many(target.model, prompts, CANDIDATES)):
                 acc += np.asarray(ranked.probs, np.float32)
                 for tid, p, _src in ranked.top:
                     if p >= MIN_P and _candidate_ok(target, tid, skip, special):

@@ -15,11 +15,16 @@ import numpy as np
 F32 = np.float32
 
 
-def attention_mask(q_positions: np.ndarray, k_positions: np.ndarray, window: int | None) -> np.ndarray:
-    """Boolean ``[T, S]``: query at position p sees keys at ``p - window < pos <= p``."""
+def attention_mask(q_positions: np.ndarray, k_positions: np.ndarray, window: int | None,
+                   segments: np.ndarray | None = None) -> np.ndarray:
+    """Boolean ``[T, S]``: query at position p sees keys at ``p - window < pos <= p``; with
+    ``segments`` (packed sequences, no cache: one segment id per row, queries and keys the
+    same rows) only keys of its own sequence."""
     allowed = k_positions[None, :] <= q_positions[:, None]
     if window is not None:
         allowed &= k_positions[None, :] > q_positions[:, None] - window
+    if segments is not None:
+        allowed &= segments[None, :] == segments[:, None]
     return allowed
 
 

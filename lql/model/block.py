@@ -74,7 +74,8 @@ class Attention:
         self.q_norm, self.k_norm, self.rope = q_norm, k_norm, rope
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, tables: Tables,
-                 cache: LayerCache | None) -> tuple[np.ndarray, np.ndarray]:
+                 cache: LayerCache | None, segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``segments``: packed sequences' ids per row (no cache), each attending to itself."""
         t, d = x.shape[0], self.head_dim
         qkv = matmul(x, self.qkv)
         if self.qkv_bias is not None:
@@ -103,7 +104,7 @@ class Attention:
             if cache is not None:
                 k, v = cache.append(k, v)
         k_positions = np.arange(k.shape[1]) if cache is not None else positions
-        mask = attention_mask(positions, k_positions, self.window)
+        mask = attention_mask(positions, k_positions, self.window, segments)
         out, probs = attend(np.ascontiguousarray(q), k, v, mask, scale=self.scale, softcap=self.softcap)
         merged = out.transpose(1, 0, 2).reshape(t, nq)
         projected = matmul(merged, self.o)
@@ -138,9 +139,10 @@ class Block:
 
     def __call__(self, h: np.ndarray, positions: np.ndarray, tables: Tables,
                  cache: LayerCache | None, hooks: Hooks | None,
-                 per_layer_input: np.ndarray | None = None) -> tuple[np.ndarray, LayerTrace]:
+                 per_layer_input: np.ndarray | None = None,
+                 segments: np.ndarray | None = None) -> tuple[np.ndarray, LayerTrace]:
         x = self.attn_norm(h)
-        attn_out, probs = self.attention(x, positions, tables, cache)
+        attn_out, probs = self.attention(x, positions, tables, cache, segments)
         if hooks is not None and hooks.attention is not None:
             attn_out = hooks.attention(self.index, x, attn_out)
         if self.post_attn_norm is not None:

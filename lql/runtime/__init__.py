@@ -19,6 +19,7 @@ from .forward import (
                       predict,
                       prompt_ids,
                       rank,
+                      rank_many,
                       run,
                       softmax64,
                       top_ids,
@@ -27,6 +28,6 @@ from .models import can_forward, check_level, clear_cache, model_for, model_for_
 from .view import DownMetaView, EditedView, OverlayState, VindexView, base_of, overlay_of
 
 __all__ = ["Prediction", "ffn_inputs", "greedy", "knn_hit", "knn_layers", "knn_record", "predict",
-           "prompt_ids", "rank", "run", "softmax64", "top_ids", "can_forward", "check_level", "clear_cache",
+           "prompt_ids", "rank", "rank_many", "run", "softmax64", "top_ids", "can_forward", "check_level", "clear_cache",
            "model_for", "model_for_source", "DownMetaView", "EditedView", "OverlayState",
            "VindexView", "base_of", "overlay_of"]

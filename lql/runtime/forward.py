@@ -21,7 +21,7 @@ from .models import model_for
 from .view import VindexView, overlay_of
 
 __all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit", "knn_record",
-           "Prediction", "rank", "predict", "greedy"]
+           "Prediction", "rank", "rank_many", "predict", "greedy"]
 
 
 def softmax64(logits: np.ndarray) -> np.ndarray:
@@ -158,6 +158,17 @@ def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
         rest = [(t, p * (1.0 - w), s) for t, p, s in ranked if t != tid]
         ranked = [(tid, float(probs[tid]) * (1.0 - w) + w, "knn")] + rest
     return Prediction(top=ranked[:max(int(top), 1)], probs=probs, output=out, knn=hit)
+
+
+def rank_many(model: Any, seqs: Sequence[Sequence[int]], top: int) -> list[Prediction]:
+    """:func:`rank` of each of ``seqs`` through the base ``model`` (no view: no KNN store,
+    no hooks), run packed in one pass (:meth:`lql.model.Model.forward_many`)."""
+    out = []
+    for logits in model.forward_many([list(s) for s in seqs]):
+        probs = softmax64(logits)
+        out.append(Prediction(top=[(int(t), float(probs[t]), "model") for t in top_ids(probs, top)],
+                              probs=probs))
+    return out
 
 
 def predict(view: VindexView, prompt_or_ids: str | Sequence[int], *, top: int = 5,

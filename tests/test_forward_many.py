@@ -1,0 +1,58 @@
+"""Packed sequences (Model.forward_many): several prompts in one pass, each attending only to
+itself with positions from 0, give each prompt's own logits (within float32 rounding: the
+products have other shapes); models that cannot pack (KV sharing, default hooks) run one
+pass each.  DESCRIBE VIA PROMPTS' reference baseline runs this way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_fixtures import gemma4_fixtures
+from vindex_fixtures import tiny_vindex
+
+from lql.errors import ExecutionError
+from lql.model import build_model
+from lql.runtime import rank, rank_many
+from lql.vindex import extract, open_vindex
+
+SEQS = [[1, 17, 230, 451, 99], [7, 12], [300, 301, 302, 303, 304, 305, 306, 307, 308], [42]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "qwen3", "gpt2"])
+def test_packed_sequences_equal_one_pass_each(family):
+    v = open_vindex(tiny_vindex(family, "inference", "f32"))
+    m = build_model(v.model_config, v.weights)
+    packed = m.forward_many(SEQS)
+    assert packed.shape == (len(SEQS), m.vocab_size)
+    alone = np.stack([m.forward(s).logits for s in SEQS])
+    np.testing.assert_allclose(packed, alone, rtol=1e-4, atol=1e-4 * float(np.abs(alone).max()))
+    assert (packed.argmax(1) == alone.argmax(1)).all()
+    # a sequence does not see its neighbours: changing one leaves the others' logits alone
+    other = m.forward_many([SEQS[0], [5, 6, 7], *SEQS[2:]])
+    np.testing.assert_array_equal(np.delete(other, 1, 0).argmax(1), np.delete(packed, 1, 0).argmax(1))
+    np.testing.assert_allclose(np.delete(other, 1, 0), np.delete(packed, 1, 0), rtol=1e-4,
+                               atol=1e-4 * float(np.abs(alone).max()))
+    got = rank_many(m, SEQS, 5)
+    for s, pred in zip(SEQS, got):
+        ref = rank(m, s, 5)
+        assert [t for t, _, _ in pred.top] == [t for t, _, _ in ref.top]
+        np.testing.assert_allclose([p for _, p, _ in pred.top], [p for _, p, _ in ref.top], atol=1e-5)
+
+
+def test_packed_needs_tokens():
+    v = open_vindex(tiny_vindex("llama", "inference", "f32"))
+    m = build_model(v.model_config, v.weights)
+    with pytest.raises(ExecutionError, match="at least one token"):
+        m.forward_many([[1, 2], []])
+    assert m.forward_many([]).shape == (0, m.vocab_size)
+
+
+GEMMA4 = gemma4_fixtures() / "tiny-gemma4"
+
+
+@pytest.mark.skipif(not GEMMA4.is_dir(), reason="shared Gemma 4 fixture not present")
+def test_kv_sharing_models_run_one_pass_each(tmp_path):
+    v = open_vindex(extract(GEMMA4, tmp_path / "g4", level="inference", dtype="f32", progress=False))
+    m = build_model(v.model_config, v.weights)
+    assert m.kv_sources is not None
+    np.testing.assert_array_equal(m.forward_many(SEQS[:2]), np.stack([m.forward(s).logits for s in SEQS[:2]]))
