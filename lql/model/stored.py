@@ -106,11 +106,14 @@ class StoredMatrix:
         return np.dtype(F32)
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
-        full = np.empty((self.rows, self.cols), dtype=F32)
+        full = np.zeros((self.rows, self.cols), dtype=F32)
         row = 0
         for part in self.parts:
             n = int(part.shape[0])
-            _cast_into(part, full[row:row + n])
+            if part.dtype == _BF16:
+                cast_bf16_into(part, full[row:row + n])
+            else:
+                np.copyto(full[row:row + n], part, casting="unsafe")
             row += n
         self._release()
         out: np.ndarray = full.T
@@ -175,22 +178,13 @@ class StoredMatrix:
             if bf16:
                 dst.view(np.uint16).reshape(src.shape[0], 2 * self.cols)[:, 1::2] = src
             else:
-                _cast_into(src, dst)
+                np.copyto(dst, src, casting="unsafe")
         return block
 
     def _release(self) -> None:
         if self.release is not None:
             for key in self.keys:
                 self.release(key)
-
-
-def _cast_into(src: np.ndarray, dst: np.ndarray) -> None:
-    if src.dtype == _BF16:
-        wide = dst.view(np.uint32)
-        np.copyto(wide, src)
-        np.left_shift(wide, 16, out=wide)
-    else:
-        np.copyto(dst, src, casting="unsafe")
 
 
 #: a bf16 cast of at least this many elements is split between two threads
