@@ -149,3 +149,22 @@ def test_broken_q4k_files_are_named(q4k, tmp_path):
         [e for e in m if e["key"] != "layers.2.mlp.gate_proj.weight"]))
     with pytest.raises(VindexError, match="no gate_vectors.bin and no layers.2.mlp.gate_proj"):
         open_vindex(d3).gate(2)
+
+
+def test_q4k_layers_are_cast_not_streamed_at_budget_zero(q4k, monkeypatch):
+    """Decoded Q4_K blocks are no stored words to stream: at budget 0 a decode step casts the
+    layer (no float32 copy is kept outside the budget) and gives what the cached model gives."""
+    from lql.model import build_model, layerstore
+    from lql.runtime import greedy
+    v = open_vindex(q4k["gate"])
+    got = {}
+    for budget in ("-1", "0"):
+        monkeypatch.setenv("LQL_WEIGHT_CACHE_MB", budget)
+        layerstore.clear_weight_cache()
+        m = build_model(v.model_config, v.weights)
+        got[budget] = list(greedy(m, [1, 504, 3458, 282], 3, stop_ids=()))
+        if budget == "0":
+            assert m.blocks.cached_layers() == []
+            assert all(slot.cast_only and slot.stored is None for slot in m.blocks._slots)
+    assert got["0"] == got["-1"]
+    layerstore.clear_weight_cache()

@@ -91,12 +91,14 @@ def owned_bytes(obj: object, seen: set[int] | None = None, depth: int = 0) -> in
 class _Slot:
     """One layer of one model: its factory and, when cached, its built block."""
 
-    __slots__ = ("factory", "block", "nbytes", "future", "lock", "group", "stored", "__weakref__")
+    __slots__ = ("factory", "block", "nbytes", "future", "lock", "group", "stored", "cast_only",
+                 "__weakref__")
 
     def __init__(self, factory: Callable[[], Block], group: int) -> None:
         self.factory = factory
         self.block: Block | None = None
         self.stored: Block | None = None     # the layer over its stored words (decode)
+        self.cast_only = False               # its words are not memory-mapped: always cast
         self.nbytes = 0
         self.future: Future[Block] | None = None
         self.lock = threading.Lock()
@@ -190,10 +192,11 @@ class LayerStore(Sequence["Block"]):
     """A model's layers as a sequence: ``store[i]`` is layer ``i``'s built block."""
 
     def __init__(self, factories: Sequence[Callable[[], Block]],
-                 stored: Sequence[Callable[[], Block]] | None = None) -> None:
+                 stored: Sequence[Callable[[], Block | None]] | None = None) -> None:
         """``factories[i]()`` builds layer ``i`` cast to float32; ``stored[i]()``, when given,
         builds it over its stored words (:class:`~lql.model.stored.StoredMatrix`), which a
-        decode step runs instead of casting a layer the cache does not hold."""
+        decode step runs instead of casting a layer the cache does not hold (``None``: the
+        layer's words are not memory-mapped, so it is always cast)."""
         group = id(self)
         self._slots = [_Slot(f, group) for f in factories]
         self._stored = list(stored) if stored is not None else None
@@ -252,11 +255,12 @@ class LayerStore(Sequence["Block"]):
         few = self._stored is not None and rows <= STREAM_MAX_ROWS
         if few and not self.is_ready(i):
             slot = self._slots[i]
-            block = slot.stored
-            if block is None:
+            if slot.stored is None and not slot.cast_only:
                 assert self._stored is not None
-                block = slot.stored = self._stored[i]()
-            return block
+                slot.stored = self._stored[i]()
+                slot.cast_only = slot.stored is None
+            if slot.stored is not None:
+                return slot.stored
         block = self[i]
         if ahead and not few:
             self.prefetch(i + 1)

@@ -20,7 +20,7 @@ so a layer built from a memory-mapped vindex leaves no mapped pages behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -80,15 +80,20 @@ class Tensors:
             row += shape[0]
         return out
 
-    def words(self, parts: list[tuple[str, tuple[int, int]]]) -> StoredMatrix:
+    def words(self, parts: list[tuple[str, tuple[int, int]]]) -> StoredMatrix | None:
         """The 2-D tensors ``parts`` (``(key, shape)``, equal widths) stacked by rows, left
         in their stored words: a :class:`StoredMatrix` multiplied block by block (a layer
-        the weight cache does not hold, run over one row: a decode step)."""
+        the weight cache does not hold, run over one row: a decode step).  ``None`` when a
+        tensor is not memory-mapped words (decoded blocks of a quantised vindex, arrays in
+        memory): there a float32 copy is made anyway, and the weight cache governs it."""
+        from lql.model.layerstore import owned_bytes
         arrays = []
         for key, shape in parts:
             src = self._raw(key) if self._raw is not None else np.asarray(self.weights[key])
             if tuple(src.shape) != tuple(shape):
                 raise LqlError(f"tensor {key} has shape {tuple(src.shape)}, expected {tuple(shape)}")
+            if owned_bytes(src):
+                return None
             arrays.append(src)
         return StoredMatrix(arrays, [k for k, _ in parts], self._release)
 
@@ -111,7 +116,7 @@ class Tensors:
 
 
 class HFLayout:
-    #: :meth:`block` can leave the matrices in their stored words (``stored=True``)
+    #: :meth:`stored_block` can leave the matrices in their stored words
     streams = True
     embed = "embed_tokens.weight"
     final_norm = "norm.weight"
@@ -146,17 +151,31 @@ class HFLayout:
     def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._norm(spec, t, self.final_norm, spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None,
-              stored: bool = False) -> Block:
-        """Layer ``i``: its matrices cast to float32 (fused), or with ``stored`` left in their
-        stored words (:class:`StoredMatrix`, for a decode step's one row)."""
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
+        """Layer ``i``, its matrices cast to float32 (q/k/v and gate/up fused)."""
+        return self._block(spec, t, i, rope, lambda parts: t.stack(parts).T)   # used as [in, out]
+
+    def stored_block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str],
+                     rope: Rope | None) -> Block | None:
+        """Layer ``i`` with its matrices left in their stored words (:class:`StoredMatrix`,
+        for a decode step's one row); ``None`` when they are not memory-mapped words."""
+        missing: list[str] = []
+
+        def words(parts: list[tuple[str, tuple[int, int]]]) -> np.ndarray | StoredMatrix:
+            m = t.words(parts)
+            if m is None:
+                missing.append(parts[0][0])
+                return np.zeros((parts[0][1][1], 0), dtype=F32)     # never run: refused below
+            return m
+
+        block = self._block(spec, t, i, rope, words)
+        return None if missing else block
+
+    def _block(self, spec: ArchSpec, t: Tensors, i: int, rope: Rope | None,
+               matrix: Callable[[list[tuple[str, tuple[int, int]]]], np.ndarray | StoredMatrix]) -> Block:
         heads = spec.heads(i)
         p, h, d = self.layer_prefix(i), spec.hidden_size, heads.head_dim
         nq, nkv = heads.num_q_heads * d, heads.num_kv_heads * d
-
-        def matrix(parts: list[tuple[str, tuple[int, int]]]) -> np.ndarray | StoredMatrix:
-            return t.words(parts) if stored else t.stack(parts).T   # used as [in, out]
-
         qkv = matrix([(p + "self_attn.q_proj.weight", (nq, h)), (p + "self_attn.k_proj.weight", (nkv, h)),
                        (p + "self_attn.v_proj.weight", (nkv, h))])
         qkv_bias = None
@@ -225,9 +244,7 @@ class GPT2Layout(HFLayout):
     def final(self, spec: ArchSpec, t: Tensors) -> Norm:
         return self._ln(spec, t, "ln_f", spec.hidden_size)
 
-    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None,
-              stored: bool = False) -> Block:
-        """Layer ``i``, always cast (``stored`` is not supported: see :attr:`streams`)."""
+    def block(self, spec: ArchSpec, t: Tensors, i: int, present: set[str], rope: Rope | None) -> Block:
         p, h, heads = self.layer_prefix(i), spec.hidden_size, spec.heads(i)
         attention = Attention(
             qkv_t=t.get(p + "attn.c_attn.weight", (h, 3 * h)), qkv_bias=t.get(p + "attn.c_attn.bias", (3 * h,)),

@@ -368,7 +368,7 @@ def build_model(model_config: dict[str, Any], weights: Mapping[str, np.ndarray])
         factories.append(functools.partial(layout.block, spec, tensors, i, present, rope))
     stored = None
     if layout.streams and tensors.mapped:     # decode steps multiply uncached layers where stored
-        stored = [functools.partial(layout.block, spec, tensors, i, present, layer_ropes[i], stored=True)
+        stored = [functools.partial(layout.stored_block, spec, tensors, i, present, layer_ropes[i])
                   for i in range(num_layers)]
     blocks = LayerStore(factories, stored)
     blocks.warm()
