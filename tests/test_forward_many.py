@@ -11,7 +11,7 @@ from model_fixtures import gemma4_fixtures
 from vindex_fixtures import tiny_vindex
 
 from lql.errors import ExecutionError
-from lql.model import build_model
+from lql.model import Record, build_model
 from lql.runtime import rank, rank_many
 from lql.vindex import extract, open_vindex
 
@@ -22,13 +22,13 @@ SEQS = [[1, 17, 230, 451, 99], [7, 12], [300, 301, 302, 303, 304, 305, 306, 307,
 def test_packed_sequences_equal_one_pass_each(family):
     v = open_vindex(tiny_vindex(family, "inference", "f32"))
     m = build_model(v.model_config, v.weights)
-    packed = m.forward_many(SEQS)
+    packed = m.forward_many(SEQS).logits
     assert packed.shape == (len(SEQS), m.vocab_size)
     alone = np.stack([m.forward(s).logits for s in SEQS])
     np.testing.assert_allclose(packed, alone, rtol=1e-4, atol=1e-4 * float(np.abs(alone).max()))
     assert (packed.argmax(1) == alone.argmax(1)).all()
     # a sequence does not see its neighbours: changing one leaves the others' logits alone
-    other = m.forward_many([SEQS[0], [5, 6, 7], *SEQS[2:]])
+    other = m.forward_many([SEQS[0], [5, 6, 7], *SEQS[2:]]).logits
     np.testing.assert_array_equal(np.delete(other, 1, 0).argmax(1), np.delete(packed, 1, 0).argmax(1))
     np.testing.assert_allclose(np.delete(other, 1, 0), np.delete(packed, 1, 0), rtol=1e-4,
                                atol=1e-4 * float(np.abs(alone).max()))
@@ -39,12 +39,30 @@ def test_packed_sequences_equal_one_pass_each(family):
         np.testing.assert_allclose([p for _, p, _ in pred.top], [p for _, p, _ in ref.top], atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_packed_states_equal_recorded_ones(family):
+    """FFN inputs and residuals at each sequence's last token, at the asked layers (the pass
+    stops after the last of them when no logits are wanted)."""
+    v = open_vindex(tiny_vindex(family, "inference", "f32"))
+    m = build_model(v.model_config, v.weights)
+    got = m.forward_many(SEQS, layers=[0, 1], logits=False)
+    assert got.logits is None and set(got.residuals) == set(got.ffn_inputs) == {0, 1}
+    for j, s in enumerate(SEQS):
+        want = m.forward(s, record=Record(residuals="last", ffn_inputs=True))
+        for layer in (0, 1):
+            scale = float(np.abs(want.residuals[layer]).max())
+            np.testing.assert_allclose(got.residuals[layer][j], want.residuals[layer], rtol=1e-4, atol=1e-5 * scale)
+            np.testing.assert_allclose(got.ffn_inputs[layer][j], want.ffn_inputs[layer], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ExecutionError, match="not within"):
+        m.forward_many(SEQS, layers=[99])
+
+
 def test_packed_needs_tokens():
     v = open_vindex(tiny_vindex("llama", "inference", "f32"))
     m = build_model(v.model_config, v.weights)
     with pytest.raises(ExecutionError, match="at least one token"):
         m.forward_many([[1, 2], []])
-    assert m.forward_many([]).shape == (0, m.vocab_size)
+    assert m.forward_many([]).logits.shape == (0, m.vocab_size)
 
 
 GEMMA4 = gemma4_fixtures() / "tiny-gemma4"
@@ -55,4 +73,8 @@ def test_kv_sharing_models_run_one_pass_each(tmp_path):
     v = open_vindex(extract(GEMMA4, tmp_path / "g4", level="inference", dtype="f32", progress=False))
     m = build_model(v.model_config, v.weights)
     assert m.kv_sources is not None
-    np.testing.assert_array_equal(m.forward_many(SEQS[:2]), np.stack([m.forward(s).logits for s in SEQS[:2]]))
+    np.testing.assert_array_equal(m.forward_many(SEQS[:2]).logits, np.stack([m.forward(s).logits for s in SEQS[:2]]))
+    got = m.forward_many(SEQS[:2], layers=[1])
+    want = m.forward(SEQS[1], record=Record(residuals="last", ffn_inputs=True))
+    np.testing.assert_array_equal(got.residuals[1][1], want.residuals[1])
+    np.testing.assert_array_equal(got.ffn_inputs[1][1], want.ffn_inputs[1])

@@ -32,6 +32,7 @@ canonical prompt the feature writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ExecutionError
-from ..runtime import can_forward, ffn_inputs, model_for, run
+from ..runtime import can_forward, model_for, run, states_many
 from .overlay import OverlayVindex, ffn_layout
 from .patch import PatchOp
 from .prompts import canonical_prompt, template_for
@@ -130,17 +131,12 @@ def _centers(view: VindexView, template: str, entity: str, layer: int, want: str
              prefix: tuple[int, ...] = ()) -> np.ndarray:
     """Mean over the reference fillers of the FFN input (``want="ffn"``) or the residual
     after the layer (``want="residual"``) at the last position."""
-    from ..model import Record
-    vecs = []
+    prompts: list[str | tuple[int, ...]] = []
     for ref in _references(entity):
         prompt: str | tuple[int, ...] = template.replace("{entity}", ref)
-        if prefix:
-            prompt = fact_sequence(view, str(prompt), prefix)
-        if want == "ffn":
-            vecs.append(ffn_inputs(view, prompt, [layer])[layer])
-        else:
-            out = run(view, prompt, record=Record(residuals="last", layers=frozenset([layer])))
-            vecs.append(np.asarray(out.residuals[layer], dtype=np.float32))
+        prompts.append(fact_sequence(view, str(prompt), prefix) if prefix else prompt)
+    packed = states_many(view, prompts, layer)         # the references in one packed pass
+    vecs = packed.ffn_inputs[layer] if want == "ffn" else packed.residuals[layer]
     return np.mean(vecs, axis=0).astype(np.float32)
 
 
@@ -249,21 +245,28 @@ NEGATIVE_MARGIN = -3.0
 
 def _ffn_input(view: VindexView, prompt: str | tuple[int, ...], layer: int) -> np.ndarray:
     """FFN input at ``layer`` (last position), memoised per overlay state below ``layer``."""
+    return _ffn_inputs(view, [prompt], layer)[0]
+
+
+def _ffn_inputs(view: VindexView, prompts: Sequence[str | tuple[int, ...]], layer: int) -> list[np.ndarray]:
+    """:func:`_ffn_input` of each prompt; those not memoised run packed in one pass."""
     ov = getattr(view, "overlay", None)
     below = () if ov is None else tuple(sorted(
         (l, f, id(e)) for (l, f), e in ov.features.items() if l < layer))
     cache = getattr(ov, "_ffn_input_cache", None) if ov is not None else None
     if ov is not None and cache is None:
         cache = ov._ffn_input_cache = {}
-    key = (prompt, layer, below)
-    if cache is not None and key in cache:
-        return cache[key]
-    vec = ffn_inputs(view, prompt, [layer])[layer]
-    if cache is not None:
-        if len(cache) > 4096:
-            cache.clear()
-        cache[key] = vec
-    return vec
+    keys = [(p, layer, below) for p in prompts]
+    todo = list(dict.fromkeys(k for k in keys if cache is None or k not in cache))
+    got = {}
+    if todo:
+        vecs = states_many(view, [k[0] for k in todo], layer).ffn_inputs[layer]
+        got = {k: vecs[j].copy() for j, k in enumerate(todo)}
+        if cache is not None:
+            if len(cache) > 4096:
+                cache.clear()
+            cache.update(got)
+    return [got[k] if k in got else cache[k] for k in keys]  # type: ignore[index]
 
 
 def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer: int,
@@ -280,7 +283,7 @@ def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer:
             p = e.info.get("prompt")
             if l == layer and e.inserted and p and p != prompt and p not in prompts:
                 prompts.append(p)
-    return np.stack([_ffn_input(view, p, layer) for p in prompts])
+    return np.stack(_ffn_inputs(view, prompts, layer))
 
 
 def selective_direction(u: np.ndarray, negatives: np.ndarray) -> np.ndarray:

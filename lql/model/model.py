@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,35 +171,56 @@ class Model:
                              ffn_activations=acts, attention=attn_p, ple_deltas=ple_d, experts=routes,
                              ffn_inputs=ffn_in)
 
-    def forward_many(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
-        """The logits ``[len(seqs), vocab]`` after each sequence's last token, each run alone
-        (no cache, no hooks: the base model).  The sequences are packed into one pass — one
-        read of the weights for all, each attending only to itself, positions from 0 — which
-        for short prompts costs little more than one of them (10 prompts of 6 tokens on
-        SmolLM2: ~5× faster than one pass each).  Equal to :meth:`forward` of each sequence
-        within float32 rounding (the products have other shapes).  A model with KV sharing
-        (Gemma 4), or with default hooks (an overlay's edits), runs one pass per sequence."""
+    def forward_many(self, seqs: Sequence[Sequence[int]], *, layers: Iterable[int] = (),
+                     logits: bool = True) -> Packed:
+        """Several sequences, each run alone from position 0 (no cache, no call hooks): the
+        logits after each one's last token (``logits``) and, at ``layers``, its FFN input and
+        residual at that token.  The sequences are packed into one pass — one read of the
+        weights for all, each row attending only to its own sequence — which for short
+        prompts costs little more than one of them (10 prompts of 6 tokens on SmolLM2:
+        ~5× faster than one pass each); with no logits wanted it stops after the last of
+        ``layers``.  Equal to :meth:`forward` of each sequence within float32 rounding (the
+        products have other shapes).  A model with KV sharing (Gemma 4) or default hooks
+        runs one pass per sequence."""
         arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
         if any(a.size == 0 for a in arrays):
             raise ExecutionError("forward_many needs at least one token per sequence")
+        want = sorted(set(int(l) for l in layers))
+        if want and not 0 <= want[0] <= want[-1] < self.num_layers:
+            raise ExecutionError(f"layers {want} are not within 0..{self.num_layers - 1}")
+        out = Packed(None, {l: np.zeros((len(arrays), self.hidden_size), F32) for l in want},
+                     {l: np.zeros((len(arrays), self.hidden_size), F32) for l in want})
         if not arrays:
-            return np.zeros((0, self.vocab_size), dtype=F32)
-        if self.kv_sources is not None or self.hooks is not None or len(arrays) == 1:
-            return np.stack([self.forward(a).logits for a in arrays])
+            out.logits = np.zeros((0, self.vocab_size), dtype=F32) if logits else None
+            return out
+        if self.kv_sources is not None or self.hooks is not None:
+            rec = Record(residuals="last", ffn_inputs=True, layers=frozenset(want)) if want else None
+            runs = [self.forward(a, record=rec) for a in arrays]
+            out.logits = np.stack([r.logits for r in runs]) if logits else None
+            for l in want:
+                for j, r in enumerate(runs):
+                    assert r.residuals is not None and r.ffn_inputs is not None
+                    out.residuals[l][j] = r.residuals[l]
+                    out.ffn_inputs[l][j] = r.ffn_inputs[l]
+            return out
         lengths = [a.size for a in arrays]
+        ends = np.cumsum(lengths) - 1
         ids = np.concatenate(arrays)
         positions = np.concatenate([np.arange(n) for n in lengths])
         segments = np.repeat(np.arange(len(arrays)), lengths)
         h = self.embed(ids, positions)
         _check_finite(h, -1, self, "the embedding")
         per_layer = self.per_layer_embed(ids, h) if self.per_layer_embed is not None else None
-        for _i, after, _trace in self._run_blocks(h, positions, None, None, per_layer, 0,
-                                                  self.num_layers, segments):
+        last = self.num_layers if logits or not want else want[-1] + 1
+        for i, after, trace in self._run_blocks(h, positions, None, None, per_layer, 0, last, segments):
             h = after
-        ends = np.cumsum(lengths) - 1
-        logits = self.logits_from_hidden(h[ends])
-        _check_finite(logits, self.num_layers, self, "the logits")
-        return logits
+            if i in out.residuals:
+                out.residuals[i][:] = after[ends]
+                out.ffn_inputs[i][:] = trace.ffn_input[ends]
+        if logits:
+            out.logits = self.logits_from_hidden(h[ends])
+            _check_finite(out.logits, self.num_layers, self, "the logits")
+        return out
 
     # ------------------------------------------------------------------ layer shards
     def forward_layers(self, ids: ArrayLike, h: np.ndarray | None, first: int, last: int, *,
@@ -275,6 +297,14 @@ class Model:
                                  segments=segments)
             _check_finite(h, i, block, f"the residual after layer {i}")
             yield i, h, trace
+
+
+@dataclass
+class Packed:
+    """What :meth:`Model.forward_many` computed, one row per sequence (its last token)."""
+    logits: np.ndarray | None                # [n, vocab], or None when not asked for
+    ffn_inputs: dict[int, np.ndarray]        # layer -> [n, hidden]: the FFN's normed input
+    residuals: dict[int, np.ndarray]         # layer -> [n, hidden]: the residual after the layer
 
 
 def _non_finite_weight(obj: object, path: str = "", depth: int = 0,

@@ -22,12 +22,13 @@ from .forward import (
                       rank_many,
                       run,
                       softmax64,
+                      states_many,
                       top_ids,
 )
 from .models import can_forward, check_level, clear_cache, model_for, model_for_source
 from .view import DownMetaView, EditedView, OverlayState, VindexView, base_of, overlay_of
 
 __all__ = ["Prediction", "ffn_inputs", "greedy", "knn_hit", "knn_layers", "knn_record", "predict",
-           "prompt_ids", "rank", "rank_many", "run", "softmax64", "top_ids", "can_forward", "check_level", "clear_cache",
+           "prompt_ids", "rank", "rank_many", "run", "softmax64", "states_many", "top_ids", "can_forward", "check_level", "clear_cache",
            "model_for", "model_for_source", "DownMetaView", "EditedView", "OverlayState",
            "VindexView", "base_of", "overlay_of"]

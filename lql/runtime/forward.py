@@ -21,7 +21,7 @@ from .models import model_for
 from .view import VindexView, overlay_of
 
 __all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit", "knn_record",
-           "Prediction", "rank", "rank_many", "predict", "greedy"]
+           "Prediction", "rank", "rank_many", "states_many", "predict", "greedy"]
 
 
 def softmax64(logits: np.ndarray) -> np.ndarray:
@@ -69,6 +69,15 @@ def ffn_inputs(view: VindexView, prompt: str | Sequence[int], layers: Iterable[i
 
     run(view, prompt, hooks=Hooks(ffn=grab))
     return got
+
+
+def states_many(view: VindexView, prompts: Sequence[str | Sequence[int]], layer: int) -> Any:
+    """The FFN input and the residual after ``layer`` at the last position of each prompt
+    through ``view``'s model (overlay edits included), the prompts packed into one pass
+    that stops after ``layer`` (:meth:`lql.model.Model.forward_many`: ``ffn_inputs[layer]``
+    and ``residuals[layer]``, one row per prompt)."""
+    seqs = [prompt_ids(view, p) if isinstance(p, str) else list(p) for p in prompts]
+    return model_for(view).forward_many(seqs, layers=[layer], logits=False)
 
 
 # --------------------------------------------------------------------------- KNN store
@@ -164,7 +173,9 @@ def rank_many(model: Any, seqs: Sequence[Sequence[int]], top: int) -> list[Predi
     """:func:`rank` of each of ``seqs`` through the base ``model`` (no view: no KNN store,
     no hooks), run packed in one pass (:meth:`lql.model.Model.forward_many`)."""
     out = []
-    for logits in model.forward_many([list(s) for s in seqs]):
+    packed = model.forward_many([list(s) for s in seqs]).logits
+    assert packed is not None
+    for logits in packed:
         probs = softmax64(logits)
         out.append(Prediction(top=[(int(t), float(probs[t]), "model") for t in top_ids(probs, top)],
                               probs=probs))
