@@ -21,6 +21,8 @@ do not can differ in the last bit, measured).  Tests: tests/test_scale.py.
 
 from __future__ import annotations
 
+import mmap
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +41,9 @@ ALIGN = 16
 #: read ahead in the background, where the cast is shared by every row and one sgemm beats
 #: a block-by-block product (which would also not sum each element as sgemm does)
 STREAM_MAX_ROWS = 1
+
+#: ``madvise`` advice that maps a range's pages in one call (``MADV_POPULATE_READ``; 0: off)
+_POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else 0
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -128,6 +133,7 @@ class StoredMatrix:
             out_full: np.ndarray = x @ np.asarray(self)
             return out_full
         out = np.empty((t, self.rows), dtype=F32)
+        self._map_pages()
         step = self._step()
         half = (self.rows // 2) // step * step
         if half >= 2 * step:
@@ -180,6 +186,29 @@ class StoredMatrix:
             else:
                 np.copyto(dst, src, casting="unsafe")
         return block
+
+    def _map_pages(self) -> None:
+        """Map the parts' pages in one call each (``MADV_POPULATE_READ``, Linux 5.14+)
+        instead of one page fault at a time during the product: after the last product's
+        release they are out of this process's page tables (decode on a 7B-shaped model:
+        3.0 s against 3.3 s a token, measured)."""
+        global _POPULATE
+        if not _POPULATE:
+            return
+        for part in self.parts:
+            root = part
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            mm = getattr(root, "_mmap", None)
+            if mm is None:
+                continue
+            offset = part.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+            start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+            try:
+                mm.madvise(_POPULATE, start, offset + part.nbytes - start)
+            except (OSError, ValueError):      # an older kernel: fault the pages in as before
+                _POPULATE = 0
+                return
 
     def _release(self) -> None:
         if self.release is not None:
