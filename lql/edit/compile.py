@@ -315,6 +315,7 @@ def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...], str]], we
         off += n
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    release = getattr(weights, "release", None)
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little") + raw)
         for _name, shape, key in tensors:
@@ -323,6 +324,8 @@ def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...], str]], we
                 raise ExecutionError(f"tensor {key} has shape {arr.shape}, expected {shape}")
             fh.write(_encode(arr, store).data)
             del arr
+            if release is not None:          # the source's mapped pages leave this process
+                release(key)
         fh.flush()
         os.fsync(fh.fileno())
     return off

@@ -483,6 +483,12 @@ class OverlayWeights(Mapping):
     def shape(self, key: str) -> tuple[int, ...]:
         return self._base().shape(key)          # edits never change a tensor's shape
 
+    def release(self, key: str) -> None:
+        """Drop the base's mapped pages of ``key`` from this process (edited copies stay)."""
+        release = getattr(self._base(), "release", None)
+        if release is not None:
+            release(key)
+
     def entry(self, key: str) -> dict[str, Any] | None:
         return self._base().entry(key)
 
