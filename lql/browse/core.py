@@ -153,6 +153,13 @@ def gate_scores(view: VindexView, layer: int, query: np.ndarray) -> np.ndarray:
     return np.asarray(g @ query, dtype=np.float32)
 
 
+def gate_scores_many(view: VindexView, layer: int, queries: np.ndarray) -> np.ndarray:
+    """``[n, features]``: :func:`gate_scores` of each of ``queries`` (``[n, hidden]``), the
+    layer's gates read (and cast) once for all of them."""
+    g = view.gate(layer)
+    return np.ascontiguousarray(np.asarray(g @ np.asarray(queries, dtype=np.float32).T, dtype=np.float32).T)
+
+
 def top_by_abs(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``|scores|``, best first (ties: lower index first)."""
     n = scores.shape[0]

@@ -137,14 +137,15 @@ def _layer_hits(dm, layer: int, scores: np.ndarray, ex, ex_scores, per_layer: in
 def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers: list[int], query_at, *,
                    per_layer: int = PER_LAYER, floor: float = FLOOR, filter_noise: bool = True,
                    labels: bool = True, experts: bool = False, check=None, via: str = "EMBEDDING",
-                   fan_in: bool = True) -> list[Edge]:
+                   fan_in: bool = True, scores_at=None) -> list[Edge]:
     """Merged, labelled, sorted edges of an entity over ``layers``.
 
     ``query_at(layer)`` gives the query vector for that layer. ``experts``: MoE layers'
     expert rows compete for the per-layer hits too (an edge's ``expert`` says which
     expert its best hit is in; ``None`` = a dense feature).  ``fan_in`` (with the noise
     filter): also drop the vindex's fan-in hubs for the ``via`` query kind
-    (:func:`lql.browse.hubs.query_hubs`).
+    (:func:`lql.browse.hubs.query_hubs`).  ``scores_at(layer)``: the layer's gate scores
+    of the query when the caller computed them already (many queries at once).
     """
     toks = tokens_of(view)
     dm = down_meta_of(view)
@@ -171,7 +172,8 @@ def describe_edges(view: VindexView, entity_ids: list[int], entity: str, layers:
     also_keys: dict[str, set[str]] = {}
     if check is not None:
         check()
-    all_scores = [gate_scores(view, layer, query_at(layer)) for layer in layers]  # see walk_hits
+    all_scores = [scores_at(layer) if scores_at is not None else gate_scores(view, layer, query_at(layer))
+                  for layer in layers]  # see walk_hits
     expert_layers = {}
     if experts:
         from .experts import require_experts

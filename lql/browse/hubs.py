@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .memo import PerVindex
 
 if TYPE_CHECKING:
@@ -61,10 +63,10 @@ def _all_layers(view: VindexView) -> list[int]:
 def fan_in_counts(view: VindexView, via: str = "EMBEDDING") -> dict[int, int]:
     """``{token id: how many REFERENCE_WORDS have it among their DESCRIBE targets}``
     (every layer, the noise filter and down-meta hubs applied, no fan-in filter)."""
-    from .core import entity_query
+    from .core import entity_query, gate_scores_many
     from .describe import describe_edges, residual_queries
     layers = _all_layers(view)
-    counts: dict[int, int] = {}
+    words = []
     for word in REFERENCE_WORDS:
         query, ids = entity_query(view, word)
         if query is None:
@@ -73,7 +75,15 @@ def fan_in_counts(view: VindexView, via: str = "EMBEDDING") -> dict[int, int]:
             query_at = residual_queries(view, word)
         else:
             query_at = (lambda q: lambda _layer: q)(query)
-        edges = describe_edges(view, ids, word, layers, query_at, labels=False, fan_in=False)
+        words.append((word, ids, query_at))
+    # every word's gate scores a layer at a time: each layer's gates are read (and, past the
+    # gate cache, cast) once, not once a word (a 7B-shaped bf16 vindex: minutes -> seconds)
+    scores = {layer: gate_scores_many(view, layer, np.stack([q(layer) for _, _, q in words]))
+              for layer in layers} if words else {}
+    counts: dict[int, int] = {}
+    for j, (word, ids, query_at) in enumerate(words):
+        edges = describe_edges(view, ids, word, layers, query_at, labels=False, fan_in=False,
+                               scores_at=lambda layer, j=j: scores[layer][j])
         for tid in {e.target_id for e in edges}:
             counts[tid] = counts.get(tid, 0) + 1
     return counts
