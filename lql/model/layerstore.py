@@ -32,12 +32,12 @@ import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from lql.model.stored import STREAM_MAX_ROWS
+from lql.model.stored import STREAM_MAX_ROWS, LazyPool
 
 if TYPE_CHECKING:
     from lql.model.block import Block
@@ -166,16 +166,7 @@ class _Budget:
 
 
 BUDGET = _Budget()
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lql-readahead")
-        return _POOL
+_pool = LazyPool("lql-readahead")
 
 
 def cached_bytes() -> int:

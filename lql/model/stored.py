@@ -45,17 +45,26 @@ STREAM_MAX_ROWS = 1
 #: ``madvise`` advice that maps a range's pages in one call (``MADV_POPULATE_READ``; 0: off)
 _POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else 0
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lql-stored")
-        return _POOL
+class LazyPool:
+    """A one-worker thread pool started on first use (a decode product's second half here;
+    the layer store's read-ahead has its own, since a read-ahead cast submits here)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+            return self._pool
+
+
+_pool = LazyPool("lql-stored")
 
 
 def _buffers() -> tuple[np.ndarray, np.ndarray]:
