@@ -78,3 +78,22 @@ def test_kv_sharing_models_run_one_pass_each(tmp_path):
     want = m.forward(SEQS[1], record=Record(residuals="last", ffn_inputs=True))
     np.testing.assert_array_equal(got.residuals[1][1], want.residuals[1])
     np.testing.assert_array_equal(got.ffn_inputs[1][1], want.ffn_inputs[1])
+
+
+def test_insert_negatives_memo_survives_a_full_cache():
+    """INSERT's FFN-input memo: prompts already memoised come from it, the others run packed,
+    and a memo past its size limit is cleared without losing the values being returned."""
+    from lql.edit.insert import _ffn_inputs
+    from lql.edit.overlay import Overlay, OverlayVindex
+    from lql.runtime import ffn_inputs
+    base = open_vindex(tiny_vindex("llama", "inference", "f32"))
+    view = OverlayVindex(base, Overlay(base))
+    first = _ffn_inputs(view, ["The capital of France is"], 1)[0]
+    cache = view.overlay._ffn_input_cache
+    for i in range(5000):                                # past the 4096 limit
+        cache[(f"filler {i}", 1, ())] = first
+    got = _ffn_inputs(view, ["The capital of France is", "Once upon a time"], 1)
+    np.testing.assert_array_equal(got[0], first)          # from the memo
+    want = ffn_inputs(view, "Once upon a time", [1])[1]   # one pass alone
+    np.testing.assert_allclose(got[1], want, rtol=1e-5, atol=1e-5)
+    assert len(cache) < 10                                # cleared, then refilled

@@ -257,16 +257,17 @@ def _ffn_inputs(view: VindexView, prompts: Sequence[str | tuple[int, ...]], laye
     if ov is not None and cache is None:
         cache = ov._ffn_input_cache = {}
     keys = [(p, layer, below) for p in prompts]
-    todo = list(dict.fromkeys(k for k in keys if cache is None or k not in cache))
-    got = {}
+    got = {k: cache[k] for k in keys if cache is not None and k in cache}
+    todo = list(dict.fromkeys(k for k in keys if k not in got))
     if todo:
         vecs = states_many(view, [k[0] for k in todo], layer).ffn_inputs[layer]
-        got = {k: vecs[j].copy() for j, k in enumerate(todo)}
+        new = {k: vecs[j].copy() for j, k in enumerate(todo)}
+        got.update(new)
         if cache is not None:
             if len(cache) > 4096:
                 cache.clear()
-            cache.update(got)
-    return [got[k] if k in got else cache[k] for k in keys]  # type: ignore[index]
+            cache.update(new)
+    return [got[k] for k in keys]
 
 
 def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer: int,
