@@ -273,7 +273,8 @@ class Model:
                     last: int, segments: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray, Any]]:
         """Layers ``first .. last-1`` over ``h``: yields ``(layer, residual after it, its
         trace)``, each residual checked finite; the next layer is read ahead while one runs.
-        The one layer loop of :meth:`forward` and :meth:`forward_layers`."""
+        The one layer loop of :meth:`forward`, :meth:`forward_layers` and
+        :meth:`forward_many` (``segments``: its packed sequences' ids, one per row)."""
         tables_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
         def tables(rope: Rope) -> tuple[np.ndarray, np.ndarray]:
