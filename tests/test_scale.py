@@ -5,6 +5,7 @@ INTO MODEL writes shards that transformers loads with the same predictions."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -246,6 +247,45 @@ def test_stored_matrix_product_is_the_cached_product_bit_for_bit(storage):
         for t in (1, 2, 5, 17):
             x = rng.standard_normal((t, cols), dtype=np.float32)
             np.testing.assert_array_equal(matmul(x, stored), matmul(x, full.T), err_msg=f"{splits} {t}")
+
+
+def _resident_kb(path: Path) -> int:
+    """This process's resident kB of its mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
+def test_stored_product_maps_its_pages_and_releases_them(tmp_path):
+    """A decode product over memory-mapped words reads them in two threads, each mapping
+    its half's pages first and (with a release) dropping them after: the product is the
+    cached one and leaves nothing of the file resident; without a release they stay."""
+    from lql.model.stored import StoredMatrix, _spans
+    rng = np.random.default_rng(5)
+    rows, cols = 4096, 1024
+    words = (rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    path = tmp_path / "w.bin"
+    words.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=(rows, cols))
+    parts = [mapped[:1000], mapped[1000:]]
+    spans = _spans(parts)
+    assert len(spans) == 1 and spans[0][1] == 0 and spans[0][2] == words.nbytes    # merged, whole file
+    assert _spans([words]) == []                                                  # in memory: none
+    full = (words.astype(np.uint32) << 16).view(np.float32)
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+    released = StoredMatrix(parts, ["a", "b"], release=lambda key: None)
+    np.testing.assert_array_equal(released.product(x), x @ full.T)
+    assert len(released._plan()) == 2                                            # two threads' halves
+    assert _resident_kb(path) == 0
+    kept = StoredMatrix(parts)
+    np.testing.assert_array_equal(kept.product(x), x @ full.T)
+    assert _resident_kb(path) >= words.nbytes // 1024 - 8
+    del mapped, parts, released, kept
 
 
 def test_bf16_layers_run_from_their_stored_words_at_budget_zero(tmp_path, monkeypatch):

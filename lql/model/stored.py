@@ -7,7 +7,10 @@ first costs three passes over memory for one: read the 16-bit words, write the f
 copy, read it again for the product.  :class:`StoredMatrix` instead casts ``CHUNK_ELEMS``
 elements at a time into a small buffer that stays in the core's cache and multiplies that
 block at once, so memory is read once, at 2 bytes a weight for bf16/f16 storage; the rows
-are split between two threads (numpy's copies and BLAS calls release the GIL).
+are split between two threads (numpy's copies and BLAS calls release the GIL).  Each
+matrix works out its blocks once (:class:`_Step`: which parts' rows, how they are cast)
+and each thread maps its half's pages in one ``madvise`` before its blocks and drops them
+after, so no per-block Python bookkeeping or page fault is left in a decode step.
 
 A bf16 word is the top half of a float32: it is copied into the odd 16-bit halves of a
 float32 buffer whose even halves stay zero (one strided copy, no shift).  float16 words are
@@ -44,6 +47,7 @@ STREAM_MAX_ROWS = 1
 
 #: ``madvise`` advice that maps a range's pages in one call (``MADV_POPULATE_READ``; 0: off)
 _POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else 0
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", 0)
 
 _LOCAL = threading.local()
 
@@ -86,7 +90,7 @@ class StoredMatrix:
     weight); ``release`` (``key -> None``) drops a part's mapped pages after each product,
     so a pass over a large model does not keep its weights resident."""
 
-    __slots__ = ("parts", "keys", "release", "rows", "cols")
+    __slots__ = ("parts", "keys", "release", "rows", "cols", "_steps")
 
     def __init__(self, parts: Sequence[np.ndarray], keys: Sequence[str] = (),
                  release: Callable[[str], None] | None = None) -> None:
@@ -101,6 +105,7 @@ class StoredMatrix:
         self.release = release
         self.rows = sum(int(p.shape[0]) for p in parts)
         self.cols = cols
+        self._steps: list[tuple[list[_Step], list[tuple[mmap.mmap, int, int]]]] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -142,87 +147,142 @@ class StoredMatrix:
             out_full: np.ndarray = x @ np.asarray(self)
             return out_full
         out = np.empty((t, self.rows), dtype=F32)
-        self._map_pages()
-        step = self._step()
-        half = (self.rows // 2) // step * step
-        if half >= 2 * step:
-            side: Future[None] = _pool().submit(self._rows, x, out, half, self.rows, step)
+        groups = self._plan()
+        if len(groups) == 2:
+            side: Future[None] = _pool().submit(self._rows, x, out, *groups[1])
             try:
-                self._rows(x, out, 0, half, step)
+                self._rows(x, out, *groups[0])
             finally:
                 side.result()
         else:
-            self._rows(x, out, 0, self.rows, step)
-        self._release()
+            self._rows(x, out, *groups[0])
         return out
 
-    def _step(self) -> int:
-        """Rows per block: a multiple of :data:`ALIGN` (BLAS's matrix-vector kernels sum a
-        row the same way only within aligned groups of rows)."""
-        return max(ALIGN, (CHUNK_ELEMS // self.cols) // ALIGN * ALIGN)
+    def _plan(self) -> list[tuple[list[_Step], list[tuple[mmap.mmap, int, int]]]]:
+        """The blocks of :meth:`product`, worked out once (each block's source rows, views of
+        the parts, and how it becomes float32: :class:`_Step`), split into the two threads'
+        halves, each with the page ranges it reads."""
+        plan = self._steps
+        if plan is None:
+            step = max(ALIGN, (CHUNK_ELEMS // self.cols) // ALIGN * ALIGN)
+            steps = [_Step(self, r, min(step, self.rows - r)) for r in range(0, self.rows, step)]
+            half = len(steps) // 2
+            split = [steps[:half], steps[half:]] if half >= 2 else [steps]
+            plan = self._steps = [(g, _spans([p for s in g for p, _ in s.pieces])) for g in split]
+        return plan
 
-    def _rows(self, x: np.ndarray, out: np.ndarray, lo: int, hi: int, step: int) -> None:
-        """Rows ``lo..hi`` of ``W`` (``lo`` a multiple of ``step``) into ``out[:, lo:hi]``."""
-        bf16_buf, other_buf = _buffers()
-        for r in range(lo, hi, step):
-            n = min(step, hi - r)
-            block = self._block(r, n, bf16_buf, other_buf)
-            for i in range(x.shape[0]):
-                np.matmul(block, x[i], out=out[i, r:r + n])
-
-    def _block(self, r: int, n: int, bf16_buf: np.ndarray, other_buf: np.ndarray) -> np.ndarray:
-        """Rows ``r..r+n`` of ``W`` as float32 ``[n, cols]``: a view of float32 words within
-        one part, else cast (and gathered across parts) into this thread's buffer."""
-        base = 0
-        pieces: list[tuple[np.ndarray, int]] = []          # (source rows, row in the block)
-        for part in self.parts:
-            size = int(part.shape[0])
-            a, b = max(r, base), min(r + n, base + size)
-            if a < b:
-                pieces.append((part[a - base:b - base], a - r))
-            base += size
-            if base >= r + n:
-                break
-        if len(pieces) == 1 and pieces[0][0].dtype == np.float32:
-            return pieces[0][0]
-        bf16 = all(p.dtype == _BF16 for p, _ in pieces)
-        buf = bf16_buf if bf16 else other_buf
-        block = buf[:n * self.cols].reshape(n, self.cols)
-        for src, at in pieces:
-            dst = block[at:at + src.shape[0]]
-            if bf16:
-                dst.view(np.uint16).reshape(src.shape[0], 2 * self.cols)[:, 1::2] = src
-            else:
-                np.copyto(dst, src, casting="unsafe")
-        return block
-
-    def _map_pages(self) -> None:
-        """Map the parts' pages in one call each (``MADV_POPULATE_READ``, Linux 5.14+)
-        instead of one page fault at a time during the product: after the last product's
-        release they are out of this process's page tables (decode on a 7B-shaped model:
-        3.0 s against 3.3 s a token, measured)."""
-        global _POPULATE
-        if not _POPULATE:
-            return
-        for part in self.parts:
-            root = part
-            while isinstance(root.base, np.ndarray):
-                root = root.base
-            mm = getattr(root, "_mmap", None)
-            if mm is None:
-                continue
-            offset = part.__array_interface__["data"][0] - root.__array_interface__["data"][0]
-            start = offset // mmap.PAGESIZE * mmap.PAGESIZE
-            try:
-                mm.madvise(_POPULATE, start, offset + part.nbytes - start)
-            except (OSError, ValueError):      # an older kernel: fault the pages in as before
-                _POPULATE = 0
-                return
+    def _rows(self, x: np.ndarray, out: np.ndarray, steps: Sequence[_Step],
+              spans: Sequence[tuple[mmap.mmap, int, int]]) -> None:
+        """The blocks ``steps`` (consecutive) of ``x @ W.T`` into ``out``, in this thread:
+        their pages (``spans``) mapped first, in one call each, and released after."""
+        _advise(spans, _POPULATE)
+        try:
+            for s in steps:
+                block = s.block()
+                for i in range(x.shape[0]):
+                    np.matmul(block, x[i], out=out[i, s.r:s.r + s.n])
+        finally:
+            if self.release is not None:
+                _advise(spans, _DONTNEED)
 
     def _release(self) -> None:
         if self.release is not None:
             for key in self.keys:
                 self.release(key)
+
+
+class _Step:
+    """One block of a :class:`StoredMatrix` product: rows ``r..r+n`` of ``W`` as the source
+    rows they are read from (``pieces``: ``(rows of a part, row in the block)``; a block can
+    cross from one part into the next) and :meth:`block`, those rows as float32."""
+
+    __slots__ = ("r", "n", "cols", "pieces", "kind")
+
+    DIRECT, BF16, CAST = 0, 1, 2
+
+    def __init__(self, m: StoredMatrix, r: int, n: int) -> None:
+        self.r, self.n, self.cols = r, n, m.cols
+        self.pieces: list[tuple[np.ndarray, int]] = []
+        base = 0
+        for part in m.parts:
+            size = int(part.shape[0])
+            a, b = max(r, base), min(r + n, base + size)
+            if a < b:
+                self.pieces.append((part[a - base:b - base], a - r))
+            base += size
+        if len(self.pieces) == 1 and self.pieces[0][0].dtype == F32:
+            self.kind = _Step.DIRECT
+        elif all(p.dtype == _BF16 for p, _ in self.pieces):
+            self.kind = _Step.BF16
+        else:
+            self.kind = _Step.CAST
+
+    def block(self) -> np.ndarray:
+        """Rows ``r..r+n`` of ``W`` as float32 ``[n, cols]``: float32 words as they are
+        mapped, else cast into this thread's buffer (bf16 words into its odd halves)."""
+        if self.kind == _Step.DIRECT:
+            return self.pieces[0][0]
+        block, halves = _views(self.kind == _Step.BF16, self.n, self.cols)
+        for src, at in self.pieces:
+            if self.kind == _Step.BF16:
+                halves[at:at + src.shape[0]] = src
+            else:
+                np.copyto(block[at:at + src.shape[0]], src, casting="unsafe")
+        return block
+
+
+def _views(bf16: bool, n: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's cast buffer as ``(block [n, cols], its odd 16-bit halves [n, cols])``
+    (made once per shape: a decode step asks for the same few shapes again and again)."""
+    cache: dict[tuple[bool, int, int], tuple[np.ndarray, np.ndarray]] | None = getattr(_LOCAL, "views", None)
+    if cache is None:
+        cache = _LOCAL.views = {}
+    got = cache.get((bf16, n, cols))
+    if got is None:
+        bf16_buf, other_buf = _buffers()
+        block = (bf16_buf if bf16 else other_buf)[:n * cols].reshape(n, cols)
+        got = cache[(bf16, n, cols)] = (block, block.view(np.uint16).reshape(n, 2 * cols)[:, 1::2])
+    return got
+
+
+def _spans(arrays: Sequence[np.ndarray]) -> list[tuple[mmap.mmap, int, int]]:
+    """The page-aligned ranges ``(mapping, start, length)`` of the memory-mapped ``arrays``
+    (consecutive ranges of one mapping merged; arrays in memory have none)."""
+    spans: list[tuple[mmap.mmap, int, int]] = []
+    for a in arrays:
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        mm = getattr(root, "_mmap", None)
+        if mm is None:
+            continue
+        offset = a.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        end = offset + a.nbytes
+        if spans and spans[-1][0] is mm and spans[-1][1] + spans[-1][2] >= start:
+            prev = spans[-1]
+            spans[-1] = (mm, prev[1], max(prev[1] + prev[2], end) - prev[1])
+        else:
+            spans.append((mm, start, end - start))
+    return spans
+
+
+def _advise(spans: Sequence[tuple[mmap.mmap, int, int]], advice: int) -> None:
+    """``madvise`` each span: ``MADV_POPULATE_READ`` maps its pages in one call rather than
+    one fault at a time (after the last product's release they are out of this process's
+    page tables: a decode step on a 7B-shaped model, 3.0 s against 3.3 s, measured);
+    ``MADV_DONTNEED`` drops them from this process's resident set (they stay in the page
+    cache), so a pass over a large model does not keep its weights resident."""
+    global _POPULATE
+    if not advice:
+        return
+    for mm, start, length in spans:
+        try:
+            mm.madvise(advice, start, length)
+        except (OSError, ValueError):
+            if advice == _POPULATE:        # an older kernel: fault the pages in as before
+                _POPULATE = 0
+            return
 
 
 #: a bf16 cast of at least this many elements is split between two threads
