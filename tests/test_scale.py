@@ -233,7 +233,8 @@ def test_stored_matrix_product_is_the_cached_product_bit_for_bit(storage):
     from lql.model.ffn import matmul
     from lql.model.stored import StoredMatrix
     rng = np.random.default_rng(3)
-    for splits, cols in [((64, 32, 32), 64), ((3, 5, 120), 64), ((700, 300), 2000), ((37,), 33)]:
+    for splits, cols in [((64, 32, 32), 64), ((3, 5, 120), 64), ((700, 300), 2000), ((37,), 33),
+                         ((1500, 2604), 1024)]:
         parts = []
         for rows in splits:
             a = rng.standard_normal((rows, cols), dtype=np.float32)
@@ -244,7 +245,7 @@ def test_stored_matrix_product_is_the_cached_product_bit_for_bit(storage):
         stored = StoredMatrix(parts)
         assert stored.shape == full.T.shape
         np.testing.assert_array_equal(np.asarray(stored), full.T)
-        for t in (1, 2, 5, 17):
+        for t in (1, 2, 3, 5, 16, 17):
             x = rng.standard_normal((t, cols), dtype=np.float32)
             np.testing.assert_array_equal(matmul(x, stored), matmul(x, full.T), err_msg=f"{splits} {t}")
 
@@ -280,7 +281,7 @@ def test_stored_product_maps_its_pages_and_releases_them(tmp_path):
     x = rng.standard_normal((1, cols), dtype=np.float32)
     released = StoredMatrix(parts, ["a", "b"], release=lambda key: None)
     np.testing.assert_array_equal(released.product(x), x @ full.T)
-    assert len(released._plan()) == 2                                            # two threads' halves
+    assert len(released._plan(False)) == 2                                            # two threads' halves
     assert _resident_kb(path) == 0
     kept = StoredMatrix(parts)
     np.testing.assert_array_equal(kept.product(x), x @ full.T)
@@ -289,8 +290,9 @@ def test_stored_product_maps_its_pages_and_releases_them(tmp_path):
 
 
 def test_bf16_layers_run_from_their_stored_words_at_budget_zero(tmp_path, monkeypatch):
-    """At budget 0 a decode step (one row) multiplies the bf16 words where they are stored
-    (no float32 layer is built), a prompt casts the layer; both equal the cached model."""
+    """At budget 0 a decode step and a short prompt (up to 16 rows) multiply the bf16 words
+    where they are stored (no float32 layer is built), a longer prompt casts the layer; all
+    equal the cached model."""
     from lql.model.stored import STREAM_MAX_ROWS, StoredMatrix
     v = open_vindex(extract(_bf16_source(tmp_path), tmp_path / "b", level="inference", dtype="bf16",
                             progress=False))
@@ -300,7 +302,7 @@ def test_bf16_layers_run_from_their_stored_words_at_budget_zero(tmp_path, monkey
         monkeypatch.setenv("LQL_WEIGHT_CACHE_MB", budget)
         layerstore.clear_weight_cache()
         m = build_model(v.model_config, v.weights)
-        few, many = m.blocks.for_rows(0, 1, False), m.blocks.for_rows(0, STREAM_MAX_ROWS + 1, False)
+        few, many = m.blocks.for_rows(0, len(PROMPT), False), m.blocks.for_rows(0, STREAM_MAX_ROWS + 1, False)
         results[budget] = (m.forward(PROMPT).logits, m.forward(long_prompt).logits, m.forward([5]).logits,
                            list(greedy(m, PROMPT[:3], 8, stop_ids=())))
         if budget == "0":

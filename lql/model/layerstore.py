@@ -12,9 +12,10 @@ pass reaches it, and keeps it while the process-wide budget allows:
   LRU drop each layer just before it is needed again, so the cached set is not churned by
   its own model; layers of *other* models are evicted, least recently used first, to make
   room).  ``0`` caches nothing: every layer is built when it runs and dropped after.
-* Decode: a call over at most ``STREAM_MAX_ROWS`` rows (one: a decode step) runs a layer
-  that is not cached over its stored words, cast block by block as each product needs it (:mod:`lql.model.stored`): memory is read once, at 2 bytes a weight for
-  16-bit storage, instead of cast whole into float32 and read again.
+* Decode and short prompts: a call over at most ``STREAM_MAX_ROWS`` rows (16: a decode
+  step, a short prompt) runs a layer that is not cached over its stored words, cast block
+  by block as each product needs it (:mod:`lql.model.stored`): memory is read once, at 2
+  bytes a weight for 16-bit storage, instead of cast whole into float32 and read again.
 * Read-ahead: while layer ``i`` runs, layer ``i + 1`` (when it is not cached) is built in a
   background thread — its pages are read from disk and cast while numpy computes (both
   release the GIL), so streaming overlaps compute.  At most two streamed layers are alive.

@@ -16,14 +16,24 @@ A bf16 word is the top half of a float32: it is copied into the odd 16-bit halve
 float32 buffer whose even halves stay zero (one strided copy, no shift).  float16 words are
 converted by numpy's cast; float32 words are multiplied as they are mapped.
 
-The products are bit-identical to those of the cached float32 layer: a one-row product
-is a matrix-vector product either way, and OpenBLAS's gemv sums each row the same way
-over the whole matrix and over blocks that start on a multiple of 16 rows (blocks that
-do not can differ in the last bit, measured).  Tests: tests/test_scale.py.
+Up to :data:`STREAM_MAX_ROWS` rows run so (a decode step, a short prompt: 16 rows cost
+one sgemm per block on top of the same cast); a longer prompt casts the whole layer once.
+
+The products are bit-identical to those of the cached float32 layer (tests/test_scale.py):
+* one row: a matrix-vector product either way.  OpenBLAS's gemv sums a row the same way
+  over the whole matrix and over blocks that start on a multiple of 16 rows, provided its
+  own split of the whole matrix's rows between threads falls on a multiple of 4 rows (at
+  two threads: ``ceil(rows / 2)``, so row counts ≡ 0 or 7 mod 8 — every real model's;
+  others can differ in the last bit of a few rows near the split, measured);
+* 2+ rows: one sgemm per block, each block at least :data:`GEMM_MIN_MACS` multiply-adds, so
+  OpenBLAS takes its general kernel, whose sums do not depend on how many columns a call
+  has.  These run with OpenBLAS at one thread (:mod:`lql.model.blas`; four threads on two
+  cores otherwise) where a once-per-width probe shows that gives the same bits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import sys
 import threading
@@ -32,6 +42,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from lql.model.blas import agrees, one_thread
+
 F32 = np.float32
 _BF16 = np.dtype("<u2")
 
@@ -39,11 +51,18 @@ _BF16 = np.dtype("<u2")
 CHUNK_ELEMS = 1 << 18
 #: row alignment of the blocks (see :meth:`StoredMatrix._step`)
 ALIGN = 16
-#: a forward call over at most this many rows (a decode step) multiplies a layer the cache
-#: does not hold from its stored words; longer calls (a prompt) cast the whole layer once,
-#: read ahead in the background, where the cast is shared by every row and one sgemm beats
-#: a block-by-block product (which would also not sum each element as sgemm does)
-STREAM_MAX_ROWS = 1
+#: a forward call over at most this many rows (a decode step, a short prompt) multiplies a
+#: layer the cache does not hold from its stored words, block by block; longer calls (a
+#: prompt) cast the whole layer once, read ahead in the background, where the cast is
+#: shared by every row and one sgemm over the whole matrix beats one per block (each block
+#: product would pack the rows again)
+STREAM_MAX_ROWS = 16
+#: a block product over 2+ rows has at least this many multiply-adds (rows x block rows x
+#: cols): OpenBLAS sums each element of a product as the whole matrix's product does only
+#: in its general kernel, and it takes a "small matrix" kernel at or below 100^3 of them
+#: (``sgemm_small_kernel_permit``, SkylakeX); above it a block's product is the whole
+#: product's columns bit for bit (measured; tests/test_scale.py)
+GEMM_MIN_MACS = 1 << 20
 
 #: ``madvise`` advice that maps a range's pages in one call (``MADV_POPULATE_READ``; 0: off)
 _POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else 0
@@ -71,13 +90,17 @@ class LazyPool:
 _pool = LazyPool("lql-stored")
 
 
-def _buffers() -> tuple[np.ndarray, np.ndarray]:
-    """This thread's cast buffers: ``(bf16 buffer, other buffer)``, float32, ``CHUNK_ELEMS``
-    each.  The bf16 one is written only through its odd halves, so its even halves stay 0."""
+def _buffers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's cast buffers: ``(bf16 buffer, other buffer)``, float32, at least
+    ``size`` elements each (grown when a larger block asks; a block view made from a
+    smaller buffer keeps that one alive).  The bf16 one is written only through its odd
+    halves, so its even halves stay 0."""
     bufs: tuple[np.ndarray, np.ndarray] | None = getattr(_LOCAL, "bufs", None)
-    if bufs is None:
-        bufs = (np.zeros(CHUNK_ELEMS, dtype=F32), np.empty(CHUNK_ELEMS, dtype=F32))
+    if bufs is None or bufs[0].size < size:
+        size = max(size, CHUNK_ELEMS)
+        bufs = (np.zeros(size, dtype=F32), np.empty(size, dtype=F32))
         _LOCAL.bufs = bufs
+        _LOCAL.views = {}
     return bufs
 
 
@@ -105,7 +128,7 @@ class StoredMatrix:
         self.release = release
         self.rows = sum(int(p.shape[0]) for p in parts)
         self.cols = cols
-        self._steps: list[tuple[list[_Step], list[tuple[mmap.mmap, int, int]]]] | None = None
+        self._steps: dict[bool, list[tuple[list[_Step], list[tuple[mmap.mmap, int, int]]]]] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -139,36 +162,73 @@ class StoredMatrix:
         return out if dtype is None else np.asarray(out, dtype=np.dtype(dtype))  # type: ignore[call-overload]
 
     def product(self, x: np.ndarray) -> np.ndarray:
-        """``x @ W.T`` for ``x`` ``[T, cols]`` float32.  One row (a decode step): a
-        matrix-vector product over each 16-row-aligned block, bit-identical to the product
-        with the whole matrix; more rows: one product with the whole matrix cast."""
+        """``x @ W.T`` for ``x`` ``[T, cols]`` float32, bit-identical to the product with the
+        whole float32 matrix.  Up to :data:`STREAM_MAX_ROWS` rows, block by block from the
+        stored words: one row (a decode step) a matrix-vector product per 16-row-aligned
+        block; 2+ rows one sgemm per block of at least :data:`GEMM_MIN_MACS` multiply-adds.
+        More rows: one product with the whole matrix cast."""
         t = x.shape[0]
         if t > STREAM_MAX_ROWS:
             out_full: np.ndarray = x @ np.asarray(self)
             return out_full
         out = np.empty((t, self.rows), dtype=F32)
-        groups = self._plan()
-        if len(groups) == 2:
-            side: Future[None] = _pool().submit(self._rows, x, out, *groups[1])
-            try:
+        groups = self._plan(t > 1)
+        # our two threads, not four, where OpenBLAS gives the same bits so (lql.model.blas)
+        with one_thread() if self._single(t > 1) else contextlib.nullcontext():
+            if len(groups) == 2:
+                side: Future[None] = _pool().submit(self._rows, x, out, *groups[1])
+                try:
+                    self._rows(x, out, *groups[0])
+                finally:
+                    side.result()
+            else:
                 self._rows(x, out, *groups[0])
-            finally:
-                side.result()
-        else:
-            self._rows(x, out, *groups[0])
         return out
 
-    def _plan(self) -> list[tuple[list[_Step], list[tuple[mmap.mmap, int, int]]]]:
-        """The blocks of :meth:`product`, worked out once (each block's source rows, views of
-        the parts, and how it becomes float32: :class:`_Step`), split into the two threads'
-        halves, each with the page ranges it reads."""
-        plan = self._steps
+    def _single(self, gemm: bool) -> bool:
+        """Whether this matrix's block products may run with OpenBLAS at one thread: sgemm
+        blocks (``gemm``, 2+ rows) where OpenBLAS gives the same bits so for this width (tried
+        once per width on random matrices); matrix-vector blocks never (OpenBLAS splits a
+        gemv's rows between its threads at a point that groups the rows near it otherwise
+        than our 16-row blocks do, and one thread is no faster there, measured)."""
+        if not gemm:
+            return False
+        cols = self.cols
+
+        def probe() -> np.ndarray:
+            rng = np.random.default_rng(cols)
+            out = []
+            for rows, t in ((512, 2), (512, STREAM_MAX_ROWS), (2048, 3)):
+                w = rng.standard_normal((rows, cols), dtype=F32)
+                out.append((rng.standard_normal((t, cols), dtype=F32) @ w.T).ravel())
+            return np.concatenate(out)
+
+        return agrees(("stored gemm block", cols), probe)
+
+    def _plan(self, gemm: bool) -> list[tuple[list[_Step], list[tuple[mmap.mmap, int, int]]]]:
+        """The blocks of :meth:`product` (for 2+ rows with ``gemm``), worked out once: each
+        block's source rows, views of the parts, and how it becomes float32
+        (:class:`_Step`), split into the two threads' halves, each with the page ranges it
+        reads.  Blocks start on multiples of :data:`ALIGN` rows (gemv sums a row as over the
+        whole matrix only so); a gemm block has at least ``GEMM_MIN_MACS / (2 · cols)`` rows,
+        the last one too (a short remainder joins the block before it)."""
+        if self._steps is None:
+            self._steps = {}
+        plan = self._steps.get(gemm)
         if plan is None:
             step = max(ALIGN, (CHUNK_ELEMS // self.cols) // ALIGN * ALIGN)
-            steps = [_Step(self, r, min(step, self.rows - r)) for r in range(0, self.rows, step)]
+            least = 0
+            if gemm:
+                least = -(-GEMM_MIN_MACS // (2 * self.cols))
+                step = max(step, -(-least // ALIGN) * ALIGN)
+            starts = list(range(0, self.rows, step))
+            if len(starts) > 1 and self.rows - starts[-1] < least:
+                starts.pop()                          # the remainder joins the block before
+            bounds = starts[1:] + [self.rows]
+            steps = [_Step(self, r, end - r) for r, end in zip(starts, bounds)]
             half = len(steps) // 2
             split = [steps[:half], steps[half:]] if half >= 2 else [steps]
-            plan = self._steps = [(g, _spans([p for s in g for p, _ in s.pieces])) for g in split]
+            plan = self._steps[gemm] = [(g, _spans([p for s in g for p, _ in s.pieces])) for g in split]
         return plan
 
     def _rows(self, x: np.ndarray, out: np.ndarray, steps: Sequence[_Step],
@@ -177,10 +237,13 @@ class StoredMatrix:
         their pages (``spans``) mapped first, in one call each, and released after."""
         _advise(spans, _POPULATE)
         try:
+            one = x.shape[0] == 1
             for s in steps:
                 block = s.block()
-                for i in range(x.shape[0]):
-                    np.matmul(block, x[i], out=out[i, s.r:s.r + s.n])
+                if one:
+                    np.matmul(block, x[0], out=out[0, s.r:s.r + s.n])
+                else:
+                    out[:, s.r:s.r + s.n] = x @ block.T
         finally:
             if self.release is not None:
                 _advise(spans, _DONTNEED)
@@ -234,12 +297,10 @@ class _Step:
 def _views(bf16: bool, n: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """This thread's cast buffer as ``(block [n, cols], its odd 16-bit halves [n, cols])``
     (made once per shape: a decode step asks for the same few shapes again and again)."""
-    cache: dict[tuple[bool, int, int], tuple[np.ndarray, np.ndarray]] | None = getattr(_LOCAL, "views", None)
-    if cache is None:
-        cache = _LOCAL.views = {}
+    bf16_buf, other_buf = _buffers(n * cols)
+    cache: dict[tuple[bool, int, int], tuple[np.ndarray, np.ndarray]] = _LOCAL.views
     got = cache.get((bf16, n, cols))
     if got is None:
-        bf16_buf, other_buf = _buffers()
         block = (bf16_buf if bf16 else other_buf)[:n * cols].reshape(n, cols)
         got = cache[(bf16, n, cols)] = (block, block.view(np.uint16).reshape(n, 2 * cols)[:, 1::2])
     return got
