@@ -162,9 +162,14 @@ def test_q4k_layers_are_cast_not_streamed_at_budget_zero(q4k, monkeypatch):
         monkeypatch.setenv("LQL_WEIGHT_CACHE_MB", budget)
         layerstore.clear_weight_cache()
         m = build_model(v.model_config, v.weights)
+        ahead: list[int] = []
+        prefetch = m.blocks.prefetch
+        monkeypatch.setattr(m.blocks, "prefetch", lambda i: (ahead.append(i), prefetch(i))[1])
         got[budget] = list(greedy(m, [1, 504, 3458, 282], 3, stop_ids=()))
         if budget == "0":
             assert m.blocks.cached_layers() == []
             assert all(slot.cast_only and slot.stored is None for slot in m.blocks._slots)
+            # short calls on layers that are always cast still read the next one ahead
+            assert set(range(1, len(m.blocks))) <= set(ahead)
     assert got["0"] == got["-1"]
     layerstore.clear_weight_cache()

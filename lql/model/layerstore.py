@@ -243,7 +243,8 @@ class LayerStore(Sequence["Block"]):
         over at most :data:`~lql.model.stored.STREAM_MAX_ROWS` rows, is multiplied from its
         stored words (its stored-words block is built once and kept: it owns no weights);
         otherwise the layer is built (or taken from the cache) and, with ``ahead``, layer
-        ``i + 1`` is read ahead in the background."""
+        ``i + 1`` is read ahead in the background (for a short call too when this layer's
+        words are not memory-mapped and it is always cast)."""
         few = self._stored is not None and rows <= STREAM_MAX_ROWS
         if few and not self.is_ready(i):
             slot = self._slots[i]
@@ -254,8 +255,8 @@ class LayerStore(Sequence["Block"]):
             if slot.stored is not None:
                 return slot.stored
         block = self[i]
-        if ahead and not few:
-            self.prefetch(i + 1)
+        if ahead and (not few or self._slots[i].cast_only):
+            self.prefetch(i + 1)           # (a layer that is always cast: its next one is too)
         return block
 
     def warm(self) -> int:
