@@ -2,6 +2,7 @@
 
     python benchmarks/eval_describe.py [INFERENCE_VINDEX] [--modes emb,res,prompts,chat]
                                        [--entities N] [--json OUT.json]
+    python benchmarks/eval_describe.py [INFERENCE_VINDEX] --kinds-grid [--entities N]
     python benchmarks/eval_describe.py [INFERENCE_VINDEX] --variants [--top 12]
 
 Default: for every entity of ``benchmarks/data/describe_associates.json`` (36 entities,
@@ -13,6 +14,11 @@ edge targets and count those that are an expected associate (case-insensitive wh
 word, a trailing plural "s" ignored).  Prints per mode ``p@10`` (hits / 10, the
 goal's measure), ``p@ret`` (hits / edges returned, when fewer than 10) and the
 seconds per entity, plus every entity's top 10 with hits marked ``*``.
+
+``--kinds-grid``: VIA PROMPTS' candidate answers collected once per entity (raw and chat)
+with the kind weighting off, then precision@10 re-ranked for a grid of the weighting's
+floor (``KIND_FLOOR``) and of a factor on relations asked of any kind — exactly what the
+pipeline gives for those settings, since the weights change only the final ranking.
 
 ``--variants``: the older exploration — DESCRIBE's top edges per entity for several
 pipeline variants, so a reader can judge which gives what the model associates with
@@ -108,11 +114,83 @@ def precision(args) -> None:
         Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
 
 
+def _p10(got, types, floor, any_kind, weigh=True) -> float:
+    """precision@10 of collected candidates ``(expected, kinds, [(relation, word, spec)])``
+    ranked as VIA PROMPTS ranks them with the kind weighting's ``floor`` and a factor
+    ``any_kind`` on relations asked of any kind (``weigh`` off: no weighting)."""
+    hits = 0
+    for want, kinds, cands in got:
+        best: dict = {}
+        for rel, word, value in cands:
+            if value <= 0:
+                continue
+            t = types[rel]
+            w = 1.0 if not weigh or kinds is None else (
+                any_kind if not t else max(floor, min(1.0, sum(kinds.get(k, 0.0) for k in t))))
+            k = word.casefold().strip(".,;:!?\"'()")
+            if k not in best or value * w > best[k][0]:
+                best[k] = (value * w, word)
+        top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:10]
+        hits += sum(_key(v[1]) in want for _k, v in top)
+    return hits / (10 * len(got))
+
+
+def kinds_grid(args) -> None:
+    import json
+
+    import lql.infer.relations as R
+    from lql.session import Session
+    data = json.loads(DATA.read_text(encoding="utf-8"))["entities"]
+    entities = list(data.items())[:args.entities] if args.entities else list(data.items())
+    state: dict = {}
+    prompt, complete, spec, kinds_of = R.relation_prompt, R._complete, R._specificity, R.entity_kinds
+
+    def relation_prompt(target, rel, template, entity, *, chat):
+        state["rel"] = rel.name
+        return prompt(target, rel, template, entity, chat=chat)
+
+    def _complete(target, cache, tid, p):
+        word, wp = complete(target, cache, tid, p)
+        state["word"] = word
+        return word, wp
+
+    def _specificity(p, b):
+        value = spec(p, b)
+        state["cands"].append((state["rel"], state["word"], value))
+        return value
+
+    def entity_kinds(target, entity, *, chat):
+        state["kinds"] = kinds_of(target, entity, chat=chat)
+        return state["kinds"]
+
+    R.relation_prompt, R._complete, R._specificity, R.entity_kinds = (relation_prompt, _complete,
+                                                                       _specificity, entity_kinds)
+    R.relation_weight = lambda rel, kinds: 1.0
+    types = {r.name: r.types for r in R.relations()}
+    s = Session()
+    s.execute(f'USE "{args.vindex}"')
+    for mode in ("prompts", "chat"):
+        if mode == "chat" and not s.vindex.chat_template:
+            continue
+        s.execute("SET CHAT ON" if mode == "chat" else "SET CHAT OFF")
+        got = []
+        for entity, expected in entities:
+            state["cands"] = []
+            s.execute(f'DESCRIBE "{entity}" VIA PROMPTS')
+            got.append(({_key(w) for w in expected}, state["kinds"], list(state["cands"])))
+
+        print(f"== {mode}: p@10 without kinds {_p10(got, types, 0, 1, False):.3f}")
+        for floor in (0.02, 0.05, 0.1, 0.2, 0.3):
+            print(f"  floor {floor:<4}  " + "  ".join(f"any={a}: {_p10(got, types, floor, a):.3f}"
+                                                     for a in (1.0, 0.7, 0.5, 0.3)), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("vindex", nargs="?")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--variants", action="store_true", help="the older variant exploration")
+    ap.add_argument("--kinds-grid", action="store_true", help="p@10 over the kind weighting's settings")
     ap.add_argument("--modes", default="emb,res,prompts,chat")
     ap.add_argument("--entities", type=int, default=0, help="only the first N entities")
     ap.add_argument("--json", help="write the per-entity results here")
@@ -120,6 +198,9 @@ def main() -> None:
     if args.vindex is None:
         from vindex_fixtures import smollm2_vindex
         args.vindex = str(smollm2_vindex(level="inference"))
+    if args.kinds_grid:
+        kinds_grid(args)
+        return
     if not args.variants:
         precision(args)
         return

@@ -150,6 +150,22 @@ def test_describe_via_prompts_brief_is_specific(smol):
     assert not {t.casefold() for t in targets} & STOP_WORDS
 
 
+@pytest.mark.slow
+def test_entity_kinds_on_smollm2(smol):
+    """The kind prompt's next-token mass puts a country, a physicist, a metal and a company
+    in their kinds (raw prompts), and DESCRIBE reports them."""
+    from lql.infer.engine import target_for
+    from lql.infer.relations import entity_kinds
+    t = target_for(smol)
+    for entity, kind in (("France", "place"), ("Einstein", "person"), ("gold", "substance"),
+                         ("Microsoft", "organisation")):
+        kinds = entity_kinds(t, entity, chat=False)
+        assert kinds is not None and max(kinds, key=kinds.get) == kind, (entity, kinds)
+        assert sum(kinds.values()) == pytest.approx(1.0)
+    r = smol.query('DESCRIBE "France" VIA PROMPTS')
+    assert max(r.meta["kinds"], key=r.meta["kinds"].get) == "place"
+
+
 def test_describe_via_prompts_needs_inference_level():
     from lql.errors import LevelError
     s = Session()
@@ -166,6 +182,23 @@ def test_relation_templates_ship():
         assert name in rels
         assert all("{entity}" in t for t in rels[name].templates)
         assert "{entity}" in rels[name].question
+
+
+def test_relation_kinds_ship_and_weigh():
+    from lql.infer.relations import KIND_FLOOR, kind_prompt, kind_words, relation_weight, relations
+    words = kind_words()
+    assert {"place", "person", "animal", "substance", "thing", "organisation"} <= set(words)
+    assert all(words.values())
+    for rel in relations():
+        assert set(rel.types) <= set(words), rel
+    assert "{entity}" in kind_prompt().templates[0]
+    rels = {r.name: r for r in relations()}
+    person = {"person": 0.9, "place": 0.1}
+    assert relation_weight(rels["occupation"], person) == pytest.approx(0.9)
+    assert relation_weight(rels["capital"], person) == KIND_FLOOR     # 0.1, floored
+    assert relation_weight(rels["capital"], {"place": 0.0, "person": 1.0}) == KIND_FLOOR
+    assert relation_weight(rels["known for"], person) == 1.0         # asked of any kind
+    assert relation_weight(rels["capital"], None) == 1.0             # kinds unknown
 
 
 # --------------------------------------------------------------------------- hubs

@@ -163,8 +163,11 @@ def test_q4k_layers_are_cast_not_streamed_at_budget_zero(q4k, monkeypatch):
         layerstore.clear_weight_cache()
         m = build_model(v.model_config, v.weights)
         ahead: list[int] = []
-        prefetch = m.blocks.prefetch
-        monkeypatch.setattr(m.blocks, "prefetch", lambda i: (ahead.append(i), prefetch(i))[1])
+
+        def record(i: int, seen: list[int] = ahead, real=m.blocks.prefetch) -> None:
+            seen.append(i)
+            real(i)
+        monkeypatch.setattr(m.blocks, "prefetch", record)
         got[budget] = list(greedy(m, [1, 504, 3458, 282], 3, stop_ids=()))
         if budget == "0":
             assert m.blocks.cached_layers() == []

@@ -30,6 +30,13 @@ and a chat question) is run on the entity:
    the references' distribution); ``p − b`` gave precision@10 0.400 against 0.364 for
    plain probability and 0.436 for ``p · log(p / b)`` on SmolLM2 (raw, 36 entities),
    before the answer hubs were added.
+   Kinds: the entity is first asked what kind of thing it is (the file's ``types``
+   prompt); the next-token mass of each kind's words ("country", "physicist", "metal",
+   "company", …) gives its share of place / person / animal / substance / thing /
+   organisation (:func:`entity_kinds`), and a relation asked of some kinds only has its
+   answers' specificity multiplied by their share, at least :data:`KIND_FLOOR`
+   (:func:`relation_weight`; docs/BROWSE.md has the measured effect, small: off-kind
+   templates still draw associates).
 5. answers merge by word (case-folded) over templates and relations: the edge keeps the
    prompt where it is most specific — its ``probability`` there (the first token's,
    exactly what INFER reports for it on that prompt), ``specificity``, the relation,
@@ -60,7 +67,7 @@ from ..runtime import rank_many
 from .predict import rank_next
 from .prompt import checked_ids, should_wrap
 
-__all__ = ["Relation", "relations", "fillers", "describe_prompts", "relation_prompt",
+__all__ = ["Relation", "relations", "fillers", "entity_kinds", "relation_weight", "kind_words", "describe_prompts", "relation_prompt",
            "DESCRIBE_PROMPTS_COLUMNS", "CANDIDATES", "MIN_P", "PER_TEMPLATE", "TOP_FEATURES"]
 
 DATA = Path(__file__).with_name("data") / "relation_prompts.json"
@@ -77,6 +84,10 @@ REFERENCE_ENTITIES = ("Portugal", "Nairobi", "Galileo", "Chopin", "copper", "hor
                       "violin", "Toyota", "glass")
 #: an answer candidate for more than this many of the references is an answer hub
 HUB_REFS = 5
+#: the kind words' probability mass below which the kind prompt says nothing
+KIND_MIN_MASS = 0.05
+#: the least factor on the answers of a relation not asked of the entity's kinds
+KIND_FLOOR = 0.3
 DESCRIBE_PROMPTS_COLUMNS = ["relation", "target", "probability", "specificity",
                             "word_probability", "count", "features", "prompt"]
 
@@ -86,6 +97,8 @@ class Relation:
     name: str
     templates: tuple[str, ...]
     question: str
+    #: the kinds of entity the relation is asked of (``()``: any; see :func:`entity_kinds`)
+    types: tuple[str, ...] = ()
 
 
 @cache
@@ -96,8 +109,63 @@ def _data() -> dict:
 
 def relations() -> tuple[Relation, ...]:
     """The shipped relation templates, in file order."""
-    return tuple(Relation(name, tuple(r["templates"]), r["question"])
+    return tuple(Relation(name, tuple(r["templates"]), r["question"], tuple(r.get("types", ())))
                  for name, r in _data()["relations"].items())
+
+
+def kind_prompt() -> Relation:
+    """The prompt that asks what kind of thing an entity is (``types.prompt``)."""
+    spec = _data()["types"]["prompt"]
+    return Relation("kind", tuple(spec["templates"]), spec["question"])
+
+
+def kind_words() -> dict[str, tuple[str, ...]]:
+    """Per kind (place, person, animal, substance, thing, organisation) the words that say
+    an entity is of that kind after the kind prompt ("country", "physicist", "metal", …)."""
+    return {k: tuple(v) for k, v in _data()["types"]["words"].items()}
+
+
+def _kind_ids(target) -> dict[str, frozenset[int]]:
+    """Per kind, the first tokens of its words after a space (a token two kinds share
+    counts for neither)."""
+    tok = target.tokenizer
+    firsts: dict[str, set[int]] = {}
+    for kind, words in kind_words().items():
+        for w in words:
+            ids = tok.encode(" " + w, add_special_tokens=False).ids
+            if ids:
+                firsts.setdefault(kind, set()).add(int(ids[0]))
+    shared = {t for k, ts in firsts.items() for t in ts
+              if sum(t in other for other in firsts.values()) > 1}
+    return {k: frozenset(ts - shared) for k, ts in firsts.items()}
+
+
+def entity_kinds(target, entity: str, *, chat: bool) -> dict[str, float] | None:
+    """How much the model takes ``entity`` for each kind: the next-token probability mass
+    of each kind's words after the kind prompt ("France is a" → " country"), normalised
+    over the kinds; ``None`` when that mass is below :data:`KIND_MIN_MASS` (the model
+    does not say: every relation is asked as before)."""
+    rel = kind_prompt()
+    ids_of = _kind_ids(target)
+    mass = dict.fromkeys(ids_of, 0.0)
+    for template in rel.templates:
+        _text, ids = relation_prompt(target, rel, template, entity, chat=chat)
+        probs = np.asarray(rank_next(target, ids, 1).probs, dtype=np.float64)
+        for kind, tids in ids_of.items():
+            mass[kind] += float(probs[list(tids)].sum()) / len(rel.templates)
+    total = sum(mass.values())
+    if total < KIND_MIN_MASS:
+        return None
+    return {k: v / total for k, v in mass.items()}
+
+
+def relation_weight(rel: Relation, kinds: dict[str, float] | None) -> float:
+    """The factor on a relation's answers: the share of the entity's kinds the relation
+    is asked of (at least :data:`KIND_FLOOR`); 1 for a relation of any kind or when the
+    kinds are unknown."""
+    if kinds is None or not rel.types:
+        return 1.0
+    return max(KIND_FLOOR, min(1.0, sum(kinds.get(t, 0.0) for t in rel.types)))
 
 
 def fillers() -> frozenset[str]:
@@ -259,9 +327,11 @@ def describe_prompts(target, entity: str, *, chat_mode=None, wrap=None, verbosit
     own = _own_words(entity)
     special = _special_ids(target)
     base = baseline(target, chat) if (contrast and filtered) else None
+    kinds = entity_kinds(target, entity, chat=chat) if base is not None else None
     answers: dict[str, _Answer] = {}
     n_prompts = 0
     for rel in relations():
+        weight = relation_weight(rel, kinds)
         for template in rel.templates:
             if check is not None:
                 check()
@@ -287,6 +357,7 @@ def describe_prompts(target, entity: str, *, chat_mode=None, wrap=None, verbosit
                     if base is not None else float(p)
                 if base is not None and spec <= 0:
                     continue                  # no more likely here than for any entity
+                spec *= weight                # a relation not asked of this kind of entity
                 taken += 1
                 a = answers.get(key)
                 if a is None:
@@ -315,4 +386,5 @@ def describe_prompts(target, entity: str, *, chat_mode=None, wrap=None, verbosit
     message = None if rows else "(no edges found)"
     return Result.table("DESCRIBE", DESCRIBE_PROMPTS_COLUMNS, rows, message=message,
                         entity=entity, via="PROMPTS", verbosity=verb.lower(), chat_wrapped=chat,
-                        prompts=n_prompts, total_edges=len(edges), found=True)
+                        prompts=n_prompts, total_edges=len(edges), found=True,
+                        kinds=None if kinds is None else {k: round(v, 4) for k, v in kinds.items()})
