@@ -4,20 +4,21 @@ A product over stored words (:mod:`lql.model.stored`) runs its blocks in two Pyt
 threads, each calling BLAS on a block at a time.  OpenBLAS would split each of those
 calls over its own two threads as well: four threads on two cores, handing work back and
 forth on every block.  :func:`one_thread` sets OpenBLAS to one thread for the length of
-such a product (measured on a 7B-shaped layer, 2 cores: a decode step's gate/up product
-44 → 27 ms, a 5-token prompt over 4 streamed layers 0.96 → 0.57 s).  The thread count
-does not change a matrix-vector product (OpenBLAS splits its rows between threads), but it
-can change a matrix product's last bits for some inner sizes (sums of one element taken
-in other chunks: e.g. 1040, 2000, 4400, not 576, 2048, 4096 or 11008 — measured), and a
-stored product must equal the cached one bit for bit.  So :func:`agrees` tries a caller's
-product both ways once per shape (:func:`one_thread` is used only where they agree).
+such a product (measured, 2 cores: a 5-token prompt over 4 streamed 7B-shaped layers
+0.96 → 0.57 s; a whole decode step, whose blocks are matrix-vector products, was no
+faster, so those keep OpenBLAS's count).  The thread count can change a product's last
+bits: a gemv's rows are split between threads at a point that groups the rows near it
+otherwise, and a matrix product's sums are taken in other chunks for some inner sizes
+(e.g. 1040, 2000, 4400; not 576, 2048, 4096 or 11008 — measured), while a stored product
+must equal the cached one bit for bit.  So :func:`agrees` tries a caller's product both
+ways once per shape, and :func:`one_thread` is used only where they agree.
 
 numpy's OpenBLAS is found among the libraries this process has loaded and driven through
 its ``openblas_set_num_threads``/``openblas_get_num_threads`` (the names carry a prefix
 and suffix in the ``scipy-openblas`` builds that numpy's wheels ship).  Where there is
 no OpenBLAS (another BLAS, another OS) :func:`one_thread` does nothing.  (threadpoolctl
-does this for any BLAS, but looks the libraries up again on every call; a decode step
-makes hundreds of these calls.)
+does this for any BLAS, but looks the libraries up again on every call; a prompt over a
+32-layer model makes hundreds of these calls.)
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ def _loaded_openblas() -> list[str]:
 
 
 def _find() -> tuple[Callable[[int], None], Callable[[], int]] | None:
-    import numpy  # noqa: F401  (loads numpy's BLAS)
     for path in _loaded_openblas():
         try:
             lib = ctypes.CDLL(path)

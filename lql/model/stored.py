@@ -49,7 +49,7 @@ _BF16 = np.dtype("<u2")
 
 #: elements cast per block (1 MiB of float32: a block and its product stay in L2)
 CHUNK_ELEMS = 1 << 18
-#: row alignment of the blocks (see :meth:`StoredMatrix._step`)
+#: row alignment of the blocks (see :meth:`StoredMatrix._plan`)
 ALIGN = 16
 #: a forward call over at most this many rows (a decode step, a short prompt) multiplies a
 #: layer the cache does not hold from its stored words, block by block; longer calls (a
