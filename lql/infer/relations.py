@@ -67,7 +67,8 @@ from ..runtime import rank_many
 from .predict import rank_next
 from .prompt import checked_ids, should_wrap
 
-__all__ = ["Relation", "relations", "fillers", "entity_kinds", "relation_weight", "kind_words", "describe_prompts", "relation_prompt",
+__all__ = ["Relation", "relations", "fillers", "entity_kinds", "relation_weight", "kind_words",
+           "describe_prompts", "relation_prompt",
            "DESCRIBE_PROMPTS_COLUMNS", "CANDIDATES", "MIN_P", "PER_TEMPLATE", "TOP_FEATURES"]
 
 DATA = Path(__file__).with_name("data") / "relation_prompts.json"
