@@ -34,10 +34,21 @@ def test_one_thread_sets_one_and_restores_the_count_after_the_last_caller():
     assert get() == before
 
 
-def test_agrees_compares_the_product_both_ways_and_remembers():
-    """A width whose matrix products OpenBLAS sums otherwise at one thread is told apart from
-    one it does not (2000 and 4096 on the SkylakeX kernels; where the machine's BLAS runs
-    one thread anyway both agree, and that is what the probe must report)."""
+def _one_thread_differs(cols: int) -> bool:
+    """Whether OpenBLAS sums a (5 × cols) · (cols × 1024) product otherwise at one thread
+    on this machine (it depends on the CPU's kernels: on SkylakeX 2000 columns differ and
+    4096 do not; on an AMD EPYC both differ)."""
+    w = np.random.default_rng(cols).standard_normal((1024, cols), dtype=np.float32)
+    x = np.random.default_rng(1).standard_normal((5, cols), dtype=np.float32)
+    with blas.one_thread():
+        single = x @ w.T
+    return not np.array_equal(x @ w.T, single)
+
+
+@pytest.mark.parametrize("cols", [2000, 4096])
+def test_agrees_compares_the_product_both_ways_and_remembers(cols):
+    """The probe reports what comparing the product at both thread counts shows, runs the
+    product once as it is and once at one thread, and remembers its answer."""
     _set, get = blas.api()  # type: ignore[misc]
     calls = []
 
@@ -50,21 +61,17 @@ def test_agrees_compares_the_product_both_ways_and_remembers():
             return x @ w.T
         return run
 
-    blas._agree.pop(("test", 4096), None)
-    assert blas.agrees(("test", 4096), probe(4096)) is True
-    assert calls[-2:] == [get(), 1]                 # once as it is, once at one thread
-    n = len(calls)
-    assert blas.agrees(("test", 4096), probe(4096)) is True
-    assert len(calls) == n                           # remembered
-    w = np.random.default_rng(2000).standard_normal((1024, 2000), dtype=np.float32)
-    x = np.random.default_rng(1).standard_normal((5, 2000), dtype=np.float32)
-    with blas.one_thread():
-        single = x @ w.T
-    differs = not np.array_equal(x @ w.T, single)
-    blas._agree.pop(("test", 2000), None)
-    assert blas.agrees(("test", 2000), probe(2000)) is (not differs)
-    blas._agree.pop(("test", 2000), None)
-    blas._agree.pop(("test", 4096), None)
+    expected = not _one_thread_differs(cols)
+    key = ("test", cols)
+    blas._agree.pop(key, None)
+    try:
+        assert blas.agrees(key, probe(cols)) is expected
+        assert calls[-2:] == [get(), 1]                 # once as it is, once at one thread
+        n = len(calls)
+        assert blas.agrees(key, probe(cols)) is expected
+        assert len(calls) == n                           # remembered
+    finally:
+        blas._agree.pop(key, None)
 
 
 def test_agrees_does_not_decide_while_a_caller_is_at_one_thread():
