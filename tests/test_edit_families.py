@@ -127,3 +127,24 @@ def test_compose_insert_and_compile_model(fam, tmp_path):
         assert [x["token_id"] for x in mine.rows] == want_top, prompt
         for x in mine.rows:
             assert abs(x["probability"] - ref[x["token_id"]]) <= 1e-4
+
+
+@pytest.mark.parametrize("fam", ["gemma2", "qwen3"])
+def test_compose_gate_magnitude_comes_from_the_base_features_not_earlier_inserts(fam, tmp_path):
+    """A new COMPOSE feature's gate reaches the base model's largest |gate·u| on its prompt,
+    whatever features INSERT already put in the layer: measured against those, a batch of
+    facts at one layer compounded until Gemma 3's FFN overflowed (issue 14)."""
+    from lql.runtime import ffn_inputs
+    s = _session(fam, tmp_path)
+    row = s.query(INSERT).rows[0]
+    L = row["layer"]
+    first = next(o for o in s.overlay.recording.operations if o.get("feature") == row["feature"])
+    first.set_vector("gate", first.vector("gate") * np.float32(1e4))   # an outsized insert
+    s.overlay._changed()
+    row2 = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+                   f'"Birnin") AT LAYER {L} MODE COMPOSE').rows[0]
+    op = next(o for o in s.overlay.recording.operations
+              if o.get("feature") == row2["feature"] and o.get("entity") == "Wakanda")
+    u = ffn_inputs(s.vindex, "The capital of Wakanda is", [L])[L]
+    base_max = float(np.max(np.abs(np.asarray(s.vindex.base.gate(L), np.float32) @ u)))
+    assert float(op.vector("gate") @ u) == pytest.approx(base_max, rel=1e-4)

@@ -23,11 +23,11 @@ gate is the vector w in span{u − c, c} with w·u = +A and w·c = −3A: it is
 positive only past 3/4 of the way from the template's center to this entity
 (the same 0.75 as KNN), so the feature stays silent on other entities and
 other prompts.  A is the largest |gate_f·u| among the layer's own features
-(the magnitudes come from the layer).  up = w·(A_up/A) with A_up the largest
-|up_f·u|.  down points along the target's unembedding direction as the final
-norm sees it (head[target] ⊙ final-norm weight), scaled so that on the
-canonical prompt the feature writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA
-0.10: as long as the residual stream at L).  REBALANCE rescales down later.
+(the base model's, not features INSERT added: those would compound over a
+batch).  up = w·(A_up/A) with A_up the largest |up_f·u|.  down points along
+the target's unembedding direction as the final norm sees it (head[target] ⊙
+final-norm weight), scaled so that on the canonical prompt the feature
+writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA 0.10: as long as the residual stream at L).  REBALANCE rescales down later.
 """
 
 from __future__ import annotations
@@ -196,7 +196,12 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
         raise ExecutionError(f"the entity {entity!r} does not change the model's state on "
                              f"{text!r} at layer {layer}; try another layer or PROMPT")
     lay = view.overlay.layout
-    gates = np.asarray(view.gate(layer), dtype=np.float32)
+    # the magnitudes come from the model's own features (the base vindex), never from
+    # features INSERT put here: measured against those, each new gate and up vector was a
+    # multiple of the last one's and a batch of facts at one layer grew them geometrically
+    # until the FFN overflowed (Gemma 3 270M, layer 12: 45 facts, gate·x ≈ 2·10¹³)
+    base = getattr(view, "base", view)
+    gates = np.asarray(base.gate(layer), dtype=np.float32)
     a_gate = float(np.max(np.abs(gates @ u)))
     up_key = lay.up_key(layer)
     w = selective_direction(u, negatives)
@@ -204,7 +209,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     feature, slot = choose_slot(view, layer)
     vectors = {"gate": gate}
     if up_key and up_key in view.weights:          # a gated (GLU) FFN
-        a_up = float(np.max(np.abs(lay.rows(np.asarray(view.weights[up_key])) @ u)))
+        a_up = float(np.max(np.abs(lay.rows(np.asarray(base.weights[up_key])) @ u)))
         vectors["up"] = w * a_up
         act = _activation(view, a_gate) * a_up    # the feature's activation on the prompt
     else:
