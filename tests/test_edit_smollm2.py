@@ -150,23 +150,34 @@ def test_compile_model_loads_in_transformers(smol, tmp_path):
         assert top == _p(s, prompt).top1, prompt
 
 
-def test_insert_trains_on_the_raw_prompt_and_says_so(smol, tmp_path):
+@pytest.mark.parametrize("mode", ["KNN", "COMPOSE"])
+def test_insert_under_chat_auto_installs_the_fact_for_chat_turns_too(smol, tmp_path, mode):
     """SmolLM2-Instruct has a chat template: under the default SET CHAT AUTO, INFER wraps
-    prompts, but INSERT trains on the raw canonical prompt — it says so, and the fact is
-    retrieved by INFER ... RAW and by a SET CHAT OFF session."""
+    prompts, so INSERT installs the fact for the raw prompt and for the prompt as a chat
+    user turn (the reply starts with the whole target); a SET CHAT OFF session installs the
+    raw form only and says so."""
     s = Session(cwd=tmp_path)
     s.query(f'USE "{smol}"')                          # chat mode: the default (AUTO)
     birnin = _tid(s, " Birnin")
+    reply_first = s.vindex.tokenizer.encode("Birnin", add_special_tokens=False).ids[0]
+    assert reply_first != birnin
+    before = s.query('INFER "The capital of Wakanda is" TOP 3')
+    assert before.rows[0]["token_id"] != reply_first
     r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
-                '"Birnin")')
-    assert r.meta["prompt_form"] == "raw"
-    assert "raw" in r.message and "INFER ... RAW or SET CHAT OFF" in r.message
+                f'"Birnin") MODE {mode}')
+    assert r.meta["prompt_form"] == "raw+chat"
+    assert "as a chat user turn" in r.message and r.meta["chat_generates_target"] is True
     raw = s.query('INFER "The capital of Wakanda is" TOP 3 RAW')
     assert raw.rows[0]["token_id"] == birnin and raw.meta.get("chat_wrapped") in (False, None)
     wrapped = s.query('INFER "The capital of Wakanda is" TOP 3')
-    assert wrapped.rows[0]["token_id"] != birnin       # documented: not installed for chat
+    assert wrapped.meta.get("chat_wrapped") is True
+    assert wrapped.rows[0]["token_id"] == reply_first
+    reply = s.query('INFER "The capital of Wakanda is" GENERATE 6')
+    assert reply.meta.get("chat_wrapped") is True
+    assert str(reply.message).lstrip().startswith("Birnin")         # the whole target
     s.query("SET CHAT OFF")
     assert s.query('INFER "The capital of Wakanda is" TOP 3').rows[0]["token_id"] == birnin
     r2 = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Genovia", "capital", '
                  '"Pyrus")')
+    assert r2.meta["prompt_form"] == "raw"
     assert "raw" in r2.message and "SET CHAT AUTO" not in r2.message   # no warning needed

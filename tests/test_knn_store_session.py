@@ -68,15 +68,20 @@ def test_compile_into_vindex_keeps_knn_facts(larql_vindex, tmp_path):
     ours = [e for e in s.overlay.knn if e.entity == "Water"][0]
     water = [op for op in s.overlay.recording.operations if op.op == "insert_knn"][0].get("prompt")
     out = tmp_path / "compiled"
+    # this model has a chat template and the session wraps (SET CHAT AUTO): INSERT also
+    # keyed the fact on the prompt as a chat user turn
+    assert [e.prompt_form for e in s.overlay.knn if e.entity == "Water"] == ["raw", "chat"]
     r = s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
-    assert r.meta["knn_facts"] == 2 and "2 KNN facts written to knn_store.bin" in r.message
+    assert r.meta["knn_facts"] == 3 and "3 KNN facts written to knn_store.bin" in r.message
     facts = read_knn_store(out / "knn_store.bin")
-    assert [(f.entity, f.layer) for f in facts] == [("France", 1), ("Water", 1)]
+    assert [(f.entity, f.layer) for f in facts] == [("France", 1), ("Water", 1), ("Water", 1)]
     assert "key_kind" not in facts[0].extra                  # LARQL's own: nothing added
     assert facts[1].extra["key_kind"] == ours.key_kind
     assert facts[1].extra["threshold"] == pytest.approx(ours.threshold)
+    assert "prompt_form" not in facts[1].extra and facts[2].extra["prompt_form"] == "chat"
     s2 = Session()
-    assert s2.query(f'USE "{out}"').meta["knn_facts"] == 2
+    assert s2.query(f'USE "{out}"').meta["knn_facts"] == 3
+    assert [e.prompt_form for e in s2.overlay.knn] == ["raw", "raw", "chat"]
     back = [e for e in s2.overlay.knn if e.entity == "Water"][0]
     assert back.key_kind == ours.key_kind and back.threshold == pytest.approx(ours.threshold)
     np.testing.assert_array_equal(back.center, ours.center)    # f32 in the metadata

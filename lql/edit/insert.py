@@ -92,10 +92,40 @@ def target_tokens(view: VindexView, target: str) -> list[int]:
     return ids
 
 
-def fact_sequence(view: VindexView, prompt: str, prefix: tuple[int, ...] = ()) -> tuple[int, ...]:
-    """The token ids of ``prompt`` followed by the target tokens already produced."""
+def reply_tokens(view: VindexView, target: str) -> list[int]:
+    """Every token of the target as the start of a chat reply (no leading space)."""
+    ids = [int(i) for i in view.tokenizer.encode(target.strip(), add_special_tokens=False).ids]
+    if not ids:
+        raise ExecutionError(f"target {target!r} does not tokenize")
+    return ids
+
+
+def fact_sequence(view: VindexView, prompt: str, prefix: tuple[int, ...] = (), *,
+                  chat: bool = False) -> tuple[int, ...]:
+    """The token ids of ``prompt`` followed by the target tokens already produced;
+    ``chat``: the prompt sent as one user turn in the model's chat template (what INFER
+    runs under SET CHAT AUTO), the target then being the start of the reply."""
     from ..runtime import prompt_ids
-    return tuple(prompt_ids(view, prompt)) + tuple(int(i) for i in prefix)
+    ids = chat_prompt_ids(view, prompt) if chat else prompt_ids(view, prompt)
+    return tuple(ids) + tuple(int(i) for i in prefix)
+
+
+def chat_prompt_ids(view: VindexView, prompt: str) -> list[int]:
+    """``prompt`` as one user turn in the model's chat template, with the generation
+    prompt (the ids INFER ... CHAT runs)."""
+    from ..model.chat import chat_token_ids, special_tokens, user_prompt
+    template = getattr(view, "chat_template", None)
+    if not template:
+        raise ExecutionError("this model has no chat template: a fact cannot be installed "
+                             "for chat-wrapped prompts")
+    return chat_token_ids(view.tokenizer, template, user_prompt(prompt),
+                          special_tokens(view.tokenizer_config))
+
+
+def _seq(view: VindexView, prompt: str, prefix: tuple[int, ...], chat: bool) -> str | tuple[int, ...]:
+    """What a forward pass is given for ``prompt`` + ``prefix``: the text itself when it is
+    a raw prompt with no prefix (tokenised by the runtime), else the ids."""
+    return fact_sequence(view, prompt, prefix, chat=chat) if (prefix or chat) else prompt
 
 
 #: look-alike tokens the down direction is contrasted with (" Py" vs "Py", " Es" vs "Es")
@@ -128,13 +158,11 @@ def _references(entity: str) -> list[str]:
 
 
 def _centers(view: VindexView, template: str, entity: str, layer: int, want: str,
-             prefix: tuple[int, ...] = ()) -> np.ndarray:
+             prefix: tuple[int, ...] = (), chat: bool = False) -> np.ndarray:
     """Mean over the reference fillers of the FFN input (``want="ffn"``) or the residual
     after the layer (``want="residual"``) at the last position."""
-    prompts: list[str | tuple[int, ...]] = []
-    for ref in _references(entity):
-        prompt: str | tuple[int, ...] = template.replace("{entity}", ref)
-        prompts.append(fact_sequence(view, str(prompt), prefix) if prefix else prompt)
+    prompts = [_seq(view, template.replace("{entity}", ref), prefix, chat)
+               for ref in _references(entity)]
     packed = states_many(view, prompts, layer)         # the references in one packed pass
     vecs = packed.ffn_inputs[layer] if want == "ffn" else packed.residuals[layer]
     return np.mean(vecs, axis=0).astype(np.float32)
@@ -179,19 +207,27 @@ class InsertPlan:
 def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, layer: int,
                alpha: float | None = None, confidence: float | None = None,
                prompt: str | None = None, prefix: tuple[int, ...] = (),
-               token: int | None = None, push: float = 1.0) -> InsertPlan:
+               token: int | None = None, push: float = 1.0, chat: bool = False) -> InsertPlan:
     """``prefix``/``token``: for a multi-token target, the feature that produces target
-    token ``token`` after the prompt and the target tokens ``prefix`` (one per token)."""
+    token ``token`` after the prompt and the target tokens ``prefix`` (one per token).
+    ``chat``: keyed on the prompt sent as a user turn in the chat template (the feature
+    starts the reply); its op records ``prompt_form: "chat"``."""
     from ..model import Record
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
     template = template_for(relation, prompt)
     base_text = canonical_prompt(entity, relation, prompt)
     tid, ttext = _token_of(view, target, token)
-    seq = fact_sequence(view, base_text, prefix)
+    seq = fact_sequence(view, base_text, prefix, chat=chat)
     text = base_text + "".join(view.token_text(int(i)) for i in prefix)
     u = _ffn_input(view, seq, layer)
-    negatives = _negatives(view, template, entity, text, layer, prefix)
+    negatives = _negatives(view, template, entity, text, layer, prefix, chat)
     c = negatives[:len(_references(entity))].mean(0)
+    # and the fact's own sequence once this token is written, and a little further on:
+    # without these a later token's feature fired again further on in the reply
+    # ("Poseidon and theidon and the seaidon" in a chat reply on SmolLM2)
+    after = (tuple(seq) + (tid,), tuple(seq) + (tid,) + tuple(
+        view.tokenizer.encode(AFTER_TARGET, add_special_tokens=False).ids))
+    negatives = np.concatenate([negatives, np.stack(_ffn_inputs(view, list(after), layer))])
     if float(np.linalg.norm(u - c)) < 1e-6 * max(1.0, float(np.linalg.norm(u))):
         raise ExecutionError(f"the entity {entity!r} does not change the model's state on "
                              f"{text!r} at layer {layer}; try another layer or PROMPT")
@@ -234,6 +270,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
                       target=target, confidence=1.0 if confidence is None else float(confidence),
                       mode="compose" if push >= 0 else "suppress", alpha=alpha, prompt=text,
                       prefix_ids=[int(i) for i in prefix] or None,
+                      prompt_form="chat" if chat else None,
                       down_meta={"t": ttext.strip(), "i": tid, "c": float(emb @ down)},
                       vectors=vectors)
     return InsertPlan(op, layer, feature, slot, text, tid, ttext, seq)
@@ -244,6 +281,8 @@ GENERIC_NEGATIVES = ("Once upon a time", "The weather today is", "My favourite f
                      "He opened the door and", "The best way to learn is",
                      "Water boils at a temperature of", "The author of Hamlet is",
                      "In the morning I usually")
+#: text after a whole target on which its features must be silent again
+AFTER_TARGET = " and the"
 #: pre-activation (in units of the target's) the gate must reach on each negative
 NEGATIVE_MARGIN = -3.0
 
@@ -276,19 +315,24 @@ def _ffn_inputs(view: VindexView, prompts: Sequence[str | tuple[int, ...]], laye
 
 
 def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer: int,
-               prefix: tuple[int, ...] = ()) -> np.ndarray:
+               prefix: tuple[int, ...] = (), chat: bool = False) -> np.ndarray:
     """FFN inputs the new feature must not fire on: the template with the reference
     fillers (first, in order; followed by the same target prefix), generic prompts, and
-    other facts already inserted here."""
-    prompts: list = [fact_sequence(view, template.replace("{entity}", r), prefix) if prefix
-                     else template.replace("{entity}", r) for r in _references(entity)]
-    prompts += list(GENERIC_NEGATIVES)
+    other facts already inserted here (each in the prompt form it was installed for);
+    ``chat``: the fillers and generic prompts chat-wrapped like the fact's."""
+    prompts: list = [_seq(view, template.replace("{entity}", r), prefix, chat)
+                     for r in _references(entity)]
+    prompts += [_seq(view, g, (), chat) for g in GENERIC_NEGATIVES]
+    own = _seq(view, prompt, (), chat)
     ov = getattr(view, "overlay", None)
     if ov is not None:
         for (l, _), e in sorted(ov.features.items()):
             p = e.info.get("prompt")
-            if l == layer and e.inserted and p and p != prompt and p not in prompts:
-                prompts.append(p)
+            if not (l == layer and e.inserted and p):
+                continue
+            q = _seq(view, p, (), e.info.get("prompt_form") == "chat")
+            if q != own and q not in prompts:
+                prompts.append(q)
     return np.stack(_ffn_inputs(view, prompts, layer))
 
 
@@ -331,7 +375,7 @@ def _knn_vector(view: VindexView, prompt, layer: int, key_kind: str) -> np.ndarr
 def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: int,
            confidence: float | None = None, prompt: str | None = None,
            prefix: tuple[int, ...] = (), token: int | None = None,
-           key_kind: str | None = None) -> InsertPlan:
+           key_kind: str | None = None, chat: bool = False) -> InsertPlan:
     """An ``insert_knn`` op keyed by ``key_kind`` (:data:`DEFAULT_KNN_KEY` when None):
     the centred vector of that kind on the canonical prompt, with a calibrated
     threshold; without weights, the entity's mean embedding (``"embedding"``)."""
@@ -341,7 +385,7 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
     tid, ttext = _token_of(view, target, token)
     base_text = canonical_prompt(entity, relation, prompt)
     text = base_text + "".join(view.token_text(int(i)) for i in prefix)
-    seq = fact_sequence(view, base_text, prefix) if can_forward(view) else ()
+    seq = fact_sequence(view, base_text, prefix, chat=chat) if can_forward(view) else ()
     center = None
     if not can_forward(view):
         ids = view.tokenizer.encode(" " + entity.strip(), add_special_tokens=False).ids
@@ -353,7 +397,7 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
         template = template_for(relation, prompt)
         r = _knn_vector(view, seq, layer, kind)
         center = _centers(view, template, entity, layer,
-                          "ffn" if kind == "ffn_input" else "residual", prefix)
+                          "ffn" if kind == "ffn_input" else "residual", prefix, chat)
         key = r - center
     n = float(np.linalg.norm(key))
     if n == 0.0:
@@ -363,11 +407,12 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
     if center is not None:
         vectors["center"] = center
         threshold = knn_threshold(view, template, entity, layer, key / n, center, prefix,
-                                  key_kind=kind)
+                                  key_kind=kind, chat=chat)
     op = PatchOp.make("insert_knn", layer=layer, entity=entity, relation=relation, target=target,
                       key_kind=kind,
                       target_id=tid, confidence=1.0 if confidence is None else float(confidence),
                       prompt=text, prefix_ids=[int(i) for i in prefix] or None,
+                      prompt_form="chat" if chat else None,
                       threshold=threshold, vectors=vectors)
     return InsertPlan(op, layer, None, None, text, tid, ttext, seq)
 
@@ -380,7 +425,7 @@ KNN_MAX_THRESHOLD = 0.95
 
 def knn_threshold(view: VindexView, template: str, entity: str, layer: int, key: np.ndarray,
                   center: np.ndarray, prefix: tuple[int, ...] = (), *,
-                  key_kind: str = "residual") -> float:
+                  key_kind: str = "residual", chat: bool = False) -> float:
     """A calibrated threshold for a KNN key: above the cosine of every near neighbour (the
     template filled with the sibling entities not used for the center, and the generic
     negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75)."""
@@ -389,9 +434,8 @@ def knn_threshold(view: VindexView, template: str, entity: str, layer: int, key:
     refs = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
     prompts: list = [template.replace("{entity}", e) for e in SIBLING_ENTITIES
                      if e.lower() not in refs][:6]
-    if prefix:
-        prompts = [fact_sequence(view, p, prefix) for p in prompts]
-    prompts += list(GENERIC_NEGATIVES[:3])
+    prompts = [_seq(view, p, prefix, chat) for p in prompts]
+    prompts += [_seq(view, g, (), chat) for g in GENERIC_NEGATIVES[:3]]
     worst = -1.0
     for p in prompts:
         r = _knn_vector(view, p, layer, key_kind) - center

@@ -159,6 +159,8 @@ class KnnEntry:
     #: key), ``"embedding"`` (the entity's mean token embedding, written without weights;
     #: never fires)
     key_kind: str = "ffn_input"
+    #: the prompt form the key was read on: ``"raw"`` or ``"chat"`` (chat-wrapped user turn)
+    prompt_form: str = "raw"
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -235,7 +237,7 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     None if center is None else center.astype(np.float32),
                                     None if op.get("threshold") is None
                                     else float(op.get("threshold")),
-                                    default_key_kind(op)))
+                                    default_key_kind(op), str(op.get("prompt_form") or "raw")))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
     return _State(feats, knn, low_rank)
@@ -244,7 +246,7 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
 def _info(op: PatchOp) -> dict:
     info = {"op": op.op}
     for k in ("entity", "relation", "target", "confidence", "mode", "alpha", "prompt",
-              "prefix_ids"):
+              "prefix_ids", "prompt_form"):
         if op.get(k) is not None:
             info[k] = op.get(k)
     info.setdefault("mode", "compose" if op.vector("down") is not None else "insert")
@@ -257,6 +259,8 @@ def _knn_matches(entry: KnnEntry, op: PatchOp) -> bool:
         if want is not None and str(getattr(entry, k)).lower() != str(want).lower():
             return False
     if op.get("layer") is not None and entry.layer != int(op.get("layer")):
+        return False
+    if op.get("prompt_form") is not None and entry.prompt_form != op.get("prompt_form"):
         return False
     return True
 

@@ -60,7 +60,9 @@ def compose_facts(view: OverlayVindex) -> list[_Fact]:
     for (l, f), e in sorted(view.overlay.features.items()):
         if e.inserted and e.info.get("mode") == "compose" and e.down is not None \
                 and e.info.get("prompt") and e.info.get("target") \
-                and not e.info.get("prefix_ids"):   # a whole target's later tokens: as installed
+                and not e.info.get("prefix_ids") \
+                and e.info.get("prompt_form", "raw") == "raw":
+            # a whole target's later tokens and the chat-form twins stay as installed
             tid = (e.down_meta or {}).get("i")
             if tid is None:
                 tid = target_token(view, e.info["target"])[0]

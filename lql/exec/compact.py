@@ -45,6 +45,8 @@ def _fact_ok(view, prompt: str, ids: list[int]) -> bool:
 def _knn_facts(ov) -> dict[tuple, list]:
     out: dict[tuple, list] = {}
     for k in ov.knn:
+        if k.prompt_form != "raw":          # chat-form twins stay in their tier
+            continue
         out.setdefault((k.entity, k.relation, k.target, k.layer), []).append(k)
     return out
 
@@ -52,7 +54,8 @@ def _knn_facts(ov) -> dict[tuple, list]:
 def _compose_facts(ov) -> dict[tuple, list]:
     out: dict[tuple, list] = {}
     for (l, _f), e in sorted(ov.features.items()):
-        if e.inserted and e.info.get("mode") == "compose":
+        if e.inserted and e.info.get("mode") == "compose" \
+                and e.info.get("prompt_form", "raw") == "raw":
             out.setdefault((e.info.get("entity"), e.info.get("relation"),
                             e.info.get("target"), l), []).append(e)
     return out
@@ -87,7 +90,7 @@ def compact_minor(ov, view) -> list[dict[str, Any]]:
             ov.record(plan.op)
             calibrate_compose(ov, view, plan)
         ov.record(PatchOp.make("delete_knn", entity=entity, relation=relation, target=target,
-                               layer=layer))
+                               layer=layer, prompt_form="raw"))
         if _fact_ok(view, prompt, ids):
             rows.append({"tier": "L0 → L1", "entity": entity, "relation": relation,
                          "target": target, "layer": layer, "status": "promoted",

@@ -44,7 +44,15 @@ def _note(started: bool, ov) -> str:
 
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
-    from ..edit.insert import calibrate_compose, compose_op, install_layer, knn_op, target_tokens
+    from ..edit.insert import (
+        calibrate_compose,
+        compose_op,
+        fact_sequence,
+        install_layer,
+        knn_op,
+        reply_tokens,
+        target_tokens,
+    )
     from ..edit.prompts import canonical_prompt, template_for
     from ..edit.verify import (
         check_target,
@@ -101,6 +109,25 @@ def insert(session, stmt: ast.Insert) -> Result:
                           token=tid)
             started |= ov.record(plan.op)
         plans.append(plan)
+    # the same fact for the prompt as a chat user turn, the reply starting with the target,
+    # when this session wraps INFER prompts in the chat template (SET CHAT AUTO / ON)
+    wraps = _session_wraps(session, view)
+    chat_ids: list[int] = []
+    if forward and wraps and memit_cal is None:
+        chat_ids = reply_tokens(view, stmt.target)
+        for i, tid in enumerate(chat_ids):
+            if insert_mode is ast.InsertMode.COMPOSE:
+                cplan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                                   alpha=stmt.alpha, confidence=stmt.confidence,
+                                   prompt=stmt.prompt, prefix=tuple(chat_ids[:i]), token=tid,
+                                   chat=True)
+                started |= ov.record(cplan.op)
+                calibrate_compose(ov, view, cplan)
+            else:
+                cplan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                               confidence=stmt.confidence, prompt=stmt.prompt,
+                               prefix=tuple(chat_ids[:i]), token=tid, chat=True)
+                started |= ov.record(cplan.op)
     plan = plans[0]
     meta: dict[str, Any] = {"target_ids": ids, "tokens": len(ids)}
     if insert_mode is ast.InsertMode.COMPOSE:
@@ -129,13 +156,22 @@ def insert(session, stmt: ast.Insert) -> Result:
         p_first = float(cals[0]["probability"]) if cals else \
             float(sequence_probability(view, plan.seq or plan.prompt, ids[:1]))
         hits = collateral(view, siblings)
-        reached = greedy_ok and not hits
+        chat_ok = True
+        if chat_ids:
+            text = canonical_prompt(stmt.entity, stmt.relation, stmt.prompt)
+            p_chat, chat_ok = whole_target(view, fact_sequence(view, text, chat=True), chat_ids)
+            meta.update({"p_target_chat": p_chat, "chat_generates_target": chat_ok})
+        reached = greedy_ok and chat_ok and not hits
         meta.update({"p_target": p_whole, "p_first_token": p_first, "reached": reached,
                      "generates_target": greedy_ok,
                      "collateral": hits, "siblings_checked": len(siblings)})
         verdict = (f"; P(whole target {stmt.target!r} | prompt) = {p_whole:.3f}"
                    + (f" over {len(ids)} tokens" if len(ids) > 1 else "")
                    + ("" if greedy_ok else " (greedy decoding does NOT write it)")
+                   + ("" if not chat_ids else
+                      f"; as a chat user turn P(reply starts {stmt.target.strip()!r}) = "
+                      f"{meta['p_target_chat']:.3f}"
+                      + ("" if chat_ok else " (greedy decoding does NOT write it)"))
                    + f"; {len(hits)}/{len(siblings)} sibling prompts changed (top-1, or P by > 30 %)"
                    + ("" if not hits else " (" + ", ".join(
                        f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}" for h in hits[:3])
@@ -144,17 +180,21 @@ def insert(session, stmt: ast.Insert) -> Result:
             why = []
             if not greedy_ok:
                 why.append("greedy decoding does not write the whole target")
+            if not chat_ok:
+                why.append("the chat reply does not start with it")
             if hits:
                 why.append("it changed other entities' answers")
             verdict += ("; GOAL NOT REACHED: " + " and ".join(why)
                         + " (try another AT LAYER, ALPHA or MODE, or REBALANCE)")
-    wraps = _session_wraps(session, view)
-    if forward:
+    if forward and chat_ids:
+        detail += ("; installed for the raw (completion-style) prompt and for the prompt "
+                   "as a chat user turn (the reply starts with the target)")
+    elif forward:
         detail += ("; trained on the raw (completion-style) prompt"
                    + (" — this session wraps INFER prompts in the chat template (SET CHAT "
                       "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
                       if wraps else ""))
-    meta["prompt_form"] = "raw"
+    meta["prompt_form"] = "raw+chat" if chat_ids else "raw"
     row = {"layer": layer, "feature": plan.feature, "entity": stmt.entity,
            "relation": stmt.relation, "target": stmt.target, "mode": mode}
     msg = (f"inserted ({stmt.entity}, {stmt.relation}, {stmt.target}) MODE {mode.upper()} at "
