@@ -15,8 +15,11 @@ that many facts inserted together, then all measured):
 * specificity — each neighbourhood prompt keeps the base model's top-1 token;
 * fluency — mean of the 2- and 3-gram entropies (bits) of 24 greedy tokens from the fact's
   prompt and two generic prompts, edited vs base;
-* chat (``--chat``, models with a chat template) — the new target appears in the first 16
-  tokens of the reply to the fact's prompt sent as a user turn;
+* chat (``--chat``, models with a chat template; facts are then also installed for the
+  chat form, as INSERT does under SET CHAT AUTO) — the new target appears in the first 16
+  tokens of the reply to the fact's prompt sent as a user turn; chat_paraphrase: the same
+  for the paraphrase templates; chat_specificity: each neighbourhood prompt's reply keeps
+  the base model's first token;
 * after COMPILE INTO MODEL (``--compile DIR``, COMPOSE and MEMIT): the compiled folder loaded by
   ``transformers`` with its defaults, greedy decoding there (needs the ``parity`` extra).
 
@@ -66,22 +69,28 @@ def insert_memit(ov, view, facts: list[dict], layer: int) -> None:
     calibrate_memit(ov, view, op, checks)
 
 
-def insert_fact(ov, view, mode: str, fact: dict, layer: int) -> None:
-    """The INSERT statement's loop: one op per target token (lql/exec/mutate.py)."""
+def insert_fact(ov, view, mode: str, fact: dict, layer: int, chat: bool = False) -> None:
+    """The INSERT statement's loop: one op per target token (lql/exec/mutate.py); with
+    ``chat`` (INSERT under SET CHAT AUTO on a model with a chat template) the same again
+    keyed on the prompt as a chat user turn, the reply starting with the target."""
     if mode == "memit":
         insert_memit(ov, view, [fact], layer)
         return
-    from lql.edit.insert import calibrate_compose, compose_op, knn_op, target_tokens
-    ids = target_tokens(view, fact["target_new"])
-    for i, tid in enumerate(ids):
-        kw = dict(layer=layer, prompt=fact["prompt"], prefix=tuple(ids[:i]), token=tid)
-        if mode == "compose":
-            plan = compose_op(view, fact["entity"], fact["relation"], fact["target_new"], **kw)
-            ov.record(plan.op)
-            calibrate_compose(ov, view, plan)
-        else:
-            plan = knn_op(view, fact["entity"], fact["relation"], fact["target_new"], **kw)
-            ov.record(plan.op)
+    from lql.edit.insert import calibrate_compose, compose_op, knn_op, reply_tokens, target_tokens
+    forms = [(False, target_tokens(view, fact["target_new"]))]
+    if chat and view.chat_template:
+        forms.append((True, reply_tokens(view, fact["target_new"])))
+    for wrapped, ids in forms:
+        for i, tid in enumerate(ids):
+            kw = dict(layer=layer, prompt=fact["prompt"], prefix=tuple(ids[:i]), token=tid,
+                      chat=wrapped)
+            if mode == "compose":
+                plan = compose_op(view, fact["entity"], fact["relation"], fact["target_new"], **kw)
+                ov.record(plan.op)
+                calibrate_compose(ov, view, plan)
+            else:
+                plan = knn_op(view, fact["entity"], fact["relation"], fact["target_new"], **kw)
+                ov.record(plan.op)
 
 
 def generate(view, ids, n: int) -> list[int]:
@@ -130,18 +139,26 @@ def chat_ids(view, text: str) -> list[int] | None:
                           special_tokens(view.tokenizer_config))
 
 
-def chat_hit(view, fact: dict) -> bool | None:
-    ids = chat_ids(view, fill(fact["prompt"], fact["entity"]))
+def chat_hit(view, fact: dict, template: str | None = None) -> bool | None:
+    ids = chat_ids(view, fill(template or fact["prompt"], fact["entity"]))
     if ids is None:
         return None
     text = view.tokenizer.decode(generate(view, ids, 16))
     return fact["target_new"].lower() in text.lower()
 
 
-def measure(view, facts: list[dict], base_top: dict, *, chat: bool, flu: bool) -> dict:
+def chat_top(view, prompt: str) -> int | None:
+    """The first token of the chat reply to ``prompt`` (a user turn)."""
+    from lql.runtime import predict
+    ids = chat_ids(view, prompt)
+    return None if ids is None else predict(view, ids, top=1).top1
+
+
+def measure(view, facts: list[dict], base_top: dict, *, chat: bool, flu: bool,
+            base_chat_top: dict | None = None) -> dict:
     from lql.runtime import predict, prompt_ids
     eff = para = para_n = spec = spec_n = 0
-    chat_ok = chat_n = 0
+    chat_ok = chat_n = cpara = cpara_n = cspec = cspec_n = 0
     for f in facts:
         eff += writes_target(view, prompt_ids(view, fill(f["prompt"], f["entity"])), f["target_new"])
         for t in f["paraphrases"]:
@@ -155,10 +172,18 @@ def measure(view, facts: list[dict], base_top: dict, *, chat: bool, flu: bool) -
             if h is not None:
                 chat_ok += h
                 chat_n += 1
+                for t in f["paraphrases"]:
+                    cpara += bool(chat_hit(view, f, t))
+                    cpara_n += 1
+                for p in f["neighbourhood"] if base_chat_top else []:
+                    cspec += chat_top(view, p) == base_chat_top[p]
+                    cspec_n += 1
     out = {"efficacy": eff / len(facts), "paraphrase": para / max(para_n, 1),
            "specificity": spec / max(spec_n, 1), "n": len(facts)}
     if chat:
         out["chat"] = chat_ok / chat_n if chat_n else None
+        out["chat_paraphrase"] = cpara / cpara_n if cpara_n else None
+        out["chat_specificity"] = cspec / cspec_n if cspec_n else None
     if flu:
         out["fluency"] = fluency(view, [fill(facts[0]["prompt"], facts[0]["entity"]), *GENERIC])
     return out
@@ -208,8 +233,10 @@ def main() -> None:
     layer = install_layer(view, args.layer)
     neigh = sorted({p for f in facts for p in f["neighbourhood"]})
     base_top = {p: predict(view, p, top=1).top1 for p in neigh}
+    base_chat_top = {p: chat_top(view, p) for p in neigh} if args.chat else None
     print(f"vindex {args.vindex} ({base.model}), layer {layer}, {len(facts)} facts", flush=True)
-    base_m = measure(view, facts[:10], base_top, chat=args.chat, flu=True)
+    base_m = measure(view, facts[:10], base_top, chat=args.chat, flu=True,
+                     base_chat_top=base_chat_top)
     print(f"base model (no edits), first 10 facts: {base_m}", flush=True)
     rows = []
     for mode in args.modes.split(","):
@@ -217,8 +244,9 @@ def main() -> None:
             t0 = time.perf_counter()
             acc: dict = {}
             for f in facts[:args.single]:
-                insert_fact(ov, view, mode, f, layer)
-                m = measure(view, [f], base_top, chat=args.chat, flu=False)
+                insert_fact(ov, view, mode, f, layer, args.chat)
+                m = measure(view, [f], base_top, chat=args.chat, flu=False,
+                            base_chat_top=base_chat_top)
                 for k, v in m.items():
                     if v is not None and k != "n":
                         acc.setdefault(k, []).append(v)
@@ -235,9 +263,10 @@ def main() -> None:
             if mode == "memit":
                 insert_memit(ov, view, group, layer)
             for f in group if mode != "memit" else []:
-                insert_fact(ov, view, mode, f, layer)
+                insert_fact(ov, view, mode, f, layer, args.chat)
             t_ins = time.perf_counter() - t0
-            m = measure(view, group, base_top, chat=args.chat, flu=True)
+            m = measure(view, group, base_top, chat=args.chat, flu=True,
+                     base_chat_top=base_chat_top)
             row = {"mode": mode, "batch": b, **m, "insert_s": t_ins,
                    **({"knn_key": insert_mod.DEFAULT_KNN_KEY} if mode == "knn" else {}),
                    "seconds": time.perf_counter() - t0}
