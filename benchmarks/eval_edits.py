@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -71,14 +72,15 @@ def insert_memit(ov, view, facts: list[dict], layer: int) -> None:
 
 def insert_fact(ov, view, mode: str, fact: dict, layer: int, chat: bool = False) -> None:
     """The INSERT statement's loop: one op per target token (lql/exec/mutate.py); with
-    ``chat`` (INSERT under SET CHAT AUTO on a model with a chat template) the same again
-    keyed on the prompt as a chat user turn, the reply starting with the target."""
+    ``chat`` (INSERT under SET CHAT AUTO on a model with a chat template), for MODE KNN, the
+    same again keyed on the prompt as a chat user turn, the reply starting with the target
+    (``LQL_EVAL_CHAT_COMPOSE=1``: for COMPOSE too, which INSERT does not do)."""
     if mode == "memit":
         insert_memit(ov, view, [fact], layer)
         return
     from lql.edit.insert import calibrate_compose, compose_op, knn_op, reply_tokens, target_tokens
     forms = [(False, target_tokens(view, fact["target_new"]))]
-    if chat and view.chat_template:
+    if chat and view.chat_template and (mode == "knn" or os.environ.get("LQL_EVAL_CHAT_COMPOSE")):
         forms.append((True, reply_tokens(view, fact["target_new"])))
     for wrapped, ids in forms:
         for i, tid in enumerate(ids):

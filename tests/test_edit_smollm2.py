@@ -150,12 +150,22 @@ def test_compile_model_loads_in_transformers(smol, tmp_path):
         assert top == _p(s, prompt).top1, prompt
 
 
-@pytest.mark.parametrize("mode", ["KNN", "COMPOSE"])
+def test_insert_compose_under_chat_auto_is_raw_only_and_says_so(smol, tmp_path):
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{smol}"')                          # chat mode: the default (AUTO)
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+                '"Birnin") MODE COMPOSE')
+    assert r.meta["prompt_form"] == "raw"
+    assert "INFER ... RAW or SET CHAT OFF" in r.message and "MODE KNN" in r.message
+    assert all(o.get("prompt_form") is None for o in s.overlay.recording.operations)
+
+
+@pytest.mark.parametrize("mode", ["KNN"])
 def test_insert_under_chat_auto_installs_the_fact_for_chat_turns_too(smol, tmp_path, mode):
     """SmolLM2-Instruct has a chat template: under the default SET CHAT AUTO, INFER wraps
-    prompts, so INSERT installs the fact for the raw prompt and for the prompt as a chat
-    user turn (the reply starts with the whole target); a SET CHAT OFF session installs the
-    raw form only and says so."""
+    prompts, so INSERT ... MODE KNN installs the fact for the raw prompt and for the prompt
+    as a chat user turn (the reply starts with the whole target); a SET CHAT OFF session
+    installs the raw form only and says so."""
     s = Session(cwd=tmp_path)
     s.query(f'USE "{smol}"')                          # chat mode: the default (AUTO)
     birnin = _tid(s, " Birnin")

@@ -323,6 +323,12 @@ def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer:
     prompts: list = [_seq(view, template.replace("{entity}", r), prefix, chat)
                      for r in _references(entity)]
     prompts += [_seq(view, g, (), chat) for g in GENERIC_NEGATIVES]
+    if chat:
+        # a chat-form feature must stay silent on raw prompts as well: keyed on a chat
+        # context it was otherwise free to fire on raw ones (SmolLM2, 10 facts in both
+        # forms: raw efficacy 1.0 → 0.5, specificity 0.8 → 0.2)
+        prompts += [template.replace("{entity}", r) for r in _references(entity)]
+        prompts += list(GENERIC_NEGATIVES)
     own = _seq(view, prompt, (), chat)
     ov = getattr(view, "overlay", None)
     if ov is not None:

@@ -109,25 +109,20 @@ def insert(session, stmt: ast.Insert) -> Result:
                           token=tid)
             started |= ov.record(plan.op)
         plans.append(plan)
-    # the same fact for the prompt as a chat user turn, the reply starting with the target,
-    # when this session wraps INFER prompts in the chat template (SET CHAT AUTO / ON)
+    # MODE KNN: the same fact for the prompt as a chat user turn, the reply starting with
+    # the target, when this session wraps INFER prompts in the chat template (SET CHAT AUTO
+    # / ON).  Not COMPOSE: chat-form features passed alone (SmolLM2, 5 facts: chat 1.0) but
+    # ten facts in both forms at one layer broke the raw ones (efficacy 1.0 → 0.5-0.8,
+    # specificity 0.8 → 0.0-0.2), measured with benchmarks/eval_edits.py --chat
     wraps = _session_wraps(session, view)
     chat_ids: list[int] = []
-    if forward and wraps and memit_cal is None:
+    if forward and wraps and insert_mode is ast.InsertMode.KNN:
         chat_ids = reply_tokens(view, stmt.target)
         for i, tid in enumerate(chat_ids):
-            if insert_mode is ast.InsertMode.COMPOSE:
-                cplan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                                   alpha=stmt.alpha, confidence=stmt.confidence,
-                                   prompt=stmt.prompt, prefix=tuple(chat_ids[:i]), token=tid,
-                                   chat=True)
-                started |= ov.record(cplan.op)
-                calibrate_compose(ov, view, cplan)
-            else:
-                cplan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                               confidence=stmt.confidence, prompt=stmt.prompt,
-                               prefix=tuple(chat_ids[:i]), token=tid, chat=True)
-                started |= ov.record(cplan.op)
+            cplan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
+                           confidence=stmt.confidence, prompt=stmt.prompt,
+                           prefix=tuple(chat_ids[:i]), token=tid, chat=True)
+            started |= ov.record(cplan.op)
     plan = plans[0]
     meta: dict[str, Any] = {"target_ids": ids, "tokens": len(ids)}
     if insert_mode is ast.InsertMode.COMPOSE:
@@ -192,7 +187,8 @@ def insert(session, stmt: ast.Insert) -> Result:
     elif forward:
         detail += ("; trained on the raw (completion-style) prompt"
                    + (" — this session wraps INFER prompts in the chat template (SET CHAT "
-                      "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF"
+                      "AUTO), so query the fact with INFER ... RAW or SET CHAT OFF (MODE KNN "
+                      "installs a fact for chat turns too)"
                       if wraps else ""))
     meta["prompt_form"] = "raw+chat" if chat_ids else "raw"
     row = {"layer": layer, "feature": plan.feature, "entity": stmt.entity,
