@@ -228,6 +228,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     after = (tuple(seq) + (tid,), tuple(seq) + (tid,) + tuple(
         view.tokenizer.encode(AFTER_TARGET, add_special_tokens=False).ids))
     negatives = np.concatenate([negatives, np.stack(_ffn_inputs(view, list(after), layer))])
+    earlier = _earlier_positions(view, template, entity, seq, layer)
     if float(np.linalg.norm(u - c)) < 1e-6 * max(1.0, float(np.linalg.norm(u))):
         raise ExecutionError(f"the entity {entity!r} does not change the model's state on "
                              f"{text!r} at layer {layer}; try another layer or PROMPT")
@@ -240,7 +241,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
     gates = np.asarray(base.gate(layer), dtype=np.float32)
     a_gate = float(np.max(np.abs(gates @ u)))
     up_key = lay.up_key(layer)
-    w = selective_direction(u, negatives)
+    w = selective_direction(u, negatives, earlier)
     gate = w * a_gate
     feature, slot = choose_slot(view, layer)
     vectors = {"gate": gate}
@@ -285,6 +286,10 @@ GENERIC_NEGATIVES = ("Once upon a time", "The weather today is", "My favourite f
 AFTER_TARGET = " and the"
 #: pre-activation (in units of the target's) the gate must reach on each negative
 NEGATIVE_MARGIN = -3.0
+#: and on the earlier positions of the fact's and the reference fillers' prompts
+QUIET_MARGIN = -1.0
+#: rounds of adding the earlier positions where the gate still fires
+QUIET_ROUNDS = 4
 
 
 def _ffn_input(view: VindexView, prompt: str | tuple[int, ...], layer: int) -> np.ndarray:
@@ -342,19 +347,65 @@ def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer:
     return np.stack(_ffn_inputs(view, prompts, layer))
 
 
-def selective_direction(u: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+def _earlier_positions(view: VindexView, template: str, entity: str, seq: tuple[int, ...],
+                       layer: int) -> np.ndarray:
+    """FFN inputs at every position but the last of the fact's own sequence and of the raw
+    template filled with the reference entities (a position's input is the last one of
+    the prefix ending there, so the prefixes run packed).  The feature must not fire
+    there either: a gate that is silent at the last position of "The capital of Sweden
+    is" can still fire at " Sweden", and what it writes there reaches the last position
+    through attention (a chat-form feature did: pre-activation 18 at the entity, −21 at
+    the end; alone it turned SmolLM2's " Stockholm" into " the")."""
+    from ..runtime import prompt_ids
+    seqs = [tuple(seq[:k]) for k in range(1, len(seq))]
+    chat = bool(getattr(view, "chat_template", None))
+    for r in _references(entity):
+        filled = template.replace("{entity}", r)
+        ids = tuple(prompt_ids(view, filled))
+        seqs += [ids[:k] for k in range(1, len(ids))]
+        if chat:
+            # and every position of it as a chat user turn (the shared template prefix
+            # once): a raw-keyed gate fired inside chat prompts (SmolLM2, 10 facts: every
+            # neighbourhood prompt's chat reply changed)
+            cids = tuple(chat_prompt_ids(view, filled))
+            seqs += [cids[:k] for k in range(1, len(cids) + 1)]
+    seqs = list(dict.fromkeys(seqs))
+    if not seqs:
+        return np.zeros((0, int(view.hidden_size)), np.float32)
+    return np.stack(_ffn_inputs(view, seqs, layer))
+
+
+def selective_direction(u: np.ndarray, negatives: np.ndarray,
+                        quiet: np.ndarray | None = None) -> np.ndarray:
     """The smallest ``w`` (ridge-regularised) with ``w·u = 1`` and ``w·x = -3`` for each
-    negative ``x``: a gate that is positive on ``u`` and off on the negatives."""
-    X = np.concatenate([u[None], negatives]).astype(np.float64)
-    b = np.concatenate([[1.0], np.full(len(negatives), NEGATIVE_MARGIN)])
-    gram = X @ X.T
-    lam = 1e-4 * float(np.trace(gram)) / len(gram)
-    w = X.T @ np.linalg.solve(gram + lam * np.eye(len(gram)), b)
-    s = float(w @ u)
-    if s <= 0:
-        raise ExecutionError("cannot separate the entity from the template at this layer; "
-                             "try another AT LAYER or PROMPT")
-    return (w / s).astype(np.float32)
+    negative ``x``: a gate that is positive on ``u`` and off on the negatives.  Each of
+    ``quiet`` (earlier positions) must come out at ``w·x ≤ 0``: those that do not are
+    added as constraints ``w·x = -1`` and ``w`` solved again (a few rounds) — only the
+    ones that need it, since every equality costs norm and a larger gate fires more
+    elsewhere (all of them at −3 or −1 made SmolLM2's generic text degenerate)."""
+    quiet = np.zeros((0, len(u)), np.float32) if quiet is None else np.asarray(quiet)
+    active = np.zeros(len(quiet), dtype=bool)
+    best: np.ndarray | None = None
+    for _ in range(QUIET_ROUNDS):
+        X = np.concatenate([u[None], negatives, quiet[active]]).astype(np.float64)
+        b = np.concatenate([[1.0], np.full(len(negatives), NEGATIVE_MARGIN),
+                            np.full(int(active.sum()), QUIET_MARGIN)])
+        gram = X @ X.T
+        lam = 1e-4 * float(np.trace(gram)) / len(gram)
+        w = X.T @ np.linalg.solve(gram + lam * np.eye(len(gram)), b)
+        s = float(w @ u)
+        if s <= 0:
+            if best is None:
+                raise ExecutionError("cannot separate the entity from the template at this "
+                                     "layer; try another AT LAYER or PROMPT")
+            break              # too many constraints for the width: keep the last gate
+        best = w / s
+        loud = (quiet.astype(np.float64) @ best) > 0.0
+        if not (loud & ~active).any():
+            break
+        active |= loud
+    assert best is not None
+    return best.astype(np.float32)
 
 
 def _token_of(view: VindexView, target: str, token: int | None) -> tuple[int, str]:
