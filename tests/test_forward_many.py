@@ -57,6 +57,38 @@ def test_packed_states_equal_recorded_ones(family):
         m.forward_many(SEQS, layers=[99])
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("with_hooks", [False, True])
+def test_every_position_equals_the_ffn_input_a_hook_sees(family, with_hooks):
+    """``every_position``: each sequence's FFN input at every position (what an FFN hook
+    sees in a pass of that sequence alone), packed or — with default hooks, which are kept
+    — one pass each."""
+    from lql.model import Hooks
+    v = open_vindex(tiny_vindex(family, "inference", "f32"))
+    m = build_model(v.model_config, v.weights)
+    calls = []
+    if with_hooks:
+        def keep(layer, x, out):
+            calls.append(layer)
+            return out
+        m.hooks = Hooks(ffn=keep)
+    got = m.forward_many(SEQS, layers=[1], logits=False, every_position=True)
+    assert got.ffn_inputs_all is not None and len(got.ffn_inputs_all[1]) == len(SEQS)
+    assert not with_hooks or calls                    # the default hooks still ran
+    for j, s in enumerate(SEQS):
+        seen = {}
+
+        def grab(layer, x, out):
+            if layer == 1:
+                seen["x"] = np.array(x)
+            return out
+        m.forward(s, hooks=Hooks(ffn=grab))
+        assert got.ffn_inputs_all[1][j].shape == (len(s), m.hidden_size)
+        np.testing.assert_allclose(got.ffn_inputs_all[1][j], seen["x"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got.ffn_inputs_all[1][j][-1], got.ffn_inputs[1][j], rtol=1e-6)
+    assert m.forward_many(SEQS, layers=[1], logits=False).ffn_inputs_all is None
+
+
 def test_packed_needs_tokens():
     v = open_vindex(tiny_vindex("llama", "inference", "f32"))
     m = build_model(v.model_config, v.weights)

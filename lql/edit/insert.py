@@ -349,30 +349,54 @@ def _negatives(view: VindexView, template: str, entity: str, prompt: str, layer:
 
 def _earlier_positions(view: VindexView, template: str, entity: str, seq: tuple[int, ...],
                        layer: int) -> np.ndarray:
-    """FFN inputs at every position but the last of the fact's own sequence and of the raw
-    template filled with the reference entities (a position's input is the last one of
-    the prefix ending there, so the prefixes run packed).  The feature must not fire
-    there either: a gate that is silent at the last position of "The capital of Sweden
-    is" can still fire at " Sweden", and what it writes there reaches the last position
-    through attention (a chat-form feature did: pre-activation 18 at the entity, −21 at
-    the end; alone it turned SmolLM2's " Stockholm" into " the")."""
+    """FFN inputs the feature must not fire at although no last position is there: every
+    position but the last of the fact's own sequence and of the template filled with the
+    reference entities, and, on a model with a chat template, every position of those
+    prompts sent as chat user turns (one packed pass, every position recorded).
+
+    A gate silent at the last position of "The capital of Sweden is" can still fire at
+    " Sweden", and what it writes there reaches the last position through attention (a
+    feature did: pre-activation 18 at the entity, −21 at the end; alone it turned
+    SmolLM2's " Stockholm" into " the"); and a raw-keyed gate fired inside chat prompts
+    (SmolLM2, 10 facts: every neighbourhood prompt's chat reply changed)."""
     from ..runtime import prompt_ids
-    seqs = [tuple(seq[:k]) for k in range(1, len(seq))]
     chat = bool(getattr(view, "chat_template", None))
-    for r in _references(entity):
-        filled = template.replace("{entity}", r)
-        ids = tuple(prompt_ids(view, filled))
-        seqs += [ids[:k] for k in range(1, len(ids))]
-        if chat:
-            # and every position of it as a chat user turn (the shared template prefix
-            # once): a raw-keyed gate fired inside chat prompts (SmolLM2, 10 facts: every
-            # neighbourhood prompt's chat reply changed)
-            cids = tuple(chat_prompt_ids(view, filled))
-            seqs += [cids[:k] for k in range(1, len(cids) + 1)]
-    seqs = list(dict.fromkeys(seqs))
+    raw = tuple(tuple(prompt_ids(view, template.replace("{entity}", r)))
+                for r in _references(entity))
+    wrapped = tuple(tuple(chat_prompt_ids(view, template.replace("{entity}", r)))
+                    for r in _references(entity)) if chat else ()
+    refs = _every_position(view, (tuple(seq),), layer, drop_last=True)
+    return np.concatenate([refs, _every_position(view, raw, layer, drop_last=True),
+                           _every_position(view, wrapped, layer, drop_last=False)])
+
+
+def _every_position(view: VindexView, seqs: tuple[tuple[int, ...], ...], layer: int, *,
+                    drop_last: bool) -> np.ndarray:
+    """The FFN inputs at every position of ``seqs`` (``drop_last``: but their last), those
+    not memoised (per sequence and overlay state below ``layer``, like :func:`_ffn_inputs`)
+    in one packed pass; rows repeated across sequences (a chat template's shared prefix)
+    kept once."""
     if not seqs:
         return np.zeros((0, int(view.hidden_size)), np.float32)
-    return np.stack(_ffn_inputs(view, seqs, layer))
+    ov = getattr(view, "overlay", None)
+    below = () if ov is None else tuple(sorted(
+        (l, f, id(e)) for (l, f), e in ov.features.items() if l < layer))
+    cache = getattr(ov, "_every_position_cache", None) if ov is not None else None
+    if ov is not None and cache is None:
+        cache = ov._every_position_cache = {}
+    keys = [(sq, layer, below) for sq in seqs]
+    got = {k: cache[k] for k in keys if cache is not None and k in cache}
+    todo = list(dict.fromkeys(k for k in keys if k not in got))
+    if todo:
+        packed = states_many(view, [k[0] for k in todo], layer, every_position=True)
+        new = dict(zip(todo, (np.asarray(x, np.float32) for x in packed.ffn_inputs_all[layer])))
+        got.update(new)
+        if cache is not None:
+            if len(cache) > 1024:
+                cache.clear()
+            cache.update(new)
+    rows = [got[k][:-1] if drop_last else got[k] for k in keys]
+    return np.unique(np.concatenate(rows), axis=0)
 
 
 def selective_direction(u: np.ndarray, negatives: np.ndarray,

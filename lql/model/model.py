@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -172,14 +172,15 @@ class Model:
                              ffn_inputs=ffn_in)
 
     def forward_many(self, seqs: Sequence[Sequence[int]], *, layers: Iterable[int] = (),
-                     logits: bool = True) -> Packed:
+                     logits: bool = True, every_position: bool = False) -> Packed:
         """Several sequences, each run alone from position 0 (no cache, no call hooks): the
         logits after each one's last token (``logits``) and, at ``layers``, its FFN input and
         residual at that token.  The sequences are packed into one pass — one read of the
         weights for all, each row attending only to its own sequence — which for short
         prompts costs little more than one of them (10 prompts of 6 tokens on SmolLM2:
         ~5× faster than one pass each); with no logits wanted it stops after the last of
-        ``layers``.  Equal to :meth:`forward` of each sequence within float32 rounding (the
+        ``layers``.  ``every_position``: also the FFN input at every position of each
+        sequence (``Packed.ffn_inputs_all[layer][j]``: ``[len, hidden]``).  Equal to :meth:`forward` of each sequence within float32 rounding (the
         products have other shapes).  A model with KV sharing (Gemma 4) or default hooks
         runs one pass per sequence."""
         arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
@@ -189,13 +190,20 @@ class Model:
         if want and not 0 <= want[0] <= want[-1] < self.num_layers:
             raise ExecutionError(f"layers {want} are not within 0..{self.num_layers - 1}")
         out = Packed(None, {l: np.zeros((len(arrays), self.hidden_size), F32) for l in want},
-                     {l: np.zeros((len(arrays), self.hidden_size), F32) for l in want})
+                     {l: np.zeros((len(arrays), self.hidden_size), F32) for l in want},
+                     {l: [] for l in want} if every_position else None)
         if not arrays:
             out.logits = np.zeros((0, self.vocab_size), dtype=F32) if logits else None
             return out
         if self.kv_sources is not None or self.hooks is not None:
             rec = Record(residuals="last", ffn_inputs=True, layers=frozenset(want)) if want else None
-            runs = [self.forward(a, record=rec) for a in arrays]
+            runs = []
+            for a in arrays:
+                hooks, grabbed = self._grabbing_ffn_inputs(want) if every_position else (None, {})
+                runs.append(self.forward(a, record=rec, hooks=hooks))
+                if out.ffn_inputs_all is not None:
+                    for l in want:
+                        out.ffn_inputs_all[l].append(grabbed[l])
             out.logits = np.stack([r.logits for r in runs]) if logits else None
             for l in want:
                 for j, r in enumerate(runs):
@@ -217,10 +225,25 @@ class Model:
             if i in out.residuals:
                 out.residuals[i][:] = after[ends]
                 out.ffn_inputs[i][:] = trace.ffn_input[ends]
+                if out.ffn_inputs_all is not None:
+                    out.ffn_inputs_all[i] = np.split(np.array(trace.ffn_input), ends[:-1] + 1)
         if logits:
             out.logits = self.logits_from_hidden(h[ends])
             _check_finite(out.logits, self.num_layers, self, "the logits")
         return out
+
+    def _grabbing_ffn_inputs(self, layers: Sequence[int]) -> tuple[Hooks, dict[int, np.ndarray]]:
+        """This model's default hooks, plus a copy of the FFN input at ``layers``."""
+        grabbed: dict[int, np.ndarray] = {}
+        base = self.hooks
+        inner = base.ffn if base is not None else None
+
+        def ffn(l: int, x: np.ndarray, o: np.ndarray) -> np.ndarray:
+            if l in layers:
+                grabbed[l] = np.array(x, dtype=F32)
+            return inner(l, x, o) if inner is not None else o
+        hooks = replace(base, ffn=ffn) if base is not None else Hooks(ffn=ffn)
+        return hooks, grabbed
 
     # ------------------------------------------------------------------ layer shards
     def forward_layers(self, ids: ArrayLike, h: np.ndarray | None, first: int, last: int, *,
@@ -306,6 +329,8 @@ class Packed:
     logits: np.ndarray | None                # [n, vocab], or None when not asked for
     ffn_inputs: dict[int, np.ndarray]        # layer -> [n, hidden]: the FFN's normed input
     residuals: dict[int, np.ndarray]         # layer -> [n, hidden]: the residual after the layer
+    #: layer -> one [len, hidden] array per sequence: the FFN input at every position
+    ffn_inputs_all: dict[int, list[np.ndarray]] | None = None
 
 
 def _non_finite_weight(obj: object, path: str = "", depth: int = 0,

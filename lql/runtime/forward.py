@@ -71,13 +71,16 @@ def ffn_inputs(view: VindexView, prompt: str | Sequence[int], layers: Iterable[i
     return got
 
 
-def states_many(view: VindexView, prompts: Sequence[str | Sequence[int]], layer: int) -> Any:
+def states_many(view: VindexView, prompts: Sequence[str | Sequence[int]], layer: int, *,
+                every_position: bool = False) -> Any:
     """The FFN input and the residual after ``layer`` at the last position of each prompt
     through ``view``'s model (overlay edits included), the prompts packed into one pass
     that stops after ``layer`` (:meth:`lql.model.Model.forward_many`: ``ffn_inputs[layer]``
-    and ``residuals[layer]``, one row per prompt)."""
+    and ``residuals[layer]``, one row per prompt; ``every_position``: also
+    ``ffn_inputs_all[layer]``, every position's FFN input per prompt)."""
     seqs = [prompt_ids(view, p) if isinstance(p, str) else list(p) for p in prompts]
-    return model_for(view).forward_many(seqs, layers=[layer], logits=False)
+    return model_for(view).forward_many(seqs, layers=[layer], logits=False,
+                                        every_position=every_position)
 
 
 # --------------------------------------------------------------------------- KNN store
