@@ -75,13 +75,13 @@ def test_every_position_equals_the_ffn_input_a_hook_sees(family, with_hooks):
     got = m.forward_many(SEQS, layers=[1], logits=False, every_position=True)
     assert got.ffn_inputs_all is not None and len(got.ffn_inputs_all[1]) == len(SEQS)
     assert not with_hooks or calls                    # the default hooks still ran
-    for j, s in enumerate(SEQS):
-        seen = {}
+    seen: dict[str, np.ndarray] = {}
 
-        def grab(layer, x, out):
-            if layer == 1:
-                seen["x"] = np.array(x)
-            return out
+    def grab(layer, x, out):
+        if layer == 1:
+            seen["x"] = np.array(x)
+        return out
+    for j, s in enumerate(SEQS):
         m.forward(s, hooks=Hooks(ffn=grab))
         assert got.ffn_inputs_all[1][j].shape == (len(s), m.hidden_size)
         np.testing.assert_allclose(got.ffn_inputs_all[1][j], seen["x"], rtol=1e-4, atol=1e-4)

@@ -27,7 +27,10 @@ other prompts.  A is the largest |gate_f·u| among the layer's own features
 batch).  up = w·(A_up/A) with A_up the largest |up_f·u|.  down points along
 the target's unembedding direction as the final norm sees it (head[target] ⊙
 final-norm weight), scaled so that on the canonical prompt the feature
-writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA 0.10: as long as the residual stream at L).  REBALANCE rescales down later.
+writes a vector of norm 10·ALPHA·‖r_L‖ (ALPHA 0.10: as long as the residual
+stream at L).  REBALANCE rescales down later.  The gate is also kept off at the
+earlier positions of the fact's and the fillers' prompts and after the target
+(:func:`selective_direction`, :func:`_earlier_positions`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
 * :func:`stored_facts` — an overlay's KNN entries as :class:`~lql.vindex.knn_store.StoredFact`
   records (COMPILE INTO VINDEX writes them, as LARQL's does: compile/into_vindex.rs:355-358).
   What LARQL's format has no field for (this tool's ``key_kind``, ``threshold``,
-  ``center`` and a chat-form key's ``prompt_form``) goes into each entry's JSON metadata, which LARQL reads as a free-form value
-  and ignores (patch/knn_store_io.rs:136).
+  ``center`` and a chat-form key's ``prompt_form``) goes into each entry's JSON
+  metadata, which LARQL reads as a free-form value and ignores
+  (patch/knn_store_io.rs:136).
 """
 
 from __future__ import annotations
