@@ -148,3 +148,32 @@ def test_compose_gate_magnitude_comes_from_the_base_features_not_earlier_inserts
     u = ffn_inputs(s.vindex, "The capital of Wakanda is", [L])[L]
     base_max = float(np.max(np.abs(np.asarray(s.vindex.base.gate(L), np.float32) @ u)))
     assert float(op.vector("gate") @ u) == pytest.approx(base_max, rel=1e-4)
+
+
+def test_insert_quiets_an_earlier_feature_that_fires_on_the_new_prompt(tmp_path):
+    """An earlier COMPOSE feature that fires on a new fact's prompt is made silent there
+    (an update op), keeping its value on its own prompt: a new fact's gate is solved
+    against the earlier facts' prompts, not the other way round (issue 14: SmolLM2's
+    "capital of Germany" feature fired on "The official language of Germany is")."""
+    from lql.edit.insert import NEGATIVE_MARGIN, _feature_sequence
+    from lql.runtime import ffn_inputs
+    s = _session("qwen3", tmp_path)
+    row = s.query(INSERT).rows[0]
+    L, f = row["layer"], row["feature"]
+    e = s.overlay.features[(L, f)]
+    u_a = ffn_inputs(s.vindex, list(_feature_sequence(s.vindex, e)), [L])[L]
+    x_b = ffn_inputs(s.vindex, "The capital of Wakanda is", [L])[L]
+    a = float(e.gate @ u_a)
+    # make the Atlantis feature fire on the Wakanda prompt (keeping its own value)
+    d = x_b - (x_b @ u_a) / (u_a @ u_a) * u_a
+    op = next(o for o in s.overlay.recording.operations if o.get("feature") == f)
+    op.set_vector("gate", e.gate + d * np.float32((2 * a - float(e.gate @ x_b)) / float(d @ x_b)))
+    s.overlay._changed()
+    assert float(s.overlay.features[(L, f)].gate @ x_b) > a
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+                f'"Birnin") AT LAYER {L} MODE COMPOSE')
+    assert r.meta["quieted"] >= 1 and "made silent on this prompt" in r.message
+    g = s.overlay.features[(L, f)].gate
+    assert float(g @ x_b) == pytest.approx(NEGATIVE_MARGIN * a, rel=1e-3)
+    assert float(g @ u_a) == pytest.approx(a, rel=1e-3)
+    assert any(o.op == "update" and o.get("feature") == f for o in s.overlay.recording.operations)

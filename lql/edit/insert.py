@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
 __all__ = ["REFERENCE_ENTITIES", "DEFAULT_ALPHA", "install_layer", "target_token", "compose_op",
-           "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD"]
+           "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD", "quiet_older"]
 
 #: fillers of a template whose mean is the template's "center"
 REFERENCE_ENTITIES = ("France", "Japan", "Brazil", "Egypt", "Canada", "India", "John Smith",
@@ -278,6 +278,72 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
                       down_meta={"t": ttext.strip(), "i": tid, "c": float(emb @ down)},
                       vectors=vectors)
     return InsertPlan(op, layer, feature, slot, text, tid, ttext, seq)
+
+
+def _feature_sequence(view: VindexView, e) -> tuple[int, ...] | None:
+    """The sequence an inserted feature was keyed on (its prompt and target prefix), from
+    what its op records; ``None`` when it cannot be rebuilt."""
+    text = e.info.get("prompt")
+    if not text:
+        return None
+    prefix = tuple(int(i) for i in (e.info.get("prefix_ids") or ()))
+    suffix = "".join(view.token_text(i) for i in prefix)
+    if suffix and not str(text).endswith(suffix):
+        return None
+    base_text = str(text)[:len(str(text)) - len(suffix)] if suffix else str(text)
+    return fact_sequence(view, base_text, prefix, chat=e.info.get("prompt_form") == "chat")
+
+
+def quiet_older(overlay, view: VindexView, plan: InsertPlan) -> int:
+    """Make the COMPOSE features INSERT put in ``plan``'s layer earlier silent on
+    ``plan``'s sequence (and on it once the token is written, and " and the" after it)
+    where they fire there: each one's gate (and up vector) gets the smallest change that
+    keeps its value on its own sequence and sets it to the negative margin on those (an
+    ``update`` op in the recording patch).  A new fact's
+    feature is solved against the earlier facts' prompts, but not the other way round:
+    measured on SmolLM2, "The capital of Germany is" → " Tokyo" fired on "The official
+    language of Germany is" and the language fact could not be installed (P 0.000).
+    Returns how many features changed."""
+    ov = overlay
+    layer = plan.layer
+    seq = tuple(plan.seq) if plan.seq else None
+    if seq is None:
+        return 0
+    after = view.tokenizer.encode(AFTER_TARGET, add_special_tokens=False).ids
+    new_seqs = [seq, seq + (plan.target_id,), seq + (plan.target_id,) + tuple(after)]
+    xs = np.stack(_ffn_inputs(view, new_seqs, layer)).astype(np.float64)
+    me = (plan.op.get("entity"), plan.op.get("relation"), plan.op.get("target"))
+    changed = 0
+    for (l, f), e in sorted(ov.features.items()):
+        if l != layer or not e.inserted or e.gate is None or f == plan.feature \
+                or e.info.get("mode") != "compose" \
+                or (e.info.get("entity"), e.info.get("relation"), e.info.get("target")) == me:
+            continue
+        g = np.asarray(e.gate, np.float64)
+        loud = xs[xs @ g > 0.0]
+        if not len(loud):
+            continue
+        own = _feature_sequence(view, e)
+        if own is None:
+            continue
+        u = _ffn_input(view, own, layer).astype(np.float64)
+        a = float(g @ u)
+        if a <= 0.0:
+            continue
+        w = g / a
+        X = np.concatenate([u[None], loud])
+        gram = X @ X.T
+        want = np.concatenate([[0.0], NEGATIVE_MARGIN - loud @ w])
+        delta = X.T @ np.linalg.solve(gram + 1e-6 * float(np.trace(gram)) * np.eye(len(X)),
+                                      want)
+        vectors = {"gate": (w + delta) * a}
+        if e.up is not None:
+            up = np.asarray(e.up, np.float64)
+            vectors["up"] = (w + delta) * float(up @ u)
+        ov.record(PatchOp.make("update", layer=layer, feature=f, vectors=vectors,
+                               reason=f"quiet on {plan.prompt!r}"))
+        changed += 1
+    return changed
 
 
 #: prompts of other kinds the inserted feature must stay silent on

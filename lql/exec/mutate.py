@@ -50,6 +50,7 @@ def insert(session, stmt: ast.Insert) -> Result:
         fact_sequence,
         install_layer,
         knn_op,
+        quiet_older,
         reply_tokens,
         target_tokens,
     )
@@ -78,6 +79,7 @@ def insert(session, stmt: ast.Insert) -> Result:
     siblings = sibling_snapshot(view, template, stmt.entity) if forward else []
     started = False
     plans, cals = [], []
+    quieted = 0
     # one feature / KNN entry per target token: token i is produced after the prompt and
     # the target's first i tokens, so GENERATE writes the whole target
     memit_cal: dict | None = None
@@ -102,6 +104,7 @@ def insert(session, stmt: ast.Insert) -> Result:
                               alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt,
                               prefix=prefix, token=tid)
             started |= ov.record(plan.op)
+            quieted += quiet_older(ov, view, plan)
             cals.append(calibrate_compose(ov, view, plan))
         else:
             plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
@@ -129,9 +132,12 @@ def insert(session, stmt: ast.Insert) -> Result:
         cal = cals[0]
         feats = ", ".join(str(p.feature) for p in plans)
         detail = (f"feature{'s' if len(plans) > 1 else ''} {feats} ({plan.slot} slot), "
-                  f"ALPHA {cal['alpha']:g}")
+                  f"ALPHA {cal['alpha']:g}"
+                  + (f"; {quieted} earlier inserted feature{'s' if quieted > 1 else ''} made "
+                     f"silent on this prompt" if quieted else ""))
         meta.update(cal)
         meta["features"] = [p.feature for p in plans]
+        meta["quieted"] = quieted
     elif memit_cal is not None:
         detail = (f"rank-{plans[0].op.get('rank')} closed-form update of the down weights "
                   f"(covariance from the shipped text sample), scale ×{memit_cal['scale']:g}; "
