@@ -180,8 +180,9 @@ class Model:
         prompts costs little more than one of them (10 prompts of 6 tokens on SmolLM2:
         ~5× faster than one pass each); with no logits wanted it stops after the last of
         ``layers``.  ``every_position``: also the FFN input at every position of each
-        sequence (``Packed.ffn_inputs_all[layer][j]``: ``[len, hidden]``).  Equal to :meth:`forward` of each sequence within float32 rounding (the
-        products have other shapes).  A model with KV sharing (Gemma 4) or default hooks
+        sequence (``Packed.ffn_inputs_all[layer][j]``: ``[len, hidden]``).  Equal to
+        :meth:`forward` of each sequence within float32 rounding (the products have
+        other shapes).  A model with KV sharing (Gemma 4) or default hooks
         runs one pass per sequence."""
         arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
         if any(a.size == 0 for a in arrays):
