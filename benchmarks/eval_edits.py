@@ -78,14 +78,7 @@ def insert_fact(ov, view, mode: str, fact: dict, layer: int, chat: bool = False)
     if mode == "memit":
         insert_memit(ov, view, [fact], layer)
         return
-    from lql.edit.insert import (
-        calibrate_compose,
-        compose_op,
-        knn_op,
-        quiet_older,
-        reply_tokens,
-        target_tokens,
-    )
+    from lql.edit.insert import install_compose, knn_op, reply_tokens, target_tokens
     forms = [(False, target_tokens(view, fact["target_new"]))]
     if chat and view.chat_template and (mode == "knn" or os.environ.get("LQL_EVAL_CHAT_COMPOSE")):
         forms.append((True, reply_tokens(view, fact["target_new"])))
@@ -94,10 +87,8 @@ def insert_fact(ov, view, mode: str, fact: dict, layer: int, chat: bool = False)
             kw = dict(layer=layer, prompt=fact["prompt"], prefix=tuple(ids[:i]), token=tid,
                       chat=wrapped)
             if mode == "compose":
-                plan = compose_op(view, fact["entity"], fact["relation"], fact["target_new"], **kw)
-                ov.record(plan.op)
-                quiet_older(ov, view, plan)
-                calibrate_compose(ov, view, plan)
+                install_compose(ov, view, fact["entity"], fact["relation"], fact["target_new"],
+                                **kw)
             else:
                 plan = knn_op(view, fact["entity"], fact["relation"], fact["target_new"], **kw)
                 ov.record(plan.op)

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
 __all__ = ["REFERENCE_ENTITIES", "DEFAULT_ALPHA", "install_layer", "target_token", "compose_op",
-           "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD", "quiet_older"]
+           "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD", "quiet_older",
+           "install_compose"]
 
 #: fillers of a template whose mean is the template's "center"
 REFERENCE_ENTITIES = ("France", "Japan", "Brazil", "Egypt", "Canada", "India", "John Smith",
@@ -368,21 +369,32 @@ def _ffn_input(view: VindexView, prompt: str | tuple[int, ...], layer: int) -> n
 
 def _ffn_inputs(view: VindexView, prompts: Sequence[str | tuple[int, ...]], layer: int) -> list[np.ndarray]:
     """:func:`_ffn_input` of each prompt; those not memoised run packed in one pass."""
+    def compute(todo: list) -> list[np.ndarray]:
+        vecs = states_many(view, todo, layer).ffn_inputs[layer]
+        return [vecs[j].copy() for j in range(len(todo))]
+    return _memoised(view, "_ffn_input_cache", 4096, prompts, layer, compute)
+
+
+def _memoised(view: VindexView, name: str, limit: int, prompts: Sequence, layer: int,
+              compute) -> list[np.ndarray]:
+    """``compute(todo)`` of each prompt not yet in the overlay's cache ``name`` (keyed by
+    the prompt, ``layer`` and the overlay's features below it: what a layer's input
+    depends on), each computed once per call; the cache is cleared past ``limit``."""
     ov = getattr(view, "overlay", None)
     below = () if ov is None else tuple(sorted(
         (l, f, id(e)) for (l, f), e in ov.features.items() if l < layer))
-    cache = getattr(ov, "_ffn_input_cache", None) if ov is not None else None
+    cache = getattr(ov, name, None) if ov is not None else None
     if ov is not None and cache is None:
-        cache = ov._ffn_input_cache = {}
+        cache = {}
+        setattr(ov, name, cache)
     keys = [(p, layer, below) for p in prompts]
     got = {k: cache[k] for k in keys if cache is not None and k in cache}
     todo = list(dict.fromkeys(k for k in keys if k not in got))
     if todo:
-        vecs = states_many(view, [k[0] for k in todo], layer).ffn_inputs[layer]
-        new = {k: vecs[j].copy() for j, k in enumerate(todo)}
+        new = dict(zip(todo, compute([k[0] for k in todo])))
         got.update(new)
         if cache is not None:
-            if len(cache) > 4096:
+            if len(cache) > limit:
                 cache.clear()
             cache.update(new)
     return [got[k] for k in keys]
@@ -442,30 +454,16 @@ def _earlier_positions(view: VindexView, template: str, entity: str, seq: tuple[
 def _every_position(view: VindexView, seqs: tuple[tuple[int, ...], ...], layer: int, *,
                     drop_last: bool) -> np.ndarray:
     """The FFN inputs at every position of ``seqs`` (``drop_last``: but their last), those
-    not memoised (per sequence and overlay state below ``layer``, like :func:`_ffn_inputs`)
-    in one packed pass; rows repeated across sequences (a chat template's shared prefix)
-    kept once."""
+    not memoised (:func:`_memoised`, like :func:`_ffn_inputs`) in one packed pass; rows
+    repeated across sequences (a chat template's shared prefix) kept once."""
     if not seqs:
         return np.zeros((0, int(view.hidden_size)), np.float32)
-    ov = getattr(view, "overlay", None)
-    below = () if ov is None else tuple(sorted(
-        (l, f, id(e)) for (l, f), e in ov.features.items() if l < layer))
-    cache = getattr(ov, "_every_position_cache", None) if ov is not None else None
-    if ov is not None and cache is None:
-        cache = ov._every_position_cache = {}
-    keys = [(sq, layer, below) for sq in seqs]
-    got = {k: cache[k] for k in keys if cache is not None and k in cache}
-    todo = list(dict.fromkeys(k for k in keys if k not in got))
-    if todo:
-        packed = states_many(view, [k[0] for k in todo], layer, every_position=True)
-        new = dict(zip(todo, (np.asarray(x, np.float32) for x in packed.ffn_inputs_all[layer])))
-        got.update(new)
-        if cache is not None:
-            if len(cache) > 1024:
-                cache.clear()
-            cache.update(new)
-    rows = [got[k][:-1] if drop_last else got[k] for k in keys]
-    return np.unique(np.concatenate(rows), axis=0)
+
+    def compute(todo: list) -> list[np.ndarray]:
+        packed = states_many(view, todo, layer, every_position=True)
+        return [np.asarray(x, np.float32) for x in packed.ffn_inputs_all[layer]]
+    got = _memoised(view, "_every_position_cache", 1024, seqs, layer, compute)
+    return np.unique(np.concatenate([x[:-1] if drop_last else x for x in got]), axis=0)
 
 
 def selective_direction(u: np.ndarray, negatives: np.ndarray,
@@ -631,6 +629,27 @@ def calibrate_compose(overlay, view: VindexView, plan: InsertPlan, max_doublings
     return {"retrieved": p.top1 == plan.target_id, "probability": p.top[0][1]
             if p.top1 == plan.target_id else float(p.probs[plan.target_id]),
             "scale": scale, "alpha": float(op.data.get("alpha", DEFAULT_ALPHA))}
+
+
+@dataclass
+class Installed:
+    """What :func:`install_compose` did: the plan, its calibration, how many earlier
+    features it made silent, and whether recording started an auto-patch."""
+    plan: InsertPlan
+    calibration: dict
+    quieted: int
+    started: bool
+
+
+def install_compose(overlay, view: OverlayVindex, entity: str, relation: str, target: str,
+                    **kw) -> Installed:
+    """One COMPOSE feature the way INSERT installs it (and COMPACT MINOR, and the
+    evaluation): :func:`compose_op` (``kw`` its options), recorded, the layer's earlier
+    features made silent on it (:func:`quiet_older`), then calibrated."""
+    plan = compose_op(view, entity, relation, target, **kw)
+    started = overlay.record(plan.op)
+    quieted = quiet_older(overlay, view, plan)
+    return Installed(plan, calibrate_compose(overlay, view, plan), quieted, started)
 
 
 def _ffn_bias(view: VindexView, layer: int, feature: int) -> float:

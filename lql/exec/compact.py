@@ -77,7 +77,7 @@ def _rollback(ov, mark: int) -> None:
 
 
 def compact_minor(ov, view) -> list[dict[str, Any]]:
-    from ..edit.insert import calibrate_compose, compose_op, quiet_older, target_tokens
+    from ..edit.insert import install_compose, target_tokens
     from ..edit.prompts import canonical_prompt
     rows = []
     for (entity, relation, target, layer), _entries in sorted(_knn_facts(ov).items()):
@@ -85,11 +85,8 @@ def compact_minor(ov, view) -> list[dict[str, Any]]:
         ids = target_tokens(view, target)
         mark = len(ov.recording.operations) if ov.recording is not None else 0
         for i, tid in enumerate(ids):
-            plan = compose_op(view, entity, relation, target, layer=layer,
-                              prefix=tuple(ids[:i]), token=tid)
-            ov.record(plan.op)
-            quiet_older(ov, view, plan)
-            calibrate_compose(ov, view, plan)
+            install_compose(ov, view, entity, relation, target, layer=layer,
+                            prefix=tuple(ids[:i]), token=tid)
         ov.record(PatchOp.make("delete_knn", entity=entity, relation=relation, target=target,
                                layer=layer, prompt_form="raw"))
         if _fact_ok(view, prompt, ids):

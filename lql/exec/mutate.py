@@ -45,12 +45,10 @@ def _note(started: bool, ov) -> str:
 @handler(ast.Insert)
 def insert(session, stmt: ast.Insert) -> Result:
     from ..edit.insert import (
-        calibrate_compose,
-        compose_op,
         fact_sequence,
+        install_compose,
         install_layer,
         knn_op,
-        quiet_older,
         reply_tokens,
         target_tokens,
     )
@@ -100,12 +98,13 @@ def insert(session, stmt: ast.Insert) -> Result:
             check_level(view, "INSERT ... MODE COMPOSE")
             if stmt.alpha is not None and stmt.alpha <= 0:
                 raise ExecutionError("ALPHA must be positive")
-            plan = compose_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                              alpha=stmt.alpha, confidence=stmt.confidence, prompt=stmt.prompt,
-                              prefix=prefix, token=tid)
-            started |= ov.record(plan.op)
-            quieted += quiet_older(ov, view, plan)
-            cals.append(calibrate_compose(ov, view, plan))
+            done = install_compose(ov, view, stmt.entity, stmt.relation, stmt.target,
+                                   layer=layer, alpha=stmt.alpha, confidence=stmt.confidence,
+                                   prompt=stmt.prompt, prefix=prefix, token=tid)
+            plan = done.plan
+            started |= done.started
+            quieted += done.quieted
+            cals.append(done.calibration)
         else:
             plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
                           confidence=stmt.confidence, prompt=stmt.prompt, prefix=prefix,
