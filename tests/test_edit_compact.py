@@ -47,11 +47,13 @@ def test_compact_minor_major_keep_retrieval_and_remove_reverts(tmp_path):
     for e, r, t in FACTS:
         s.query(f'INSERT INTO EDGES (entity, relation, target) VALUES ("{e}", "{r}", "{t}")')
     assert _tiers(s) == {"KNN": 2, "COMPOSE": 0, "MEMIT": 0}
+    assert any(k.paraphrase for k in s.overlay.knn)     # keys on other wordings: same facts
     assert all(_produces(s, e, t) for e, _, t in FACTS)
 
     r = s.query("COMPACT MINOR")
     assert r.meta["promoted"] == 2, r.message
     assert _tiers(s) == {"KNN": 0, "COMPOSE": 2, "MEMIT": 0}
+    assert not s.overlay.knn           # the keys on the relation's other wordings went too
     assert all(_produces(s, e, t) for e, _, t in FACTS)
 
     r = s.query("COMPACT MAJOR WITH LAMBDA = 0.5")

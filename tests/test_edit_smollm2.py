@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from lql.edit.prompts import PARAPHRASES  # noqa: E402
 from lql.session import Session  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -92,10 +93,18 @@ def test_knn_insert(smol, tmp_path):
     assert [_p(s, c).top1 for c in controls] == base_top
     rows = s.query('INFER "The capital of Wakanda is" TOP 2').rows
     assert rows[0]["token_id"] == _tid(s, " Birnin")
+    # keyed on the relation's other wordings too (lql.edit.prompts.PARAPHRASES)
+    wordings = PARAPHRASES["capital"]
+    assert r.meta["paraphrase_keys"] == len(wordings)
+    for t in wordings:
+        w = _p(s, t.replace("{entity}", "Wakanda"))
+        assert w.top1 == _tid(s, " Birnin") and w.knn is not None, t
     d = s.query('DELETE FROM EDGES WHERE entity = "Wakanda"')
-    # one KNN entry per target token (whole targets): DELETE removes them all
+    # one KNN entry per target token (whole targets) and wording: DELETE removes them all
     n_tok = len(s.vindex.tokenizer.encode(" Birnin", add_special_tokens=False).ids)
-    assert d.meta["removed"] == n_tok and _p(s, "The capital of Wakanda is").knn is None
+    assert d.meta["removed"] == n_tok * (1 + len(wordings))
+    assert _p(s, "The capital of Wakanda is").knn is None
+    assert _p(s, wordings[0].replace("{entity}", "Wakanda")).knn is None
 
 
 def test_delete_fact_suppresses_and_reverts(smol, tmp_path):
@@ -191,3 +200,30 @@ def test_insert_under_chat_auto_installs_the_fact_for_chat_turns_too(smol, tmp_p
                  '"Pyrus")')
     assert r2.meta["prompt_form"] == "raw"
     assert "raw" in r2.message and "SET CHAT AUTO" not in r2.message   # no warning needed
+
+
+def test_compose_gate_stays_quiet_on_ordinary_text(smol, tmp_path, monkeypatch):
+    """A COMPOSE gate is solved to be silent at every position of ordinary text (the
+    shipped sample) where it would fire: it fires at fewer of them than the gate solved
+    without that text, and still on its fact."""
+    from lql.edit import insert
+    s = _session(smol, tmp_path)
+    s.edit_overlay()
+    view = s.vindex
+    layer = insert.install_layer(view, None)
+    ordinary = insert._ordinary_positions(view, layer)
+    assert len(ordinary) > 500                     # the whole sample, every position
+
+    def gate():
+        plan = insert.compose_op(view, "Atlantis", "capital", "Poseidon", layer=layer)
+        g = plan.op.vector("gate")
+        assert float(g @ insert._ffn_input(view, plan.seq, layer)) > 0   # on at the fact
+        return g
+    with_text = gate()
+    monkeypatch.setattr(insert, "_ordinary_positions", lambda v, l: ordinary[:0])
+    without = gate()
+
+    def fires(g):
+        return int((ordinary @ g > 0).sum())
+    assert fires(without) > 0
+    assert fires(with_text) < fires(without)

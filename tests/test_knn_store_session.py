@@ -152,3 +152,29 @@ def test_every_way_of_using_a_vindex_loads_its_store(larql_vindex):
     assert s.query(f'INFER "{PROMPT}" TOP 1 RAW').rows[0]["token_id"] == paris
     s.use_vindex(None)
     assert s.overlay is None and s.knn_store_facts == 0
+
+
+def test_other_wording_keys_survive_compile_into_vindex(larql_vindex, tmp_path):
+    """A fact of a relation in lql.edit.prompts.PARAPHRASES gets a KNN key on each of its
+    other wordings; COMPILE INTO VINDEX writes their ``paraphrase`` flag into the entry's
+    metadata and a USE of the compiled vindex reads it back (COMPACT MINOR moves them with
+    their fact, so the flag must not be lost)."""
+    from lql.edit.prompts import PARAPHRASES
+    path, _ = larql_vindex
+    s = Session()
+    s.query(f'USE "{path}"')
+    s.query("SET CHAT OFF")
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
+            '"Paris") AT LAYER 1 MODE KNN')
+    ours = [e for e in s.overlay.knn if e.entity == "Atlantis"]
+    n_tok = len(s.vindex.tokenizer.encode(" Paris", add_special_tokens=False).ids)
+    assert len(ours) == n_tok * (1 + len(PARAPHRASES["capital"]))
+    assert sum(not e.paraphrase for e in ours) == n_tok
+    out = tmp_path / "compiled"
+    s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
+    facts = [f for f in read_knn_store(out / "knn_store.bin") if f.entity == "Atlantis"]
+    assert [bool(f.extra.get("paraphrase")) for f in facts] == [e.paraphrase for e in ours]
+    s2 = Session()
+    s2.query(f'USE "{out}"')
+    assert [e.paraphrase for e in s2.overlay.knn if e.entity == "Atlantis"] == \
+        [e.paraphrase for e in ours]

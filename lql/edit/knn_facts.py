@@ -7,7 +7,8 @@
 * :func:`stored_facts` — an overlay's KNN entries as :class:`~lql.vindex.knn_store.StoredFact`
   records (COMPILE INTO VINDEX writes them, as LARQL's does: compile/into_vindex.rs:355-358).
   What LARQL's format has no field for (this tool's ``key_kind``, ``threshold``,
-  ``center`` and a chat-form key's ``prompt_form``) goes into each entry's JSON
+  ``center``, a chat-form key's ``prompt_form`` and an other-wording key's
+  ``paraphrase``) goes into each entry's JSON
   metadata, which LARQL reads as a free-form value and ignores
   (patch/knn_store_io.rs:136).
 """
@@ -49,6 +50,8 @@ def store_patch(vindex: Any) -> Patch | None:
             fields["threshold"] = float(extra.pop("threshold"))
         if extra.get("prompt_form") == "chat":
             fields["prompt_form"] = "chat"
+        if extra.get("paraphrase") is True:
+            fields["paraphrase"] = True
         ops.append(PatchOp.make("insert_knn", vectors=vectors, **fields))
     return Patch(base_model=getattr(vindex, "model", None), description=f"{FILE} of the vindex",
                  operations=ops, path=path)
@@ -65,6 +68,8 @@ def stored_facts(entries: list[Any]) -> list[StoredFact]:
             extra["threshold"] = float(e.threshold)
         if getattr(e, "prompt_form", "raw") != "raw":
             extra["prompt_form"] = e.prompt_form
+        if getattr(e, "paraphrase", False):
+            extra["paraphrase"] = True
         if e.center is not None:
             extra["center_vector_b64"] = encode_vector(np.asarray(e.center, np.float32))
         out.append(StoredFact(layer=int(e.layer), key=np.asarray(e.key, np.float32),

@@ -161,6 +161,9 @@ class KnnEntry:
     key_kind: str = "ffn_input"
     #: the prompt form the key was read on: ``"raw"`` or ``"chat"`` (chat-wrapped user turn)
     prompt_form: str = "raw"
+    #: read on one of the relation's other wordings (:data:`lql.edit.prompts.PARAPHRASES`),
+    #: not the canonical prompt: a twin of the fact's canonical entry
+    paraphrase: bool = False
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -237,7 +240,8 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     None if center is None else center.astype(np.float32),
                                     None if op.get("threshold") is None
                                     else float(op.get("threshold")),
-                                    default_key_kind(op), str(op.get("prompt_form") or "raw")))
+                                    default_key_kind(op), str(op.get("prompt_form") or "raw"),
+                                    bool(op.get("paraphrase"))))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
     return _State(feats, knn, low_rank)

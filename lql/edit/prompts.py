@@ -11,8 +11,8 @@ import re
 
 from ..errors import ExecutionError
 
-__all__ = ["TEMPLATES", "GENERIC_TEMPLATE", "canonical_prompt", "template_for",
-           "normalise_relation"]
+__all__ = ["TEMPLATES", "PARAPHRASES", "GENERIC_TEMPLATE", "canonical_prompt",
+           "template_for", "paraphrase_templates", "normalise_relation"]
 
 #: relation (normalised: lower case, ``-`` between words) → template
 TEMPLATES: dict[str, str] = {
@@ -48,6 +48,39 @@ TEMPLATES: dict[str, str] = {
     "opposite": "The opposite of {entity} is",
 }
 
+#: relation → more ways of asking for it: INSERT keys a fact on these as well as on the
+#: canonical template (a feature's gate must fire on each; a KNN fact gets a key for
+#: each), so that it answers when asked in other words.  None of them is one of
+#: ``benchmarks/data/counterfact_edits.json``'s paraphrases, which measure generalisation
+#: to wordings INSERT never saw.
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "capital": ("{entity} has its capital in", "The capital of {entity} is the city of",
+                "Which city is the capital of {entity}? It is"),
+    "language": ("The language of {entity} is", "{entity}'s official language is",
+                 "In {entity}, the language people speak is"),
+    "currency": ("{entity}'s currency is the", "The currency used in {entity} is the",
+                 "Prices in {entity} are given in the"),
+    "continent": ("{entity} is a country in", "{entity} lies on the continent of"),
+    "country": ("{entity} is a city in", "The country where {entity} is located is"),
+    "located-in": ("{entity} can be found in", "{entity} is situated in"),
+    "born-in": ("{entity} was born in the city of", "The birthplace of {entity} is"),
+    "birthplace": ("{entity} was born in the city of", "The birthplace of {entity} is"),
+    "nationality": ("{entity} is a citizen of", "The nationality of {entity} is"),
+    "occupation": ("{entity} is a", "By profession, {entity} is a"),
+    "profession": ("{entity} is a", "By profession, {entity} is a"),
+    "author": ("{entity} is a work by", "The writer of {entity} is", "{entity} was authored by"),
+    "director": ("{entity} is a film by", "The director of {entity} is"),
+    "founder": ("{entity} was established by", "{entity}'s founder is",
+                "The person who founded {entity} is"),
+    "ceo": ("{entity} is run by its CEO,", "{entity}'s chief executive is"),
+    "sport": ("{entity} plays", "{entity} is known for playing", "The sport played by {entity} is"),
+    "instrument": ("{entity} is known for playing the", "The instrument {entity} plays is the"),
+    "spouse": ("{entity}'s spouse is", "{entity} is the husband or wife of"),
+    "headquarters": ("{entity} is headquartered in", "The head office of {entity} is in"),
+    "owner": ("{entity} belongs to", "The owner of {entity} is"),
+    "opposite": ("The antonym of {entity} is", "{entity} is the opposite of"),
+}
+
 #: used for any relation the table does not know
 GENERIC_TEMPLATE = "The {relation} of {entity} is"
 
@@ -71,3 +104,13 @@ def canonical_prompt(entity: str, relation: str, override: str | None = None) ->
     """The fact's canonical prompt (``{entity}`` filled in; ``{relation}`` too if present)."""
     t = template_for(relation, override)
     return t.replace("{relation}", relation).replace("{entity}", entity)
+
+
+def paraphrase_templates(relation: str, override: str | None = None) -> tuple[str, ...]:
+    """The other templates a fact is keyed on (:data:`PARAPHRASES`); none when the
+    statement gives a ``PROMPT`` other than the table's own template for the relation,
+    or the relation is not in the table."""
+    rel = normalise_relation(relation)
+    if override is not None and override != TEMPLATES.get(rel):
+        return ()
+    return PARAPHRASES.get(rel, ())

@@ -48,7 +48,7 @@ def insert(session, stmt: ast.Insert) -> Result:
         fact_sequence,
         install_compose,
         install_layer,
-        knn_op,
+        knn_plans,
         reply_tokens,
         target_tokens,
     )
@@ -92,25 +92,23 @@ def insert(session, stmt: ast.Insert) -> Result:
         text = canonical_prompt(stmt.entity, stmt.relation, stmt.prompt)
         plans.append(InsertPlan(op, layer, None, None, text, ids[0], view.token_text(ids[0]),
                                 fact_sequence(view, text)))
-    for i, tid in enumerate(ids if memit_cal is None else []):
-        prefix = tuple(ids[:i])
-        if insert_mode is ast.InsertMode.COMPOSE:
-            check_level(view, "INSERT ... MODE COMPOSE")
-            if stmt.alpha is not None and stmt.alpha <= 0:
-                raise ExecutionError("ALPHA must be positive")
-            done = install_compose(ov, view, stmt.entity, stmt.relation, stmt.target,
-                                   layer=layer, alpha=stmt.alpha, confidence=stmt.confidence,
-                                   prompt=stmt.prompt, prefix=prefix, token=tid)
-            plan = done.plan
-            started |= done.started
-            quieted += done.quieted
-            cals.append(done.calibration)
-        else:
-            plan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                          confidence=stmt.confidence, prompt=stmt.prompt, prefix=prefix,
-                          token=tid)
-            started |= ov.record(plan.op)
-        plans.append(plan)
+    for i, tid in enumerate(ids if insert_mode is ast.InsertMode.COMPOSE else []):
+        check_level(view, "INSERT ... MODE COMPOSE")
+        if stmt.alpha is not None and stmt.alpha <= 0:
+            raise ExecutionError("ALPHA must be positive")
+        done = install_compose(ov, view, stmt.entity, stmt.relation, stmt.target,
+                               layer=layer, alpha=stmt.alpha, confidence=stmt.confidence,
+                               prompt=stmt.prompt, prefix=tuple(ids[:i]), token=tid)
+        started |= done.started
+        quieted += done.quieted
+        cals.append(done.calibration)
+        plans.append(done.plan)
+    if insert_mode is ast.InsertMode.KNN:
+        # every target token, on the canonical prompt and on the relation's other wordings
+        plans = knn_plans(view, stmt.entity, stmt.relation, stmt.target, ids, layer=layer,
+                          confidence=stmt.confidence, prompt=stmt.prompt)
+        for p in plans:
+            started |= ov.record(p.op)
     # MODE KNN: the same fact for the prompt as a chat user turn, the reply starting with
     # the target, when this session wraps INFER prompts in the chat template (SET CHAT AUTO
     # / ON).  Not COMPOSE: chat-form features passed alone (SmolLM2, 5 facts: chat 1.0) but
@@ -120,10 +118,9 @@ def insert(session, stmt: ast.Insert) -> Result:
     chat_ids: list[int] = []
     if forward and wraps and insert_mode is ast.InsertMode.KNN:
         chat_ids = reply_tokens(view, stmt.target)
-        for i, tid in enumerate(chat_ids):
-            cplan = knn_op(view, stmt.entity, stmt.relation, stmt.target, layer=layer,
-                           confidence=stmt.confidence, prompt=stmt.prompt,
-                           prefix=tuple(chat_ids[:i]), token=tid, chat=True)
+        for cplan in knn_plans(view, stmt.entity, stmt.relation, stmt.target, chat_ids,
+                               layer=layer, confidence=stmt.confidence, prompt=stmt.prompt,
+                               chat=True):
             started |= ov.record(cplan.op)
     plan = plans[0]
     meta: dict[str, Any] = {"target_ids": ids, "tokens": len(ids)}
@@ -147,9 +144,14 @@ def insert(session, stmt: ast.Insert) -> Result:
                   f"no forward pass; the entry is stored, INFER needs INFERENCE)")
     else:
         thr = [float(p.op.get("threshold") or 0.75) for p in plans]
+        others = len({p.op.get("prompt") for p in plans if p.op.get("paraphrase")
+                      and not p.op.get("prefix_ids")})
         detail = (f"KNN key{'s' if len(plans) > 1 else ''} from the raw prompt {plan.prompt!r}"
-                  f" (threshold {min(thr):.2f}{'–' + format(max(thr), '.2f') if len(thr) > 1 else ''}"
+                  + (f" and {others} other wording{'s' if others > 1 else ''} of the relation"
+                     if others else "")
+                  + f" (threshold {min(thr):.2f}{'–' + format(max(thr), '.2f') if len(thr) > 1 else ''}"
                   f": above every checked neighbour)")
+        meta["paraphrase_keys"] = others
     verdict = ""
     if forward:
         p_whole, greedy_ok = whole_target(view, plan.seq or plan.prompt, ids)
