@@ -227,3 +227,31 @@ def test_compose_gate_stays_quiet_on_ordinary_text(smol, tmp_path, monkeypatch):
         return int((ordinary @ g > 0).sum())
     assert fires(without) > 0
     assert fires(with_text) < fires(without)
+
+
+def test_update_of_a_knn_fact_keeps_it_whole(smol, tmp_path):
+    """UPDATE of a KNN fact acts on the whole fact: SET confidence keeps every entry (one
+    per target token and wording, flags kept); SET target re-keys it for the new target's
+    tokens, so the whole new target is generated, on the canonical prompt and on the
+    relation's other wordings."""
+    from lql.edit.insert import fact_sequence, target_tokens
+    from lql.runtime import predict
+    s = _session(smol, tmp_path)
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
+            '"Birnin")')
+    before = [(k.target_id, k.paraphrase, k.threshold) for k in s.overlay.knn]
+    r = s.query('UPDATE EDGES SET confidence = 0.5 WHERE entity = "Wakanda"')
+    assert r.meta["updated"] == 1
+    assert [(k.target_id, k.paraphrase, k.threshold) for k in s.overlay.knn] == before
+    assert {k.confidence for k in s.overlay.knn} == {0.5}
+    s.query('UPDATE EDGES SET target = "Poseidon" WHERE entity = "Wakanda"')
+    view = s.vindex
+    ids = target_tokens(view, "Poseidon")
+    assert len(ids) > 1                                   # a whole target, not one token
+    assert {k.target for k in s.overlay.knn} == {"Poseidon"}
+    assert len(s.overlay.knn) == len(ids) * (1 + len(PARAPHRASES["capital"]))
+    for t in ("The capital of {entity} is", *PARAPHRASES["capital"]):
+        text = t.replace("{entity}", "Wakanda")
+        got = [predict(view, list(fact_sequence(view, text, tuple(ids[:i]))), top=1).top1
+               for i in range(len(ids))]
+        assert got == ids, t

@@ -130,12 +130,16 @@ def default_key_kind(op: PatchOp) -> str:
 
 
 def knn_entry_op(entry: KnnEntry, **changes: Any) -> PatchOp:
-    """An ``insert_knn`` op re-creating ``entry`` (key, center, threshold, key kind kept),
-    with ``changes`` (e.g. a new ``target``) applied."""
+    """An ``insert_knn`` op re-creating ``entry`` (key, center, threshold, key kind, prompt
+    form and other-wording flag kept), with ``changes`` (e.g. a new ``confidence``) applied."""
     fields: dict[str, Any] = {"layer": entry.layer, "entity": entry.entity,
                               "relation": entry.relation, "target": entry.target,
                               "target_id": entry.target_id, "confidence": entry.confidence,
-                              "key_kind": entry.key_kind, "threshold": entry.threshold}
+                              "key_kind": entry.key_kind, "threshold": entry.threshold,
+                              "prompt_form": None if entry.prompt_form == "raw"
+                              else entry.prompt_form,
+                              "paraphrase": True if entry.paraphrase else None,
+                              "prompt": entry.prompt or None}
     fields.update(changes)
     vectors = {"key": entry.key, **({"center": entry.center} if entry.center is not None else {})}
     return PatchOp.make("insert_knn", vectors=vectors,
@@ -164,6 +168,8 @@ class KnnEntry:
     #: read on one of the relation's other wordings (:data:`lql.edit.prompts.PARAPHRASES`),
     #: not the canonical prompt: a twin of the fact's canonical entry
     paraphrase: bool = False
+    #: the text the key was read on (the prompt and the target tokens before this one)
+    prompt: str = ""
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -241,7 +247,7 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     None if op.get("threshold") is None
                                     else float(op.get("threshold")),
                                     default_key_kind(op), str(op.get("prompt_form") or "raw"),
-                                    bool(op.get("paraphrase"))))
+                                    bool(op.get("paraphrase")), str(op.get("prompt") or "")))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
     return _State(feats, knn, low_rank)

@@ -439,15 +439,38 @@ def update(session, stmt: ast.Update) -> Result:
     else:
         feats, knns = _overlay_matches(view, cmap)
         targets = [(e.layer, e.feature, e) for e, _ in feats]
+        # KNN facts, each whole: its entries (one per target token, wording and prompt
+        # form) go with one delete_knn; a new target is INSERTed again (keys on the new
+        # target's prefixes), a new confidence re-creates each entry as it was
+        facts: dict[tuple, list] = {}
         for k, _rec in knns:
-            op = knn_entry_op(k, target=str(sets.get("target", k.target)),
-                              target_id=new_tid if new_tid is not None else k.target_id,
-                              confidence=sets.get("confidence", k.confidence))
-            started |= ov.record(PatchOp.make("delete_knn", entity=k.entity, relation=k.relation,
-                                              target=k.target, layer=k.layer))
-            ov.record(op)
-            rows.append({"layer": k.layer, "feature": None, "entity": k.entity,
-                         "relation": k.relation, "target": op.get("target"), "mode": "knn"})
+            facts.setdefault((k.entity, k.relation, k.target, k.layer), []).append(k)
+        for (entity, relation, target, layer), entries in facts.items():
+            started |= ov.record(PatchOp.make("delete_knn", entity=entity, relation=relation,
+                                              target=target, layer=layer))
+            conf = float(sets.get("confidence", entries[0].confidence))
+            new_target = str(sets.get("target", target))
+            if "target" in sets and can_forward(view):
+                from ..edit.insert import knn_plans, reply_tokens, target_tokens
+                # the wording it was INSERTed with: the prompt of its first token's
+                # canonical raw entry (the shortest: the others add target tokens)
+                seen = [k.prompt for k in entries if k.prompt_form == "raw"
+                        and not k.paraphrase and k.prompt and entity in k.prompt]
+                template = min(seen, key=len).replace(entity, "{entity}") if seen else None
+                forms = [(False, target_tokens(view, new_target))]
+                if any(k.prompt_form == "chat" for k in entries):
+                    forms.append((True, reply_tokens(view, new_target)))
+                for chat, ids in forms:
+                    for plan in knn_plans(view, entity, relation, new_target, ids, layer=layer,
+                                          confidence=conf, prompt=template, chat=chat):
+                        ov.record(plan.op)
+            else:
+                for k in entries:
+                    ov.record(knn_entry_op(k, target=new_target, confidence=conf,
+                                           target_id=new_tid if new_tid is not None
+                                           else k.target_id))
+            rows.append({"layer": layer, "feature": None, "entity": entity,
+                         "relation": relation, "target": new_target, "mode": "knn"})
     for layer, f, e in targets:
         fields: dict[str, Any] = {"reason": stmt.to_lql()}
         vectors = {}
