@@ -129,3 +129,33 @@ def test_insert_negatives_memo_survives_a_full_cache():
     want = ffn_inputs(view, "Once upon a time", [1])[1]   # one pass alone
     np.testing.assert_allclose(got[1], want, rtol=1e-5, atol=1e-5)
     assert len(cache) < 10                                # cleared, then refilled
+
+
+def test_packs_over_the_token_budget_split_and_merge_in_order(monkeypatch):
+    """More tokens than PACK_TOKENS run as several packs (attention is quadratic in a
+    pack's length); the merged result is each sequence's, in the given order, the same as
+    one pack: logits, last-position states and every-position FFN inputs."""
+    from lql.model import model as model_mod
+    v = open_vindex(tiny_vindex("llama", "inference", "f32"))
+    m = build_model(v.model_config, v.weights)
+    one = m.forward_many(SEQS, layers=[0, 1], every_position=True)
+    calls = []
+    real = model_mod.Model.forward_many
+
+    def counting(self, seqs, **kw):
+        calls.append(len(seqs))
+        return real(self, seqs, **kw)
+    monkeypatch.setattr(model_mod.Model, "forward_many", counting)
+    monkeypatch.setattr(model_mod, "PACK_TOKENS", 8)
+    split = m.forward_many(SEQS, layers=[0, 1], every_position=True)
+    assert calls[0] == len(SEQS) and len(calls) > 2         # split into several packs
+    np.testing.assert_allclose(split.logits, one.logits, rtol=1e-4,
+                               atol=1e-4 * float(np.abs(one.logits).max()))
+    for layer in (0, 1):
+        np.testing.assert_allclose(split.ffn_inputs[layer], one.ffn_inputs[layer], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(split.residuals[layer], one.residuals[layer], rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(one.residuals[layer]).max()))
+        assert [x.shape for x in split.ffn_inputs_all[layer]] == \
+            [x.shape for x in one.ffn_inputs_all[layer]] == [(len(s), m.hidden_size) for s in SEQS]
+        for a, b in zip(split.ffn_inputs_all[layer], one.ffn_inputs_all[layer]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

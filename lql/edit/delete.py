@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from ..runtime.view import VindexView
     from .overlay import OverlayVindex
 
-__all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "SIBLING_ENTITIES",
+__all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "checked_siblings",
+           "SIBLING_ENTITIES", "suppress_in_chat", "chat_sibling_replies", "chat_collateral",
            "suppress_fact"]
 
 #: fillers of the fact's template whose own answers DELETE must not break (the entity itself
@@ -66,6 +67,15 @@ def sibling_prompts(template: str, entity: str) -> list[str]:
     """``template`` filled with :data:`SIBLING_ENTITIES` other than ``entity``."""
     low = entity.strip().lower()
     return [template.replace("{entity}", e) for e in SIBLING_ENTITIES if e.lower() != low]
+
+
+def checked_siblings(template: str, entity: str) -> list[str]:
+    """:func:`sibling_prompts` without the reference entities a COMPOSE gate or
+    suppression feature is solved to be silent on (``insert.REFERENCE_ENTITIES``): the
+    siblings a collateral check looks at are ones the edit was not fitted to."""
+    from .insert import REFERENCE_ENTITIES
+    skip = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
+    return [template.replace("{entity}", e) for e in SIBLING_ENTITIES if e.lower() not in skip]
 
 
 def _directions(view: VindexView, ids) -> np.ndarray:
@@ -160,15 +170,142 @@ def suppress_fact(overlay, view: OverlayVindex, entity: str, relation: str, targ
     p0 = float(predict(view, prompt).probs[target_id])
     plan = compose_op(view, entity, relation, target, layer=layer, push=-1.0, token=target_id)
     overlay.record(plan.op)
-    p = float(predict(view, prompt).probs[target_id])
-    op = plan.op
+    p = _strengthen(overlay, plan.op, lambda: float(predict(view, prompt).probs[target_id]),
+                    keep * p0, max_doublings)
+    return DeleteReport([(plan.layer, int(plan.feature or 0))], p0, p)
+
+
+def _strengthen(overlay, op: PatchOp, measure, goal: float, max_doublings: int) -> float:
+    """Double a suppression feature's down vector (at most ``max_doublings`` times) until
+    ``measure()`` (the target's probability) is ≤ ``goal``; returns the last measure."""
+    p = measure()
     for _ in range(max_doublings):
-        if p <= keep * p0:
+        if p <= goal:
             break
         down = op.vector("down")
         assert down is not None
         op.set_vector("down", down * 2.0)
         op.data["alpha"] = float(op.data.get("alpha") or 0.1) * 2.0
         overlay._changed()
-        p = float(predict(view, prompt).probs[target_id])
-    return DeleteReport([(plan.layer, int(plan.feature or 0))], p0, p)
+        p = measure()
+    return p
+
+
+# --------------------------------------------------------------------------- chat replies
+
+#: tokens of a chat reply searched for the target (and compared on siblings)
+CHAT_REPLY = 16
+#: suppression features DELETE adds at most for one chat reply (the model may state the
+#: fact again a few tokens later once the first mention is suppressed)
+CHAT_ROUNDS = 3
+
+
+@dataclass
+class ChatDeleteReport:
+    """What :func:`suppress_in_chat` did: the features, the target's probability at the
+    reply position where the model first stated it (before / after), the replies, and
+    whether the greedy reply still states it."""
+    features: list[tuple[int, int]]
+    p_before: float
+    p_after: float
+    reply_before: str
+    reply_after: str
+    still_stated: bool
+
+
+def chat_reply(view: VindexView, ids: Sequence[int], n: int = CHAT_REPLY) -> list[int]:
+    """The greedy reply (overlay and KNN store applied), up to ``n`` tokens, stop at the
+    end of the turn (that token not included)."""
+    from ..runtime import greedy, knn_hit, knn_layers, knn_record
+    layers = knn_layers(view)
+    pick = None
+    if layers:
+        def pick(out):
+            hit = knn_hit(view, out, layers)
+            return None if hit is None else hit["target_id"]
+    model = model_for(view)
+    stop = frozenset(int(t) for t in model.spec.eos_token_ids)
+    out = []
+    for t in greedy(model, list(ids), n, pick=pick, record=knn_record(layers)):
+        if t in stop:
+            break
+        out.append(int(t))
+    return out
+
+
+def stated_at(view: VindexView, reply: Sequence[int], target: str) -> int | None:
+    """The first position of ``reply`` holding the target's first token (either spelling:
+    after a space or starting a word), or ``None``."""
+    forms = set()
+    for text in (" " + target.strip(), target.strip()):
+        ids = view.tokenizer.encode(text, add_special_tokens=False).ids
+        if ids:
+            forms.add(int(ids[0]))
+    return next((i for i, t in enumerate(reply) if int(t) in forms), None)
+
+
+def suppress_in_chat(overlay, view: OverlayVindex, entity: str, relation: str, target: str,
+                     prompt: str, *, layer: int, keep: float = KEEP,
+                     max_doublings: int = 4) -> ChatDeleteReport | None:
+    """DELETE for the prompt sent as a chat user turn: where the greedy reply first states
+    the target, a suppression feature keyed on the chat-wrapped prompt and the reply so
+    far (``compose_op(..., chat=True, prefix=..., push=-1)``) pushes against it, its down
+    vector doubling (at most ``max_doublings`` times) until that token's probability is
+    ≤ ``keep`` × its start; if the new reply states the target further on, again there
+    (at most :data:`CHAT_ROUNDS` features).  ``None`` when the reply never states it."""
+    from .insert import _references, chat_prompt_ids, compose_op
+    ids = chat_prompt_ids(view, prompt)
+    before = chat_reply(view, ids)
+    first = stated_at(view, before, target)
+    if first is None:
+        return None
+    at0 = list(ids) + before[:first]
+    tok0 = before[first]
+    p0 = float(predict(view, at0).probs[tok0])
+    features: list[tuple[int, int]] = []
+    reply, at = before, first
+    for _ in range(CHAT_ROUNDS):
+        seq = list(ids) + reply[:at]
+        tok = reply[at]
+        start = float(predict(view, seq).probs[tok])
+        # the reference fillers' negatives get their own reply so far: the reply names
+        # the entity ("The capital of Germany is"), so theirs names theirs
+        said = view.tokenizer.decode(reply[:at])
+        refs = {r: tuple(view.tokenizer.encode(said.replace(entity, r),
+                                               add_special_tokens=False).ids)
+                for r in _references(entity)} if entity in said else None
+        plan = compose_op(view, entity, relation, target, layer=layer, push=-1.0, token=tok,
+                          prefix=tuple(reply[:at]), chat=True, ref_prefixes=refs)
+        overlay.record(plan.op)
+        features.append((plan.layer, int(plan.feature or 0)))
+        _strengthen(overlay, plan.op, lambda s=seq, t=tok: float(predict(view, s).probs[t]),
+                    keep * start, max_doublings)
+        reply = chat_reply(view, ids)
+        nxt = stated_at(view, reply, target)
+        if nxt is None:
+            break
+        at = nxt
+    p1 = float(predict(view, at0).probs[tok0])
+    return ChatDeleteReport(features, p0, p1, view.tokenizer.decode(before),
+                            view.tokenizer.decode(reply), stated_at(view, reply, target) is not None)
+
+
+def chat_sibling_replies(view: VindexView, template: str, entity: str,
+                         n: int = 6, length: int = 8) -> list[tuple[str, list[int]]]:
+    """``[(sibling prompt, first ``length`` tokens of its greedy chat reply)]`` for the
+    template filled with ``n`` siblings: compared before and after a chat-form DELETE."""
+    from .insert import chat_prompt_ids
+    return [(p, chat_reply(view, chat_prompt_ids(view, p), length))
+            for p in checked_siblings(template, entity)[:n]]
+
+
+def chat_collateral(view: VindexView, before: list[tuple[str, list[int]]]) -> list[dict]:
+    """The siblings whose chat reply changed since ``before``."""
+    from .insert import chat_prompt_ids
+    out = []
+    for p, reply in before:
+        now = chat_reply(view, chat_prompt_ids(view, p), len(reply))
+        if now != reply:
+            out.append({"prompt": p, "before": view.tokenizer.decode(reply),
+                        "after": view.tokenizer.decode(now)})
+    return out

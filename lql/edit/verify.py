@@ -76,9 +76,9 @@ def sibling_snapshot(view: VindexView, template: str, entity: str,
                      n: int = SIBLINGS_CHECKED) -> list[tuple[str, int, float]]:
     """``[(prompt, top-1 id, its probability)]`` for the template filled with ``n`` siblings."""
     from ..runtime import predict
-    from .delete import sibling_prompts
+    from .delete import checked_siblings
     out = []
-    for p in sibling_prompts(template, entity)[:n]:
+    for p in checked_siblings(template, entity)[:n]:
         pred = predict(view, p, top=1)
         out.append((p, pred.top1, float(pred.top[0][1])))
     return out

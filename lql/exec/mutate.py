@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 COLUMNS = ["layer", "feature", "entity", "relation", "target", "mode"]
 #: DELETE's goal: P(target) at most this fraction of its start (≥ 70 % suppression)
 KEEP_GOAL = 0.30
+#: DELETE's goal allows at most this fraction of the checked siblings changed (Gate 3)
+COLLATERAL_GOAL = 0.30
 AUTO_NOTE = ('auto-patch session started: edits are recorded in memory; '
              'SAVE PATCH "file.vlp" keeps them')
 
@@ -331,15 +333,39 @@ def delete(session, stmt: ast.Delete) -> Result:
                f"{meta['prompt']!r}) {meta['p_before']:.3f} → {meta['p_after']:.3f} "
                f"(suppression {sup:.0%}, goal ≥ {1 - KEEP_GOAL:.0%}); "
                f"{len(meta['collateral'])}/{meta['siblings_checked']} sibling prompts changed "
-               f"(top-1, or P by > 30 %)" + ("" if not meta["collateral"] else " (" + ", ".join(
+               f"(top-1, or P by > 30 %; goal ≤ {COLLATERAL_GOAL:.0%})" + ("" if not meta["collateral"] else " (" + ", ".join(
                    f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}"
                    for h in meta["collateral"][:3]) + ")"))
+        chat = meta.get("chat")
+        if chat is not None and not chat["stated"]:
+            msg += ("; as a chat user turn the reply does not state it (nothing to delete "
+                    f"there); {len(chat['collateral'])}/{chat['siblings_checked']} sibling "
+                    "replies changed")
+        elif chat is not None:
+            msg += (f"; as a chat user turn: reply {chat['reply_before']!r} → "
+                    f"{chat['reply_after']!r}, P(target where it was stated) "
+                    f"{chat['p_before']:.3f} → {chat['p_after']:.3f}"
+                    + (f" (suppression {chat['suppression']:.0%})" if chat["kept"] else
+                       " — but that chat-form feature changed other entities' replies and "
+                       "was dropped again")
+                    + f"; {len(chat['collateral'])}/{chat['siblings_checked']} sibling "
+                    "replies changed")
+        if chat is not None and chat["collateral"]:
+            msg += " (" + ", ".join(f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}"
+                                    for h in chat["collateral"][:2]) + ")"
         if not meta["reached"]:
             why = []
             if sup < 1 - KEEP_GOAL:
                 why.append(f"suppression is only {sup:.0%}")
-            if meta["collateral"]:
-                why.append("other entities' answers changed")
+            if len(meta["collateral"]) > COLLATERAL_GOAL * max(meta["siblings_checked"], 1):
+                why.append(f"other entities' answers changed (more than "
+                           f"{COLLATERAL_GOAL:.0%} of those checked)")
+            if chat is not None and chat["stated"] and chat["suppression"] < 1 - KEEP_GOAL:
+                why.append(f"in chat replies suppression is only {chat['suppression']:.0%}")
+            if chat is not None and len(chat.get("collateral") or ()) > \
+                    COLLATERAL_GOAL * max(chat["siblings_checked"], 1):
+                why.append(f"other entities' chat replies changed (more than "
+                           f"{COLLATERAL_GOAL:.0%} of those checked)")
             msg += "; GOAL NOT REACHED: " + " and ".join(why)
     return Result.table("DELETE", COLUMNS, rows, message=msg + _note(started, ov),
                         removed=n, auto_patch=started, **meta)
@@ -373,6 +399,12 @@ def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target
     refs = sibling_prompts(template, entity)
     started = ov.recording is None
     siblings = sibling_snapshot(view, template, entity)
+    # under SET CHAT AUTO / ON on a model with a chat template, the fact is deleted from
+    # chat replies too: the siblings' replies are taken now, before any edit
+    in_chat = _session_wraps(session, view) and bool(getattr(view, "chat_template", None))
+    if in_chat:
+        from ..edit.delete import chat_sibling_replies
+        chat_siblings = chat_sibling_replies(view, template, entity)
     # first one selective suppression feature (cheap, precise); if it cannot reach the goal
     # without collateral it is dropped again and the carrying features are deleted instead
     from ..edit.delete import suppress_fact
@@ -382,20 +414,71 @@ def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target
     rep = suppress_fact(ov, view, entity, relation, target, prompt, tid,
                         layer=install_layer(view, None))
     hits = collateral(view, siblings)
-    if rep.p_after > KEEP_GOAL * rep.p_before or hits:
+
+    def gate3(r, h) -> tuple[bool, int, float]:
+        """Gate 3 (≥ 70 % suppression, ≤ 30 % of the checked siblings changed), then
+        fewer siblings changed, then more suppression: the better DELETE sorts higher."""
+        sup = 1.0 - r.p_after / r.p_before if r.p_before > 0 else 0.0
+        return (sup >= 1 - KEEP_GOAL and len(h) <= COLLATERAL_GOAL * max(len(siblings), 1),
+                -len(h), sup)
+    if not gate3(rep, hits)[0]:
         assert ov.recording is not None
+        suppress_ops = ov.recording.operations[mark:]
         del ov.recording.operations[mark:]
         ov._changed()
-        how = "feature"
-        rep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
-        hits = collateral(view, siblings)
+        frep = delete_fact(ov, view, prompt, tid, reason=reason, references=refs)
+        fhits = collateral(view, siblings)
+        if gate3(frep, fhits) > gate3(rep, hits):
+            how, rep, hits = "feature", frep, fhits
+        else:                     # the feature deletion did worse: the suppression stays
+            del ov.recording.operations[mark:]
+            ov.recording.operations.extend(suppress_ops)
+            ov._changed()
     sup = 1.0 - rep.p_after / rep.p_before if rep.p_before > 0 else 0.0
     rows = [{"layer": l, "feature": f, "entity": entity, "relation": relation,
              "target": target, "mode": how} for l, f in rep.features]
     meta = {"entity": entity, "relation": relation, "target": target, "target_token": ttext,
             "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after,
             "suppression": sup, "collateral": hits, "siblings_checked": len(siblings),
-            "reached": sup >= 1 - KEEP_GOAL and not hits, "how": how}
+            "reached": sup >= 1 - KEEP_GOAL
+            and len(hits) <= COLLATERAL_GOAL * max(len(siblings), 1), "how": how}
+    if in_chat:
+        from ..edit.delete import chat_collateral, suppress_in_chat
+        mark = len(ov.recording.operations) if ov.recording is not None else 0
+        # what the raw-form edit already changed in the siblings' chat replies
+        raw_hits = chat_collateral(view, chat_siblings)
+        chat = suppress_in_chat(ov, view, entity, relation, target, prompt,
+                                layer=install_layer(view, None))
+        if chat is None:
+            meta["chat"] = {"stated": False, "collateral": raw_hits,
+                            "siblings_checked": len(chat_siblings)}
+        else:
+            chat_hits = chat_collateral(view, chat_siblings)
+            csup = 1.0 - chat.p_after / chat.p_before if chat.p_before > 0 else 0.0
+            kept = ({h["prompt"] for h in chat_hits} <= {h["prompt"] for h in raw_hits}
+                    or len(chat_hits) <= COLLATERAL_GOAL * max(len(chat_siblings), 1))
+            if not kept:        # it changed too many other entities' replies: dropped
+                assert ov.recording is not None
+                del ov.recording.operations[mark:]
+                ov._changed()
+                chat_hits = raw_hits
+            else:
+                rows += [{"layer": l, "feature": f, "entity": entity, "relation": relation,
+                          "target": target, "mode": "suppress (chat)"}
+                         for l, f in chat.features]
+            meta["chat"] = {"stated": True, "p_before": chat.p_before,
+                            "p_after": chat.p_after,
+                            "suppression": csup if kept else 0.0,
+                            "reply_before": chat.reply_before,
+                            "reply_after": chat.reply_after if kept else chat.reply_before,
+                            "still_stated": chat.still_stated or not kept,
+                            "collateral": chat_hits, "siblings_checked": len(chat_siblings),
+                            "kept": kept}
+        meta["reached"] = bool(meta["reached"]
+                               and len(meta["chat"]["collateral"])
+                               <= COLLATERAL_GOAL * max(len(chat_siblings), 1)
+                               and (not meta["chat"]["stated"]
+                                    or meta["chat"]["suppression"] >= 1 - KEEP_GOAL))
     return rows, meta, started and bool(rows)
 
 
