@@ -306,11 +306,16 @@ def delete(session, stmt: ast.Delete) -> Result:
     for e, rec in feats:
         started |= ov.record(_restore_op(view, e.layer, e.feature, reason))
         rows.append({**{k: rec[k] for k in COLUMNS if k in rec}, "mode": "compose"})
+    # a KNN fact whole: one delete_knn removes its entries (every target token, wording
+    # and prompt form), one row for it
+    knn_facts: dict[tuple, dict] = {}
     for k, rec in knns:
-        started |= ov.record(PatchOp.make("delete_knn", entity=k.entity, relation=k.relation,
-                                          target=k.target, layer=k.layer))
+        knn_facts.setdefault((k.entity, k.relation, k.target, k.layer), rec)
+    for (entity, relation, target, layer), rec in knn_facts.items():
+        started |= ov.record(PatchOp.make("delete_knn", entity=entity, relation=relation,
+                                          target=target, layer=layer))
         rows.append({**{c: rec[c] for c in COLUMNS if c in rec}, "mode": "knn"})
-    meta = {}
+    meta: dict[str, Any] = {"knn_entries": len(knns)} if knns else {}
     if not rows:
         entity, relation = _eq(cmap, "entity"), _eq(cmap, "relation")
         if entity is None or relation is None:
@@ -322,7 +327,10 @@ def delete(session, stmt: ast.Delete) -> Result:
                                                 _eq(cmap, "target"), reason)
     n = len(rows)
     msg = f"deleted {n} edge{'s' if n != 1 else ''}"
-    if meta:
+    if knns:
+        msg += (f" ({len(knn_facts)} KNN fact{'s' if len(knn_facts) != 1 else ''}: "
+                f"{len(knns)} entries, one per target token, wording and prompt form)")
+    if "how" in meta:
         sup = meta["suppression"]
         msg = ((f"suppressed ({meta['entity']}, {meta['relation']}, {meta['target']}) with one "
                 f"selective feature (L{rows[0]['layer']}:F{rows[0]['feature']})"
