@@ -283,3 +283,21 @@ def test_delete_under_chat_auto_suppresses_the_fact_in_chat_replies(smol, tmp_pa
     r2 = s2.query('DELETE FROM EDGES WHERE entity = "Germany" AND relation = "capital" '
                   'AND target = "Berlin"')
     assert "chat" not in r2.meta and "chat" not in r2.message
+
+
+def test_quiet_chat_turns_carry_the_base_models_reply(smol, tmp_path):
+    """The chat-wrapped reference prompts a COMPOSE gate is kept quiet on come with the
+    base model's greedy reply (a raw DELETE's feature changed siblings' chat replies in
+    the reply): the reply INFER generates on the unedited model, whatever the overlay."""
+    from lql.edit import insert
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{smol}"')                          # SET CHAT AUTO: INFER wraps
+    prompt = "The capital of Japan is"
+    said = s.query(f'INFER "{prompt}" GENERATE {insert.REPLY_QUIET}').message
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Japan", "capital", '
+            '"Kyoto")')                               # the overlay now changes that reply
+    assert "Kyoto" in s.query(f'INFER "{prompt}" GENERATE 6').message
+    ids = tuple(insert.chat_prompt_ids(s.vindex, prompt))
+    got = insert._with_reply(s.vindex, ids)
+    assert got[:len(ids)] == ids and len(ids) < len(got) <= len(ids) + insert.REPLY_QUIET
+    assert s.vindex.tokenizer.decode(list(got[len(ids):])).strip() == str(said).strip()

@@ -446,16 +446,45 @@ def _earlier_positions(view: VindexView, template: str, entity: str, seq: tuple[
     " Sweden", and what it writes there reaches the last position through attention (a
     feature did: pre-activation 18 at the entity, −21 at the end; alone it turned
     SmolLM2's " Stockholm" into " the"); and a raw-keyed gate fired inside chat prompts
-    (SmolLM2, 10 facts: every neighbourhood prompt's chat reply changed)."""
+    (SmolLM2, 10 facts: every neighbourhood prompt's chat reply changed).  The chat user
+    turns come with the base model's greedy reply to them (:func:`_with_reply`): a raw
+    DELETE's suppression feature changed a third of the siblings' chat replies, in the
+    reply."""
     from ..runtime import prompt_ids
     chat = bool(getattr(view, "chat_template", None))
     raw = tuple(tuple(prompt_ids(view, template.replace("{entity}", r)))
                 for r in _references(entity))
-    wrapped = tuple(tuple(chat_prompt_ids(view, template.replace("{entity}", r)))
+    wrapped = tuple(_with_reply(view, tuple(chat_prompt_ids(view, template.replace("{entity}", r))))
                     for r in _references(entity)) if chat else ()
     refs = _every_position(view, (tuple(seq),), layer, drop_last=True)
     return np.concatenate([refs, _every_position(view, raw, layer, drop_last=True),
                            _every_position(view, wrapped, layer, drop_last=False)])
+
+
+#: tokens of the base model's chat reply a gate is kept quiet on (:func:`_with_reply`)
+REPLY_QUIET = 12
+_REPLIES: dict[tuple, tuple[int, ...]] = {}
+
+
+def _with_reply(view: VindexView, ids: tuple[int, ...]) -> tuple[int, ...]:
+    """``ids`` (a chat-wrapped user turn) followed by the *base* model's greedy reply, at
+    most :data:`REPLY_QUIET` tokens, the end of the turn not included (memoised per base
+    vindex and sequence)."""
+    from ..runtime import greedy
+    base = getattr(view, "base", view)
+    key = (id(base), ids)
+    if key not in _REPLIES:
+        model = model_for(base)
+        stop = frozenset(int(t) for t in model.spec.eos_token_ids)
+        reply = []
+        for t in greedy(model, list(ids), REPLY_QUIET):
+            if int(t) in stop:
+                break
+            reply.append(int(t))
+        if len(_REPLIES) > 512:
+            _REPLIES.clear()
+        _REPLIES[key] = ids + tuple(reply)
+    return _REPLIES[key]
 
 
 #: tokens per chunk of the ordinary text a gate must stay silent on
