@@ -261,27 +261,30 @@ def test_update_of_a_knn_fact_keeps_it_whole(smol, tmp_path):
 
 def test_delete_under_chat_auto_suppresses_the_fact_in_chat_replies(smol, tmp_path):
     """Under SET CHAT AUTO on a model with a chat template, DELETE of a fact the model
-    knows also suppresses it where the chat reply states it ("The capital of Germany is
-    Berlin."), and the reply INFER generates afterwards no longer states it; SET CHAT OFF
-    deletes the raw form only and says nothing of chat."""
+    knows also suppresses it where the chat reply states it ("The official language of
+    Germany is German."), and the reply INFER generates afterwards no longer states it;
+    SET CHAT OFF deletes the raw form only and says nothing of chat."""
+    import re
+    word = re.compile(r"\bGerman\b")
+    prompt = "The official language of Germany is"
     s = Session(cwd=tmp_path)
     s.query(f'USE "{smol}"')                          # chat mode: the default (AUTO)
-    before = s.query('INFER "The capital of Germany is" GENERATE 12').message
-    assert "Berlin" in before                         # the model states it in its reply
-    r = s.query('DELETE FROM EDGES WHERE entity = "Germany" AND relation = "capital" '
-                'AND target = "Berlin"')
+    before = s.query(f'INFER "{prompt}" GENERATE 12').message
+    assert word.search(before)                        # the model states it in its reply
+    r = s.query('DELETE FROM EDGES WHERE entity = "Germany" AND relation = "language" '
+                'AND target = "German"')
     chat = r.meta["chat"]
     assert chat["stated"] and chat["kept"], r.message
     assert chat["suppression"] >= 0.7 and chat["p_after"] < 0.3 * chat["p_before"]
     assert "as a chat user turn" in r.message
     assert any(row["mode"] == "suppress (chat)" for row in r.rows)
-    after = s.query('INFER "The capital of Germany is" GENERATE 12').message
-    assert "Berlin" not in after
-    raw = s.query('INFER "The capital of Germany is" TOP 1 RAW').rows[0]["token"]
-    assert raw.strip() != "Berlin"
+    after = s.query(f'INFER "{prompt}" GENERATE 12').message
+    assert not word.search(after), after
+    raw = s.query(f'INFER "{prompt}" TOP 1 RAW').rows[0]["token"]
+    assert raw.strip() != "German"
     s2 = _session(smol, tmp_path)                     # SET CHAT OFF
-    r2 = s2.query('DELETE FROM EDGES WHERE entity = "Germany" AND relation = "capital" '
-                  'AND target = "Berlin"')
+    r2 = s2.query('DELETE FROM EDGES WHERE entity = "Germany" AND relation = "language" '
+                  'AND target = "German"')
     assert "chat" not in r2.meta and "chat" not in r2.message
 
 
