@@ -1,7 +1,8 @@
 """DELETE evaluation (the issue's Gate 3): facts the model knows, deleted one at a time
 through the DELETE statement, raw and in chat replies.
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_delete.py VINDEX [--forms raw,chat] [--json OUT]
+    OMP_NUM_THREADS=1 python benchmarks/eval_delete.py VINDEX [--forms raw,chat]
+        [--mode memit] [--json OUT]
 
 For each fact of :data:`FACTS` (a fresh session each time), ``DELETE FROM EDGES WHERE
 entity = ... AND relation = ... AND target = ...`` runs under ``SET CHAT OFF`` (``raw``)
@@ -39,7 +40,7 @@ FACTS = [("France", "capital", "Paris"), ("Germany", "capital", "Berlin"),
          ("France", "language", "French"), ("Germany", "language", "German")]
 
 
-def run_one(path: str, fact: tuple[str, str, str], form: str) -> dict:
+def run_one(path: str, fact: tuple[str, str, str], form: str, mode: str | None = None) -> dict:
     from lql.edit.insert import target_token
     from lql.edit.prompts import canonical_prompt
     from lql.runtime import predict
@@ -53,7 +54,7 @@ def run_one(path: str, fact: tuple[str, str, str], form: str) -> dict:
         return {"fact": fact, "form": form, "skipped": f"P(target) {p0:.3f} < 0.05"}
     t0 = time.perf_counter()
     res = s.query(f'DELETE FROM EDGES WHERE entity = "{e}" AND relation = "{r}" '
-                  f'AND target = "{t}"')
+                  f'AND target = "{t}"' + (f" MODE {mode.upper()}" if mode else ""))
     m = res.meta
     row = {"fact": fact, "form": form, "seconds": time.perf_counter() - t0,
            "how": m.get("how"), "suppression": m["suppression"],
@@ -91,6 +92,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("vindex")
     ap.add_argument("--forms", default="raw,chat")
+    ap.add_argument("--mode", choices=("compose", "memit"),
+                    help="DELETE ... MODE (default: none, i.e. the suppression feature)")
     ap.add_argument("--json")
     args = ap.parse_args()
     from lql.vindex import open_vindex
@@ -101,7 +104,7 @@ def main() -> None:
     rows = []
     for form in forms:
         for fact in FACTS:
-            row = run_one(args.vindex, fact, form)
+            row = run_one(args.vindex, fact, form, args.mode)
             rows.append(row)
             print(json.dumps(row), flush=True)
     sums = [summary(rows, f) for f in forms]

@@ -630,9 +630,12 @@ class Insert(Statement):
 class Delete(Statement):
     keyword: ClassVar[str] = "DELETE"
     where: tuple[Condition, ...]
+    #: how a fact the model knows is removed: COMPOSE (a suppression feature, the
+    #: default) or MEMIT (a closed-form low-rank update)
+    mode: InsertMode | None = None
 
     def to_lql(self) -> str:
-        return _join("DELETE FROM EDGES", _where(self.where))
+        return _join("DELETE FROM EDGES", _where(self.where), _opt("MODE", self.mode, str))
 
 
 @dataclass(frozen=True)

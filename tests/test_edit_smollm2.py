@@ -304,3 +304,30 @@ def test_quiet_chat_turns_carry_the_base_models_reply(smol, tmp_path):
     got = insert._with_reply(s.vindex, ids)
     assert got[:len(ids)] == ids and len(ids) < len(got) <= len(ids) + insert.REPLY_QUIET
     assert s.vindex.tokenizer.decode(list(got[len(ids):])).strip() == str(said).strip()
+
+
+def test_delete_mode_memit_suppresses_and_reverts(smol, tmp_path):
+    """DELETE ... MODE MEMIT removes a fact the model knows with one closed-form update of
+    the down weights (pushing against the target, the template's reference fillers
+    kept): P(target) falls ≥ 70 %, the held-out siblings are checked, REMOVE reverts
+    exactly, and SHOW COMPACT STATUS does not count it as a MEMIT fact."""
+    from lql.errors import ExecutionError
+    s = _session(smol, tmp_path)
+    prompt = "The capital of France is"
+    paris = _tid(s, " Paris")
+    p0 = _p(s, prompt).probs.copy()
+    s.query('BEGIN PATCH "d.vlp"')
+    r = s.query('DELETE FROM EDGES WHERE entity = "France" AND relation = "capital" '
+                'AND target = "Paris" MODE MEMIT')
+    assert r.meta["how"] == "memit" and r.rows[0]["mode"] == "memit"
+    assert r.meta["suppression"] >= 0.7 and _p(s, prompt).probs[paris] < 0.3 * p0[paris]
+    assert r.meta["siblings_checked"] == 6 and "MEMIT update" in r.message
+    ops = s.overlay.recording.operations
+    assert [o.op for o in ops] == ["memit"] and ops[0].get("mode") == "suppress"
+    assert {row["store"]: row["facts"] for row in s.query("SHOW COMPACT STATUS").rows}["MEMIT"] == 0
+    s.query('REMOVE PATCH "d.vlp"')
+    assert np.array_equal(_p(s, prompt).probs, p0)
+    with pytest.raises(ExecutionError, match="MODE takes COMPOSE"):
+        s.query('DELETE FROM EDGES WHERE entity = "France" AND relation = "capital" MODE KNN')
+    with pytest.raises(ExecutionError, match="applies to a fact the model knows"):
+        s.query('DELETE FROM EDGES WHERE layer = 1 AND feature = 2 MODE MEMIT')

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["fact_feature_scores", "delete_fact", "sibling_prompts", "checked_siblings",
            "SIBLING_ENTITIES", "suppress_in_chat", "chat_sibling_replies", "chat_collateral",
-           "suppress_fact"]
+           "suppress_fact", "memit_suppress"]
 
 #: fillers of the fact's template whose own answers DELETE must not break (the entity itself
 #: is left out); countries dominate because most relations of the prompt table are about them
@@ -173,6 +173,30 @@ def suppress_fact(overlay, view: OverlayVindex, entity: str, relation: str, targ
     p = _strengthen(overlay, plan.op, lambda: float(predict(view, prompt).probs[target_id]),
                     keep * p0, max_doublings)
     return DeleteReport([(plan.layer, int(plan.feature or 0))], p0, p)
+
+
+def memit_suppress(overlay, view: OverlayVindex, entity: str, relation: str, target: str,
+                   prompt: str, target_id: int, *, layer: int, keep: float = KEEP,
+                   max_doublings: int = 4) -> DeleteReport:
+    """DELETE ... MODE MEMIT: one closed-form low-rank update of ``layer``'s down weights
+    (:func:`lql.edit.memit.memit_op` with ``suppress``: the fact's key pushed *against*
+    the target, the template's reference fillers kept, the covariance of the shipped
+    text sample), its factor ``U`` doubled (at most ``max_doublings`` times) until
+    P(target) ≤ ``keep`` × its start.  A ``memit`` op: REMOVE PATCH reverts it exactly,
+    COMPILE bakes it in.  No features are listed (the update is not a feature)."""
+    from .memit import MemitFact, memit_op
+    from .patch import decode_vector, encode_vector
+    p0 = float(predict(view, prompt).probs[target_id])
+    op, _ = memit_op(view, [MemitFact(entity, relation, target)], layer=layer, suppress=True)
+    overlay.record(op)
+    p = float(predict(view, prompt).probs[target_id])
+    for _ in range(max_doublings):
+        if p <= keep * p0:
+            break
+        op.data["memit_u_b64"] = encode_vector(decode_vector(op.data["memit_u_b64"]) * 2.0)
+        overlay._changed()
+        p = float(predict(view, prompt).probs[target_id])
+    return DeleteReport([], p0, p)
 
 
 def _strengthen(overlay, op: PatchOp, measure, goal: float, max_doublings: int) -> float:

@@ -126,8 +126,8 @@ class MemitFact:
     prompt: str | None = None
 
 
-def _push(view, seq, layer: int, tid: int, alpha: float) -> np.ndarray:
-    d = unembed_direction(view, tid)
+def _push(view, seq, layer: int, tid: int, alpha: float, sign: float = 1.0) -> np.ndarray:
+    d = unembed_direction(view, tid) * np.float32(sign)
     if has_post_ffn_norm(view, layer):
         return post_norm_down(view, seq, layer, d, alpha, 1.0).astype(np.float64)
     out = run(view, seq, record=Record(residuals="last", layers=frozenset([layer])))
@@ -136,18 +136,20 @@ def _push(view, seq, layer: int, tid: int, alpha: float) -> np.ndarray:
 
 
 def memit_op(view, facts: Sequence[MemitFact], *, layer: int, alpha: float | None = None,
-             lam: float = LAMBDA, sample: str | None = None) -> tuple[PatchOp, list]:
+             lam: float = LAMBDA, sample: str | None = None,
+             suppress: bool = False) -> tuple[PatchOp, list]:
     """The ``memit`` operation for ``facts`` at ``layer`` and the checks to run after it:
-    ``[(sequence, target token id)]`` (one per target token)."""
+    ``[(sequence, target token id)]`` (one per target token).  ``suppress``: the update
+    pushes *against* each fact's first target token instead (DELETE ... MODE MEMIT)."""
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
     keys, pushes, checks = [], [], []
     for f in facts:
         text = canonical_prompt(f.entity, f.relation, f.prompt)
-        ids = target_tokens(view, f.target)
+        ids = target_tokens(view, f.target)[:1] if suppress else target_tokens(view, f.target)
         for i, tid in enumerate(ids):
             seq = fact_sequence(view, text, tuple(ids[:i]))
             keys.append(ffn_keys(view, seq, layer))
-            pushes.append(_push(view, seq, layer, tid, alpha))
+            pushes.append(_push(view, seq, layer, tid, alpha, -1.0 if suppress else 1.0))
             checks.append((seq, tid))
             # the same template filled with other entities must not move: their keys are
             # constraints with a zero target (at the last position the template dominates
@@ -162,7 +164,7 @@ def memit_op(view, facts: Sequence[MemitFact], *, layer: int, alpha: float | Non
     U, V = memit_update(K, R, covariance(view, layer, sample), lam)
     op = PatchOp.make("memit", layer=layer, rank=int(K.shape[1]), alpha=alpha, lam=lam,
                       facts=[{"entity": f.entity, "relation": f.relation, "target": f.target}
-                             for f in facts],
+                             for f in facts], mode="suppress" if suppress else None,
                       memit_u_b64=encode_vector(U.astype(np.float32).reshape(-1)),
                       memit_v_b64=encode_vector(V.astype(np.float32).reshape(-1)))
     return op, checks

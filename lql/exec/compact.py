@@ -66,7 +66,7 @@ def _memit_facts(ov) -> list[tuple[int, dict]]:
     out = []
     for p in ov.stack:
         for op in p.operations:
-            if op.op == "memit":
+            if op.op == "memit" and op.get("mode") != "suppress":   # not DELETE's
                 out += [(int(op.get("layer")), f) for f in (op.get("facts") or [])]
     return out
 

@@ -293,7 +293,15 @@ def delete(session, stmt: ast.Delete) -> Result:
     cmap = condition_map(stmt.where)
     reason = stmt.to_lql()
     rows, started = [], False
+    if stmt.mode is ast.InsertMode.KNN:
+        raise ExecutionError("DELETE ... MODE takes COMPOSE (a suppression feature, the "
+                             "default) or MEMIT (a closed-form update); a KNN fact is deleted "
+                             "by its entity, relation and target without MODE")
     direct = _direct_features(view, cmap)
+    if direct is not None and stmt.mode is not None:
+        raise ExecutionError("DELETE ... MODE applies to a fact the model knows (WHERE entity "
+                             "= ... AND relation = ...), not to WHERE layer = ... AND feature "
+                             "= ...")
     if direct is not None:
         for layer, f in direct:
             started |= ov.record(PatchOp.make("delete", layer=layer, feature=f, reason=reason))
@@ -324,7 +332,11 @@ def delete(session, stmt: ast.Delete) -> Result:
                                         "fact the model knows needs entity = ... AND "
                                         "relation = ...)")
         rows, meta, started = _delete_base_fact(session, ov, view, entity, relation,
-                                                _eq(cmap, "target"), reason)
+                                                _eq(cmap, "target"), reason, stmt.mode)
+    elif stmt.mode is not None:
+        raise ExecutionError("DELETE ... MODE applies to a fact the model knows; these "
+                             "conditions matched inserted edges, which DELETE removes as "
+                             "they are (drop MODE)")
     n = len(rows)
     msg = f"deleted {n} edge{'s' if n != 1 else ''}"
     if knns:
@@ -335,6 +347,10 @@ def delete(session, stmt: ast.Delete) -> Result:
         msg = ((f"suppressed ({meta['entity']}, {meta['relation']}, {meta['target']}) with one "
                 f"selective feature (L{rows[0]['layer']}:F{rows[0]['feature']})"
                 if meta["how"] == "suppress" else
+                f"suppressed ({meta['entity']}, {meta['relation']}, {meta['target']}) with a "
+                f"closed-form MEMIT update of layer {rows[0]['layer']}'s down weights "
+                f"(rank {meta['rank']})"
+                if meta["how"] == "memit" else
                 f"deleted {n} feature{'s' if n != 1 else ''} carrying ({meta['entity']}, "
                 f"{meta['relation']}, {meta['target']})")
                + f"; P({meta['target_token']!r} | "
@@ -345,6 +361,8 @@ def delete(session, stmt: ast.Delete) -> Result:
                    f"{h['prompt']!r}: {h['before']!r} → {h['after']!r}"
                    for h in meta["collateral"][:3]) + ")"))
         chat = meta.get("chat")
+        if meta.get("chat_note"):
+            msg += "; " + meta["chat_note"]
         if chat is not None and not chat["stated"]:
             msg += ("; as a chat user turn the reply does not state it (nothing to delete "
                     f"there); {len(chat['collateral'])}/{chat['siblings_checked']} sibling "
@@ -379,7 +397,8 @@ def delete(session, stmt: ast.Delete) -> Result:
                         removed=n, auto_patch=started, **meta)
 
 
-def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target, reason):
+def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target, reason,
+                      mode: ast.InsertMode | None = None):
     from ..edit.delete import delete_fact, sibling_prompts
     from ..edit.insert import target_token
     from ..edit.prompts import canonical_prompt, template_for
@@ -410,6 +429,9 @@ def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target
     # under SET CHAT AUTO / ON on a model with a chat template, the fact is deleted from
     # chat replies too: the siblings' replies are taken now, before any edit
     in_chat = _session_wraps(session, view) and bool(getattr(view, "chat_template", None))
+    if mode is ast.InsertMode.MEMIT:
+        return _delete_by_memit(view, ov, entity, relation, target, ttext, prompt, tid,
+                                siblings, started, in_chat)
     if in_chat:
         from ..edit.delete import chat_sibling_replies
         chat_siblings = chat_sibling_replies(view, template, entity)
@@ -488,6 +510,34 @@ def _delete_base_fact(session, ov, view: OverlayVindex, entity, relation, target
                                and (not meta["chat"]["stated"]
                                     or meta["chat"]["suppression"] >= 1 - KEEP_GOAL))
     return rows, meta, started and bool(rows)
+
+
+def _delete_by_memit(view, ov, entity, relation, target, ttext, prompt, tid, siblings,
+                     started, in_chat: bool):
+    """DELETE ... MODE MEMIT: :func:`lql.edit.delete.memit_suppress` (raw prompt only:
+    under a chat-wrapping session the result says so)."""
+    from ..edit.delete import memit_suppress
+    from ..edit.insert import install_layer
+    from ..edit.verify import collateral
+    check_level(view, "DELETE ... MODE MEMIT")
+    layer = install_layer(view, None)
+    rep = memit_suppress(ov, view, entity, relation, target, prompt, tid, layer=layer)
+    hits = collateral(view, siblings)
+    sup = 1.0 - rep.p_after / rep.p_before if rep.p_before > 0 else 0.0
+    assert ov.recording is not None
+    op = ov.recording.operations[-1]
+    rows = [{"layer": layer, "feature": None, "entity": entity, "relation": relation,
+             "target": target, "mode": "memit"}]
+    meta = {"entity": entity, "relation": relation, "target": target, "target_token": ttext,
+            "prompt": prompt, "p_before": rep.p_before, "p_after": rep.p_after,
+            "suppression": sup, "collateral": hits, "siblings_checked": len(siblings),
+            "reached": sup >= 1 - KEEP_GOAL
+            and len(hits) <= COLLATERAL_GOAL * max(len(siblings), 1),
+            "how": "memit", "rank": int(op.get("rank") or 0)}
+    if in_chat:
+        meta["chat_note"] = ("MODE MEMIT keys the raw prompt only: chat replies were not "
+                             "edited or checked (drop MODE MEMIT for that)")
+    return rows, meta, started
 
 
 # --------------------------------------------------------------------------- UPDATE

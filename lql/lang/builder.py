@@ -563,7 +563,8 @@ class Builder:
                           **_pos(_head(c)))
 
     def delete(self, c: Children) -> ast.Delete:
-        return ast.Delete(_collect(c)["where"], **_pos(_head(c)))
+        d = _collect(c)
+        return ast.Delete(d["where"], mode=d.get("mode"), **_pos(_head(c)))
 
     def assignment(self, c: Children) -> ast.Assignment:
         return ast.Assignment(_field(_tok(c, "NAME")), _value(_tok(c, "STRING", "NUMBER")))
