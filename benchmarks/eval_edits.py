@@ -98,15 +98,8 @@ def insert_fact(ov, view, mode: str, fact: dict, layer: int, chat: bool = False)
 
 
 def generate(view, ids, n: int) -> list[int]:
-    from lql.runtime import greedy, knn_hit, knn_layers, knn_record, model_for
-    layers = knn_layers(view)
-    pick = None
-    if layers:
-        def pick(out):
-            hit = knn_hit(view, out, layers)
-            return None if hit is None else hit["target_id"]
-    rec = knn_record(layers)
-    return list(greedy(model_for(view), list(ids), n, stop_ids=(), pick=pick, record=rec))
+    from lql.runtime import greedy_ids
+    return greedy_ids(view, ids, n, to_end_of_turn=False)
 
 
 def fill(template: str, entity: str) -> str:
@@ -136,11 +129,8 @@ def fluency(view, prompts: list[str]) -> float:
 
 
 def chat_ids(view, text: str) -> list[int] | None:
-    if not view.chat_template:
-        return None
-    from lql.model.chat import chat_token_ids, special_tokens, user_prompt
-    return chat_token_ids(view.tokenizer, view.chat_template, user_prompt(text),
-                          special_tokens(view.tokenizer_config))
+    from lql.edit.insert import chat_prompt_ids
+    return chat_prompt_ids(view, text) if view.chat_template else None
 
 
 def chat_hit(view, fact: dict, template: str | None = None) -> bool | None:

@@ -240,21 +240,8 @@ class ChatDeleteReport:
 def chat_reply(view: VindexView, ids: Sequence[int], n: int = CHAT_REPLY) -> list[int]:
     """The greedy reply (overlay and KNN store applied), up to ``n`` tokens, stop at the
     end of the turn (that token not included)."""
-    from ..runtime import greedy, knn_hit, knn_layers, knn_record
-    layers = knn_layers(view)
-    pick = None
-    if layers:
-        def pick(out):
-            hit = knn_hit(view, out, layers)
-            return None if hit is None else hit["target_id"]
-    model = model_for(view)
-    stop = frozenset(int(t) for t in model.spec.eos_token_ids)
-    out = []
-    for t in greedy(model, list(ids), n, pick=pick, record=knn_record(layers)):
-        if t in stop:
-            break
-        out.append(int(t))
-    return out
+    from ..runtime import greedy_ids
+    return greedy_ids(view, ids, n)
 
 
 def stated_at(view: VindexView, reply: Sequence[int], target: str) -> int | None:
@@ -288,10 +275,10 @@ def suppress_in_chat(overlay, view: OverlayVindex, entity: str, relation: str, t
     p0 = float(predict(view, at0).probs[tok0])
     features: list[tuple[int, int]] = []
     reply, at = before, first
-    for _ in range(CHAT_ROUNDS):
+    for round_ in range(CHAT_ROUNDS):
         seq = list(ids) + reply[:at]
         tok = reply[at]
-        start = float(predict(view, seq).probs[tok])
+        start = p0 if round_ == 0 else float(predict(view, seq).probs[tok])
         # the reference fillers' negatives get their own reply so far: the reply names
         # the entity ("The capital of Germany is"), so theirs names theirs
         said = view.tokenizer.decode(reply[:at])

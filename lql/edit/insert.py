@@ -470,17 +470,11 @@ def _with_reply(view: VindexView, ids: tuple[int, ...]) -> tuple[int, ...]:
     """``ids`` (a chat-wrapped user turn) followed by the *base* model's greedy reply, at
     most :data:`REPLY_QUIET` tokens, the end of the turn not included (memoised per base
     vindex and sequence)."""
-    from ..runtime import greedy
+    from ..runtime import greedy_ids
     base = getattr(view, "base", view)
     key = (id(base), ids)
     if key not in _REPLIES:
-        model = model_for(base)
-        stop = frozenset(int(t) for t in model.spec.eos_token_ids)
-        reply = []
-        for t in greedy(model, list(ids), REPLY_QUIET):
-            if int(t) in stop:
-                break
-            reply.append(int(t))
+        reply = greedy_ids(base, ids, REPLY_QUIET)
         if len(_REPLIES) > 512:
             _REPLIES.clear()
         _REPLIES[key] = ids + tuple(reply)
@@ -666,19 +660,16 @@ KNN_NEIGHBOURS = ("Portugal", "Chile", "Nigeria", "Nairobi", "Chicago", "Galileo
                   "Siemens", "Pepsi", "copper", "violin")
 
 
-def knn_threshold(view: VindexView, templates: str | Sequence[str], entity: str, layer: int,
+def knn_threshold(view: VindexView, template: str, entity: str, layer: int,
                   key: np.ndarray, center: np.ndarray, prefix: tuple[int, ...] = (), *,
                   key_kind: str = "residual", chat: bool = False) -> float:
-    """A calibrated threshold for a KNN key: above the cosine of every near neighbour (each
-    of ``templates`` filled with :data:`KNN_NEIGHBOURS` not used for the center, and the
+    """A calibrated threshold for a KNN key: above the cosine of every near neighbour (the
+    key's template filled with :data:`KNN_NEIGHBOURS` not used for the center, and the
     generic negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75)."""
     from .overlay import KNN_THRESHOLD
-    if isinstance(templates, str):
-        templates = (templates,)
     refs = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
-    siblings = [e for e in KNN_NEIGHBOURS if e.lower() not in refs]
-    prompts: list = [_seq(view, t.replace("{entity}", e), prefix, chat)
-                     for t in templates for e in siblings]
+    prompts: list = [_seq(view, template.replace("{entity}", e), prefix, chat)
+                     for e in KNN_NEIGHBOURS if e.lower() not in refs]
     prompts += [_seq(view, g, (), chat) for g in GENERIC_NEGATIVES[:3]]
     worst = -1.0
     for v in _knn_vectors(view, prompts, layer, key_kind):

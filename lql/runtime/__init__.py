@@ -13,6 +13,7 @@ from .forward import (
                       Prediction,
                       ffn_inputs,
                       greedy,
+                      greedy_ids,
                       knn_hit,
                       knn_layers,
                       knn_record,
@@ -28,7 +29,7 @@ from .forward import (
 from .models import can_forward, check_level, clear_cache, model_for, model_for_source
 from .view import DownMetaView, EditedView, OverlayState, VindexView, base_of, overlay_of
 
-__all__ = ["Prediction", "ffn_inputs", "greedy", "knn_hit", "knn_layers", "knn_record", "predict",
+__all__ = ["Prediction", "ffn_inputs", "greedy", "greedy_ids", "knn_hit", "knn_layers", "knn_record", "predict",
            "prompt_ids", "rank", "rank_many", "run", "softmax64", "states_many", "top_ids", "can_forward", "check_level", "clear_cache",
            "model_for", "model_for_source", "DownMetaView", "EditedView", "OverlayState",
            "VindexView", "base_of", "overlay_of"]

@@ -21,7 +21,7 @@ from .models import model_for
 from .view import VindexView, overlay_of
 
 __all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit", "knn_record",
-           "Prediction", "rank", "rank_many", "states_many", "predict", "greedy"]
+           "Prediction", "rank", "rank_many", "states_many", "predict", "greedy", "greedy_ids"]
 
 
 def softmax64(logits: np.ndarray) -> np.ndarray:
@@ -221,3 +221,25 @@ def greedy(model: Any, ids: Sequence[int], n: int, *, stop_ids: Iterable[int] | 
             return "max_positions"
         out = model.forward([token], cache=cache, record=record, hooks=hooks)
     return "length"
+
+
+def greedy_ids(view: VindexView, ids: Sequence[int], n: int, *,
+               to_end_of_turn: bool = True) -> list[int]:
+    """The greedy continuation of ``ids`` on ``view`` (its overlay and KNN store applied:
+    a stored fact's key picks its token), at most ``n`` tokens; ``to_end_of_turn``: stop at
+    the model's end-of-sequence / end-of-turn token, which is not returned."""
+    layers = knn_layers(view)
+    pick: Callable[[Any], int | None] | None = None
+    if layers:
+        def pick(out: Any) -> int | None:
+            hit = knn_hit(view, out, layers)
+            return None if hit is None else int(hit["target_id"])
+    model = model_for(view)
+    stop = frozenset(int(t) for t in model.spec.eos_token_ids) if to_end_of_turn else frozenset()
+    out: list[int] = []
+    for t in greedy(model, list(ids), n, stop_ids=stop, pick=pick, record=knn_record(layers)):
+        if int(t) in stop:
+            break
+        out.append(int(t))
+    return out
+
