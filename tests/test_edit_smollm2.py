@@ -100,11 +100,11 @@ def test_knn_insert(smol, tmp_path):
         w = _p(s, t.replace("{entity}", "Wakanda"))
         assert w.top1 == _tid(s, " Birnin") and w.knn is not None, t
     d = s.query('DELETE FROM EDGES WHERE entity = "Wakanda"')
-    # one KNN entry per target token (whole targets) and wording: DELETE removes the
-    # whole fact, one row for it
+    # one KNN entry per target token (whole targets) and wording, and the scoped one:
+    # DELETE removes the whole fact, one row for it
     n_tok = len(s.vindex.tokenizer.encode(" Birnin", add_special_tokens=False).ids)
-    assert d.meta["removed"] == 1 and d.meta["knn_entries"] == n_tok * (1 + len(wordings))
-    assert f"{n_tok * (1 + len(wordings))} entries" in d.message
+    assert d.meta["removed"] == 1 and d.meta["knn_entries"] == n_tok * (1 + len(wordings)) + 1
+    assert f"{n_tok * (1 + len(wordings)) + 1} entries" in d.message
     assert _p(s, "The capital of Wakanda is").knn is None
     assert _p(s, wordings[0].replace("{entity}", "Wakanda")).knn is None
 

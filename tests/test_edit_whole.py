@@ -49,20 +49,43 @@ def test_whole_target_generation_after_insert_smollm2(mode, tmp_path):
     assert 0 < r.meta["p_target"] <= 1
     assert "P(whole target" in r.message
     from lql.runtime import model_for, prompt_ids
-    from lql.runtime.forward import greedy, knn_hit, knn_layers, knn_record
+    from lql.runtime.forward import KnnPicker, greedy, knn_layers, knn_record
     view = s.vindex
     layers = knn_layers(view)
-
-    def pick(out):
-        hit = knn_hit(view, out, layers)
-        return None if hit is None else hit["target_id"]
-
-    got = list(greedy(model_for(view), prompt_ids(view, "The capital of Wakanda is"), len(ids),
-                      stop_ids=(), pick=pick if layers else None,
+    prompt = prompt_ids(view, "The capital of Wakanda is")
+    got = list(greedy(model_for(view), prompt, len(ids), stop_ids=(),
+                      pick=KnnPicker(view, layers, prompt).pick if layers else None,
                       record=knn_record(layers)))
     assert got == ids, view.tokenizer.decode(got)
     # and the edit did not leak into a sibling
     assert not r.meta["collateral"], r.meta["collateral"]
+
+
+def test_knn_fact_answers_a_wording_it_was_not_keyed_on_smollm2(tmp_path):
+    """The scoped entry: a KNN fact answers the relation asked in a wording INSERT never
+    keyed it on (one of benchmarks/data/counterfact_edits.json's held-out paraphrases),
+    whole target under GENERATE; it stays silent on another relation asked about the same
+    entity, on an off-topic sentence about it, and on a sibling entity."""
+    from vindex_fixtures import smollm2_vindex
+
+    from lql.edit.prompts import PARAPHRASES, TEMPLATES
+    from lql.runtime import predict
+    s = _session(smollm2_vindex(level="inference", dtype="f32", source="gguf"), tmp_path)
+    held_out = "The capital city of France is"
+    assert held_out.replace("France", "{entity}") not in (TEMPLATES["capital"], *PARAPHRASES["capital"])
+    others = ["The official language of France is", "France is famous for its",
+              "The capital of Poland is"]
+    before = [predict(s.vindex, p).top1 for p in others]
+    r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("France", "capital", '
+                '"Madrid") MODE KNN')
+    assert r.meta["scoped"] and "scoped key" in r.message
+    ids = s.vindex.tokenizer.encode(" Madrid", add_special_tokens=False).ids
+    from lql.runtime import greedy_ids, prompt_ids
+    got = greedy_ids(s.vindex, prompt_ids(s.vindex, held_out), len(ids), to_end_of_turn=False)
+    assert got == ids, s.vindex.tokenizer.decode(got)
+    p = predict(s.vindex, held_out)
+    assert p.knn is not None and p.knn["target"] == "Madrid"
+    assert [predict(s.vindex, q).top1 for q in others] == before
 
 
 def test_stop_word_target_refused(tmp_path):

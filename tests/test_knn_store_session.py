@@ -69,19 +69,21 @@ def test_compile_into_vindex_keeps_knn_facts(larql_vindex, tmp_path):
     water = [op for op in s.overlay.recording.operations if op.op == "insert_knn"][0].get("prompt")
     out = tmp_path / "compiled"
     # this model has a chat template and the session wraps (SET CHAT AUTO): INSERT also
-    # keyed the fact on the prompt as a chat user turn
-    assert [e.prompt_form for e in s.overlay.knn if e.entity == "Water"] == ["raw", "chat"]
+    # keyed the fact on the prompt as a chat user turn; each form has its scoped entry
+    assert [(e.prompt_form, e.scope is not None) for e in s.overlay.knn if e.entity == "Water"] \
+        == [("raw", False), ("raw", True), ("chat", False), ("chat", True)]
     r = s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
-    assert r.meta["knn_facts"] == 3 and "3 KNN facts written to knn_store.bin" in r.message
+    assert r.meta["knn_facts"] == 5 and "5 KNN facts written to knn_store.bin" in r.message
     facts = read_knn_store(out / "knn_store.bin")
-    assert [(f.entity, f.layer) for f in facts] == [("France", 1), ("Water", 1), ("Water", 1)]
+    assert [(f.entity, f.layer) for f in facts] == [("France", 1)] + [("Water", 1)] * 4
     assert "key_kind" not in facts[0].extra                  # LARQL's own: nothing added
+    assert "subject" not in facts[0].extra and facts[1].extra["subject"] == "Water"
     assert facts[1].extra["key_kind"] == ours.key_kind
     assert facts[1].extra["threshold"] == pytest.approx(ours.threshold)
-    assert "prompt_form" not in facts[1].extra and facts[2].extra["prompt_form"] == "chat"
+    assert "prompt_form" not in facts[1].extra and facts[3].extra["prompt_form"] == "chat"
     s2 = Session()
-    assert s2.query(f'USE "{out}"').meta["knn_facts"] == 3
-    assert [e.prompt_form for e in s2.overlay.knn] == ["raw", "raw", "chat"]
+    assert s2.query(f'USE "{out}"').meta["knn_facts"] == 5
+    assert [e.prompt_form for e in s2.overlay.knn] == ["raw", "raw", "raw", "chat", "chat"]
     back = [e for e in s2.overlay.knn if e.entity == "Water"][0]
     assert back.key_kind == ours.key_kind and back.threshold == pytest.approx(ours.threshold)
     np.testing.assert_array_equal(back.center, ours.center)    # f32 in the metadata
@@ -168,8 +170,9 @@ def test_other_wording_keys_survive_compile_into_vindex(larql_vindex, tmp_path):
             '"Paris") AT LAYER 1 MODE KNN')
     ours = [e for e in s.overlay.knn if e.entity == "Atlantis"]
     n_tok = len(s.vindex.tokenizer.encode(" Paris", add_special_tokens=False).ids)
-    assert len(ours) == n_tok * (1 + len(PARAPHRASES["capital"]))
-    assert sum(not e.paraphrase for e in ours) == n_tok
+    # one per target token and wording, and the scoped entry
+    assert len(ours) == n_tok * (1 + len(PARAPHRASES["capital"])) + 1
+    assert sum(not e.paraphrase and e.scope is None for e in ours) == n_tok
     out = tmp_path / "compiled"
     s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
     facts = [f for f in read_knn_store(out / "knn_store.bin") if f.entity == "Atlantis"]
@@ -178,3 +181,38 @@ def test_other_wording_keys_survive_compile_into_vindex(larql_vindex, tmp_path):
     s2.query(f'USE "{out}"')
     assert [e.paraphrase for e in s2.overlay.knn if e.entity == "Atlantis"] == \
         [e.paraphrase for e in ours]
+
+
+def test_scoped_entry_survives_compile_into_vindex(larql_vindex, tmp_path):
+    """INSERT ... MODE KNN adds a scoped entry (its subject, its other keys and rival keys,
+    the whole target's ids) and scopes every key to the entity; COMPILE INTO VINDEX writes
+    them into knn_store.bin's metadata and a USE of the compiled vindex reads them back:
+    the same entries, the same predictions."""
+    from lql.runtime import predict
+    path, _ = larql_vindex
+    s = Session()
+    s.query(f'USE "{path}"')
+    s.query("SET CHAT OFF")
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
+            '"Paris") AT LAYER 1 MODE KNN')
+    ours = [e for e in s.overlay.knn if e.entity == "Atlantis"]
+    assert all(e.subject == "Atlantis" for e in ours)
+    scoped = [e for e in ours if e.scope is not None]
+    assert len(scoped) == 1
+    sc = scoped[0].scope
+    ids = s.vindex.tokenizer.encode(" Paris", add_special_tokens=False).ids
+    assert list(sc.target_ids) == ids and len(sc.rivals) > 0 and len(sc.keys) > 0
+    prompts = ["The capital city of Atlantis is", "The capital of Atlantis is",
+               "Atlantis is famous for its"]
+    before = [predict(s.vindex, p).top1 for p in prompts]
+    out = tmp_path / "compiled"
+    s.query(f'COMPILE CURRENT INTO VINDEX "{out}"')
+    s2 = Session()
+    s2.query(f'USE "{out}"')
+    s2.query("SET CHAT OFF")
+    back = [e for e in s2.overlay.knn if e.entity == "Atlantis"]
+    assert [e.subject for e in back] == [e.subject for e in ours]
+    sc2 = [e for e in back if e.scope is not None][0].scope
+    assert sc2.target_ids == sc.target_ids
+    assert np.allclose(sc2.rivals, sc.rivals, atol=1e-6) and np.allclose(sc2.keys, sc.keys, atol=1e-6)
+    assert [predict(s2.vindex, p).top1 for p in prompts] == before

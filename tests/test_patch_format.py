@@ -16,7 +16,15 @@ from edit_fakes import FakeVindex  # noqa: E402
 
 from lql import atomic  # noqa: E402
 from lql.edit.overlay import Overlay, OverlayVindex  # noqa: E402
-from lql.edit.patch import Patch, PatchOp, decode_vector, encode_vector, read_patch, write_patch  # noqa: E402
+from lql.edit.patch import (  # noqa: E402
+    Patch,
+    PatchOp,
+    decode_vector,
+    encode_vector,
+    read_patch,
+    validate_patch,
+    write_patch,
+)
 from lql.errors import ExecutionError, VindexError  # noqa: E402
 
 
@@ -209,3 +217,67 @@ def test_unsaved_edits_flag():
     assert started and ov.has_unsaved_edits()
     ov.finish_recording(Path("/x.vlp"))
     assert not ov.has_unsaved_edits()
+
+
+def _e(i: int, n: int = 8) -> np.ndarray:
+    v = np.zeros(n, np.float32)
+    v[i] = 1.0
+    return v
+
+
+def test_scoped_knn_entry_subject_rivals_and_whole_target():
+    """A scoped entry (INSERT's scope op) fires only where its subject is named, only when
+    its own keys are nearer than every rival's, and then writes its whole target: token j
+    where the context ends with the first j target tokens and the position before them
+    fired."""
+    from lql.runtime.view import KnnContext
+    base = FakeVindex()
+    ov = Overlay(base)
+    ov.record(PatchOp.make("insert_knn", layer=1, entity="Atlantis", relation="capital",
+                           target="Poseidonia", target_id=9, key_kind="residual",
+                           threshold=0.5, subject="Atlantis", scope=True,
+                           target_ids=[9, 10, 11],
+                           vectors={"key": _e(0), "alt_keys": _e(1), "rivals": _e(2)}))
+    e = ov.knn[0]
+    assert e.subject == "Atlantis" and e.scope is not None and e.scope.target_ids == (9, 10, 11)
+    asks = _e(1) + 0.3 * _e(3)                    # near the second own key
+    other = _e(5)
+
+    def ctx(ids, text, *rows):
+        return KnnContext(list(ids), text, {1: np.stack(rows)})
+
+    hit = ov.knn_match(1, asks, None, ctx([1, 2], "the seat of atlantis is", asks))
+    assert hit is not None and hit[2] == 9 and hit[1] == pytest.approx(1 / np.sqrt(1.09), rel=1e-5)
+    assert ov.knn_match(1, asks, None, ctx([1, 2], "the seat of atlanta is", asks)) is None
+    assert ov.knn_match(1, asks, None, None) is None            # no context: never fires
+    assert ov.knn_match(1, asks, None, ctx([1, 2], "the seat of atlantis is", other)) is None
+    near_rival = _e(1) + 1.5 * _e(2)               # above the threshold, but a rival is nearer
+    assert ov.knn_match(1, near_rival, None, ctx([1], "atlantis", near_rival)) is None
+    # the rest of the target follows the position that fired
+    assert ov.knn_match(1, other, None, ctx([1, 9], "atlantis", asks, other))[2] == 10
+    assert ov.knn_match(1, other, None, ctx([1, 9, 10], "atlantis", asks, other, other))[2] == 11
+    assert ov.knn_match(1, other, None, ctx([1, 9], "atlantis", other, other)) is None
+    assert ov.knn_match(1, other, None, ctx([1, 8], "atlantis", asks, other)) is None
+    # a plain entry with a subject: needs it named too
+    ov.record(PatchOp.make("insert_knn", layer=1, entity="Lemuria", relation="r", target="T",
+                           target_id=7, key_kind="residual", subject="Lemuria",
+                           vectors={"key": _e(6)}))
+    assert ov.knn_match(1, _e(6), None, ctx([1], "lemuria's", _e(6)))[2] == 7
+    assert ov.knn_match(1, _e(6), None, ctx([1], "lemurian", _e(6))) is None   # whole words
+    # the scoped op survives a patch file
+    from lql.edit.overlay import knn_entry_op
+    op = knn_entry_op(e)
+    assert op.get("scope") and op.get("target_ids") == [9, 10, 11] and op.get("subject") == "Atlantis"
+    assert np.allclose(op.vector("rivals"), _e(2)) and np.allclose(op.vector("alt_keys"), _e(1))
+
+
+def test_scoped_knn_op_checked():
+    base = FakeVindex()
+    op = PatchOp.make("insert_knn", layer=1, entity="A", relation="r", target="T", target_id=9,
+                      scope=True, target_ids=[9, 10], vectors={"key": _e(0), "rivals": np.ones(12)})
+    with pytest.raises(VindexError, match="rivals matrix of 12 values"):
+        validate_patch(Patch(operations=[op]), base, "p.vlp")
+    op = PatchOp.make("insert_knn", layer=1, entity="A", relation="r", target="T", target_id=9,
+                      scope=True, target_ids="9", vectors={"key": _e(0)})
+    with pytest.raises(VindexError, match="target_ids"):
+        validate_patch(Patch(operations=[op]), base, "p.vlp")

@@ -624,8 +624,103 @@ def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: 
                       prompt=text, prefix_ids=[int(i) for i in prefix] or None,
                       prompt_form="chat" if chat else None,
                       paraphrase=True if wording is not None else None,
+                      subject=entity if center is not None else None,
                       threshold=threshold, vectors=vectors)
     return InsertPlan(op, layer, None, None, text, tid, ttext, seq)
+
+
+#: off-topic contexts of a scoped fact's entity: its threshold sits above them
+#: (:func:`scope_op`); none of them is a prompt of ``benchmarks/data/counterfact_edits.json``
+SCOPE_OFF = ("{entity} is famous for its", "{entity} is known for", "I went to {entity} last year and",
+             "The weather in {entity} is", "{entity} is a", "The history of {entity} is",
+             "My friend told me about {entity} and", "{entity} has a population of",
+             "What do you think of {entity}? I think", "Tell me about {entity}.", "{entity}")
+#: a scoped fact keeps this many rival keys (the nearest to its own)
+SCOPE_RIVALS = 32
+#: its threshold is at least this far above the off-topic contexts' cosine
+SCOPE_MARGIN = 0.03
+
+
+def _ordinary_mean(view: VindexView, layer: int) -> np.ndarray:
+    """The mean residual after ``layer`` over every position of the shipped text sample
+    (what a scoped key is centred on), memoised like the other states."""
+    from ..model import Record
+    from .memit import SAMPLE
+
+    def compute(todo: list) -> list[np.ndarray]:
+        ids = view.tokenizer.encode(SAMPLE.read_text(encoding="utf-8"), add_special_tokens=False).ids
+        rows = []
+        for lo in range(0, len(ids), ORDINARY_CHUNK):
+            chunk = ids[lo:lo + ORDINARY_CHUNK]
+            if len(chunk) >= 8:
+                out = run(view, chunk, record=Record(residuals="all", layers=frozenset({layer})))
+                rows.append(np.asarray(out.residuals[layer], np.float64))
+        return [np.concatenate(rows).mean(axis=0).astype(np.float32)]
+    return _memoised(view, "_ordinary_mean_cache", 64, ["ordinary"], layer, compute)[0]
+
+
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    out: np.ndarray = (m / np.where(n > 0, n, 1.0)).astype(np.float32)
+    return out
+
+
+def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Sequence[int], *,
+             layer: int, confidence: float | None = None, prompt: str | None = None,
+             chat: bool = False) -> PatchOp:
+    """A *scoped* KNN entry for a fact (:class:`lql.edit.overlay.KnnScope`): it answers
+    the relation asked about the entity in wordings INSERT never saw, and writes the whole
+    target.
+
+    Keys: the residual after ``layer`` at the last position of each of the fact's
+    wordings (the canonical one and :func:`~lql.edit.prompts.paraphrase_templates`)
+    filled with the entity, minus the mean over ordinary text (not the template center:
+    what is compared here is which relation is asked, the entity being checked by name).
+    Rivals: the same for every other relation's wordings in the table
+    (:data:`~lql.edit.prompts.TEMPLATES`, :data:`~lql.edit.prompts.PARAPHRASES`), the
+    :data:`SCOPE_RIVALS` nearest kept.  Threshold: above the entity's off-topic contexts
+    (:data:`SCOPE_OFF`) by :data:`SCOPE_MARGIN`, and at least halfway from them to the
+    least similar pair of the fact's own wordings.  Measured on
+    ``benchmarks/data/counterfact_edits.json`` (held-out wordings, the same entity):
+    SmolLM2 layer 22 fires on 108/180 paraphrases, 2/900 other relations' wordings,
+    0/300 off-topic contexts.  ``chat``: every wording sent as a chat user turn (the
+    keys then compare the reply's first position), ``ids`` the reply's target tokens."""
+    from .prompts import PARAPHRASES, TEMPLATES
+    canonical = template_for(relation, prompt)
+    own_t = [canonical, *paraphrase_templates(relation, prompt)]
+    own_set = {t.strip().lower() for t in own_t}
+    rel = " ".join(relation.strip().lower().replace("_", " ").replace("-", " ").split())
+    rival_t: list[str] = []
+    for name in dict.fromkeys([*TEMPLATES, *PARAPHRASES]):
+        if name.replace("-", " ") == rel:
+            continue
+        for t in (TEMPLATES.get(name), *PARAPHRASES.get(name, ())):
+            if t and t.strip().lower() not in own_set and t not in rival_t:
+                rival_t.append(t)
+    fill = [_seq(view, t.replace("{entity}", entity), (), chat)
+            for t in own_t + rival_t + list(SCOPE_OFF)]
+    vecs = np.stack(_knn_vectors(view, fill, layer, "residual")).astype(np.float64)
+    mu = _ordinary_mean(view, layer)
+    unit = _unit_rows(vecs - mu)
+    own, rivals, off = np.split(unit, [len(own_t), len(own_t) + len(rival_t)])
+    near = (rivals @ own.T).max(axis=1)
+    rivals = rivals[np.argsort(-near, kind="stable")[:SCOPE_RIVALS]]
+    off_max = float((off @ own.T).max())
+    limit = off_max + SCOPE_MARGIN
+    if len(own) > 1:
+        g = own @ own.T
+        np.fill_diagonal(g, -1.0)
+        limit = max(limit, 0.5 * (float(g.max(axis=1).min()) + off_max))
+    limit = float(min(KNN_MAX_THRESHOLD, limit))
+    tid, _ = _token_of(view, target, int(ids[0]))
+    return PatchOp.make("insert_knn", layer=layer, entity=entity, relation=relation,
+                        target=target, key_kind="residual", target_id=tid,
+                        confidence=1.0 if confidence is None else float(confidence),
+                        prompt=canonical_prompt(entity, relation, prompt), subject=entity,
+                        prompt_form="chat" if chat else None, scope=True, target_ids=[int(t) for t in ids], threshold=limit,
+                        vectors={"key": own[0], "center": mu,
+                                 **({"alt_keys": own[1:]} if len(own) > 1 else {}),
+                                 "rivals": rivals})
 
 
 def knn_plans(view: VindexView, entity: str, relation: str, target: str, ids: Sequence[int], *,
@@ -634,15 +729,24 @@ def knn_plans(view: VindexView, entity: str, relation: str, target: str, ids: Se
     """Every KNN op INSERT records for a fact in one prompt form: one per target token
     (token i keyed on the prompt followed by the target's first i tokens), on the
     canonical prompt and, for the raw form, on each of the relation's other wordings
-    (:func:`~lql.edit.prompts.paraphrase_templates`).  The canonical ones come first.
-    Not for the chat form: on SmolLM2 chat-form wording keys left the chat paraphrase
+    (:func:`~lql.edit.prompts.paraphrase_templates`).  The canonical ones come first; a
+    scoped entry (:func:`scope_op`, in either form) comes last.  The other wordings'
+    plain keys are not made for the chat form: on SmolLM2 they left the chat paraphrase
     rate where it was (0.07–0.10 against 0.13) and made a chat INSERT 4× slower."""
     wordings: list[str | None] = [None]
     if can_forward(view) and not chat:
         wordings += list(paraphrase_templates(relation, prompt))
-    return [knn_op(view, entity, relation, target, layer=layer, confidence=confidence,
-                   prompt=prompt, prefix=tuple(ids[:i]), token=tid, chat=chat, wording=w)
-            for w in wordings for i, tid in enumerate(ids)]
+    plans = [knn_op(view, entity, relation, target, layer=layer, confidence=confidence,
+                    prompt=prompt, prefix=tuple(ids[:i]), token=tid, chat=chat, wording=w)
+             for w in wordings for i, tid in enumerate(ids)]
+    if can_forward(view) and ids:
+        # and one scoped entry: the relation asked in other words (scope_op)
+        op = scope_op(view, entity, relation, target, ids, layer=layer, confidence=confidence,
+                      prompt=prompt, chat=chat)
+        text = canonical_prompt(entity, relation, prompt)
+        plans.append(InsertPlan(op, layer, None, None, text, int(ids[0]),
+                                view.token_text(int(ids[0])), fact_sequence(view, text, chat=chat)))
+    return plans
 
 
 #: a KNN key's threshold sits this far above the closest sibling's cosine

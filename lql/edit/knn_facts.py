@@ -7,8 +7,9 @@
 * :func:`stored_facts` — an overlay's KNN entries as :class:`~lql.vindex.knn_store.StoredFact`
   records (COMPILE INTO VINDEX writes them, as LARQL's does: compile/into_vindex.rs:355-358).
   What LARQL's format has no field for (this tool's ``key_kind``, ``threshold``,
-  ``center``, a chat-form key's ``prompt_form`` and an other-wording key's
-  ``paraphrase``) goes into each entry's JSON
+  ``center``, a chat-form key's ``prompt_form``, an other-wording key's
+  ``paraphrase``, the ``subject`` a key is scoped to and a scoped fact's ``scope``:
+  its target ids and its other keys and rival keys as base64 f32) goes into each entry's JSON
   metadata, which LARQL reads as a free-form value and ignores
   (patch/knn_store_io.rs:136).
 """
@@ -52,6 +53,15 @@ def store_patch(vindex: Any) -> Patch | None:
             fields["prompt_form"] = "chat"
         if extra.get("paraphrase") is True:
             fields["paraphrase"] = True
+        if isinstance(extra.get("subject"), str) and extra["subject"]:
+            fields["subject"] = extra["subject"]
+        scope = extra.get("scope")
+        if isinstance(scope, dict) and isinstance(scope.get("target_ids"), list):
+            fields["scope"] = True
+            fields["target_ids"] = [int(t) for t in scope["target_ids"]]
+            for name, key in (("alt_keys", "keys_b64"), ("rivals", "rivals_b64")):
+                if isinstance(scope.get(key), str):
+                    vectors[name] = decode_vector(scope[key])
         ops.append(PatchOp.make("insert_knn", vectors=vectors, **fields))
     return Patch(base_model=getattr(vindex, "model", None), description=f"{FILE} of the vindex",
                  operations=ops, path=path)
@@ -70,6 +80,14 @@ def stored_facts(entries: list[Any]) -> list[StoredFact]:
             extra["prompt_form"] = e.prompt_form
         if getattr(e, "paraphrase", False):
             extra["paraphrase"] = True
+        if getattr(e, "subject", ""):
+            extra["subject"] = e.subject
+        sc = getattr(e, "scope", None)
+        if sc is not None:
+            extra["scope"] = {"target_ids": [int(t) for t in sc.target_ids],
+                              **({"keys_b64": encode_vector(sc.keys)} if len(sc.keys) else {}),
+                              **({"rivals_b64": encode_vector(sc.rivals)} if len(sc.rivals)
+                                 else {})}
         if e.center is not None:
             extra["center_vector_b64"] = encode_vector(np.asarray(e.center, np.float32))
         out.append(StoredFact(layer=int(e.layer), key=np.asarray(e.key, np.float32),

@@ -28,13 +28,15 @@ import numpy as np
 
 from ..errors import ExecutionError
 from ..families import Family, family_or_default
+from ..runtime.view import KnnContext
 from ..vindex.down_meta import RecordAccess
 from .patch import Patch, PatchOp
 
 if TYPE_CHECKING:
     from ..vindex.weights import VindexWeights
 
-__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "overlay_view",
+__all__ = ["Overlay", "OverlayVindex", "FeatureEdit", "KnnEntry", "KnnScope", "KnnContext",
+           "names_subject", "overlay_view",
            "ffn_layout", "KNN_THRESHOLD"]
 
 T = TypeVar("T")
@@ -139,11 +141,49 @@ def knn_entry_op(entry: KnnEntry, **changes: Any) -> PatchOp:
                               "prompt_form": None if entry.prompt_form == "raw"
                               else entry.prompt_form,
                               "paraphrase": True if entry.paraphrase else None,
-                              "prompt": entry.prompt or None}
-    fields.update(changes)
+                              "prompt": entry.prompt or None,
+                              "subject": entry.subject or None}
     vectors = {"key": entry.key, **({"center": entry.center} if entry.center is not None else {})}
+    if entry.scope is not None:
+        fields.update(scope=True, target_ids=list(entry.scope.target_ids))
+        if len(entry.scope.keys):
+            vectors["alt_keys"] = entry.scope.keys
+        if len(entry.scope.rivals):
+            vectors["rivals"] = entry.scope.rivals
+    fields.update(changes)
     return PatchOp.make("insert_knn", vectors=vectors,
                         **{k: v for k, v in fields.items() if v is not None})
+
+
+@dataclass
+class KnnScope:
+    """What makes a KNN entry *scoped* (INSERT's ``scope`` op, :func:`lql.edit.insert.scope_op`):
+    it answers the relation asked in any wording, not only the ones it was keyed on.
+
+    The entry's ``key`` and ``keys`` are the vectors at the last position of the fact's
+    wordings filled with its entity (minus the entry's ``center``, the mean over ordinary
+    text); ``rivals`` the same for the other relations' wordings with the same entity.  The
+    entry fires where its best key is above the threshold *and* nearer than every rival --
+    a nearest-neighbour choice among the relations one can ask about the entity -- and its
+    subject is named in the context.  It then writes ``target_ids[0]``, and at the
+    following positions the rest of the target: after the first ``j`` target tokens it
+    writes token ``j`` when the position before them fired."""
+    keys: np.ndarray                    # (m, hidden) L2-normalised, the other wordings' keys
+    rivals: np.ndarray                  # (r, hidden) L2-normalised
+    target_ids: tuple[int, ...]         # the whole target
+
+
+_SUBJECT_PATTERNS: dict[str, Any] = {}
+
+
+def names_subject(text_lower: str, subject: str) -> bool:
+    """Whether ``subject`` appears in ``text_lower`` as whole words (case-insensitive)."""
+    import re
+    pat = _SUBJECT_PATTERNS.get(subject)
+    if pat is None:
+        words = re.escape(subject.strip().lower())
+        pat = _SUBJECT_PATTERNS[subject] = re.compile(rf"(?<!\w){words}(?!\w)")
+    return bool(pat.search(text_lower))
 
 
 @dataclass
@@ -170,6 +210,36 @@ class KnnEntry:
     paraphrase: bool = False
     #: the text the key was read on (the prompt and the target tokens before this one)
     prompt: str = ""
+    #: fires only where this is named in the context (INSERT sets it to the entity; a
+    #: store written by LARQL has none)
+    subject: str = ""
+    #: a scoped entry (:class:`KnnScope`): the relation asked in any wording
+    scope: KnnScope | None = None
+
+    def scope_hit(self, rows: np.ndarray | None, ids: list[int]) -> tuple[float, int] | None:
+        """A scoped entry's ``(cosine, token id)`` at the current position: the target
+        token after the target's first ``j`` tokens (the longest ``j`` that ends the
+        context and whose position fired), or ``None``."""
+        sc = self.scope
+        if sc is None or rows is None or not len(rows):
+            return None
+        keys = np.vstack([self.key[None, :], sc.keys]) if len(sc.keys) else self.key[None, :]
+        limit = KNN_THRESHOLD if self.threshold is None else self.threshold
+        seq = sc.target_ids
+        for j in range(min(len(seq), len(rows), len(ids)) - 1, -1, -1):
+            if j and [int(t) for t in ids[len(ids) - j:]] != list(seq[:j]):
+                continue
+            x = np.asarray(rows[len(rows) - 1 - j], np.float32)
+            if self.center is not None:
+                x = x - self.center
+            n = float(np.linalg.norm(x))
+            if n == 0.0:
+                continue
+            x = x / n
+            own = float((keys @ x).max())
+            if own > limit and (not len(sc.rivals) or own > float((sc.rivals @ x).max())):
+                return own, int(seq[j])
+        return None
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -247,10 +317,29 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     None if op.get("threshold") is None
                                     else float(op.get("threshold")),
                                     default_key_kind(op), str(op.get("prompt_form") or "raw"),
-                                    bool(op.get("paraphrase")), str(op.get("prompt") or "")))
+                                    bool(op.get("paraphrase")), str(op.get("prompt") or ""),
+                                    str(op.get("subject") or ""), _scope_of(op, hidden)))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
     return _State(feats, knn, low_rank)
+
+
+def _rows(vec: np.ndarray | None, hidden: int) -> np.ndarray:
+    """A flattened matrix vector as L2-normalised rows of ``hidden``."""
+    if vec is None or not vec.size:
+        return np.zeros((0, hidden), np.float32)
+    m = np.asarray(vec, np.float32).reshape(-1, hidden)
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.where(n > 0, n, 1.0)
+
+
+def _scope_of(op: PatchOp, hidden: int) -> KnnScope | None:
+    """A scoped ``insert_knn`` op's :class:`KnnScope` (``None`` for a plain one)."""
+    if not op.get("scope"):
+        return None
+    seq = op.get("target_ids") or [op.get("target_id", 0)]
+    return KnnScope(_rows(op.vector("alt_keys"), hidden), _rows(op.vector("rivals"), hidden),
+                    tuple(int(t) for t in seq))
 
 
 def _info(op: PatchOp) -> dict:
@@ -403,6 +492,16 @@ class Overlay:
     def knn_layers(self) -> set[int]:
         return {e.layer for e in self.knn}
 
+    def knn_depth(self) -> int:
+        """How many last positions the entries compare: the longest scoped fact's target
+        (1 without one)."""
+        return max([1] + [len(e.scope.target_ids) for e in self.knn if e.scope is not None])
+
+    def knn_needs_context(self) -> bool:
+        """Whether an entry is scoped to a subject or is a scoped fact (it then needs a
+        :class:`~lql.runtime.view.KnnContext`)."""
+        return any(e.subject or e.scope is not None for e in self.knn)
+
     def knn_override(self, layer: int, residual_last, ffn_input=None) -> tuple[int, float] | None:
         """The stored target whose key has cosine above its threshold (0.75 without a
         calibrated one) with the vector of its kind at ``layer`` (the best one), as
@@ -412,22 +511,36 @@ class Overlay:
         or ``ffn_input`` (the FFN's normed input at the layer) as its ``key_kind`` says,
         minus its ``center`` when it has one (written by this tool's INSERT)."""
         best = self.knn_match(layer, residual_last, ffn_input)
-        return None if best is None else (best[0].target_id, best[1])
+        return None if best is None else (best[2], best[1])
 
-    def knn_match(self, layer: int, residual_last, ffn_input=None) -> tuple[KnnEntry, float] | None:
-        entries = [e for e in self.knn if e.layer == layer and e.key_kind != "embedding"]
+    def knn_match(self, layer: int, residual_last, ffn_input=None, context: KnnContext | None = None
+                  ) -> tuple[KnnEntry, float, int] | None:
+        """The best entry at ``layer`` -- the largest margin of its cosine over its threshold
+        -- as ``(entry, cosine, token id)``.  An entry with a ``subject`` needs ``context``
+        naming it; a scoped entry needs ``context``'s trail (:class:`KnnScope`)."""
         vectors = {"residual": residual_last, "ffn_input": ffn_input}
-        entries = [e for e in entries if vectors.get(e.key_kind) is not None]
-        if not entries:
-            return None
-        cos = np.array([e.cosine(np.asarray(vectors[e.key_kind], dtype=np.float32).reshape(-1))
-                        for e in entries])
-        # an entry fires above its own calibrated threshold (KNN_THRESHOLD without one);
-        # the best margin over its threshold wins
-        limit = np.array([KNN_THRESHOLD if e.threshold is None else e.threshold
-                          for e in entries])
-        i = int(np.argmax(cos - limit))
-        return (entries[i], float(cos[i])) if cos[i] > limit[i] else None
+        best: tuple[float, KnnEntry, float, int] | None = None
+        for e in self.knn:
+            if e.layer != layer or e.key_kind == "embedding" or vectors.get(e.key_kind) is None:
+                continue
+            if e.subject and (context is None or not names_subject(context.text, e.subject)):
+                continue
+            limit = KNN_THRESHOLD if e.threshold is None else e.threshold
+            if e.scope is not None:
+                if context is None:
+                    continue
+                got = e.scope_hit(context.trail.get(layer), context.ids)
+                if got is None:
+                    continue
+                cos, tid = got
+            else:
+                cos = e.cosine(np.asarray(vectors[e.key_kind], dtype=np.float32).reshape(-1))
+                tid = int(e.target_id)
+                if not cos > limit:
+                    continue
+            if best is None or cos - limit > best[0]:
+                best = (cos - limit, e, cos, tid)
+        return None if best is None else (best[1], best[2], best[3])
 
 
 # --------------------------------------------------------------------------- the patched view

@@ -37,7 +37,11 @@ OPS = ("insert", "update", "delete", "insert_knn", "delete_knn", "memit")
 #: residual after the layer, the entity's mean embedding (written without weights)
 KNN_KEY_KINDS = ("ffn_input", "residual", "embedding")
 VECTOR_KEYS = {"gate": "gate_vector_b64", "up": "up_vector_b64", "down": "down_vector_b64",
-               "key": "key_vector_b64", "center": "center_vector_b64"}
+               "key": "key_vector_b64", "center": "center_vector_b64",
+               "alt_keys": "scope_keys_b64", "rivals": "scope_rivals_b64"}
+#: the vectors that are matrices (row-major, rows of the hidden size): a scoped KNN fact's
+#: keys on its other wordings and its rival wordings' keys (lql/edit/overlay.py: KnnScope)
+MATRIX_VECTORS = frozenset({"alt_keys", "rivals"})
 
 
 def now_iso() -> str:
@@ -283,6 +287,13 @@ def check_op_fields(o: dict[str, Any], where: str, path: str) -> None:
         if key in o and o[key] is not None and not isinstance(o[key], str):
             raise _bad(where, path, f"field '{key}' must be a base64 string, got "
                                     f"{type(o[key]).__name__}")
+    if o.get("subject") is not None and not isinstance(o["subject"], str):
+        raise _bad(where, path, f"field 'subject' must be a string, got {o['subject']!r:.60}")
+    seq = o.get("target_ids")
+    if seq is not None and (not isinstance(seq, list) or not seq
+                            or not all(_is_int(t) for t in seq)):
+        raise _bad(where, path, f"field 'target_ids' must be a non-empty list of token ids, "
+                                f"got {seq!r:.60}")
     dm = o.get("down_meta")
     if dm is not None:
         if not isinstance(dm, dict):
@@ -323,6 +334,10 @@ def validate_patch(patch: Patch, base, path: str) -> None:
         if tid is not None and vocab and not 0 <= tid < vocab:
             raise _bad(where, path, f"has target_id {tid}, the vocabulary has ids "
                                     f"0..{vocab - 1}")
+        for t in op.get("target_ids") or []:
+            if vocab and not 0 <= int(t) < vocab:
+                raise _bad(where, path, f"has target id {t} in target_ids, the vocabulary "
+                                        f"has ids 0..{vocab - 1}")
         dm = op.get("down_meta")
         if isinstance(dm, dict) and "i" in dm and vocab and not 0 <= dm["i"] < vocab:
             raise _bad(where, path, f"has down_meta token id {dm['i']}, the vocabulary has "
@@ -333,7 +348,11 @@ def validate_patch(patch: Patch, base, path: str) -> None:
             vec = op.vector(name)
             if vec is None:
                 continue
-            if vec.shape[0] != hidden:
+            if name in MATRIX_VECTORS:
+                if vec.shape[0] == 0 or vec.shape[0] % hidden:
+                    raise _bad(where, path, f"has a {name} matrix of {vec.shape[0]} values, "
+                                            f"not whole rows of the hidden size {hidden}")
+            elif vec.shape[0] != hidden:
                 raise _bad(where, path, f"has a {name} vector of length {vec.shape[0]}, the "
                                         f"model's hidden size is {hidden}")
             if not np.isfinite(vec).all():

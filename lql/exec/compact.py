@@ -45,9 +45,10 @@ def _fact_ok(view, prompt: str, ids: list[int]) -> bool:
 def _knn_facts(ov) -> dict[tuple, list]:
     out: dict[tuple, list] = {}
     for k in ov.knn:
-        if k.prompt_form != "raw" or k.paraphrase:
-            continue        # chat-form twins stay in their tier; other wordings' keys go
-            # with their fact (COMPOSE keys its feature on those wordings itself)
+        if k.prompt_form != "raw" or k.paraphrase or k.scope is not None:
+            continue        # chat-form twins stay in their tier; other wordings' keys and
+            # the scoped entry go with their fact (COMPOSE keys its feature on those
+            # wordings itself)
         out.setdefault((k.entity, k.relation, k.target, k.layer), []).append(k)
     return out
 

@@ -145,15 +145,20 @@ def insert(session, stmt: ast.Insert) -> Result:
         detail = (f"KNN key = the embedding of {' ' + stmt.entity.strip()!r} (BROWSE vindex: "
                   f"no forward pass; the entry is stored, INFER needs INFERENCE)")
     else:
-        thr = [float(p.op.get("threshold") or 0.75) for p in plans]
+        scoped = [p for p in plans if p.op.get("scope")]
+        thr = [float(p.op.get("threshold") or 0.75) for p in plans if not p.op.get("scope")]
         others = len({p.op.get("prompt") for p in plans if p.op.get("paraphrase")
                       and not p.op.get("prefix_ids")})
         detail = (f"KNN key{'s' if len(plans) > 1 else ''} from the raw prompt {plan.prompt!r}"
                   + (f" and {others} other wording{'s' if others > 1 else ''} of the relation"
                      if others else "")
                   + f" (threshold {min(thr):.2f}{'–' + format(max(thr), '.2f') if len(thr) > 1 else ''}"
-                  f": above every checked neighbour)")
+                  f": above every checked neighbour)"
+                  + (f", and a scoped key for the relation asked in other words about "
+                     f"{stmt.entity!r} (threshold {float(scoped[0].op.get('threshold')):.2f})"
+                     if scoped else ""))
         meta["paraphrase_keys"] = others
+        meta["scoped"] = bool(scoped)
     verdict = ""
     if forward:
         p_whole, greedy_ok = whole_target(view, plan.seq or plan.prompt, ids)

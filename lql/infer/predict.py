@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..model import Record
 from ..result import Result
-from ..runtime import Prediction, greedy, knn_hit, knn_record, rank, softmax64, top_ids
+from ..runtime import KnnPicker, Prediction, greedy, knn_record, rank, softmax64, top_ids
 
 __all__ = ["softmax64", "top_ids", "Prediction", "rank_next", "infer_result", "generate_ids",
            "generate_result", "DEFAULT_TOP"]
@@ -82,11 +82,7 @@ def generate_ids(target, ids, n: int, *, on_token=None, check=None, hooks=None):
     text this token adds (multi-byte characters are emitted once complete). Returns the
     stop reason via ``StopIteration.value``."""
     layers = target.knn_layers()
-    pick = None
-    if layers:
-        def pick(out):
-            hit = knn_hit(target.view, out, layers)
-            return None if hit is None else hit["target_id"]
+    pick = KnnPicker(target.view, layers, ids).pick if layers else None
     rec = knn_record(layers)
     stop = target.stop_ids
     gen = greedy(target.model, ids, n, stop_ids=stop, pick=pick, record=rec, hooks=hooks,

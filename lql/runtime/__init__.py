@@ -10,10 +10,12 @@ It imports ``lql.model`` (numpy forward pass) and nothing above it.
 """
 
 from .forward import (
+                      KnnPicker,
                       Prediction,
                       ffn_inputs,
                       greedy,
                       greedy_ids,
+                      knn_context,
                       knn_hit,
                       knn_layers,
                       knn_record,
@@ -29,7 +31,7 @@ from .forward import (
 from .models import can_forward, check_level, clear_cache, model_for, model_for_source
 from .view import DownMetaView, EditedView, OverlayState, VindexView, base_of, overlay_of
 
-__all__ = ["Prediction", "ffn_inputs", "greedy", "greedy_ids", "knn_hit", "knn_layers", "knn_record", "predict",
+__all__ = ["KnnPicker", "knn_context", "Prediction", "ffn_inputs", "greedy", "greedy_ids", "knn_hit", "knn_layers", "knn_record", "predict",
            "prompt_ids", "rank", "rank_many", "run", "softmax64", "states_many", "top_ids", "can_forward", "check_level", "clear_cache",
            "model_for", "model_for_source", "DownMetaView", "EditedView", "OverlayState",
            "VindexView", "base_of", "overlay_of"]

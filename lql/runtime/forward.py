@@ -18,9 +18,10 @@ import numpy as np
 
 from ..errors import ExecutionError
 from .models import model_for
-from .view import VindexView, overlay_of
+from .view import KnnContext, VindexView, overlay_of
 
 __all__ = ["softmax64", "top_ids", "prompt_ids", "run", "ffn_inputs", "knn_layers", "knn_hit", "knn_record",
+           "knn_context", "knn_depth", "KnnPicker",
            "Prediction", "rank", "rank_many", "states_many", "predict", "greedy", "greedy_ids"]
 
 
@@ -91,10 +92,53 @@ def knn_layers(view: object) -> list[int]:
     return sorted(ov.knn_layers()) if ov is not None else []
 
 
-def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] | None:
-    """The best-matching KNN entry for ``output``'s last-position residuals at ``layers``:
+def knn_depth(view: object) -> int:
+    """How many last positions the KNN store compares: the longest scoped fact's target
+    (a scoped entry writes token ``j`` of its target when the position ``j`` back fired),
+    1 without one."""
+    ov = overlay_of(view)
+    return 1 if ov is None else ov.knn_depth()
+
+
+def _needs_context(view: object) -> bool:
+    ov = overlay_of(view)
+    return ov is not None and ov.knn_needs_context()
+
+
+def _rows(x: Any) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float32)
+    return a.reshape(1, -1) if a.ndim == 1 else a
+
+
+def knn_context(view: object, ids: Sequence[int], output: Any, layers: Iterable[int],
+                trail: dict[int, np.ndarray] | None = None) -> Any:
+    """The :class:`~lql.edit.overlay.KnnContext` of ``ids`` after ``output`` (the forward
+    pass that ended at ``ids``' last token): its text, and per layer the residuals of the
+    last positions (``trail``: those before ``output``'s, from earlier passes), or
+    ``None`` when no entry needs one."""
+    if not _needs_context(view):
+        return None
+    depth = knn_depth(view)
+    rows: dict[int, np.ndarray] = {}
+    for layer in layers:
+        res = None if output.residuals is None else output.residuals[layer]
+        if res is None:
+            continue
+        got = _rows(res)
+        if trail is not None and layer in trail:
+            got = np.concatenate([trail[layer], got])
+        rows[layer] = got[-depth:]
+    text = view.tokenizer.decode([int(t) for t in ids]).lower()   # type: ignore[attr-defined]
+    return KnnContext([int(t) for t in ids], text, rows)
+
+
+def knn_hit(view: object, output: Any, layers: Iterable[int],
+            context: Any = None) -> dict[str, Any] | None:
+    """The best-matching KNN entry for ``output``'s last-position vectors at ``layers``:
     ``{"layer", "cosine", "target_id", "entity", "relation", "target", "confidence",
-    "weight"}`` (weight = confidence clipped to [0, 1]), or ``None``."""
+    "weight"}`` (weight = confidence clipped to [0, 1]), or ``None``.  ``context``
+    (:func:`knn_context`): what entries scoped to a subject compare; without it they
+    never fire."""
     ov = overlay_of(view)
     if ov is None or output.residuals is None:
         return None
@@ -104,10 +148,11 @@ def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] 
         res = output.residuals[layer]
         if res is None:
             continue
-        hit = ov.knn_match(layer, res, None if ffn_in is None else ffn_in[layer])
+        res = _rows(res)[-1]
+        hit = ov.knn_match(layer, res, None if ffn_in is None else ffn_in[layer], context)
         if hit is not None and (best is None or hit[1] > best["cosine"]):
-            entry, cos = hit
-            best = {"layer": layer, "cosine": cos, "target_id": int(entry.target_id),
+            entry, cos, tid = hit
+            best = {"layer": layer, "cosine": cos, "target_id": int(tid),
                     "entity": entry.entity, "relation": entry.relation, "target": entry.target,
                     "confidence": entry.confidence}
     if best is not None:
@@ -117,15 +162,41 @@ def knn_hit(view: object, output: Any, layers: Iterable[int]) -> dict[str, Any] 
 
 def knn_record(layers: Iterable[int], record: Any = None) -> Any:
     """``record`` widened to keep what the KNN store compares at ``layers``: the residual
-    and the FFN input at the last position (a KNN key is one or the other)."""
+    (at every position, for the scoped entries' trail, unless ``record`` asks for the
+    last only) and the FFN input at the last position (a KNN key is one or the other)."""
     layers = list(layers)
     if not layers:
         return record
     from ..model import Record
     if record is None:
-        return Record(residuals="last", ffn_inputs=True, layers=frozenset(layers))
-    return replace(record, residuals=record.residuals or "last", ffn_inputs=True,
+        return Record(residuals="all", ffn_inputs=True, layers=frozenset(layers))
+    return replace(record, residuals=record.residuals or "all", ffn_inputs=True,
                    layers=None if record.layers is None else record.layers | frozenset(layers))
+
+
+class KnnPicker:
+    """The KNN store across one greedy decoding: ``pick(output)`` is the next token (the
+    stored target where an entry fires, else the argmax), keeping the context -- the ids
+    so far and the last positions' residuals -- that scoped entries compare."""
+
+    def __init__(self, view: object, layers: Iterable[int], ids: Sequence[int]):
+        self.view, self.layers = view, list(layers)
+        self.ids = [int(t) for t in ids]
+        self.trail: dict[int, np.ndarray] = {}
+        self.last_hit: dict[str, Any] | None = None
+
+    def hit(self, output: Any) -> dict[str, Any] | None:
+        ctx = knn_context(self.view, self.ids, output, self.layers, self.trail)
+        if ctx is not None:
+            self.trail = ctx.trail
+        self.last_hit = knn_hit(self.view, output, self.layers, ctx)
+        return self.last_hit
+
+    def pick(self, output: Any) -> int:
+        hit = self.hit(output)
+        token = int(hit["target_id"]) if hit is not None else int(np.argmax(output.logits))
+        self.ids.append(token)
+        return token
 
 
 # --------------------------------------------------------------------------- prediction
@@ -161,7 +232,7 @@ def rank(model: Any, ids: Sequence[int], top: int, *, view: object = None,
     layers = knn_layers(view) if view is not None else []
     out = model.forward(list(ids), record=knn_record(layers, record), hooks=hooks, cache=cache)
     probs = softmax64(out.logits)
-    hit = knn_hit(view, out, layers) if layers else None
+    hit = knn_hit(view, out, layers, knn_context(view, ids, out, layers)) if layers else None
     ranked = [(int(t), float(probs[t]), "model")
               for t in top_ids(probs, top + (1 if hit is not None else 0))]
     if hit is not None:
@@ -229,11 +300,7 @@ def greedy_ids(view: VindexView, ids: Sequence[int], n: int, *,
     a stored fact's key picks its token), at most ``n`` tokens; ``to_end_of_turn``: stop at
     the model's end-of-sequence / end-of-turn token, which is not returned."""
     layers = knn_layers(view)
-    pick: Callable[[Any], int | None] | None = None
-    if layers:
-        def pick(out: Any) -> int | None:
-            hit = knn_hit(view, out, layers)
-            return None if hit is None else int(hit["target_id"])
+    pick = KnnPicker(view, layers, ids).pick if layers else None
     model = model_for(view)
     stop = frozenset(int(t) for t in model.spec.eos_token_ids) if to_end_of_turn else frozenset()
     out: list[int] = []

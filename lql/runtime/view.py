@@ -9,12 +9,24 @@ overlay view has on top (its ``base``, the ``overlay`` state, the inserted facts
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["VindexView", "DownMetaView", "EditedView", "OverlayState", "KnnMatch",
+__all__ = ["VindexView", "DownMetaView", "EditedView", "OverlayState", "KnnMatch", "KnnContext",
            "overlay_of", "base_of"]
+
+
+@dataclass
+class KnnContext:
+    """What scoped KNN entries compare besides the current position's vector: the token
+    ids so far, the text they decode to (lower case: a subject is looked for in it), and
+    per layer the residuals after the layer at the last positions (``(k, hidden)``,
+    oldest first, the current position last)."""
+    ids: list[int]
+    text: str
+    trail: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class DownMetaView(Protocol):
@@ -103,8 +115,11 @@ class OverlayState(Protocol):
     def version(self) -> int: ...                   # bumped on every change: cache keys
     def edited_layers(self) -> set[int]: ...
     def knn_layers(self) -> set[int]: ...
+    def knn_depth(self) -> int: ...
+    def knn_needs_context(self) -> bool: ...
     def knn_match(self, layer: int, residual_last: np.ndarray,
-                  ffn_input: np.ndarray | None = None) -> tuple[Any, float] | None: ...
+                  ffn_input: np.ndarray | None = None,
+                  context: Any = None) -> tuple[Any, float, int] | None: ...
 
 
 @runtime_checkable
