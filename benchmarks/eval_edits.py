@@ -64,13 +64,17 @@ def fresh(path):
     return base, ov, OverlayVindex(base, ov)
 
 
+MEMIT_LAYERS = 1
+
+
 def insert_memit(ov, view, facts: list[dict], layer: int) -> None:
-    """MODE MEMIT: one closed-form update for the whole batch (lql/edit/memit.py)."""
-    from lql.edit.memit import MemitFact, calibrate_memit, memit_op
-    op, checks = memit_op(view, [MemitFact(f["entity"], f["relation"], f["target_new"],
-                                           f["prompt"]) for f in facts], layer=layer)
-    ov.record(op)
-    calibrate_memit(ov, view, op, checks)
+    """MODE MEMIT: one closed-form update for the whole batch (lql/edit/memit.py), spread
+    over ``MEMIT_LAYERS`` layers ending at ``layer`` (``--memit-layers``)."""
+    from lql.edit.memit import MemitFact, calibrate_memit, memit_spread, spread_layers
+    ops, checks = memit_spread(ov, view, [MemitFact(f["entity"], f["relation"], f["target_new"],
+                                                    f["prompt"]) for f in facts],
+                               layers=spread_layers(layer, MEMIT_LAYERS))
+    calibrate_memit(ov, view, ops, checks)
 
 
 def insert_fact(ov, view, mode: str, fact: dict, layer: int, chat: bool = False) -> None:
@@ -223,7 +227,12 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--knn-key", choices=("residual", "ffn_input"),
                     help="the vector MODE KNN keys by (default: lql.edit.insert.DEFAULT_KNN_KEY)")
+    ap.add_argument("--memit-layers", type=int, default=None,
+                    help="MODE MEMIT over this many layers ending at the install layer")
     args = ap.parse_args()
+    global MEMIT_LAYERS
+    if args.memit_layers:
+        MEMIT_LAYERS = args.memit_layers
     from lql.edit import insert as insert_mod
     from lql.edit.insert import install_layer
     if args.knn_key:

@@ -104,3 +104,43 @@ def test_memit_update_matches_closed_form(tmp_path):
     s.query('APPLY PATCH "m.vlp"')                     # the .vlp round trip keeps the update
     assert np.array_equal(predict(s.vindex, "The capital of France is").probs, p_edit)
     del base_down
+
+
+def test_memit_spread_reads_each_layer_after_the_lower_ones(tmp_path):
+    """memit_spread: one ``memit`` op per layer of the band, each with an equal share of the
+    push, the upper layer's keys read with the lower layer's update in place (MEMIT's
+    order): its op equals memit_op computed on a view holding only the lower op, and
+    differs from one computed on the unedited view; REMOVE of the patch reverts exactly."""
+    from vindex_fixtures import tiny_vindex
+
+    from lql.edit.memit import MemitFact, memit_op, memit_spread, spread_layers
+    from lql.edit.overlay import Overlay, OverlayVindex
+    from lql.edit.patch import memit_factors
+    from lql.runtime import predict
+    from lql.vindex import open_vindex
+    assert spread_layers(1, 3) == [0, 1] and spread_layers(5, 2) == [4, 5]
+    base = open_vindex(tiny_vindex("llama", "all", "f32"))
+    facts = [MemitFact("Atlantis", "capital", "Poseidon")]
+    ov = Overlay(base)
+    view = OverlayVindex(base, ov)
+    p0 = predict(view, "The capital of Atlantis is").probs.copy()
+    ops, checks = memit_spread(ov, view, facts, layers=[0, 1], alpha=0.2)
+    assert [o.get("layer") for o in ops] == [0, 1] and all(o.get("spread") == [0, 1] for o in ops)
+    assert checks and all(float(o.get("alpha")) == pytest.approx(0.1) for o in ops)
+    patch = ov.recording
+
+    # the upper op, recomputed on a view that holds the lower op only
+    ov2 = Overlay(base)
+    view2 = OverlayVindex(base, ov2)
+    ov2.record(ops[0].copy())
+    again, _ = memit_op(view2, facts, layer=1, alpha=0.1)
+    U1, V1 = memit_factors(ops[1])
+    U2, V2 = memit_factors(again)
+    assert np.allclose(U1 @ V1.T, U2 @ V2.T, rtol=1e-4, atol=1e-6)
+    fresh, _ = memit_op(OverlayVindex(base, Overlay(base)), facts, layer=1, alpha=0.1)
+    U3, V3 = memit_factors(fresh)
+    assert not np.allclose(U1 @ V1.T, U3 @ V3.T, rtol=1e-4, atol=1e-6)
+
+    assert not np.array_equal(predict(view, "The capital of Atlantis is").probs, p0)
+    ov.remove(patch)
+    assert np.array_equal(predict(view, "The capital of Atlantis is").probs, p0)

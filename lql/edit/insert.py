@@ -639,6 +639,8 @@ SCOPE_OFF = ("{entity} is famous for its", "{entity} is known for", "I went to {
 SCOPE_RIVALS = 32
 #: its threshold is at least this far above the off-topic contexts' cosine
 SCOPE_MARGIN = 0.03
+#: a rival wording this near one of the fact's own is the same question, not a rival
+SCOPE_SAME = 0.98
 
 
 def _ordinary_mean(view: VindexView, layer: int) -> np.ndarray:
@@ -704,7 +706,10 @@ def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Seq
     unit = _unit_rows(vecs - mu)
     own, rivals, off = np.split(unit, [len(own_t), len(own_t) + len(rival_t)])
     near = (rivals @ own.T).max(axis=1)
-    rivals = rivals[np.argsort(-near, kind="stable")[:SCOPE_RIVALS]]
+    # a rival that is one of the fact's own wordings in other spelling ("colour" for
+    # "color") is not a rival
+    order = [i for i in np.argsort(-near, kind="stable") if near[i] < SCOPE_SAME]
+    rivals = rivals[order[:SCOPE_RIVALS]]
     off_max = float((off @ own.T).max())
     limit = off_max + SCOPE_MARGIN
     if len(own) > 1:

@@ -22,7 +22,9 @@ as the factors ``U = R`` and ``V = (K·Kᵀ + λ·n·C)⁻¹·K`` in one ``memit
 COMPILE bakes it in.  The covariance term keeps the update small on ordinary text: a key
 unlike the facts' (most of the sample) is barely moved.  After recording, the statement
 checks the facts on their prompts and doubles ``R`` (at most 3 times) while a target is
-not top-1.
+not top-1.  :func:`memit_spread` spreads the push over a band of layers (MEMIT's order:
+each layer's keys read after the lower layers' updates); measured worse than one layer
+on SmolLM2 and Gemma 3 (docs/EDITING.md, "MODE MEMIT"), so the statements use one.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .patch import PatchOp, encode_vector
 from .prompts import canonical_prompt, template_for
 
 __all__ = ["SAMPLE", "LAMBDA", "covariance", "ffn_keys", "memit_update", "memit_op",
-           "MemitFact"]
+           "memit_spread", "spread_layers", "calibrate_memit", "MemitFact"]
 
 SAMPLE = Path(__file__).with_name("data") / "covariance_sample.txt"
 #: weight of the covariance term (per key)
@@ -170,27 +172,59 @@ def memit_op(view, facts: Sequence[MemitFact], *, layer: int, alpha: float | Non
     return op, checks
 
 
-def calibrate_memit(overlay, view, op: PatchOp, checks: list, max_doublings: int = 3) -> dict:
-    """Double the update (``U``) while a checked target is not top-1 (at most
-    ``max_doublings`` times); returns ``{"retrieved", "of", "scale"}``."""
+def spread_layers(top: int, n: int = 1) -> list[int]:
+    """The ``n`` layers ending at ``top`` (MEMIT's critical-layer band), at least layer 0."""
+    return list(range(max(0, int(top) - max(1, int(n)) + 1), int(top) + 1))
+
+
+def memit_spread(overlay, view, facts: Sequence[MemitFact], *, layers: Sequence[int],
+                 alpha: float | None = None, lam: float = LAMBDA, sample: str | None = None,
+                 suppress: bool = False) -> tuple[list[PatchOp], list]:
+    """MEMIT over several layers: each of ``layers`` (lowest first) takes an equal share
+    of the push (``alpha / len(layers)``), its update solved with the keys read *after*
+    the lower layers' updates are in place (MEMIT's order: a later layer sees what the
+    earlier ones changed) and its own covariance.  Each update is one ``memit`` op,
+    recorded as it is made; returns the ops and the checks (:func:`memit_op`)."""
+    alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+    band = sorted(set(int(l) for l in layers))
+    ops: list[PatchOp] = []
+    checks: list = []
+    for layer in band:
+        op, checks = memit_op(view, facts, layer=layer, alpha=alpha / len(band), lam=lam,
+                              sample=sample, suppress=suppress)
+        if len(band) > 1:
+            op.data["spread"] = band
+        overlay.record(op)
+        ops.append(op)
+    return ops, checks
+
+
+def calibrate_memit(overlay, view, op: PatchOp | Sequence[PatchOp], checks: list,
+                    max_doublings: int = 3) -> dict:
+    """Double the update (``U`` of each op, when spread over layers) while a checked
+    target is not top-1 (at most ``max_doublings`` times); returns ``{"retrieved", "of",
+    "scale"}``."""
     from .patch import decode_vector
+    ops = [op] if isinstance(op, PatchOp) else list(op)
 
     def hits() -> int:
         return sum(predict(view, list(seq), top=1).top1 == tid for seq, tid in checks)
+
+    def scale_by(f: float) -> None:
+        for o in ops:
+            o.data["memit_u_b64"] = encode_vector(decode_vector(o.data["memit_u_b64"]) * f)
+        overlay._changed()
 
     scale = 1.0
     got = hits()
     for _ in range(max_doublings):
         if got == len(checks):
             break
-        u = decode_vector(op.data["memit_u_b64"])
-        op.data["memit_u_b64"] = encode_vector(u * 2.0)
-        overlay._changed()
+        scale_by(2.0)
         scale *= 2.0
         new = hits()
         if new < got:                     # past the peak: undo the last doubling
-            op.data["memit_u_b64"] = encode_vector(u)
-            overlay._changed()
+            scale_by(0.5)
             scale /= 2.0
             break
         got = new

@@ -824,7 +824,9 @@ class OverlayVindex:
         return self.overlay.knn_override(layer, residual_last, ffn_input)
 
     def inserted_edges(self) -> list[dict[str, Any]]:
-        """Facts the overlay inserted: COMPOSE features and KNN entries."""
+        """Facts the overlay inserted: COMPOSE features and KNN facts (one row per fact,
+        not per entry: a KNN fact has an entry per target token, wording, prompt form
+        and its scoped entry)."""
         out = []
         for (l, f), e in sorted(self.overlay.features.items()):
             if e.inserted:
@@ -832,7 +834,12 @@ class OverlayVindex:
                             "target": e.info.get("target"), "layer": l, "feature": f,
                             "confidence": e.info.get("confidence"),
                             "mode": e.info.get("mode", "compose"), "source": "inserted"})
+        seen: set[tuple] = set()
         for k in self.overlay.knn:
+            fact = (k.entity, k.relation, k.target, k.layer)
+            if fact in seen:
+                continue
+            seen.add(fact)
             out.append({"entity": k.entity, "relation": k.relation, "target": k.target,
                         "layer": k.layer, "feature": None, "confidence": k.confidence,
                         "mode": "knn", "source": "inserted"})
