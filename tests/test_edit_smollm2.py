@@ -251,7 +251,10 @@ def test_update_of_a_knn_fact_keeps_it_whole(smol, tmp_path):
     ids = target_tokens(view, "Poseidon")
     assert len(ids) > 1                                   # a whole target, not one token
     assert {k.target for k in s.overlay.knn} == {"Poseidon"}
-    assert len(s.overlay.knn) == len(ids) * (1 + len(PARAPHRASES["capital"]))
+    # one entry per target token and wording, and the scoped entry (its whole target the
+    # new one)
+    assert len(s.overlay.knn) == len(ids) * (1 + len(PARAPHRASES["capital"])) + 1
+    assert [list(k.scope.target_ids) for k in s.overlay.knn if k.scope is not None] == [ids]
     for t in ("The capital of {entity} is", *PARAPHRASES["capital"]):
         text = t.replace("{entity}", "Wakanda")
         got = [predict(view, list(fact_sequence(view, text, tuple(ids[:i]))), top=1).top1

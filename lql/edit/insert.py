@@ -35,9 +35,12 @@ earlier positions of the fact's and the fillers' prompts and after the target
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -379,20 +382,64 @@ def _ffn_inputs(view: VindexView, prompts: Sequence[str | tuple[int, ...]], laye
     return _memoised(view, "_ffn_input_cache", 4096, prompts, layer, compute)
 
 
+#: states of unedited layers shared by every session of the process (:func:`_memoised`):
+#: least recently used first, at most this many bytes
+SHARED_BYTES = 256 << 20
+_SHARED: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_SHARED_SIZE = [0]
+
+
+def _base_fingerprint(view: VindexView) -> tuple | None:
+    """What identifies the base vindex's weights across sessions: its folder and its
+    ``index.json``'s size and modification time (a re-extraction changes them)."""
+    base = getattr(view, "base", view)
+    path = getattr(base, "path", None)
+    if path is None:
+        return None
+    try:
+        st = os.stat(Path(path) / "index.json")
+    except OSError:
+        return None
+    return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _shared_put(key: tuple, value: np.ndarray) -> None:
+    if key in _SHARED:
+        return
+    _SHARED[key] = value
+    _SHARED_SIZE[0] += int(value.nbytes)
+    while _SHARED_SIZE[0] > SHARED_BYTES and _SHARED:
+        _, old = _SHARED.popitem(last=False)
+        _SHARED_SIZE[0] -= int(old.nbytes)
+
+
 def _memoised(view: VindexView, name: str, limit: int, prompts: Sequence, layer: int,
-              compute) -> list[np.ndarray]:
+              compute, *, after: bool = False) -> list[np.ndarray]:
     """``compute(todo)`` of each prompt not yet in the overlay's cache ``name`` (keyed by
-    the prompt, ``layer`` and the overlay's features below it: what a layer's input
-    depends on), each computed once per call; the cache is cleared past ``limit``."""
+    the prompt, ``layer`` and the overlay's edits below it -- at it too for states
+    ``after`` the layer: what the states depend on), each computed once per call; the
+    cache is cleared past ``limit``.  When none of those layers is edited the states are
+    the base model's, and a process-wide cache (:data:`SHARED_BYTES`, keyed by the base
+    vindex) serves every session: an INSERT in a new session does not recompute its
+    reference prompts."""
     ov = getattr(view, "overlay", None)
-    below = () if ov is None else tuple(sorted(
-        (l, f, id(e)) for (l, f), e in ov.features.items() if l < layer))
+    top = layer + 1 if after else layer
+    below: tuple = () if ov is None else tuple(sorted(
+        (l, f, id(e)) for (l, f), e in ov.features.items() if l < top)) + tuple(sorted(
+            (l, "low_rank", len(v)) for l, v in ov.state.low_rank.items() if l < top))
     cache = getattr(ov, name, None) if ov is not None else None
     if ov is not None and cache is None:
         cache = {}
         setattr(ov, name, cache)
     keys = [(p, layer, below) for p in prompts]
     got = {k: cache[k] for k in keys if cache is not None and k in cache}
+    fp = _base_fingerprint(view) if not below else None
+    if fp is not None:
+        for k in keys:
+            hit = _SHARED.get((fp, name, k[0], layer))
+            if k not in got and hit is not None:
+                _SHARED.move_to_end((fp, name, k[0], layer))
+                got[k] = hit
     todo = list(dict.fromkeys(k for k in keys if k not in got))
     if todo:
         new = dict(zip(todo, compute([k[0] for k in todo])))
@@ -401,6 +448,9 @@ def _memoised(view: VindexView, name: str, limit: int, prompts: Sequence, layer:
             if len(cache) > limit:
                 cache.clear()
             cache.update(new)
+        if fp is not None:
+            for k, v in new.items():
+                _shared_put((fp, name, k[0], layer), v)
     return [got[k] for k in keys]
 
 
@@ -570,7 +620,8 @@ def _knn_vectors(view: VindexView, prompts: Sequence, layer: int, key_kind: str)
         packed = states_many(view, todo, layer)
         vecs = packed.ffn_inputs[layer] if key_kind == "ffn_input" else packed.residuals[layer]
         return [np.asarray(vecs[j], np.float32).copy() for j in range(len(todo))]
-    return _memoised(view, f"_knn_{key_kind}_cache", 4096, prompts, layer, compute)
+    return _memoised(view, f"_knn_{key_kind}_cache", 4096, prompts, layer, compute,
+                     after=key_kind == "residual")
 
 
 def knn_op(view: VindexView, entity: str, relation: str, target: str, *, layer: int,
@@ -658,7 +709,8 @@ def _ordinary_mean(view: VindexView, layer: int) -> np.ndarray:
                 out = run(view, chunk, record=Record(residuals="all", layers=frozenset({layer})))
                 rows.append(np.asarray(out.residuals[layer], np.float64))
         return [np.concatenate(rows).mean(axis=0).astype(np.float32)]
-    return _memoised(view, "_ordinary_mean_cache", 64, ["ordinary"], layer, compute)[0]
+    return _memoised(view, "_ordinary_mean_cache", 64, ["ordinary"], layer, compute,
+                     after=True)[0]
 
 
 def _unit_rows(m: np.ndarray) -> np.ndarray:

@@ -520,11 +520,17 @@ class Overlay:
         naming it; a scoped entry needs ``context``'s trail (:class:`KnnScope`)."""
         vectors = {"residual": residual_last, "ffn_input": ffn_input}
         best: tuple[float, KnnEntry, float, int] | None = None
+        named: dict[str, bool] = {}          # each subject looked for once
         for e in self.knn:
             if e.layer != layer or e.key_kind == "embedding" or vectors.get(e.key_kind) is None:
                 continue
-            if e.subject and (context is None or not names_subject(context.text, e.subject)):
-                continue
+            if e.subject:
+                if context is None:
+                    continue
+                if e.subject not in named:
+                    named[e.subject] = names_subject(context.text, e.subject)
+                if not named[e.subject]:
+                    continue
             limit = KNN_THRESHOLD if e.threshold is None else e.threshold
             if e.scope is not None:
                 if context is None:
