@@ -216,3 +216,25 @@ def test_scoped_entry_survives_compile_into_vindex(larql_vindex, tmp_path):
     assert sc2.target_ids == sc.target_ids
     assert np.allclose(sc2.rivals, sc.rivals, atol=1e-6) and np.allclose(sc2.keys, sc.keys, atol=1e-6)
     assert [predict(s2.vindex, p).top1 for p in prompts] == before
+
+
+def test_a_scoped_facts_rivals_leave_out_its_own_relation_in_any_spelling(larql_vindex, monkeypatch):
+    """The rivals of a scoped entry are the other relations' wordings: a relation's alias
+    ("colour" for "color", "official language" for "language") is the same question."""
+    from lql.edit import insert
+    from lql.edit.prompts import PARAPHRASES, TEMPLATES, same_relation
+    assert same_relation("Official_Language") == "language" and same_relation("colour") == "color"
+    path, _ = larql_vindex
+    view = open_vindex(path)
+    seen: list[str] = []
+    real = insert._knn_vectors
+
+    def spy(v, prompts, layer, kind):
+        seen.extend(p for p in prompts if isinstance(p, str))
+        return real(v, prompts, layer, kind)
+    monkeypatch.setattr(insert, "_knn_vectors", spy)
+    ids = view.tokenizer.encode(" blue", add_special_tokens=False).ids
+    insert.scope_op(view, "Atlantis", "color", "blue", ids, layer=1)
+    assert TEMPLATES["colour"].replace("{entity}", "Atlantis") not in seen
+    assert TEMPLATES["capital"].replace("{entity}", "Atlantis") in seen       # a rival
+    assert PARAPHRASES["capital"][0].replace("{entity}", "Atlantis") in seen

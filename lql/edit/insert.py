@@ -690,8 +690,6 @@ SCOPE_OFF = ("{entity} is famous for its", "{entity} is known for", "I went to {
 SCOPE_RIVALS = 32
 #: its threshold is at least this far above the off-topic contexts' cosine
 SCOPE_MARGIN = 0.03
-#: a rival wording this near one of the fact's own is the same question, not a rival
-SCOPE_SAME = 0.98
 
 
 def _ordinary_mean(view: VindexView, layer: int) -> np.ndarray:
@@ -739,14 +737,14 @@ def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Seq
     SmolLM2 layer 22 fires on 108/180 paraphrases, 2/900 other relations' wordings,
     0/300 off-topic contexts.  ``chat``: every wording sent as a chat user turn (the
     keys then compare the reply's first position), ``ids`` the reply's target tokens."""
-    from .prompts import PARAPHRASES, TEMPLATES
+    from .prompts import PARAPHRASES, TEMPLATES, same_relation
     canonical = template_for(relation, prompt)
     own_t = [canonical, *paraphrase_templates(relation, prompt)]
     own_set = {t.strip().lower() for t in own_t}
-    rel = " ".join(relation.strip().lower().replace("_", " ").replace("-", " ").split())
+    rel = same_relation(relation)
     rival_t: list[str] = []
     for name in dict.fromkeys([*TEMPLATES, *PARAPHRASES]):
-        if name.replace("-", " ") == rel:
+        if same_relation(name) == rel:       # the fact's own relation, in any spelling
             continue
         for t in (TEMPLATES.get(name), *PARAPHRASES.get(name, ())):
             if t and t.strip().lower() not in own_set and t not in rival_t:
@@ -758,10 +756,7 @@ def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Seq
     unit = _unit_rows(vecs - mu)
     own, rivals, off = np.split(unit, [len(own_t), len(own_t) + len(rival_t)])
     near = (rivals @ own.T).max(axis=1)
-    # a rival that is one of the fact's own wordings in other spelling ("colour" for
-    # "color") is not a rival
-    order = [i for i in np.argsort(-near, kind="stable") if near[i] < SCOPE_SAME]
-    rivals = rivals[order[:SCOPE_RIVALS]]
+    rivals = rivals[np.argsort(-near, kind="stable")[:SCOPE_RIVALS]]
     off_max = float((off @ own.T).max())
     limit = off_max + SCOPE_MARGIN
     if len(own) > 1:

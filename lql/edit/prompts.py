@@ -11,7 +11,7 @@ import re
 
 from ..errors import ExecutionError
 
-__all__ = ["TEMPLATES", "PARAPHRASES", "GENERIC_TEMPLATE", "canonical_prompt",
+__all__ = ["TEMPLATES", "PARAPHRASES", "ALIASES", "GENERIC_TEMPLATE", "canonical_prompt", "same_relation",
            "template_for", "paraphrase_templates", "normalise_relation"]
 
 #: relation (normalised: lower case, ``-`` between words) → template
@@ -81,12 +81,22 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
     "opposite": ("The antonym of {entity} is", "{entity} is the opposite of"),
 }
 
+#: relations of the table that are another's under another name (the same question)
+ALIASES: dict[str, str] = {"official-language": "language", "birthplace": "born-in",
+                           "profession": "occupation", "colour": "color"}
+
 #: used for any relation the table does not know
 GENERIC_TEMPLATE = "The {relation} of {entity} is"
 
 
 def normalise_relation(relation: str) -> str:
     return re.sub(r"[\s_]+", "-", relation.strip().lower())
+
+
+def same_relation(relation: str) -> str:
+    """``relation`` normalised, an alias (:data:`ALIASES`) replaced by its main name."""
+    rel = normalise_relation(relation)
+    return ALIASES.get(rel, rel)
 
 
 def template_for(relation: str, override: str | None = None) -> str:
