@@ -156,19 +156,25 @@ def test_every_way_of_using_a_vindex_loads_its_store(larql_vindex):
     assert s.overlay is None and s.knn_store_facts == 0
 
 
-def test_other_wording_keys_survive_compile_into_vindex(larql_vindex, tmp_path):
-    """A fact of a relation in lql.edit.prompts.PARAPHRASES gets a KNN key on each of its
-    other wordings; COMPILE INTO VINDEX writes their ``paraphrase`` flag into the entry's
-    metadata and a USE of the compiled vindex reads it back (COMPACT MINOR moves them with
-    their fact, so the flag must not be lost)."""
-    from lql.edit.prompts import PARAPHRASES
+def _atlantis_capital_paris(larql_vindex):
+    """A raw session on the LARQL vindex with ("Atlantis", "capital", "Paris") inserted in
+    MODE KNN at layer 1, and the fact's KNN entries."""
     path, _ = larql_vindex
     s = Session()
     s.query(f'USE "{path}"')
     s.query("SET CHAT OFF")
     s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
             '"Paris") AT LAYER 1 MODE KNN')
-    ours = [e for e in s.overlay.knn if e.entity == "Atlantis"]
+    return s, [e for e in s.overlay.knn if e.entity == "Atlantis"]
+
+
+def test_other_wording_keys_survive_compile_into_vindex(larql_vindex, tmp_path):
+    """A fact of a relation in lql.edit.prompts.PARAPHRASES gets a KNN key on each of its
+    other wordings; COMPILE INTO VINDEX writes their ``paraphrase`` flag into the entry's
+    metadata and a USE of the compiled vindex reads it back (COMPACT MINOR moves them with
+    their fact, so the flag must not be lost)."""
+    from lql.edit.prompts import PARAPHRASES
+    s, ours = _atlantis_capital_paris(larql_vindex)
     n_tok = len(s.vindex.tokenizer.encode(" Paris", add_special_tokens=False).ids)
     # one per target token and wording, and the scoped entry
     assert len(ours) == n_tok * (1 + len(PARAPHRASES["capital"])) + 1
@@ -189,13 +195,7 @@ def test_scoped_entry_survives_compile_into_vindex(larql_vindex, tmp_path):
     them into knn_store.bin's metadata and a USE of the compiled vindex reads them back:
     the same entries, the same predictions."""
     from lql.runtime import predict
-    path, _ = larql_vindex
-    s = Session()
-    s.query(f'USE "{path}"')
-    s.query("SET CHAT OFF")
-    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
-            '"Paris") AT LAYER 1 MODE KNN')
-    ours = [e for e in s.overlay.knn if e.entity == "Atlantis"]
+    s, ours = _atlantis_capital_paris(larql_vindex)
     assert all(e.subject == "Atlantis" for e in ours)
     scoped = [e for e in ours if e.scope is not None]
     assert len(scoped) == 1

@@ -54,7 +54,7 @@ from .prompts import canonical_prompt, paraphrase_templates, template_for
 if TYPE_CHECKING:
     from ..runtime.view import VindexView
 
-__all__ = ["REFERENCE_ENTITIES", "DEFAULT_ALPHA", "install_layer", "target_token", "compose_op",
+__all__ = ["ordinary_chunks", "REFERENCE_ENTITIES", "DEFAULT_ALPHA", "install_layer", "target_token", "compose_op",
            "knn_op", "choose_slot", "unembed_direction", "GATE_THRESHOLD", "quiet_older",
            "install_compose"]
 
@@ -434,12 +434,11 @@ def _memoised(view: VindexView, name: str, limit: int, prompts: Sequence, layer:
     keys = [(p, layer, below) for p in prompts]
     got = {k: cache[k] for k in keys if cache is not None and k in cache}
     fp = _base_fingerprint(view) if not below else None
-    if fp is not None:
-        for k in keys:
-            hit = _SHARED.get((fp, name, k[0], layer))
-            if k not in got and hit is not None:
-                _SHARED.move_to_end((fp, name, k[0], layer))
-                got[k] = hit
+    for k in keys if fp is not None else ():
+        shared = (fp, name, k[0], layer)
+        if k not in got and shared in _SHARED:
+            _SHARED.move_to_end(shared)
+            got[k] = _SHARED[shared]
     todo = list(dict.fromkeys(k for k in keys if k not in got))
     if todo:
         new = dict(zip(todo, compute([k[0] for k in todo])))
@@ -542,11 +541,19 @@ def _ordinary_positions(view: VindexView, layer: int) -> np.ndarray:
     join the earlier positions' active set, :func:`selective_direction`).  Measured with
     ``benchmarks/eval_edits.py``, batches of 10 facts: fluency (n-gram entropy of free
     generations) 4.04 → 4.45 on SmolLM2, 3.40 → 3.98 on Gemma 3 270M."""
+    return _every_position(view, ordinary_chunks(view), layer, drop_last=False)
+
+
+def ordinary_chunks(view: VindexView, text: str | None = None) -> tuple[tuple[int, ...], ...]:
+    """The token ids of ordinary text (``text``, else the shipped sample MEMIT's covariance
+    uses, ``lql/edit/data/covariance_sample.txt``) in chunks of :data:`ORDINARY_CHUNK`
+    tokens, a last chunk under 8 tokens left out."""
     from .memit import SAMPLE
-    ids = view.tokenizer.encode(SAMPLE.read_text(encoding="utf-8"), add_special_tokens=False).ids
-    seqs = tuple(tuple(ids[lo:lo + ORDINARY_CHUNK]) for lo in range(0, len(ids), ORDINARY_CHUNK)
+    if text is None:
+        text = SAMPLE.read_text(encoding="utf-8")
+    ids = view.tokenizer.encode(text, add_special_tokens=False).ids
+    return tuple(tuple(ids[lo:lo + ORDINARY_CHUNK]) for lo in range(0, len(ids), ORDINARY_CHUNK)
                  if len(ids[lo:lo + ORDINARY_CHUNK]) >= 8)
-    return _every_position(view, seqs, layer, drop_last=False)
 
 
 def _every_position(view: VindexView, seqs: tuple[tuple[int, ...], ...], layer: int, *,
@@ -696,16 +703,12 @@ def _ordinary_mean(view: VindexView, layer: int) -> np.ndarray:
     """The mean residual after ``layer`` over every position of the shipped text sample
     (what a scoped key is centred on), memoised like the other states."""
     from ..model import Record
-    from .memit import SAMPLE
 
     def compute(todo: list) -> list[np.ndarray]:
-        ids = view.tokenizer.encode(SAMPLE.read_text(encoding="utf-8"), add_special_tokens=False).ids
-        rows = []
-        for lo in range(0, len(ids), ORDINARY_CHUNK):
-            chunk = ids[lo:lo + ORDINARY_CHUNK]
-            if len(chunk) >= 8:
-                out = run(view, chunk, record=Record(residuals="all", layers=frozenset({layer})))
-                rows.append(np.asarray(out.residuals[layer], np.float64))
+        rows = [np.asarray(run(view, chunk, record=Record(residuals="all",
+                                                          layers=frozenset({layer})))
+                           .residuals[layer], np.float64)
+                for chunk in ordinary_chunks(view)]
         return [np.concatenate(rows).mean(axis=0).astype(np.float32)]
     return _memoised(view, "_ordinary_mean_cache", 64, ["ordinary"], layer, compute,
                      after=True)[0]
@@ -769,7 +772,8 @@ def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Seq
                         target=target, key_kind="residual", target_id=tid,
                         confidence=1.0 if confidence is None else float(confidence),
                         prompt=canonical_prompt(entity, relation, prompt), subject=entity,
-                        prompt_form="chat" if chat else None, scope=True, target_ids=[int(t) for t in ids], threshold=limit,
+                        prompt_form="chat" if chat else None, scope=True,
+                        target_ids=[int(t) for t in ids], threshold=limit,
                         vectors={"key": own[0], "center": mu,
                                  **({"alt_keys": own[1:]} if len(own) > 1 else {}),
                                  "rivals": rivals})

@@ -41,9 +41,11 @@ from ..runtime import model_for, predict, run
 from .insert import (
     ALPHA_UNIT,
     DEFAULT_ALPHA,
+    ORDINARY_CHUNK,
     _references,
     fact_sequence,
     has_post_ffn_norm,
+    ordinary_chunks,
     post_norm_down,
     target_tokens,
     unembed_direction,
@@ -59,8 +61,8 @@ SAMPLE = Path(__file__).with_name("data") / "covariance_sample.txt"
 LAMBDA = 0.5
 #: reference fillers of the template whose keys are kept fixed (zero target), per key
 PRESERVE = 7
-#: tokens per chunk of the sample
-CHUNK = 96
+#: tokens per chunk of the sample (:func:`lql.edit.insert.ordinary_chunks`)
+CHUNK = ORDINARY_CHUNK
 
 _COV: dict[tuple, np.ndarray] = {}
 
@@ -90,13 +92,9 @@ def covariance(view, layer: int, sample: str | None = None) -> np.ndarray:
            0 if ov is None else ov.version)
     if key in _COV:
         return _COV[key]
-    ids = view.tokenizer.encode(text, add_special_tokens=False).ids
     acc = None
     n = 0
-    for lo in range(0, len(ids), CHUNK):
-        chunk = ids[lo:lo + CHUNK]
-        if len(chunk) < 8:
-            continue
+    for chunk in ordinary_chunks(view, text):
         h = ffn_keys(view, chunk, layer, every=True)
         acc = h.T @ h if acc is None else acc + h.T @ h
         n += h.shape[0]

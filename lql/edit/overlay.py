@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -216,6 +217,12 @@ class KnnEntry:
     #: a scoped entry (:class:`KnnScope`): the relation asked in any wording
     scope: KnnScope | None = None
 
+    @cached_property
+    def _scope_keys(self) -> np.ndarray:
+        """A scoped entry's own keys, its ``key`` first (stacked once, not at every step)."""
+        extra = self.scope.keys if self.scope is not None else np.zeros((0, self.key.size))
+        return np.vstack([self.key[None, :], extra]).astype(np.float32)
+
     def scope_hit(self, rows: np.ndarray | None, ids: list[int]) -> tuple[float, int] | None:
         """A scoped entry's ``(cosine, token id)`` at the current position: the target
         token after the target's first ``j`` tokens (the longest ``j`` that ends the
@@ -223,7 +230,7 @@ class KnnEntry:
         sc = self.scope
         if sc is None or rows is None or not len(rows):
             return None
-        keys = np.vstack([self.key[None, :], sc.keys]) if len(sc.keys) else self.key[None, :]
+        keys = self._scope_keys
         limit = KNN_THRESHOLD if self.threshold is None else self.threshold
         seq = sc.target_ids
         for j in range(min(len(seq), len(rows), len(ids)) - 1, -1, -1):
