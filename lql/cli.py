@@ -4,7 +4,7 @@
     lql FILE.lql | lql run FILE.lql  run a script
     lql -e "STMT; STMT"              run statements (-e may repeat; runs before FILE)
     lql extract SOURCE -o OUT [--level browse|inference|all] [--dtype f16|f32|bf16]
-                [--layers A-B] [--force]
+                [--layers A-B] [--force] [--chat-template FILE.jinja]
     lql verify PATH
     lql serve PATH [PATH...] [--host H] [--port P] [--api-key KEY]
 
@@ -79,6 +79,9 @@ def _sub_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", choices=("f16", "f32", "bf16"), default="f16")
     ex.add_argument("--layers", metavar="A-B", default=None, help="layer range, inclusive")
     ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ex.add_argument("--chat-template", metavar="FILE.jinja", default=None,
+                    help="chat template to store in place of the source's (e.g. for a GGUF "
+                         "built without one)")
 
     ve = sub.add_parser("verify", help="check a vindex's files and checksums")
     ve.add_argument("path", metavar="PATH")

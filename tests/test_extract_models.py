@@ -243,6 +243,39 @@ def test_cli_extract_and_verify(tmp_path):
     assert r.returncode != 0 and "mismatch" in r.stdout
 
 
+
+def test_extract_chat_template_file(tmp_path):
+    """``--chat-template FILE`` stores that template in place of the source's (here:
+    Gemma's turn format, shipped for Gemma GGUFs built without one); a file that is
+    missing or does not render a user turn is refused before anything is written."""
+    src = tiny_model_dir("mistral")
+    gemma = REPO / "examples" / "chat_templates" / "gemma.jinja"
+    out = tmp_path / "c.vindex"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lql", *a], cwd=REPO,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    r = run("extract", str(src), "-o", str(out), "--layers", "0-0", "--chat-template", str(gemma))
+    assert r.returncode == 0, r.stderr
+    v = open_vindex(out)
+    assert v.chat_template == gemma.read_text(encoding="utf-8") and verify(out).ok
+    from lql.model.chat import render_chat, special_tokens
+    text = render_chat(v.chat_template, [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "Hi"}],
+                       special_tokens(v.tokenizer_config), add_generation_prompt=True)
+    bos = v.tokenizer_config["bos_token"]
+    bos = bos["content"] if isinstance(bos, dict) else bos
+    assert text == bos + "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    for bad, why in ((tmp_path / "none.jinja", "not found"),
+                     (tmp_path / "broken.jinja", "does not render"),
+                     (tmp_path / "silent.jinja", "does not render the user")):
+        if bad.name == "broken.jinja":
+            bad.write_text("{% for m in messages %}{{ m.content }", encoding="utf-8")
+        elif bad.name == "silent.jinja":
+            bad.write_text("<start>", encoding="utf-8")
+        r = run("extract", str(src), "-o", str(tmp_path / bad.stem), "--layers", "0-0",
+                "--chat-template", str(bad))
+        assert r.returncode != 0 and why in r.stderr, r.stderr
+        assert not (tmp_path / bad.stem).exists()
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_pass_from_vindex_equals_source(family):
     """The inference-level vindex holds everything the forward pass needs, bit for bit."""

@@ -40,7 +40,8 @@ def cli_extract(args: argparse.Namespace) -> int:
     out = extract(args.source, args.output, level=getattr(args, "level", None) or "browse",
                   dtype=getattr(args, "dtype", None) or "f16",
                   layers=parse_layers(getattr(args, "layers", None)),
-                  force=bool(getattr(args, "force", False)), progress="plain")
+                  force=bool(getattr(args, "force", False)), progress="plain",
+                  chat_template=getattr(args, "chat_template", None))
     index = load_index(out)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     sys.stdout.write(f"extracted {index.get('model')} ({index.get('family')}, "

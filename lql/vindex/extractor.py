@@ -85,17 +85,47 @@ def _now() -> str:
         "+00:00", "Z")
 
 
+def read_chat_template_file(path: str | os.PathLike[str], tokenizer_config: dict | None) -> str:
+    """The text of a chat-template file given to :func:`extract`, checked: readable UTF-8,
+    and it renders one user turn with the model's special tokens (a template that cannot
+    is refused here, not at the first chat prompt)."""
+    from ..model.chat import ChatTemplateError, render_chat, special_tokens, user_prompt
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExecutionError(f"chat template file {str(file)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExecutionError(f"chat template file {str(file)!r} cannot be read: {exc}") from None
+    if not text.strip():
+        raise ExecutionError(f"chat template file {str(file)!r} is empty")
+    try:
+        out = render_chat(text, user_prompt("Hello"), special_tokens(tokenizer_config or {}),
+                          add_generation_prompt=True)
+    except ChatTemplateError as exc:
+        raise ExecutionError(f"chat template file {str(file)!r} does not render a user turn: "
+                             f"{exc}") from None
+    if "Hello" not in out:
+        raise ExecutionError(f"chat template file {str(file)!r} does not render the user's "
+                             f"message (got {out[:80]!r})")
+    return text
+
+
 def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *, level: str = "browse", dtype: str = "f16",
             layers: Iterable[int] | None = None, force: bool = False,
             top_k: int = fmt.DEFAULT_TOP_K, progress: bool | str | None = None,
             block: int | None = None,
-            check_cancelled: Callable[[], object] | None = None) -> Path:
+            check_cancelled: Callable[[], object] | None = None,
+            chat_template: str | os.PathLike[str] | None = None) -> Path:
     """Extract ``source`` (a path or an opened ``ModelSource``) into the vindex ``output``.
 
     Returns the vindex path.  Refuses an existing ``output`` unless ``force``
     (then replaces it atomically).  ``progress=None`` shows bars only on a terminal.
     ``check_cancelled()`` is called before each layer; whatever it raises aborts
-    the extract (and removes the temporary directory).
+    the extract (and removes the temporary directory).  ``chat_template``: a Jinja
+    chat-template file written as the vindex's ``chat_template.jinja`` in place of the
+    source's (for a GGUF built without one, as llama.cpp's ``--chat-template-file``);
+    it must render a user turn with the source's special tokens.
     """
     level = str(getattr(level, "value", level)).lower()
     dtype = str(getattr(dtype, "value", dtype)).lower()
@@ -111,6 +141,8 @@ def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *,
         raise ExecutionError(f"source {source.name} has no tokenizer.json (a vindex needs "
                              f"the model's tokenizer: put tokenizer.json next to its weights)")
     family = _family_of(source)
+    template = source.chat_template if chat_template is None else \
+        read_chat_template_file(chat_template, source.tokenizer_config)
     mc = dict(source.model_config)
     num_layers = int(mc["num_layers"])
     hidden = int(mc["hidden_size"])
@@ -176,8 +208,8 @@ def extract(source: str | Path | ModelSource, output: str | os.PathLike[str], *,
         write_text(fmt.TOKENIZER, source.tokenizer_json)
         if source.tokenizer_config:
             write_text(fmt.TOKENIZER_CONFIG, source.tokenizer_config)
-        if source.chat_template:
-            write_text(fmt.CHAT_TEMPLATE, source.chat_template)
+        if template:
+            write_text(fmt.CHAT_TEMPLATE, template)
 
         # ---- embeddings (kept in f32 for down-meta)
         with bars.stage("embeddings", 1) as st:
