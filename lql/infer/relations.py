@@ -5,8 +5,11 @@ language, currency, continent, country, located in, occupation, nationality, bor
 known for, made of, colour, is a, used for, …, each with one or two completion templates
 and a chat question) is run on the entity:
 
-1. prompt: raw — the template with ``{entity}`` filled in, tokenised as INFER ``RAW``
-   does; chat (``CHAT``, or the session's ``SET CHAT`` when the model has a template) —
+1. prompt: raw — the relation's question and the template with ``{entity}`` filled in,
+   framed as ``Question: <question>\\nAnswer: <template>`` (:data:`RAW_FRAME`), tokenised
+   as INFER ``RAW`` does (the bare template drew weaker answers: precision@10 0.411 → 0.569
+   on SmolLM2, 0.519 → 0.606 on Gemma 3, 36 entities, docs/BROWSE.md); chat (``CHAT``,
+   or the session's ``SET CHAT`` when the model has a template) —
    the relation's question as one user turn, wrapped in the model's chat template, and
    the template's text opening the assistant's answer.
 2. one forward pass (:func:`lql.infer.predict.rank_next`, the INFER computation: overlay
@@ -23,13 +26,13 @@ and a chat question) is run on the entity:
    mode, on the overlay-free model, the ten prompts of a template packed into one pass:
    :meth:`lql.model.Model.forward_many`): what the template says for *any* entity ("Europe"
    as every continent, "English" as every language, "various") is not something the
-   model associates with this one.  An answer with specificity ≤ 0 is dropped, and so is
-   an *answer hub* (:class:`Baseline`): a token that is a candidate answer for more than
-   :data:`HUB_REFS` (5) of the 10 references over all templates.  The score is
-   ``p · log(p / b)`` (:func:`_specificity`, the answer's share of the KL divergence from
-   the references' distribution); ``p − b`` gave precision@10 0.400 against 0.364 for
-   plain probability and 0.436 for ``p · log(p / b)`` on SmolLM2 (raw, 36 entities),
-   before the answer hubs were added.
+   model associates with this one.  An answer with specificity ≤ 0 is dropped.  The
+   score is ``p · log(p / b)`` (:func:`_specificity`, the answer's share of the KL
+   divergence from the references' distribution); ``p − b`` gave precision@10 0.400
+   against 0.364 for plain probability and 0.436 for ``p · log(p / b)`` on SmolLM2 (raw
+   bare templates, 36 entities).  Until 2026-12-07 an *answer hub* (a candidate for more
+   than 5 of the 10 references) was dropped too; with the question-framed prompts that
+   filter cost precision on every model and form measured (docs/BROWSE.md), so it is gone.
    Kinds: the entity is first asked what kind of thing it is (the file's ``types``
    prompt); the next-token mass of each kind's words ("country", "physicist", "metal",
    "company", …) gives its share of place / person / animal / substance / thing /
@@ -74,17 +77,18 @@ __all__ = ["Relation", "relations", "fillers", "entity_kinds", "relation_weight"
 DATA = Path(__file__).with_name("data") / "relation_prompts.json"
 CANDIDATES = 8          # next-token candidates looked at per template
 MIN_P = 0.01            # a candidate below this probability is not an answer
-PER_TEMPLATE = 2        # answers kept per template
+PER_TEMPLATE = 3        # answers kept per template (2 until 2026-12-07: docs/BROWSE.md)
 CONTINUE_P = 0.3        # a word continues with a next piece at least this probable
 MAX_PIECES = 4          # tokens per answer word at most
 TOP_FEATURES = 3        # carrying features reported per edge
 LIMITS = {"BRIEF": 10, "VERBOSE": 30, "RAW": 30}
+#: a raw prompt: the relation's question, then the template opening the answer (the
+#: bare template alone drew weaker answers from a small base model: module doc, step 1)
+RAW_FRAME = "Question: {question}\nAnswer: {completion}"
 #: fillers of every template whose answers are the baseline: what a template says for any
 #: entity ("Europe" for every continent, "English" for every language) is not specific
 REFERENCE_ENTITIES = ("Portugal", "Nairobi", "Galileo", "Chopin", "copper", "horse", "banana",
                       "violin", "Toyota", "glass")
-#: an answer candidate for more than this many of the references is an answer hub
-HUB_REFS = 5
 #: the kind words' probability mass below which the kind prompt says nothing
 KIND_MIN_MASS = 0.05
 #: the least factor on the answers of a relation not asked of the entity's kinds
@@ -185,7 +189,8 @@ def relation_prompt(target, rel: Relation, template: str, entity: str, *, chat: 
         text += completion
         ids = list(tok.encode(text, add_special_tokens=False).ids)
     else:
-        text = completion
+        text = RAW_FRAME.format(question=rel.question.replace("{entity}", entity),
+                                completion=completion)
         ids = list(tok.encode(text).ids)
     return text, checked_ids(target, text, ids)
 
@@ -193,12 +198,9 @@ def relation_prompt(target, rel: Relation, template: str, entity: str, *, chat: 
 @dataclass(frozen=True)
 class Baseline:
     """What the templates say for the :data:`REFERENCE_ENTITIES`: per template the mean
-    next-token distribution, and the *answer hubs* — tokens among the candidates (as
-    DESCRIBE picks them) of more than :data:`HUB_REFS` of the references over all
-    templates ("Europe", "English", "various" on SmolLM2): an answer the model gives
-    whatever the entity is."""
+    next-token distribution (an answer the model gives whatever the entity is scores
+    low against it)."""
     means: dict[tuple[str, str], np.ndarray]
-    hubs: frozenset[int]
 
 
 def _special_ids(target) -> frozenset[int]:
@@ -219,23 +221,16 @@ def _candidate_ok(target, tid: int, skip: frozenset[str], special: frozenset[int
 
 
 def _baseline_build(target, chat: bool) -> Baseline:
-    from ..browse.tokens import STOP_WORDS
-    skip = STOP_WORDS | fillers()
-    special = _special_ids(target)
     means: dict[tuple[str, str], np.ndarray] = {}
-    seen: dict[int, set[str]] = {}
     for rel in relations():
         for template in rel.templates:
             acc = np.zeros(int(target.model.vocab_size), dtype=np.float32)
             prompts = [relation_prompt(target, rel, template, ref, chat=chat)[1] for ref in REFERENCE_ENTITIES]
             # the reference entities' prompts in one packed pass (the base model: no edits)
-            for ref, ranked in zip(REFERENCE_ENTITIES, rank_many(target.model, prompts, CANDIDATES)):
+            for ranked in rank_many(target.model, prompts, CANDIDATES):
                 acc += np.asarray(ranked.probs, np.float32)
-                for tid, p, _src in ranked.top:
-                    if p >= MIN_P and _candidate_ok(target, tid, skip, special):
-                        seen.setdefault(int(tid), set()).add(ref)
             means[(rel.name, template)] = acc / np.float32(len(REFERENCE_ENTITIES))
-    return Baseline(means, frozenset(t for t, refs in seen.items() if len(refs) > HUB_REFS))
+    return Baseline(means)
 
 
 _BASELINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -352,8 +347,6 @@ def describe_prompts(target, entity: str, *, chat_mode=None, wrap=None, verbosit
                 if not key or key in own or key.rstrip("s") in own or (filtered and (key in skip or not any(
                         ch.isalpha() for ch in key))):
                     continue
-                if base is not None and int(tid) in base.hubs:
-                    continue                  # the model's answer for any entity
                 spec = _specificity(float(p), float(base.means[(rel.name, template)][tid])) \
                     if base is not None else float(p)
                 if base is not None and spec <= 0:

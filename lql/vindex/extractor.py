@@ -85,7 +85,7 @@ def _now() -> str:
         "+00:00", "Z")
 
 
-def read_chat_template_file(path: str | os.PathLike[str], tokenizer_config: dict | None) -> str:
+def read_chat_template_file(path: str | os.PathLike[str], tokenizer_config: dict[str, Any] | None) -> str:
     """The text of a chat-template file given to :func:`extract`, checked: readable UTF-8,
     and it renders one user turn with the model's special tokens (a template that cannot
     is refused here, not at the first chat prompt)."""
