@@ -88,6 +88,53 @@ def test_knn_fact_answers_a_wording_it_was_not_keyed_on_smollm2(tmp_path):
     assert [predict(s.vindex, q).top1 for q in others] == before
 
 
+def test_chat_plain_knn_key_is_silent_where_its_fact_is_not_asked():
+    """A plain KNN key of the chat form (scoped to its entity by name only) stays silent
+    where the fact's scoped entry finds another relation asked about the entity: on a
+    model whose reply position barely depends on the question (a tiny random Llama here;
+    Gemma 3 270M's chat replies, where Greece's language fact answered "The capital of
+    Greece is"), its cosine there is above its threshold.  The fact's own question still
+    fires it; raw-form keys are left as they were (docs/EDITING.md).  The tiny Llama's
+    layer 1 has a rival prompt above the plain key's threshold and nearer the rival keys
+    than the fact's by more than the margin (found by scanning the tiny models' layers)."""
+    from vindex_fixtures import tiny_vindex
+
+    from lql.edit import insert as ins
+    from lql.edit.overlay import SIBLING_MARGIN, Overlay, OverlayVindex
+    from lql.edit.prompts import TEMPLATES
+    from lql.model import Record
+    from lql.runtime import model_for, predict
+    from lql.vindex import open_vindex
+    base = open_vindex(tiny_vindex("llama", "inference", "f32"))
+    assert base.chat_template
+    ov = Overlay(base)
+    view = OverlayVindex(base, ov)
+    ids = ins.reply_tokens(view, "Madrid")
+    for plan in ins.knn_plans(view, "France", "capital", "Madrid", ids, layer=1, chat=True):
+        ov.record(plan.op)
+    first = next(e for e in ov.knn if e.scope is None and not e.prefix_ids)
+    assert first.prompt_form == "chat" and first.sibling is not None
+    assert first.sibling.scope is not None and first.sibling.prompt_form == "chat"
+    got = predict(view, ins.chat_prompt_ids(view, "The capital of France is")).knn
+    assert got is not None and got["target"] == "Madrid"
+    rivals = ins.rival_templates("capital", [TEMPLATES["capital"]], wordings=False)
+    assert "The official language of {entity} is" in rivals and TEMPLATES["capital"] not in rivals
+    silenced = 0
+    for t in rivals:
+        chat = ins.chat_prompt_ids(view, t.replace("{entity}", "France"))
+        out = model_for(base).forward(chat, record=Record(residuals="last", layers=frozenset([1])))
+        r = np.asarray(out.residuals[1], np.float32).reshape(-1, first.key.shape[0])[-1]
+        if first.cosine(r) > first.threshold and not first.sibling.asks_own(r, SIBLING_MARGIN):
+            silenced += 1            # above its threshold, but a rival is nearer: silent
+            got = predict(view, chat).knn
+            assert got is None or got["entity"] != "France", (t, got)
+    assert silenced, "no rival prompt reached the plain key's threshold: the test checks nothing"
+    # the link survives a round trip through the op (prefix ids kept)
+    from lql.edit.overlay import knn_entry_op
+    later = [e for e in ov.knn if e.prefix_ids]
+    assert all(knn_entry_op(e).get("prefix_ids") == list(e.prefix_ids) for e in later)
+
+
 def test_stop_word_target_refused(tmp_path):
     from vindex_fixtures import tiny_vindex
     s = _session(tiny_vindex("llama", "all", "f32"), tmp_path)

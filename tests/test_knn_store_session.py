@@ -216,6 +216,10 @@ def test_scoped_entry_survives_compile_into_vindex(larql_vindex, tmp_path):
     assert sc2.target_ids == sc.target_ids
     assert np.allclose(sc2.rivals, sc.rivals, atol=1e-6) and np.allclose(sc2.keys, sc.keys, atol=1e-6)
     assert [predict(s2.vindex, p).top1 for p in prompts] == before
+    # the plain keys keep their target prefix and find their scoped entry again
+    assert [e.prefix_ids for e in back] == [e.prefix_ids for e in ours]
+    assert any(e.prefix_ids for e in ours) or len(ids) == 1
+    assert all((e.sibling is not None) == (e.scope is None) for e in back)
 
 
 def test_a_scoped_facts_rivals_leave_out_its_own_relation_in_any_spelling(larql_vindex, monkeypatch):

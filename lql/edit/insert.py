@@ -693,7 +693,8 @@ SCOPE_OFF = ("{entity} is famous for its", "{entity} is known for", "I went to {
              "The weather in {entity} is", "{entity} is a", "The history of {entity} is",
              "My friend told me about {entity} and", "{entity} has a population of",
              "What do you think of {entity}? I think", "Tell me about {entity}.", "{entity}")
-#: a scoped fact keeps this many rival keys (the nearest to its own)
+#: a scoped fact keeps this many rival keys (every other relation's canonical wording,
+#: then the nearest to its own)
 SCOPE_RIVALS = 32
 #: its threshold is at least this far above the off-topic contexts' cosine
 SCOPE_MARGIN = 0.03
@@ -720,6 +721,23 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
     return out
 
 
+def rival_templates(relation: str, own: Sequence[str], *, wordings: bool = True) -> list[str]:
+    """Every other relation's templates in the table (:data:`~lql.edit.prompts.TEMPLATES`
+    and, with ``wordings``, :data:`~lql.edit.prompts.PARAPHRASES`): what the entity may be
+    asked instead of ``relation`` (aliases of it and the ``own`` templates left out)."""
+    from .prompts import PARAPHRASES, TEMPLATES, same_relation
+    own_set = {t.strip().lower() for t in own}
+    rel = same_relation(relation)
+    out: list[str] = []
+    for name in dict.fromkeys([*TEMPLATES, *(PARAPHRASES if wordings else ())]):
+        if same_relation(name) == rel:       # the fact's own relation, in any spelling
+            continue
+        for t in (TEMPLATES.get(name), *(PARAPHRASES.get(name, ()) if wordings else ())):
+            if t and t.strip().lower() not in own_set and t not in out:
+                out.append(t)
+    return out
+
+
 def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Sequence[int], *,
              layer: int, confidence: float | None = None, prompt: str | None = None,
              chat: bool = False) -> PatchOp:
@@ -732,26 +750,18 @@ def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Seq
     filled with the entity, minus the mean over ordinary text (not the template center:
     what is compared here is which relation is asked, the entity being checked by name).
     Rivals: the same for every other relation's wordings in the table
-    (:data:`~lql.edit.prompts.TEMPLATES`, :data:`~lql.edit.prompts.PARAPHRASES`), the
-    :data:`SCOPE_RIVALS` nearest kept.  Threshold: above the entity's off-topic contexts
+    (:data:`~lql.edit.prompts.TEMPLATES`, :data:`~lql.edit.prompts.PARAPHRASES`):
+    :data:`SCOPE_RIVALS` kept, the canonical ones first, then the nearest.
+    Threshold: above the entity's off-topic contexts
     (:data:`SCOPE_OFF`) by :data:`SCOPE_MARGIN`, and at least halfway from them to the
     least similar pair of the fact's own wordings.  Measured on
     ``benchmarks/data/counterfact_edits.json`` (held-out wordings, the same entity):
     SmolLM2 layer 22 fires on 108/180 paraphrases, 2/900 other relations' wordings,
     0/300 off-topic contexts.  ``chat``: every wording sent as a chat user turn (the
     keys then compare the reply's first position), ``ids`` the reply's target tokens."""
-    from .prompts import PARAPHRASES, TEMPLATES, same_relation
     canonical = template_for(relation, prompt)
     own_t = [canonical, *paraphrase_templates(relation, prompt)]
-    own_set = {t.strip().lower() for t in own_t}
-    rel = same_relation(relation)
-    rival_t: list[str] = []
-    for name in dict.fromkeys([*TEMPLATES, *PARAPHRASES]):
-        if same_relation(name) == rel:       # the fact's own relation, in any spelling
-            continue
-        for t in (TEMPLATES.get(name), *PARAPHRASES.get(name, ())):
-            if t and t.strip().lower() not in own_set and t not in rival_t:
-                rival_t.append(t)
+    rival_t = rival_templates(relation, own_t)
     fill = [_seq(view, t.replace("{entity}", entity), (), chat)
             for t in own_t + rival_t + list(SCOPE_OFF)]
     vecs = np.stack(_knn_vectors(view, fill, layer, "residual")).astype(np.float64)
@@ -759,7 +769,12 @@ def scope_op(view: VindexView, entity: str, relation: str, target: str, ids: Seq
     unit = _unit_rows(vecs - mu)
     own, rivals, off = np.split(unit, [len(own_t), len(own_t) + len(rival_t)])
     near = (rivals @ own.T).max(axis=1)
-    rivals = rivals[np.argsort(-near, kind="stable")[:SCOPE_RIVALS]]
+    # every other relation's canonical wording stays a rival (in a base model's chat
+    # reply the wordings are so alike that "nearest 32" could leave one out: Gemma 3
+    # fired India's currency fact on "The capital of India is"); the rest by nearness
+    canon = set(rival_templates(relation, own_t, wordings=False))
+    order = sorted(range(len(rival_t)), key=lambda i: (rival_t[i] not in canon, -near[i]))
+    rivals = rivals[order[:max(SCOPE_RIVALS, len(canon))]]
     off_max = float((off @ own.T).max())
     limit = off_max + SCOPE_MARGIN
     if len(own) > 1:
@@ -825,7 +840,10 @@ def knn_threshold(view: VindexView, template: str, entity: str, layer: int,
                   key_kind: str = "residual", chat: bool = False) -> float:
     """A calibrated threshold for a KNN key: above the cosine of every near neighbour (the
     key's template filled with :data:`KNN_NEIGHBOURS` not used for the center, and the
-    generic negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75)."""
+    generic negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75).  The
+    entity asked another relation is not calibrated against here (that raised Gemma 3's
+    thresholds past its held-out paraphrases: 0.80 → 0.47); the fact's scoped entry
+    silences the plain keys there (:meth:`lql.edit.overlay.KnnEntry.asks_own`)."""
     from .overlay import KNN_THRESHOLD
     refs = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
     prompts: list = [_seq(view, template.replace("{entity}", e), prefix, chat)

@@ -55,6 +55,8 @@ def store_patch(vindex: Any) -> Patch | None:
             fields["paraphrase"] = True
         if isinstance(extra.get("subject"), str) and extra["subject"]:
             fields["subject"] = extra["subject"]
+        if isinstance(extra.get("prefix_ids"), list) and extra["prefix_ids"]:
+            fields["prefix_ids"] = extra["prefix_ids"]
         scope = extra.get("scope")
         if isinstance(scope, dict) and isinstance(scope.get("target_ids"), list):
             fields["scope"] = True
@@ -82,6 +84,8 @@ def stored_facts(entries: list[Any]) -> list[StoredFact]:
             extra["paraphrase"] = True
         if getattr(e, "subject", ""):
             extra["subject"] = e.subject
+        if getattr(e, "prefix_ids", ()):
+            extra["prefix_ids"] = [int(t) for t in e.prefix_ids]
         sc = getattr(e, "scope", None)
         if sc is not None:
             extra["scope"] = {"target_ids": [int(t) for t in sc.target_ids],

@@ -143,7 +143,8 @@ def knn_entry_op(entry: KnnEntry, **changes: Any) -> PatchOp:
                               else entry.prompt_form,
                               "paraphrase": True if entry.paraphrase else None,
                               "prompt": entry.prompt or None,
-                              "subject": entry.subject or None}
+                              "subject": entry.subject or None,
+                              "prefix_ids": [int(t) for t in entry.prefix_ids] or None}
     vectors = {"key": entry.key, **({"center": entry.center} if entry.center is not None else {})}
     if entry.scope is not None:
         fields.update(scope=True, target_ids=list(entry.scope.target_ids))
@@ -173,6 +174,17 @@ class KnnScope:
     rivals: np.ndarray                  # (r, hidden) L2-normalised
     target_ids: tuple[int, ...]         # the whole target
 
+
+#: a plain KNN entry of the chat form yields to its fact's scoped entry where a rival
+#: relation's key is nearer than the fact's own by more than this
+#: (:meth:`KnnEntry.asks_own`; raw entries do not: there it cost Gemma 3's held-out
+#: paraphrases 0.83 → 0.57 at 10 facts, and raw misfires were few).  Chosen on
+#: Gemma 3 270M, 60 facts of benchmarks/data/counterfact_edits.json (in-sample): the
+#: plain keys fired above threshold on 4 raw and 10 chat neighbourhood prompts asking
+#: the entity another relation (rival − own 0.04–0.30), and on held-out paraphrases
+#: where rival − own was ≤ 0.02 in chat and up to 0.10 raw; 0 kept the 14 misfires out
+#: but lost 11 of 114 raw and 47 of 143 chat paraphrase contexts, 0.03 lost 9 raw, 0 chat.
+SIBLING_MARGIN = 0.03
 
 _SUBJECT_PATTERNS: dict[str, Any] = {}
 
@@ -216,6 +228,12 @@ class KnnEntry:
     subject: str = ""
     #: a scoped entry (:class:`KnnScope`): the relation asked in any wording
     scope: KnnScope | None = None
+    #: the target tokens that follow the prompt in the text the key was read on
+    prefix_ids: tuple[int, ...] = ()
+    #: a plain entry's scoped entry of the same fact and prompt form (set when the state
+    #: is built): where that one says another relation is asked, a chat-form plain entry
+    #: is silent
+    sibling: KnnEntry | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def _scope_keys(self) -> np.ndarray:
@@ -247,6 +265,22 @@ class KnnEntry:
             if own > limit and (not len(sc.rivals) or own > float((sc.rivals @ x).max())):
                 return own, int(seq[j])
         return None
+
+    def asks_own(self, row: np.ndarray, margin: float = 0.0) -> bool:
+        """Whether, at a position whose residual is ``row``, a scoped entry's nearest key
+        is its own rather than a rival's by more than ``margin`` (the relation test of
+        :meth:`scope_hit`, without its threshold)."""
+        sc = self.scope
+        if sc is None or not len(sc.rivals):
+            return True
+        x = np.asarray(row, np.float32).reshape(-1)
+        if self.center is not None:
+            x = x - self.center
+        n = float(np.linalg.norm(x))
+        if n == 0.0:
+            return True
+        x = x / n
+        return float((self._scope_keys @ x).max()) + margin >= float((sc.rivals @ x).max())
 
     def cosine(self, residual: np.ndarray) -> float:
         r = residual if self.center is None else residual - self.center
@@ -325,10 +359,22 @@ def _fold(patches: list[Patch], hidden: int) -> _State:
                                     else float(op.get("threshold")),
                                     default_key_kind(op), str(op.get("prompt_form") or "raw"),
                                     bool(op.get("paraphrase")), str(op.get("prompt") or ""),
-                                    str(op.get("subject") or ""), _scope_of(op, hidden)))
+                                    str(op.get("subject") or ""), _scope_of(op, hidden),
+                                    tuple(int(t) for t in op.get("prefix_ids") or ())))
             elif kind == "delete_knn":
                 knn = [k for k in knn if not _knn_matches(k, op)]
+    _link_siblings(knn)
     return _State(feats, knn, low_rank)
+
+
+def _link_siblings(knn: list[KnnEntry]) -> None:
+    """Point each plain entry with a subject at the scoped entry of its fact (same layer,
+    entity, relation, target and prompt form), if the store has one."""
+    def fact(e: KnnEntry) -> tuple:
+        return (e.layer, e.entity.casefold(), e.relation, e.target, e.prompt_form, e.key_kind)
+    scoped = {fact(e): e for e in knn if e.scope is not None}
+    for e in knn:
+        e.sibling = scoped.get(fact(e)) if e.scope is None and e.subject else None
 
 
 def _rows(vec: np.ndarray | None, hidden: int) -> np.ndarray:
@@ -551,6 +597,10 @@ class Overlay:
                 tid = int(e.target_id)
                 if not cos > limit:
                     continue
+                if e.sibling is not None and e.prompt_form == "chat" and not e.prefix_ids \
+                        and e.key_kind == "residual" \
+                        and not e.sibling.asks_own(vectors["residual"], SIBLING_MARGIN):
+                    continue                 # the entity asked another relation (chat form)
             if best is None or cos - limit > best[0]:
                 best = (cos - limit, e, cos, tid)
         return None if best is None else (best[1], best[2], best[3])

@@ -289,6 +289,9 @@ def check_op_fields(o: dict[str, Any], where: str, path: str) -> None:
                                     f"{type(o[key]).__name__}")
     if o.get("subject") is not None and not isinstance(o["subject"], str):
         raise _bad(where, path, f"field 'subject' must be a string, got {o['subject']!r:.60}")
+    pre = o.get("prefix_ids")
+    if pre is not None and (not isinstance(pre, list) or not all(_is_int(t) for t in pre)):
+        raise _bad(where, path, f"field 'prefix_ids' must be a list of token ids, got {pre!r:.60}")
     seq = o.get("target_ids")
     if seq is not None and (not isinstance(seq, list) or not seq
                             or not all(_is_int(t) for t in seq)):
