@@ -842,8 +842,8 @@ def knn_threshold(view: VindexView, template: str, entity: str, layer: int,
     key's template filled with :data:`KNN_NEIGHBOURS` not used for the center, and the
     generic negatives) by :data:`KNN_MARGIN`, at least ``KNN_THRESHOLD`` (0.75).  The
     entity asked another relation is not calibrated against here (that raised Gemma 3's
-    thresholds past its held-out paraphrases: 0.80 → 0.47); the fact's scoped entry
-    silences the plain keys there (:meth:`lql.edit.overlay.KnnEntry.asks_own`)."""
+    thresholds past its held-out paraphrases: 0.80 → 0.47); in the chat form the fact's
+    scoped entry silences the plain keys there (:meth:`lql.edit.overlay.KnnEntry.asks_own`)."""
     from .overlay import KNN_THRESHOLD
     refs = {e.lower() for e in REFERENCE_ENTITIES} | {entity.strip().lower()}
     prompts: list = [_seq(view, template.replace("{entity}", e), prefix, chat)
