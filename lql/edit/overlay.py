@@ -254,17 +254,21 @@ class KnnEntry:
         for j in range(min(len(seq), len(rows), len(ids)) - 1, -1, -1):
             if j and [int(t) for t in ids[len(ids) - j:]] != list(seq[:j]):
                 continue
-            x = np.asarray(rows[len(rows) - 1 - j], np.float32)
-            if self.center is not None:
-                x = x - self.center
-            n = float(np.linalg.norm(x))
-            if n == 0.0:
+            x = self._unit(rows[len(rows) - 1 - j])
+            if x is None:
                 continue
-            x = x / n
             own = float((keys @ x).max())
             if own > limit and (not len(sc.rivals) or own > float((sc.rivals @ x).max())):
                 return own, int(seq[j])
         return None
+
+    def _unit(self, row: np.ndarray) -> np.ndarray | None:
+        """``row`` minus the entry's center, unit length (``None`` when zero)."""
+        x = np.asarray(row, np.float32).reshape(-1)
+        if self.center is not None:
+            x = x - self.center
+        n = float(np.linalg.norm(x))
+        return None if n == 0.0 else x / n
 
     def asks_own(self, row: np.ndarray, margin: float = 0.0) -> bool:
         """Whether, at a position whose residual is ``row``, a scoped entry's nearest key
@@ -273,13 +277,9 @@ class KnnEntry:
         sc = self.scope
         if sc is None or not len(sc.rivals):
             return True
-        x = np.asarray(row, np.float32).reshape(-1)
-        if self.center is not None:
-            x = x - self.center
-        n = float(np.linalg.norm(x))
-        if n == 0.0:
+        x = self._unit(row)
+        if x is None:
             return True
-        x = x / n
         return float((self._scope_keys @ x).max()) + margin >= float((sc.rivals @ x).max())
 
     def cosine(self, residual: np.ndarray) -> float:
