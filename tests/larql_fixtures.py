@@ -96,7 +96,9 @@ def larql_vindex(root: Path, level: str = "inference", dtype: str = "f16", *,
     (serde default f32, types.rs:34-36)."""
     ours_level = {"browse": "browse", "attention": "inference", "inference": "inference",
                   "all": "inference"}[level]
-    src = smollm2_vindex(ours_level, dtype)
+    # f32: the HF folder's vindex (the same weights, dequantised by transformers), which
+    # the suite extracts anyway; f16: the GGUF's
+    src = smollm2_vindex(ours_level, dtype, source="hf" if dtype == "f32" else "gguf")
     root.mkdir(parents=True)
     ix = json.loads((src / "index.json").read_text())
     manifest = json.loads((src / "weight_manifest.json").read_text()) \

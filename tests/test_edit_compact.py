@@ -39,7 +39,7 @@ def test_compact_minor_major_keep_retrieval_and_remove_reverts(tmp_path):
 
     from lql.runtime import predict
     s = Session(cwd=tmp_path)
-    s.query(f'USE "{smollm2_vindex(level="inference", dtype="f32", source="gguf")}"')
+    s.query(f'USE "{smollm2_vindex(level="inference", dtype="f32", source="hf")}"')
     s.query("SET CHAT OFF")
     p0 = predict(s.vindex, CONTROL).probs.copy() if hasattr(s.vindex, "overlay") else None
     s.query('BEGIN PATCH "c.vlp"')

@@ -39,7 +39,7 @@ def _generated(s, prompt, n):
 @pytest.mark.parametrize("mode", ["KNN", "COMPOSE"])
 def test_whole_target_generation_after_insert_smollm2(mode, tmp_path):
     from vindex_fixtures import smollm2_vindex
-    s = _session(smollm2_vindex(level="inference", dtype="f32", source="gguf"), tmp_path)
+    s = _session(smollm2_vindex(level="inference", dtype="f32", source="hf"), tmp_path)
     ids = s.vindex.tokenizer.encode(" Birnin Zana", add_special_tokens=False).ids
     assert len(ids) >= 3                       # a real multi-token target
     r = s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Wakanda", "capital", '
@@ -70,7 +70,7 @@ def test_knn_fact_answers_a_wording_it_was_not_keyed_on_smollm2(tmp_path):
 
     from lql.edit.prompts import PARAPHRASES, TEMPLATES
     from lql.runtime import predict
-    s = _session(smollm2_vindex(level="inference", dtype="f32", source="gguf"), tmp_path)
+    s = _session(smollm2_vindex(level="inference", dtype="f32", source="hf"), tmp_path)
     held_out = "The capital city of France is"
     assert held_out.replace("France", "{entity}") not in (TEMPLATES["capital"], *PARAPHRASES["capital"])
     others = ["The official language of France is", "France is famous for its",

@@ -137,7 +137,7 @@ def test_infer_is_exact_once_the_eps_is_given(built, tmp_path):
 def test_missing_dtype_is_f32_and_said(built):
     v = open_vindex(built["f32"])
     assert v.dtype == "f32" and v.assumed["dtype"] == "f32"
-    _, w1 = run(smollm2_vindex("inference", "f32"), WALK)
+    _, w1 = run(smollm2_vindex("inference", "f32", source="hf"), WALK)
     use, w2, stats = run(built["f32"], WALK, "STATS")
     assert walk_rows(w1) == walk_rows(w2)
     assert "dtype=f32" in use.message
