@@ -222,7 +222,7 @@ def test_compose_gate_stays_quiet_on_ordinary_text(smol, tmp_path, monkeypatch):
         assert float(g @ insert._ffn_input(view, plan.seq, layer)) > 0   # on at the fact
         return g
     with_text = gate()
-    monkeypatch.setattr(insert, "_ordinary_positions", lambda v, l: ordinary[:0])
+    monkeypatch.setattr(insert, "_ordinary_positions", lambda v, l, **kw: ordinary[:0])
     without = gate()
 
     def fires(g):

@@ -170,7 +170,7 @@ def suppress_fact(overlay, view: OverlayVindex, entity: str, relation: str, targ
     p0 = float(predict(view, prompt).probs[target_id])
     plan = compose_op(view, entity, relation, target, layer=layer, push=-1.0, token=target_id)
     overlay.record(plan.op)
-    p = _strengthen(overlay, plan.op, lambda: float(predict(view, prompt).probs[target_id]),
+    p = _strengthen(overlay, plan.op, lambda: predict(view, prompt).probs, target_id,
                     keep * p0, max_doublings)
     return DeleteReport([(plan.layer, int(plan.feature or 0))], p0, p)
 
@@ -199,20 +199,66 @@ def memit_suppress(overlay, view: OverlayVindex, entity: str, relation: str, tar
     return DeleteReport([], p0, p)
 
 
-def _strengthen(overlay, op: PatchOp, measure, goal: float, max_doublings: int) -> float:
+def _strengthen(overlay, op: PatchOp, probs, target: int, goal: float,
+                max_doublings: int) -> float:
     """Double a suppression feature's down vector (at most ``max_doublings`` times) until
-    ``measure()`` (the target's probability) is ≤ ``goal``; returns the last measure."""
-    p = measure()
+    the target's probability in ``probs()`` (the next-token distribution) is ≤ ``goal``
+    and the target is off the top, then scale it back to the smallest write that still
+    leaves it ≤ :data:`SHRINK_AIM` × ``goal`` and off the top (:func:`_shrink`); returns
+    the target's last probability."""
+    out = probs()
     for _ in range(max_doublings):
-        if p <= goal:
+        if _suppressed(out, target, goal):
             break
-        down = op.vector("down")
-        assert down is not None
-        op.set_vector("down", down * 2.0)
-        op.data["alpha"] = float(op.data.get("alpha") or 0.1) * 2.0
-        overlay._changed()
-        p = measure()
-    return p
+        _scale(overlay, op, 2.0)
+        out = probs()
+    if _suppressed(out, target, goal * SHRINK_AIM):
+        return _shrink(overlay, op, probs, target, goal * SHRINK_AIM, float(out[target]))
+    return float(out[target])
+
+
+def _suppressed(out, target: int, limit: float) -> bool:
+    return float(out[target]) <= limit and int(np.argmax(out)) != target
+
+
+#: a suppression write is scaled back to the smallest that leaves the target's probability
+#: ≤ this × DELETE's goal (KEEP × its start: 0.1 × the start, 90 % suppression) and the
+#: target off the top.  Unscaled, the first feature alone often pushed the target to
+#: P 1e-13, and so large a write moved other prompts where the gate fired weakly (SmolLM2,
+#: Germany's capital: the raw-form feature changed 2 of the 6 checked siblings' chat
+#: replies; scaled back, 1 — the multilingual quiet text, insert._ordinary_positions,
+#: took it to none)
+SHRINK_AIM = 1.0 / 3.0
+#: bisection steps of the shrink, on a log2 scale between 2**SHRINK_FLOOR and 1
+SHRINK_STEPS = 6
+SHRINK_FLOOR = -12.0
+
+
+def _scale(overlay, op: PatchOp, factor: float) -> None:
+    down = op.vector("down")
+    assert down is not None
+    op.set_vector("down", down * np.float32(factor))
+    op.data["alpha"] = float(op.data.get("alpha") or 0.1) * float(factor)
+    overlay._changed()
+
+
+def _shrink(overlay, op: PatchOp, probs, target: int, aim: float, p: float) -> float:
+    """Scale ``op``'s down vector by the smallest power of two (bisected on a log scale,
+    :data:`SHRINK_STEPS` steps) that keeps the target's probability ≤ ``aim`` and the
+    target off the top; ``p``: its probability at the current scale (which meets both)."""
+    lo, hi, p_hi, at = SHRINK_FLOOR, 0.0, p, 0.0   # 2**hi meets the aim; 2**lo need not
+    for _ in range(SHRINK_STEPS):
+        mid = (lo + hi) / 2.0
+        _scale(overlay, op, 2.0 ** (mid - at))
+        at = mid
+        out = probs()
+        if _suppressed(out, target, aim):
+            hi, p_hi = mid, float(out[target])
+        else:
+            lo = mid
+    if at != hi:
+        _scale(overlay, op, 2.0 ** (hi - at))
+    return p_hi
 
 
 # --------------------------------------------------------------------------- chat replies
@@ -263,8 +309,15 @@ def suppress_in_chat(overlay, view: OverlayVindex, entity: str, relation: str, t
     far (``compose_op(..., chat=True, prefix=..., push=-1)``) pushes against it, its down
     vector doubling (at most ``max_doublings`` times) until that token's probability is
     ≤ ``keep`` × its start; if the new reply states the target further on, again there
-    (at most :data:`CHAT_ROUNDS` features).  ``None`` when the reply never states it."""
-    from .insert import _references, chat_prompt_ids, compose_op
+    (at most :data:`CHAT_ROUNDS` features).  ``None`` when the reply never states it.
+
+    The features go at ``layer`` unless there they change the chat replies of the spare
+    siblings (the template filled with :data:`SIBLING_ENTITIES` beyond the six a collateral
+    check compares: held in, never the checked ones) in more than
+    :data:`CHAT_SPARE_GOAL` of them; then at the next of :data:`CHAT_LAYER_STEPS` that
+    does not (else the one that changed fewest)."""
+    from .insert import chat_prompt_ids
+    from .prompts import template_for
     ids = chat_prompt_ids(view, prompt)
     before = chat_reply(view, ids)
     first = stated_at(view, before, target)
@@ -273,6 +326,52 @@ def suppress_in_chat(overlay, view: OverlayVindex, entity: str, relation: str, t
     at0 = list(ids) + before[:first]
     tok0 = before[first]
     p0 = float(predict(view, at0).probs[tok0])
+    template = template_for(relation)
+    spare = [(p, chat_reply(view, chat_prompt_ids(view, p), 8))
+             for p in checked_siblings(template, entity)[CHAT_CHECKED:]]
+    n_layers = int(view.num_layers)
+    assert overlay.recording is not None          # DELETE records into a patch
+    ops = overlay.recording.operations
+    mark = len(ops)
+    tried: list[tuple[tuple[int, float], list, list[tuple[int, int]], list[int]]] = []
+    for step in CHAT_LAYER_STEPS:
+        at_layer = layer + step
+        if not 0 <= at_layer < n_layers:
+            continue
+        features, reply = _chat_rounds(overlay, view, entity, relation, target, ids, before,
+                                       first, p0, at_layer, keep, max_doublings)
+        changed = len(chat_collateral(view, spare))
+        p1 = float(predict(view, at0).probs[tok0])
+        tried.append(((changed, p1), list(ops[mark:]), features, reply))
+        if changed <= CHAT_SPARE_GOAL * max(len(spare), 1) and p1 <= keep * p0:
+            break
+        del ops[mark:]                              # dropped: the next layer is tried alone
+        overlay._changed()
+    else:                                           # none met both: the one that did best
+        tried.append(min(tried, key=lambda t: t[0]))
+        ops.extend(tried[-1][1])
+        overlay._changed()
+    _, _, features, reply = tried[-1]
+    p1 = float(predict(view, at0).probs[tok0])
+    return ChatDeleteReport(features, p0, p1, view.tokenizer.decode(before),
+                            view.tokenizer.decode(reply), stated_at(view, reply, target) is not None)
+
+
+#: offsets from DELETE's layer where a chat-form suppression is tried, in order (SmolLM2,
+#: Germany's capital: at 22, 2 of 6 held-out siblings' chat replies changed; at 20, none)
+CHAT_LAYER_STEPS = (0, -2, 2, -4, 4)
+#: the largest fraction of the spare siblings' chat replies a chat-form suppression may
+#: change before the next layer is tried (none: with four spare siblings, 30 % would let
+#: one through, and at Germany's layer 22 one did — Australia — while two of the six
+#: checked ones changed)
+CHAT_SPARE_GOAL = 0.0
+
+
+def _chat_rounds(overlay, view, entity, relation, target, ids, before, first, p0, layer,
+                 keep, max_doublings) -> tuple[list[tuple[int, int]], list[int]]:
+    """The suppression features of :func:`suppress_in_chat` at one layer: the features and
+    the greedy reply after them."""
+    from .insert import _references, compose_op
     features: list[tuple[int, int]] = []
     reply, at = before, first
     for round_ in range(CHAT_ROUNDS):
@@ -289,20 +388,22 @@ def suppress_in_chat(overlay, view: OverlayVindex, entity: str, relation: str, t
                           prefix=tuple(reply[:at]), chat=True, ref_prefixes=refs)
         overlay.record(plan.op)
         features.append((plan.layer, int(plan.feature or 0)))
-        _strengthen(overlay, plan.op, lambda s=seq, t=tok: float(predict(view, s).probs[t]),
+        _strengthen(overlay, plan.op, lambda s=seq: predict(view, s).probs, tok,
                     keep * start, max_doublings)
         reply = chat_reply(view, ids)
         nxt = stated_at(view, reply, target)
         if nxt is None:
             break
         at = nxt
-    p1 = float(predict(view, at0).probs[tok0])
-    return ChatDeleteReport(features, p0, p1, view.tokenizer.decode(before),
-                            view.tokenizer.decode(reply), stated_at(view, reply, target) is not None)
+    return features, reply
+
+
+#: siblings whose chat replies a chat-form DELETE's collateral check compares
+CHAT_CHECKED = 6
 
 
 def chat_sibling_replies(view: VindexView, template: str, entity: str,
-                         n: int = 6, length: int = 8) -> list[tuple[str, list[int]]]:
+                         n: int = CHAT_CHECKED, length: int = 8) -> list[tuple[str, list[int]]]:
     """``[(sibling prompt, first ``length`` tokens of its greedy chat reply)]`` for the
     template filled with ``n`` siblings: compared before and after a chat-form DELETE."""
     from .insert import chat_prompt_ids

@@ -35,6 +35,7 @@ earlier positions of the fact's and the fillers' prompts and after the target
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -239,7 +240,7 @@ def compose_op(view: OverlayVindex, entity: str, relation: str, target: str, *, 
         view.tokenizer.encode(AFTER_TARGET, add_special_tokens=False).ids))
     negatives = np.concatenate([negatives, np.stack(_ffn_inputs(view, list(after), layer))])
     earlier = np.concatenate([_earlier_positions(view, template, entity, seq, layer),
-                              _ordinary_positions(view, layer)])
+                              _ordinary_positions(view, layer, multilingual=push < 0)])
     if float(np.linalg.norm(u - c)) < 1e-6 * max(1.0, float(np.linalg.norm(u))):
         raise ExecutionError(f"the entity {entity!r} does not change the model's state on "
                              f"{text!r} at layer {layer}; try another layer or PROMPT")
@@ -534,14 +535,29 @@ def _with_reply(view: VindexView, ids: tuple[int, ...]) -> tuple[int, ...]:
 ORDINARY_CHUNK = 96
 
 
-def _ordinary_positions(view: VindexView, layer: int) -> np.ndarray:
+def _ordinary_positions(view: VindexView, layer: int, *, multilingual: bool = False) -> np.ndarray:
     """The FFN inputs at every position of ordinary text (the covariance sample MEMIT
-    uses, ``lql/edit/data/covariance_sample.txt``, in chunks): a gate must not fire in
-    text that has nothing to do with its fact (those of its positions where a gate fires
-    join the earlier positions' active set, :func:`selective_direction`).  Measured with
-    ``benchmarks/eval_edits.py``, batches of 10 facts: fluency (n-gram entropy of free
-    generations) 4.04 → 4.45 on SmolLM2, 3.40 → 3.98 on Gemma 3 270M."""
-    return _every_position(view, ordinary_chunks(view), layer, drop_last=False)
+    uses, ``lql/edit/data/covariance_sample.txt``, in chunks; ``multilingual``: and
+    :func:`_multilingual_text`, for DELETE's suppression features): a gate must not fire
+    in text that has nothing to do with its fact (those of its positions where a gate
+    fires join the earlier positions' active set, :func:`selective_direction`).
+    Measured with ``benchmarks/eval_edits.py``, batches of 10 facts: fluency (n-gram
+    entropy of free generations) 4.04 → 4.45 on SmolLM2, 3.40 → 3.98 on Gemma 3 270M.
+    The other languages are for suppression features only: on INSERT's gates they cost
+    SmolLM2's held-out paraphrases at 10 facts 0.17 → 0.10 (COMPOSE) for no gain."""
+    chunks = ordinary_chunks(view)
+    if multilingual:
+        chunks += ordinary_chunks(view, _multilingual_text())
+    return _every_position(view, chunks, layer, drop_last=False)
+
+
+@functools.cache
+def _multilingual_text() -> str:
+    """Ordinary text in eight other languages (``lql/edit/data/ordinary_multilingual.txt``):
+    a model's chat reply to another entity may switch language (SmolLM2: "The capital of
+    Mexico is" → "El capital de la …", Russia's in Cyrillic), and a DELETE feature fitted
+    on English text alone fired there harder than on its own fact."""
+    return (Path(__file__).parent / "data" / "ordinary_multilingual.txt").read_text(encoding="utf-8")
 
 
 def ordinary_chunks(view: VindexView, text: str | None = None) -> tuple[tuple[int, ...], ...]:
