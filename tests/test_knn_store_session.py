@@ -242,3 +242,23 @@ def test_a_scoped_facts_rivals_leave_out_its_own_relation_in_any_spelling(larql_
     assert TEMPLATES["colour"].replace("{entity}", "Atlantis") not in seen
     assert TEMPLATES["capital"].replace("{entity}", "Atlantis") in seen       # a rival
     assert PARAPHRASES["capital"][0].replace("{entity}", "Atlantis") in seen
+
+
+def test_compile_into_model_names_the_knn_facts_it_leaves_out_and_compact_minor_bakes_them(tmp_path):
+    """KNN entries are not weights: COMPILE INTO MODEL says how many it left out and how to
+    bake them (COMPACT MINOR); after COMPACT MINOR none is left out and the compiled
+    weights carry the facts' features."""
+    s = Session(cwd=tmp_path)
+    s.query(f'USE "{tiny_vindex("llama", level="all")}"')
+    s.query("SET CHAT OFF")
+    s.query('INSERT INTO EDGES (entity, relation, target) VALUES ("Atlantis", "capital", '
+            f'"Paris") AT LAYER {LAYER}')        # one token: the tiny random model takes it
+    n = len(s.overlay.knn)
+    r = s.query(f'COMPILE CURRENT INTO MODEL "{tmp_path / "m1"}"')
+    assert n > 0 and r.meta["knn_left_out"] == n and r.meta["edited_features"] == 0
+    assert f"{n} KNN entries are not weights" in r.message and "COMPACT MINOR" in r.message
+    c = s.query("COMPACT MINOR")
+    assert c.meta["promoted"] == 1, c.message
+    r2 = s.query(f'COMPILE CURRENT INTO MODEL "{tmp_path / "m2"}"')
+    assert r2.meta["knn_left_out"] == 0 and r2.meta["edited_features"] > 0
+    assert "not weights" not in r2.message

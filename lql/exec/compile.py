@@ -41,7 +41,9 @@ def compile_(session, stmt: ast.Compile) -> Result:
         msg += f"; {info['knn_facts']} KNN facts written to knn_store.bin (USE loads them)"
     if info.get("knn_left_out"):
         msg += (f"; {info['knn_left_out']} KNN entries are not weights and were left out "
-                f"(keep their patch and APPLY it)")
+                f"(keep their patch and APPLY it, or COMPACT MINOR first: it moves KNN facts "
+                f"into FFN features, which COMPILE bakes in — their canonical wording, not "
+                f"the held-out ones, docs/EDITING.md)")
     return Result.msg("COMPILE", msg, **info)
 
 
