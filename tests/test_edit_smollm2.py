@@ -231,6 +231,33 @@ def test_compose_gate_stays_quiet_on_ordinary_text(smol, tmp_path, monkeypatch):
     assert fires(with_text) < fires(without)
 
 
+def test_suppression_gate_is_quiet_on_other_languages_and_insert_gate_is_not_asked(smol, tmp_path):
+    """DELETE's suppression feature (``push=-1``) is also solved to be silent on the
+    shipped other-language text (a chat reply may switch language); INSERT's gate is not
+    (it cost COMPOSE paraphrases): the suppression gate fires at fewer of those positions
+    than the insert gate for the same fact, and both still fire on the fact."""
+    from lql.edit import insert
+    s = _session(smol, tmp_path)
+    s.edit_overlay()
+    view = s.vindex
+    layer = insert.install_layer(view, None)
+    other = insert._every_position(view, insert.ordinary_chunks(view, insert._multilingual_text()),
+                                   layer, drop_last=False)
+    assert len(other) > 200                        # the eight paragraphs, every position
+    assert len(insert._ordinary_positions(view, layer, multilingual=True)) > \
+        len(insert._ordinary_positions(view, layer))
+
+    def gate(push):
+        plan = insert.compose_op(view, "Germany", "capital", "Berlin", layer=layer, push=push)
+        g = plan.op.vector("gate")
+        assert float(g @ insert._ffn_input(view, plan.seq, layer)) > 0   # on at the fact
+        return g
+
+    def fires(g):
+        return int((other @ g > 0).sum())
+    assert fires(gate(-1.0)) < fires(gate(1.0))
+
+
 def test_update_of_a_knn_fact_keeps_it_whole(smol, tmp_path):
     """UPDATE of a KNN fact acts on the whole fact: SET confidence keeps every entry (one
     per target token and wording, flags kept); SET target re-keys it for the new target's
