@@ -243,9 +243,10 @@ def _scale(overlay, op: PatchOp, factor: float) -> None:
 
 
 def _shrink(overlay, op: PatchOp, probs, target: int, aim: float, p: float) -> float:
-    """Scale ``op``'s down vector by the smallest power of two (bisected on a log scale,
-    :data:`SHRINK_STEPS` steps) that keeps the target's probability ≤ ``aim`` and the
-    target off the top; ``p``: its probability at the current scale (which meets both)."""
+    """Scale ``op``'s down vector by the smallest factor ``2**h``, ``h`` in
+    [:data:`SHRINK_FLOOR`, 0] (bisected, :data:`SHRINK_STEPS` steps), that keeps the
+    target's probability ≤ ``aim`` and the target off the top; ``p``: its probability at
+    the current scale (which meets both)."""
     lo, hi, p_hi, at = SHRINK_FLOOR, 0.0, p, 0.0   # 2**hi meets the aim; 2**lo need not
     for _ in range(SHRINK_STEPS):
         mid = (lo + hi) / 2.0
