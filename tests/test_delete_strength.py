@@ -32,7 +32,7 @@ def _op(norm: float) -> PatchOp:
     down = np.zeros(8, np.float32)
     down[0] = norm
     return PatchOp.make("insert", layer=3, feature=7, alpha=0.1, mode="suppress",
-                        vectors={"down": down})
+                        down_meta={"t": "x", "i": 0, "c": 2.0 * norm}, vectors={"down": down})
 
 
 def _probs(op: PatchOp, vocab: int, p0: float = 0.8):
@@ -63,6 +63,7 @@ def test_strengthen_scales_back_to_the_smallest_write_that_meets_the_aim(vocab):
         need = max(need, math.log(0.8 * 40) / 3.0)
     assert need <= scale < need * 2 ** (12 / 64 + 1e-9)
     assert op.data["alpha"] == pytest.approx(0.1 * scale)  # the op records the strength
+    assert op.data["down_meta"]["c"] == pytest.approx(2.0 * scale)   # and its score
     assert ov.changes > 0
 
 

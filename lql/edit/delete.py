@@ -39,6 +39,7 @@ import numpy as np
 from ..infer.attribution import RIVALS, feature_scores, rival_ids, unembed_directions
 from ..model import Record
 from ..runtime import model_for, predict, run
+from .insert import scale_down
 from .patch import PatchOp
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def _strengthen(overlay, op: PatchOp, probs, target: int, goal: float,
     for _ in range(max_doublings):
         if _suppressed(out, target, goal):
             break
-        _scale(overlay, op, 2.0)
+        scale_down(overlay, op, 2.0)
         out = probs()
     if _suppressed(out, target, goal * SHRINK_AIM):
         return _shrink(overlay, op, probs, target, goal * SHRINK_AIM, float(out[target]))
@@ -234,14 +235,6 @@ SHRINK_STEPS = 6
 SHRINK_FLOOR = -12.0
 
 
-def _scale(overlay, op: PatchOp, factor: float) -> None:
-    down = op.vector("down")
-    assert down is not None
-    op.set_vector("down", down * np.float32(factor))
-    op.data["alpha"] = float(op.data.get("alpha") or 0.1) * float(factor)
-    overlay._changed()
-
-
 def _shrink(overlay, op: PatchOp, probs, target: int, aim: float, p: float) -> float:
     """Scale ``op``'s down vector by the smallest factor ``2**h``, ``h`` in
     [:data:`SHRINK_FLOOR`, 0] (bisected, :data:`SHRINK_STEPS` steps), that keeps the
@@ -250,7 +243,7 @@ def _shrink(overlay, op: PatchOp, probs, target: int, aim: float, p: float) -> f
     lo, hi, p_hi, at = SHRINK_FLOOR, 0.0, p, 0.0   # 2**hi meets the aim; 2**lo need not
     for _ in range(SHRINK_STEPS):
         mid = (lo + hi) / 2.0
-        _scale(overlay, op, 2.0 ** (mid - at))
+        scale_down(overlay, op, 2.0 ** (mid - at))
         at = mid
         out = probs()
         if _suppressed(out, target, aim):
@@ -258,7 +251,7 @@ def _shrink(overlay, op: PatchOp, probs, target: int, aim: float, p: float) -> f
         else:
             lo = mid
     if at != hi:
-        _scale(overlay, op, 2.0 ** (hi - at))
+        scale_down(overlay, op, 2.0 ** (hi - at))
     return p_hi
 
 

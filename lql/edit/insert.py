@@ -874,6 +874,21 @@ def knn_threshold(view: VindexView, template: str, entity: str, layer: int,
     return float(min(KNN_MAX_THRESHOLD, max(KNN_THRESHOLD, worst + KNN_MARGIN)))
 
 
+def scale_down(overlay, op: PatchOp, factor: float) -> None:
+    """Scale an inserted feature's down vector by ``factor``, with what the op records of
+    it (``alpha``, ``down_meta.c``), and tell the overlay (INSERT's calibration, DELETE's
+    suppression strength)."""
+    down = op.vector("down")
+    assert down is not None, "a feature op without a down vector"
+    op.set_vector("down", down * np.float32(factor))
+    op.data["alpha"] = float(op.data.get("alpha", DEFAULT_ALPHA)) * float(factor)
+    meta = dict(op.data.get("down_meta") or {})
+    if "c" in meta:
+        meta["c"] = float(meta["c"]) * float(factor)
+    op.data["down_meta"] = meta
+    overlay._changed()
+
+
 def calibrate_compose(overlay, view: VindexView, plan: InsertPlan, max_doublings: int = 3) -> dict:
     """After ``plan.op`` is recorded: double its down vector (at most ``max_doublings``
     times) until the target is top-1 on the canonical prompt.  Returns what happened."""
@@ -882,13 +897,7 @@ def calibrate_compose(overlay, view: VindexView, plan: InsertPlan, max_doublings
     scale = 1.0
 
     def rescale(factor):
-        op.set_vector("down", op.vector("down") * factor)
-        op.data["alpha"] = float(op.data.get("alpha", DEFAULT_ALPHA)) * factor
-        meta = dict(op.data.get("down_meta") or {})
-        if "c" in meta:
-            meta["c"] = float(meta["c"]) * factor
-        op.data["down_meta"] = meta
-        overlay._changed()
+        scale_down(overlay, op, factor)
 
     # the response is not monotonic (it can dip, then rise; or collapse when the push
     # derails the later layers): take the first doubling that puts the target on top,
