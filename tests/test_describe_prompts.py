@@ -128,16 +128,16 @@ def test_describe_via_prompts_probabilities_equal_infer(smol):
     assert r.rows
     capital = [row for row in r.rows if row["relation"] == "capital" and row["target"] == "Paris"]
     assert capital, [(row["relation"], row["target"]) for row in r.rows]
-    quoted = lambda text: text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # noqa: E731
+    from lql.ast import quote
     assert all(row["prompt"].startswith("Question: ") and "\nAnswer: " in row["prompt"] for row in r.rows)
     for row in r.rows[:8]:
-        inf = smol.query(f'INFER "{quoted(row["prompt"])}" TOP 8 RAW')
+        inf = smol.query(f'INFER {quote(row["prompt"])} TOP 8 RAW')
         p = {x["token_id"]: x["probability"] for x in inf.rows}
         assert row["probability"] == pytest.approx(p[row["token_id"]], abs=5e-7)
         assert row["features"] and all(f.startswith("L") for f in row["features"])
     # the features column is EXPLAIN INFER ... FOR's top 3
     row = capital[0]
-    ex = smol.query(f'EXPLAIN INFER "{quoted(row["prompt"])}" FOR "{row["target"]}" TOP 3 RAW')
+    ex = smol.query(f'EXPLAIN INFER {quote(row["prompt"])} FOR "{row["target"]}" TOP 3 RAW')
     assert row["features"] == [f"L{x['layer']}:F{x['feature']}" for x in ex.rows]
 
 
