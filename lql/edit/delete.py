@@ -345,8 +345,7 @@ def suppress_in_chat(overlay, view: OverlayVindex, entity: str, relation: str, t
         tried.append(min(tried, key=lambda t: t[0]))
         ops.extend(tried[-1][1])
         overlay._changed()
-    _, _, features, reply = tried[-1]
-    p1 = float(predict(view, at0).probs[tok0])
+    (_, p1), _, features, reply = tried[-1]        # its ops are the ones in place
     return ChatDeleteReport(features, p0, p1, view.tokenizer.decode(before),
                             view.tokenizer.decode(reply), stated_at(view, reply, target) is not None)
 
